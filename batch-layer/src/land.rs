@@ -1,0 +1,164 @@
+//! `batch-layer land`: every event from Kafka into the lake.
+//!
+//! Each poll's events are written as one Parquet file per lake partition (date and hour of
+//! event time), each published by rename. Then one Postgres transaction lists the files in the
+//! manifest and stores the next offset of every Kafka partition. A crash before that commit
+//! leaves files nobody lists, which no reader opens, and the restart lands the same messages
+//! again from the stored offsets: nothing is lost and nothing lands twice.
+
+use crate::BatchError;
+use crate::lake::{LakePartition, events_to_batch, partition_of, write_parquet_atomically};
+use chrono::{DateTime, NaiveDate, Utc};
+use shared_schema::config::PlatformConfig;
+use shared_schema::kafka::{Batch, EventSource, SourcedEvent};
+use shared_schema::positions::{PositionTable, load_positions, store_positions};
+use shared_schema::quarantine;
+use shared_schema::time::to_datetime;
+use sqlx::PgPool;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+use tracing::Instrument;
+
+const CONSUMER_NAME: &str = "batch-lander";
+
+/// A published lake file, as listed in the manifest.
+#[derive(Debug, Clone)]
+pub struct LakeFile {
+    /// Relative to `LAKE_DIR`.
+    pub path: String,
+    pub partition: LakePartition,
+    pub rows: i64,
+    pub min_event_time: i64,
+    pub max_event_time: i64,
+}
+
+pub struct Lander {
+    pool: PgPool,
+    config: PlatformConfig,
+}
+
+impl Lander {
+    pub fn new(pool: PgPool, config: PlatformConfig) -> Self {
+        Lander { pool, config }
+    }
+
+    pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), BatchError> {
+        let topic = self.config.events_topic.clone();
+        let stored = load_positions(&self.pool, PositionTable::Lake, &topic).await?;
+        let mut source = EventSource::connect(
+            &self.config.kafka_brokers,
+            &self.config.lander.group_id,
+            &topic,
+            &stored,
+            self.config.max_event_skew.millis(),
+        )
+        .await?;
+        tokio::pin!(shutdown);
+        loop {
+            let batch = tokio::select! {
+                _ = &mut shutdown => {
+                    tracing::info!("shutting down");
+                    return Ok(());
+                }
+                batch = source.next_batch(self.config.lander.flush_max_events, self.config.lander.flush_interval.as_std()) => batch?,
+            };
+            if !batch.advanced {
+                continue;
+            }
+            let files = self.write_files_with_retry(&batch).await;
+            self.commit_with_retry(&topic, &batch, &files).await;
+        }
+    }
+
+    /// A lake that is unwritable for a while (disk full, volume away) must not lose the batch.
+    async fn write_files_with_retry(&self, batch: &Batch) -> Vec<LakeFile> {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match write_files(&self.config, batch).await {
+                Ok(files) => return files,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "writing lake files failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    async fn commit_with_retry(&self, topic: &str, batch: &Batch, files: &[LakeFile]) {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match commit(&self.pool, topic, batch, files).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "manifest commit failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+}
+
+/// Writes one file per lake partition touched by the batch.
+pub async fn write_files(config: &PlatformConfig, batch: &Batch) -> Result<Vec<LakeFile>, BatchError> {
+    let mut by_partition: BTreeMap<LakePartition, Vec<&SourcedEvent>> = BTreeMap::new();
+    for sourced in &batch.events {
+        by_partition.entry(partition_of(sourced.event.event_time)).or_default().push(sourced);
+    }
+    let mut files = Vec::with_capacity(by_partition.len());
+    for (partition, events) in by_partition {
+        let record_batch = events_to_batch(&events)?;
+        let relative = format!("{}/part-{}.parquet", partition.dir(), uuid::Uuid::now_v7());
+        let path = config.lake_dir.join(&relative);
+        let span = tracing::debug_span!("write_lake_file", path = %relative, rows = events.len());
+        tokio::task::spawn_blocking(move || span.in_scope(|| write_parquet_atomically(&path, &record_batch)))
+            .await??;
+        files.push(LakeFile {
+            path: relative,
+            partition,
+            rows: events.len() as i64,
+            min_event_time: events.iter().map(|e| e.event.event_time).min().unwrap_or_default(),
+            max_event_time: events.iter().map(|e| e.event.event_time).max().unwrap_or_default(),
+        });
+    }
+    Ok(files)
+}
+
+/// Lists the files, stores the offsets and keeps the bad messages, all in one transaction.
+pub async fn commit(pool: &PgPool, topic: &str, batch: &Batch, files: &[LakeFile]) -> Result<(), sqlx::Error> {
+    let span = tracing::info_span!("land_batch", topic, events = batch.events.len(), bad = batch.bad.len(), files = files.len());
+    async {
+        let mut tx = pool.begin().await?;
+        if !files.is_empty() {
+            let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+            let dates: Vec<NaiveDate> = files.iter().map(|f| f.partition.date).collect();
+            let hours: Vec<i32> = files.iter().map(|f| f.partition.hour as i32).collect();
+            let rows: Vec<i64> = files.iter().map(|f| f.rows).collect();
+            let mins: Vec<DateTime<Utc>> = files.iter().map(|f| to_datetime(f.min_event_time)).collect();
+            let maxs: Vec<DateTime<Utc>> = files.iter().map(|f| to_datetime(f.max_event_time)).collect();
+            sqlx::query(
+                "INSERT INTO lake_files (path, topic, dt, hour, row_count, min_event_time, max_event_time)
+                 SELECT p, $1, d, h, r, lo, hi
+                 FROM UNNEST($2::text[], $3::date[], $4::int[], $5::bigint[], $6::timestamptz[], $7::timestamptz[])
+                     AS u(p, d, h, r, lo, hi)
+                 ON CONFLICT (path) DO NOTHING",
+            )
+            .bind(topic)
+            .bind(&paths)
+            .bind(&dates)
+            .bind(&hours)
+            .bind(&rows)
+            .bind(&mins)
+            .bind(&maxs)
+            .execute(&mut *tx)
+            .await?;
+        }
+        store_positions(&mut tx, PositionTable::Lake, topic, &batch.positions).await?;
+        quarantine::record(&mut tx, topic, CONSUMER_NAME, &batch.bad).await?;
+        tx.commit().await
+    }
+    .instrument(span)
+    .await
+}

@@ -1,0 +1,39 @@
+//! The batch layer: lands every event into a Parquet lake (`land`), and recomputes every metric
+//! from the whole lake with DataFusion into an immutable view version that is promoted together
+//! with its cutover in one Postgres transaction (`run`, `schedule`). Its output is the source of
+//! truth for every bucket before the cutover.
+
+pub mod land;
+pub mod lake;
+pub mod recompute;
+pub mod schedule;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error(transparent)]
+    Config(#[from] shared_schema::config::ConfigError),
+    #[error(transparent)]
+    Db(#[from] shared_schema::db::DbError),
+    #[error("Postgres: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error(transparent)]
+    Source(#[from] shared_schema::kafka::SourceError),
+    #[error("lake I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("Parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("Arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("DataFusion: {0}")]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+    #[error(transparent)]
+    View(#[from] shared_schema::view::ViewError),
+    #[error("cannot promote: {0}")]
+    Cutover(#[from] shared_schema::cutover::CutoverError),
+    #[error("lake: {0}")]
+    Lake(String),
+    #[error("cron expression `{expr}`: {message}")]
+    Cron { expr: String, message: String },
+    #[error("background task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}

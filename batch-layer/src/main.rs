@@ -1,0 +1,60 @@
+use anyhow::Context;
+use batch_layer::land::Lander;
+use batch_layer::recompute::{RunOptions, describe, run_once};
+use batch_layer::schedule::{parse_cron, run_on_schedule};
+use clap::{Parser, Subcommand};
+use shared_schema::time::parse_rfc3339;
+use shared_schema::{MetricCatalog, PlatformConfig, db, telemetry};
+
+#[derive(Parser)]
+#[command(name = "batch-layer", about = "Lands events into the Parquet lake and recomputes the batch views")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Consume the events topic into the lake until SIGTERM.
+    Land,
+    /// Recompute every metric from the whole lake, then promote the view and its cutover.
+    Run {
+        /// The cutover T (RFC 3339), rounded down to a bucket boundary. Default: the latest
+        /// boundary at which the lake is complete.
+        #[arg(long, value_parser = parse_time)]
+        cutover: Option<i64>,
+    },
+    /// Run the recomputation on a cron schedule until SIGTERM.
+    Schedule {
+        /// A crontab expression, e.g. "*/5 * * * *" (5 fields) or "0 */5 * * * *" (with seconds).
+        #[arg(long)]
+        cron: String,
+    },
+}
+
+fn parse_time(text: &str) -> Result<i64, String> {
+    parse_rfc3339(text).ok_or_else(|| format!("`{text}` is not RFC 3339 with an offset"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init_tracing();
+    let cli = Cli::parse();
+    let config = PlatformConfig::load()?;
+    let catalog = MetricCatalog::default();
+    let pool = db::connect_and_migrate(config.database_url()?, config.database_max_connections)
+        .await
+        .context("starting the batch layer")?;
+    match cli.command {
+        Command::Land => Lander::new(pool, config).run(telemetry::shutdown_signal()).await?,
+        Command::Run { cutover } => {
+            let outcome = run_once(&pool, &config, &catalog, &RunOptions { cutover }).await?;
+            println!("{}", describe(&outcome));
+        }
+        Command::Schedule { cron } => {
+            let schedule = parse_cron(&cron)?;
+            run_on_schedule(&pool, &config, &catalog, &schedule, telemetry::shutdown_signal()).await?;
+        }
+    }
+    Ok(())
+}

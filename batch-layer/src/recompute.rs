@@ -1,0 +1,323 @@
+//! `batch-layer run`: one recomputation of every metric from the whole lake, then an atomic
+//! promotion of the new view version and its cutover T.
+//!
+//! The order is what makes it safe:
+//! 1. a session advisory lock serialises runs, so two runs started at once execute one after
+//!    the other (a killed run's lock dies with its connection);
+//! 2. one snapshot reads the manifest, the lander's progress and the promoted T;
+//! 3. T is chosen and checked against the lake's completeness before any work;
+//! 4. the view is written under a staging name and published by renaming its directory;
+//! 5. one transaction records the version and moves T. Until it commits, the previous view
+//!    and T stay served; a run killed at any earlier step changes nothing that is served.
+
+use crate::BatchError;
+use crate::lake::lake_schema;
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Int64Type};
+use chrono::{DateTime, Utc};
+use datafusion::functions_aggregate::expr_fn::{count, sum};
+use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext, col, lit};
+use shared_schema::config::PlatformConfig;
+use shared_schema::cutover::{LandedPartition, choose_cutover, lake_complete_until};
+use shared_schema::metrics::{MetricCatalog, MetricDef, Partial, encode_dims};
+use shared_schema::query::BucketRow;
+use shared_schema::time::{Millis, format_rfc3339, to_datetime};
+use shared_schema::view::{SUM_TYPE, VIEW_FILE, ViewRow, write_view};
+use sqlx::{Connection, PgConnection, PgPool};
+use std::path::PathBuf;
+use tracing::Instrument;
+
+/// Key of the advisory lock that serialises batch runs.
+const RUN_LOCK_KEY: i64 = 0x6261_7463_685f_7275; // "batch_ru"
+
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// The operator's `--cutover`; rounded down to a bucket boundary.
+    pub cutover: Option<Millis>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    pub version: String,
+    pub cutover: Millis,
+    pub view_rows: usize,
+    pub lake_files: usize,
+    pub lake_rows: i64,
+}
+
+/// What one snapshot of the metadata says about the lake.
+struct LakeSnapshot {
+    files: Vec<String>,
+    rows: i64,
+    landed: Vec<LandedPartition>,
+    current_cutover: Option<Millis>,
+}
+
+pub async fn run_once(
+    pool: &PgPool,
+    config: &PlatformConfig,
+    catalog: &MetricCatalog,
+    options: &RunOptions,
+) -> Result<RunOutcome, BatchError> {
+    let version = new_version_id();
+    let span = tracing::info_span!("batch_run", run_id = %version);
+    async {
+        // Held for the whole run on its own connection, released when it closes (or dies).
+        let mut lock = PgConnection::connect(config.database_url()?).await?;
+        tracing::info!("waiting for the batch run lock");
+        sqlx::query("SELECT pg_advisory_lock($1)").bind(RUN_LOCK_KEY).execute(&mut lock).await?;
+        let started_at = Utc::now();
+
+        let snapshot = read_snapshot(pool, &config.events_topic).await?;
+        let complete_until = lake_complete_until(&snapshot.landed, catalog.max_allowed_lateness());
+        let cutover = choose_cutover(options.cutover, complete_until, snapshot.current_cutover, catalog.cutover_alignment())?;
+        tracing::info!(cutover = %format_rfc3339(cutover), files = snapshot.files.len(), rows = snapshot.rows, "recomputing");
+
+        let lake_paths: Vec<String> = snapshot
+            .files
+            .iter()
+            .map(|p| config.lake_dir.join(p).to_string_lossy().into_owned())
+            .collect();
+        let rows = compute_view(&lake_paths, catalog, cutover).await?;
+        let view_path = publish_view(config, &version, rows.clone()).await?;
+        promote(pool, &version, cutover, &view_path, &snapshot, rows.len(), started_at).await?;
+        tracing::info!(cutover = %format_rfc3339(cutover), rows = rows.len(), "promoted");
+        remove_old_versions(pool, config).await;
+        lock.close().await?;
+        Ok(RunOutcome {
+            version: version.clone(),
+            cutover,
+            view_rows: rows.len(),
+            lake_files: snapshot.files.len(),
+            lake_rows: snapshot.rows,
+        })
+    }
+    .instrument(span)
+    .await
+}
+
+/// Sortable by time, unique across concurrent runs: `20261121T134500Z-1a2b3c4d`.
+fn new_version_id() -> String {
+    let uuid = uuid::Uuid::new_v4().simple().to_string();
+    format!("{}-{}", Utc::now().format("%Y%m%dT%H%M%SZ"), &uuid[..8])
+}
+
+async fn read_snapshot(pool: &PgPool, topic: &str) -> Result<LakeSnapshot, BatchError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
+    let files: Vec<(String, i64)> = sqlx::query_as("SELECT path, row_count FROM lake_files WHERE topic = $1 ORDER BY path")
+        .bind(topic)
+        .fetch_all(&mut *tx)
+        .await?;
+    let landed: Vec<(i32, Option<DateTime<Utc>>, bool)> =
+        sqlx::query_as("SELECT partition, max_event_time, caught_up FROM lake_progress WHERE topic = $1")
+            .bind(topic)
+            .fetch_all(&mut *tx)
+            .await?;
+    let current_cutover: Option<DateTime<Utc>> =
+        sqlx::query_scalar("SELECT cutover FROM serving_state WHERE id = 1").fetch_one(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(LakeSnapshot {
+        rows: files.iter().map(|(_, rows)| rows).sum(),
+        files: files.into_iter().map(|(path, _)| path).collect(),
+        landed: landed
+            .into_iter()
+            .map(|(partition, max, caught_up)| LandedPartition {
+                partition,
+                max_event_time: max.map(|t| t.timestamp_millis()),
+                caught_up,
+            })
+            .collect(),
+        current_cutover: current_cutover.map(|t| t.timestamp_millis()),
+    })
+}
+
+/// Every metric's partials for every bucket before `cutover`, from the deduplicated lake.
+pub async fn compute_view(lake_paths: &[String], catalog: &MetricCatalog, cutover: Millis) -> Result<Vec<ViewRow>, BatchError> {
+    if lake_paths.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ctx = SessionContext::new();
+    let schema = lake_schema();
+    let lake = ctx
+        .read_parquet(lake_paths.to_vec(), ParquetReadOptions::default().schema(&schema))
+        .await?;
+    ctx.register_table("lake", lake.into_view())?;
+    // One copy per event_id: the first the lander read, by (partition, offset). Copies of an id
+    // are the same event (CONTRACT §1), so which one is kept only matters for malformed input.
+    let deduped = ctx
+        .sql(
+            "SELECT event_id, event_type, CAST(event_time AS BIGINT) AS event_time_ms, user_id, product_id,
+                    amount, city, country
+             FROM (SELECT *, row_number() OVER (PARTITION BY event_id ORDER BY kafka_partition, kafka_offset) AS copy
+                   FROM lake)
+             WHERE copy = 1",
+        )
+        .await?
+        .filter(col("event_time_ms").lt(lit(cutover)))?
+        .cache()
+        .await?;
+
+    let mut rows = Vec::new();
+    for metric in &catalog.metrics {
+        let batches = metric_plan(deduped.clone(), metric)?.collect().await?;
+        for batch in &batches {
+            append_rows(&mut rows, metric, batch)?;
+        }
+    }
+    Ok(rows)
+}
+
+/// The metric definition as a DataFusion plan: filter, bucket, group, aggregate. The bucket is
+/// floor division on epoch milliseconds, the same arithmetic as `time::bucket_start`.
+fn metric_plan(events: DataFrame, metric: &MetricDef) -> Result<DataFrame, BatchError> {
+    let mut events = events;
+    if let Some(event_type) = &metric.event_type {
+        events = events.filter(col("event_type").eq(lit(event_type.clone())))?;
+    }
+    let width = metric.bucket.millis();
+    let t = col("event_time_ms");
+    let bucket = (t.clone() - (t % lit(width) + lit(width)) % lit(width)).alias("bucket_start");
+    let mut group = vec![bucket];
+    group.extend(
+        metric
+            .dimensions
+            .iter()
+            .enumerate()
+            .map(|(i, d)| col(d.name()).alias(format!("d{i}"))),
+    );
+    let aggregates = vec![count(lit(1)).alias("event_count"), sum(col("amount")).alias("sum_micros")];
+    Ok(events.aggregate(group, aggregates)?)
+}
+
+fn append_rows(rows: &mut Vec<ViewRow>, metric: &MetricDef, batch: &RecordBatch) -> Result<(), BatchError> {
+    let column = |name: &str, data_type: &DataType| -> Result<arrow::array::ArrayRef, BatchError> {
+        let array = batch
+            .column_by_name(name)
+            .ok_or_else(|| BatchError::Lake(format!("plan output lacks {name}")))?;
+        Ok(cast(array, data_type)?)
+    };
+    let bucket = column("bucket_start", &DataType::Int64)?;
+    let bucket = bucket.as_primitive::<Int64Type>();
+    let count = column("event_count", &DataType::Int64)?;
+    let count = count.as_primitive::<Int64Type>();
+    let sum = column("sum_micros", &SUM_TYPE)?;
+    let sum = sum.as_primitive::<arrow::datatypes::Decimal128Type>();
+    let dims = (0..metric.dimensions.len())
+        .map(|i| column(&format!("d{i}"), &DataType::Utf8))
+        .collect::<Result<Vec<_>, _>>()?;
+    let dims: Vec<&arrow::array::StringArray> = dims.iter().map(|d| d.as_string::<i32>()).collect();
+    for i in 0..batch.num_rows() {
+        let values: Vec<Option<&str>> = dims.iter().map(|d| (!d.is_null(i)).then(|| d.value(i))).collect();
+        rows.push(ViewRow {
+            metric: metric.name.clone(),
+            row: BucketRow {
+                bucket_start: bucket.value(i),
+                dims: encode_dims(&values),
+                partial: Partial {
+                    count: count.value(i),
+                    sum_micros: if sum.is_null(i) { 0 } else { sum.value(i) },
+                },
+            },
+        });
+    }
+    Ok(())
+}
+
+/// Writes the view under a staging directory and publishes it by renaming the directory.
+/// Returns the view file's path relative to `LAKE_DIR`.
+async fn publish_view(config: &PlatformConfig, version: &str, rows: Vec<ViewRow>) -> Result<PathBuf, BatchError> {
+    let views = config.views_dir();
+    let staging = views.join(format!(".staging-{version}"));
+    let published = views.join(version);
+    let version_dir = version.to_string();
+    tokio::task::spawn_blocking(move || -> Result<PathBuf, BatchError> {
+        std::fs::create_dir_all(&staging)?;
+        write_view(&staging.join(VIEW_FILE), &rows)?;
+        std::fs::rename(&staging, &published)?;
+        crate::lake::sync_dir(&views)?;
+        Ok(PathBuf::from("views").join(&version_dir).join(VIEW_FILE))
+    })
+    .await?
+}
+
+/// One transaction: record the version and move T, unless another run already moved T past it.
+async fn promote(
+    pool: &PgPool,
+    version: &str,
+    cutover: Millis,
+    view_path: &std::path::Path,
+    snapshot: &LakeSnapshot,
+    view_rows: usize,
+    started_at: DateTime<Utc>,
+) -> Result<(), BatchError> {
+    let mut tx = pool.begin().await?;
+    let current: Option<DateTime<Utc>> = sqlx::query_scalar("SELECT cutover FROM serving_state WHERE id = 1 FOR UPDATE")
+        .fetch_one(&mut *tx)
+        .await?;
+    if let Some(current) = current.map(|c| c.timestamp_millis()).filter(|c| *c > cutover) {
+        return Err(shared_schema::cutover::CutoverError::Backwards {
+            requested: format_rfc3339(cutover),
+            current: format_rfc3339(current),
+        }
+        .into());
+    }
+    sqlx::query(
+        "INSERT INTO batch_versions (version, cutover, view_path, row_count, lake_files, lake_rows, started_at, promoted_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, now())",
+    )
+    .bind(version)
+    .bind(to_datetime(cutover))
+    .bind(view_path.to_string_lossy().as_ref())
+    .bind(view_rows as i64)
+    .bind(snapshot.files.len() as i64)
+    .bind(snapshot.rows)
+    .bind(started_at)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE serving_state SET version = $1, cutover = $2, promoted_at = now() WHERE id = 1")
+        .bind(version)
+        .bind(to_datetime(cutover))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Deletes the files of promoted versions beyond the newest `keep_versions`. Best effort: a
+/// failure here never fails the run that already promoted.
+async fn remove_old_versions(pool: &PgPool, config: &PlatformConfig) {
+    let old: Result<Vec<String>, sqlx::Error> = sqlx::query_scalar(
+        "SELECT version FROM batch_versions
+         WHERE version NOT IN (SELECT version FROM serving_state WHERE version IS NOT NULL)
+         ORDER BY promoted_at DESC NULLS LAST OFFSET $1",
+    )
+    .bind(config.batch.keep_versions.saturating_sub(1) as i64)
+    .fetch_all(pool)
+    .await;
+    match old {
+        Ok(old) => {
+            for version in old {
+                let dir = config.views_dir().join(&version);
+                if dir.exists()
+                    && let Err(e) = std::fs::remove_dir_all(&dir)
+                {
+                    tracing::warn!(version, error = %e, "could not remove an old view version");
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not list old view versions"),
+    }
+}
+
+pub fn describe(outcome: &RunOutcome) -> String {
+    format!(
+        "promoted version {} with cutover {} ({} view rows from {} lake rows in {} files)",
+        outcome.version,
+        format_rfc3339(outcome.cutover),
+        outcome.view_rows,
+        outcome.lake_rows,
+        outcome.lake_files
+    )
+}

@@ -1,0 +1,98 @@
+# Shared by scripts/demo.sh and scripts/test.sh: installs and starts the real Postgres and the
+# Kafka-compatible broker on loopback, with all state under .local/ (ignored by git).
+# Source it; do not run it.
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+STATE="$ROOT/.local"
+mkdir -p "$STATE"
+export PATH="$HOME/.cargo/bin:$PATH"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+pg_bin() {
+  ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1
+}
+
+ensure_postgres() {
+  if [ -z "$(pg_bin)" ] || [ ! -x "$(pg_bin)/initdb" ]; then
+    log "installing PostgreSQL from Debian's packages"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  fi
+}
+
+ensure_tansu() {
+  if ! command -v tansu >/dev/null 2>&1; then
+    log "installing the tansu broker with cargo (about 9 minutes, once)"
+    cargo install --locked tansu --features dynostore,postgres
+  fi
+}
+
+# The server refuses to run as root, so as root it runs as the postgres user.
+pg_run() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+# start_postgres NAME PORT: a private cluster in .local/NAME on 127.0.0.1:PORT, trust auth on
+# loopback only. Prints nothing; DATABASE_URLs are postgres://postgres@127.0.0.1:PORT/<db>.
+start_postgres() {
+  local name=$1 port=$2 bin data run
+  bin=$(pg_bin)
+  data="$STATE/$name/data"
+  run="$STATE/$name/run"
+  if pg_run "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+    return 0
+  fi
+  mkdir -p "$data" "$run"
+  if [ "$(id -u)" = 0 ]; then chown -R postgres: "$STATE/$name"; fi
+  if [ ! -f "$data/PG_VERSION" ]; then
+    log "creating a Postgres cluster in $data"
+    pg_run "$bin/initdb" -D "$data" -U postgres -A trust --no-sync >/dev/null
+  fi
+  log "starting Postgres on 127.0.0.1:$port"
+  pg_run "$bin/pg_ctl" -D "$data" -l "$STATE/$name/postgres.log" -w -t 60 start \
+    -o "-p $port -k $run -c listen_addresses=127.0.0.1 -c max_connections=400" >/dev/null
+}
+
+stop_postgres() {
+  local name=$1
+  pg_run "$(pg_bin)/pg_ctl" -D "$STATE/$name/data" -m fast -w stop >/dev/null 2>&1 || true
+}
+
+wait_for_port() {
+  local port=$1 what=$2 i
+  for i in $(seq 1 150); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    sleep 0.2
+  done
+  echo "$what did not open 127.0.0.1:$port" >&2
+  return 1
+}
+
+# start_tansu NAME PORT: the broker on 127.0.0.1:PORT with in-memory storage.
+start_tansu() {
+  local name=$1 port=$2
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    return 0
+  fi
+  log "starting the broker on 127.0.0.1:$port"
+  mkdir -p "$STATE/$name"
+  nohup tansu broker \
+    --listener-url "tcp://127.0.0.1:$port" \
+    --advertised-listener-url "tcp://127.0.0.1:$port" \
+    --storage-engine memory://tansu/ >"$STATE/$name/broker.log" 2>&1 &
+  echo $! >"$STATE/$name/broker.pid"
+  wait_for_port "$port" "the broker"
+}
+
+stop_tansu() {
+  local name=$1
+  if [ -f "$STATE/$name/broker.pid" ]; then
+    kill "$(cat "$STATE/$name/broker.pid")" 2>/dev/null || true
+    rm -f "$STATE/$name/broker.pid"
+  fi
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs every test: unit and property tests, and the end-to-end scenarios against the real
+# binaries, a real Postgres and a real Kafka-compatible broker, which this script installs
+# (if missing) and starts on loopback. Extra arguments go to `cargo test`.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+
+PG_PORT=${E2E_PG_PORT:-55432}
+KAFKA_PORT=${E2E_KAFKA_PORT:-19092}
+
+ensure_postgres
+ensure_tansu
+start_postgres test-pg "$PG_PORT"
+start_tansu test-broker "$KAFKA_PORT"
+cleanup() {
+  stop_tansu test-broker
+  stop_postgres test-pg
+}
+if [ "${KEEP_STACK:-0}" != 1 ]; then trap cleanup EXIT; fi
+
+# Each scenario creates its own database and topic on these servers.
+export E2E_DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
+export E2E_KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
+
+log "building"
+cargo build --workspace --bins
+log "testing"
+cargo test --workspace "$@"

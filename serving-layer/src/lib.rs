@@ -1,0 +1,9 @@
+//! The serving layer: an HTTP API that answers every query from one consistent snapshot of the
+//! cutover T, the promoted batch view and the speed layer's rows, merged by
+//! `shared_schema::query::assemble`, which enforces the split.
+
+mod api;
+mod snapshot;
+
+pub use api::{AppState, router};
+pub use snapshot::ViewCache;

@@ -1,0 +1,36 @@
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use serving_layer::{AppState, router};
+use shared_schema::{MetricCatalog, PlatformConfig, db, telemetry};
+
+#[derive(Parser)]
+#[command(name = "serving-layer", about = "HTTP API over the merged batch and speed views")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API on LISTEN_ADDR until SIGTERM.
+    Run,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init_tracing();
+    let Command::Run = Cli::parse().command;
+    let config = PlatformConfig::load()?;
+    let pool = db::connect_and_migrate(config.database_url()?, config.database_max_connections)
+        .await
+        .context("starting the serving layer")?;
+    let listener = tokio::net::TcpListener::bind(&config.listen_addr)
+        .await
+        .with_context(|| format!("binding {}", config.listen_addr))?;
+    tracing::info!(addr = %config.listen_addr, "serving");
+    let app = router(AppState::new(pool, config, MetricCatalog::default()));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(telemetry::shutdown_signal())
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! Reading one consistent snapshot for a query.
+//!
+//! T, the promoted version and the speed rows are read in one REPEATABLE READ transaction, so a
+//! promotion committing meanwhile is either wholly seen or not at all. The view a version names
+//! is immutable, so reading its file after the transaction cannot see anything newer.
+
+use rust_decimal::Decimal;
+use chrono::{DateTime, Utc};
+use shared_schema::event::AMOUNT_SCALE;
+use shared_schema::metrics::Partial;
+use shared_schema::query::BucketRow;
+use shared_schema::time::{Millis, to_datetime};
+use shared_schema::view::{ViewError, read_view};
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("Postgres: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("batch view: {0}")]
+    View(#[from] ViewError),
+    #[error("batch view read was interrupted: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// What one query sees.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub cutover: Option<Millis>,
+    pub batch_version: Option<String>,
+    pub view_path: Option<String>,
+    /// Speed rows of the metric, summed over partitions, at or after T within the range.
+    pub speed_rows: Vec<BucketRow>,
+    pub speed_watermark: Option<Millis>,
+    /// `None`: the speed layer covers the topic from its start; `Some(t)`: only from `t` on.
+    pub speed_covered_from: Option<Millis>,
+}
+
+pub async fn read_snapshot(
+    pool: &PgPool,
+    topic: &str,
+    metric: &str,
+    range: (Millis, Millis),
+) -> Result<Snapshot, SnapshotError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
+    let (version, cutover, view_path): (Option<String>, Option<DateTime<Utc>>, Option<String>) = sqlx::query_as(
+        "SELECT s.version, s.cutover, v.view_path
+         FROM serving_state s LEFT JOIN batch_versions v ON v.version = s.version
+         WHERE s.id = 1",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let cutover = cutover.map(|t| t.timestamp_millis());
+    let speed_from = cutover.map_or(range.0, |t| t.max(range.0));
+    let rows: Vec<(DateTime<Utc>, String, i64, Decimal)> = sqlx::query_as(
+        "SELECT bucket_start, dims, sum(event_count)::bigint, sum(sum_micros)
+         FROM speed_aggregates
+         WHERE metric = $1 AND bucket_start >= $2 AND bucket_start < $3
+         GROUP BY bucket_start, dims",
+    )
+    .bind(metric)
+    .bind(to_datetime(speed_from))
+    .bind(to_datetime(range.1))
+    .fetch_all(&mut *tx)
+    .await?;
+    let watermark: Option<DateTime<Utc>> =
+        sqlx::query_scalar("SELECT min(max_event_time) FROM speed_offsets WHERE topic = $1")
+            .bind(topic)
+            .fetch_one(&mut *tx)
+            .await?;
+    let coverage: Option<Option<DateTime<Utc>>> =
+        sqlx::query_scalar("SELECT covered_from FROM speed_coverage WHERE topic = $1")
+            .bind(topic)
+            .fetch_optional(&mut *tx)
+            .await?;
+    tx.commit().await?;
+    Ok(Snapshot {
+        cutover,
+        batch_version: version,
+        view_path,
+        speed_rows: rows
+            .into_iter()
+            .map(|(bucket, dims, count, sum)| BucketRow {
+                bucket_start: bucket.timestamp_millis(),
+                dims,
+                partial: Partial { count, sum_micros: decimal_to_micros(sum) },
+            })
+            .collect(),
+        speed_watermark: watermark.map(|t| t.timestamp_millis()),
+        // No coverage row: the speed layer never started, so it covers nothing yet.
+        speed_covered_from: match coverage {
+            Some(from) => from.map(|t| t.timestamp_millis()),
+            None => Some(Millis::MAX),
+        },
+    })
+}
+
+fn decimal_to_micros(mut value: Decimal) -> i128 {
+    value.rescale(AMOUNT_SCALE);
+    value.mantissa()
+}
+
+type View = Arc<HashMap<String, Vec<BucketRow>>>;
+
+/// Batch views by version. Versions are immutable, so an entry never goes stale; only the most
+/// recent few are kept.
+#[derive(Clone, Default)]
+pub struct ViewCache {
+    lake_dir: PathBuf,
+    entries: Arc<Mutex<Vec<(String, View)>>>,
+}
+
+const CACHED_VERSIONS: usize = 2;
+
+impl ViewCache {
+    pub fn new(lake_dir: &Path) -> Self {
+        ViewCache { lake_dir: lake_dir.to_path_buf(), entries: Arc::default() }
+    }
+
+    pub async fn get(&self, version: &str, relative_path: &str) -> Result<View, SnapshotError> {
+        if let Some(view) = self.lookup(version) {
+            return Ok(view);
+        }
+        let path = self.lake_dir.join(relative_path);
+        let view: View = Arc::new(tokio::task::spawn_blocking(move || read_view(&path)).await??);
+        let mut entries = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        entries.retain(|(v, _)| v != version);
+        entries.push((version.to_string(), view.clone()));
+        if entries.len() > CACHED_VERSIONS {
+            entries.remove(0);
+        }
+        Ok(view)
+    }
+
+    fn lookup(&self, version: &str) -> Option<View> {
+        let entries = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        entries.iter().find(|(v, _)| v == version).map(|(_, view)| view.clone())
+    }
+}
+
+/// The rows of a sorted view that fall in `[start, end)`.
+pub fn rows_in(rows: &[BucketRow], start: Millis, end: Millis) -> &[BucketRow] {
+    let lo = rows.partition_point(|r| r.bucket_start < start);
+    let hi = rows.partition_point(|r| r.bucket_start < end);
+    &rows[lo..hi.max(lo)]
+}

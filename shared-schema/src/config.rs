@@ -1,0 +1,183 @@
+//! Platform configuration, layered: built-in defaults, then an optional TOML file (path in
+//! `PLATFORM_CONFIG`), then the environment.
+//!
+//! The variables of CONTRACT §2 (`DATABASE_URL`, `KAFKA_BROKERS`, `EVENTS_TOPIC`, `LAKE_DIR`,
+//! `LISTEN_ADDR`) set the top-level keys of the same name. Every other key is set from the
+//! environment as `PLATFORM_<SECTION>__<KEY>`, e.g. `PLATFORM_SPEED__BATCH_MAX_EVENTS=5000`.
+
+use crate::time::{HumanDuration, MINUTE_MS, SECOND_MS};
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlatformConfig {
+    /// Postgres holding all metadata and speed-layer state. Required.
+    pub database_url: Option<String>,
+    /// Kafka bootstrap servers, comma separated.
+    pub kafka_brokers: String,
+    /// The raw event topic.
+    pub events_topic: String,
+    /// Root of the raw Parquet lake (`events/`) and the batch views (`views/`).
+    pub lake_dir: PathBuf,
+    /// The serving layer's HTTP address.
+    pub listen_addr: String,
+    /// Events whose time is further than this ahead of the wall clock are bad input.
+    pub max_event_skew: HumanDuration,
+    /// Connections each service keeps to Postgres.
+    pub database_max_connections: u32,
+    pub speed: SpeedConfig,
+    pub lander: LanderConfig,
+    pub batch: BatchConfig,
+    pub serving: ServingConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpeedConfig {
+    /// Kafka consumer group id (offsets themselves are kept in Postgres).
+    pub group_id: String,
+    /// A batch is committed when it holds this many messages...
+    pub batch_max_events: usize,
+    /// ...or when its first message is this old, whichever comes first.
+    pub batch_max_wait: HumanDuration,
+    /// Speed state for a bucket is deleted once a promoted batch view has covered it for this long.
+    pub retention_grace: HumanDuration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LanderConfig {
+    /// Kafka consumer group id of `batch-layer land` (offsets are kept in Postgres).
+    pub group_id: String,
+    /// Files are published when the buffer holds this many events...
+    pub flush_max_events: usize,
+    /// ...or when its oldest event has waited this long.
+    pub flush_interval: HumanDuration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Promoted view versions kept on disk; older ones are deleted after a promotion.
+    pub keep_versions: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServingConfig {
+    /// A query taking longer than this answers 503 instead of hanging the client.
+    pub query_timeout: HumanDuration,
+    /// Requests asking for more points than this per series answer 400.
+    pub max_points: i64,
+}
+
+impl Default for PlatformConfig {
+    fn default() -> Self {
+        PlatformConfig {
+            database_url: None,
+            kafka_brokers: "127.0.0.1:9092".into(),
+            events_topic: "events".into(),
+            lake_dir: PathBuf::from("./data/lake"),
+            listen_addr: "127.0.0.1:8080".into(),
+            max_event_skew: HumanDuration::from_millis(10 * MINUTE_MS),
+            database_max_connections: 8,
+            speed: SpeedConfig {
+                group_id: "speed-layer".into(),
+                batch_max_events: 20_000,
+                batch_max_wait: HumanDuration::from_millis(200),
+                retention_grace: HumanDuration::from_millis(10 * MINUTE_MS),
+            },
+            lander: LanderConfig {
+                group_id: "batch-lander".into(),
+                flush_max_events: 200_000,
+                flush_interval: HumanDuration::from_millis(5 * SECOND_MS),
+            },
+            batch: BatchConfig { keep_versions: 5 },
+            serving: ServingConfig {
+                query_timeout: HumanDuration::from_millis(5 * SECOND_MS),
+                max_points: 100_000,
+            },
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Invalid(#[from] Box<figment::Error>),
+    #[error("configuration: DATABASE_URL is required")]
+    MissingDatabaseUrl,
+}
+
+/// The contract's variable names, which map onto top-level keys.
+const CONTRACT_VARIABLES: [&str; 5] =
+    ["DATABASE_URL", "KAFKA_BROKERS", "EVENTS_TOPIC", "LAKE_DIR", "LISTEN_ADDR"];
+
+impl PlatformConfig {
+    /// Defaults, then the file named by `PLATFORM_CONFIG` (if any), then the environment.
+    pub fn load() -> Result<Self, ConfigError> {
+        Self::figment().extract().map_err(|e| ConfigError::Invalid(Box::new(e)))
+    }
+
+    pub fn figment() -> Figment {
+        let mut figment = Figment::from(Serialized::defaults(PlatformConfig::default()));
+        if let Ok(path) = std::env::var("PLATFORM_CONFIG") {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment
+            .merge(Env::raw().only(&CONTRACT_VARIABLES).map(|k| k.as_str().to_lowercase().into()))
+            .merge(Env::prefixed("PLATFORM_").ignore(&["CONFIG"]).split("__"))
+    }
+
+    pub fn database_url(&self) -> Result<&str, ConfigError> {
+        self.database_url.as_deref().ok_or(ConfigError::MissingDatabaseUrl)
+    }
+
+    /// Where the lander publishes raw event files.
+    pub fn events_dir(&self) -> PathBuf {
+        self.lake_dir.join("events")
+    }
+
+    /// Where the batch layer publishes view versions.
+    pub fn views_dir(&self) -> PathBuf {
+        self.lake_dir.join("views")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("platform.toml", "events_topic = \"from-file\"\nkafka_brokers = \"file:1\"\n[speed]\nbatch_max_events = 7\n")?;
+            jail.set_env("PLATFORM_CONFIG", "platform.toml");
+            jail.set_env("KAFKA_BROKERS", "env:2");
+            jail.set_env("DATABASE_URL", "postgres://x");
+            jail.set_env("PLATFORM_SPEED__RETENTION_GRACE", "2h");
+            let config = PlatformConfig::load().map_err(|e| e.to_string())?;
+            assert_eq!(config.events_topic, "from-file");
+            assert_eq!(config.kafka_brokers, "env:2");
+            assert_eq!(config.database_url.as_deref(), Some("postgres://x"));
+            assert_eq!(config.speed.batch_max_events, 7);
+            assert_eq!(config.speed.retention_grace.millis(), 2 * 3_600_000);
+            assert_eq!(config.lake_dir, PathBuf::from("./data/lake"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_typo_in_the_file_is_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("platform.toml", "[speed]\nbatch_max_event = 7\n")?;
+            jail.set_env("PLATFORM_CONFIG", "platform.toml");
+            let err = PlatformConfig::load().unwrap_err().to_string();
+            assert!(err.contains("batch_max_event"), "{err}");
+            Ok(())
+        });
+    }
+}

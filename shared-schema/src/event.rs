@@ -1,0 +1,243 @@
+//! The event on the bus (CONTRACT §1) and its decoder.
+//!
+//! Decoding is the one gate every consumer passes through: anything it refuses becomes a
+//! [`DecodeError`] whose text is stored as the quarantine reason. Schema version 1 is upcast to
+//! version 2 here, so nothing downstream ever sees `location`.
+
+use crate::time::{Millis, format_rfc3339, parse_rfc3339};
+use serde::Deserialize;
+use std::borrow::Cow;
+
+/// The newest event schema version; every decoded event has this shape.
+pub const CURRENT_SCHEMA_VERSION: i32 = 2;
+/// Payloads larger than this are bad input (CONTRACT §1).
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+pub const MAX_EVENT_ID_BYTES: usize = 128;
+/// Amounts are kept as integer micro-units so sums are exact and associative in both layers.
+/// This bound keeps one amount within the lake's `Decimal128(18, 6)` column.
+pub const MAX_AMOUNT: f64 = 1e12;
+pub const AMOUNT_SCALE: u32 = 6;
+const MICROS_PER_UNIT: f64 = 1e6;
+
+/// A decoded event in schema version 2.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub event_id: String,
+    pub event_type: String,
+    pub event_time: Millis,
+    /// The version the producer wrote; the fields below are always in the current shape.
+    pub schema_version: i32,
+    pub user_id: Option<String>,
+    pub product_id: Option<String>,
+    /// `amount` in micro-units (`19.99` is `19_990_000`).
+    pub amount_micros: Option<i64>,
+    pub city: Option<String>,
+    pub country: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("message has no value")]
+    Empty,
+    #[error("message is {0} bytes, over the 1 MiB limit")]
+    TooLarge(usize),
+    #[error("not a JSON object: {0}")]
+    NotJson(String),
+    #[error("`event_id` must be 1 to 128 bytes, got {0}")]
+    EventIdLength(usize),
+    #[error("`event_type` must not be empty")]
+    EmptyEventType,
+    #[error("`event_time` {0:?} is neither RFC 3339 with an offset nor epoch milliseconds")]
+    BadEventTime(String),
+    #[error("`event_time` {event_time} is more than {skew_ms} ms ahead of the wall clock")]
+    FromTheFuture { event_time: String, skew_ms: Millis },
+    #[error("`amount` must be a number from 0 to 1e12, got {0}")]
+    BadAmount(f64),
+    #[error("unsupported `schema_version` {0}")]
+    UnsupportedVersion(i64),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawTime<'a> {
+    Millis(i64),
+    #[serde(borrow)]
+    Text(Cow<'a, str>),
+}
+
+#[derive(Deserialize)]
+struct RawEvent<'a> {
+    #[serde(borrow)]
+    event_id: Cow<'a, str>,
+    #[serde(borrow)]
+    event_type: Cow<'a, str>,
+    #[serde(borrow)]
+    event_time: RawTime<'a>,
+    schema_version: Option<i64>,
+    #[serde(borrow, default)]
+    user_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    product_id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    amount: Option<f64>,
+    #[serde(borrow, default)]
+    city: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    country: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    location: Option<Cow<'a, str>>,
+}
+
+/// Decodes one message value. `now` and `max_skew_ms` bound how far ahead of the wall clock an
+/// event time may be.
+pub fn decode(payload: Option<&[u8]>, now: Millis, max_skew_ms: Millis) -> Result<Event, DecodeError> {
+    let bytes = payload.ok_or(DecodeError::Empty)?;
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(DecodeError::TooLarge(bytes.len()));
+    }
+    let raw: RawEvent<'_> =
+        serde_json::from_slice(bytes).map_err(|e| DecodeError::NotJson(e.to_string()))?;
+
+    if raw.event_id.is_empty() || raw.event_id.len() > MAX_EVENT_ID_BYTES {
+        return Err(DecodeError::EventIdLength(raw.event_id.len()));
+    }
+    if raw.event_type.is_empty() {
+        return Err(DecodeError::EmptyEventType);
+    }
+    let event_time = match &raw.event_time {
+        RawTime::Millis(ms) => *ms,
+        RawTime::Text(text) => {
+            parse_rfc3339(text).ok_or_else(|| DecodeError::BadEventTime(text.to_string()))?
+        }
+    };
+    if event_time > now.saturating_add(max_skew_ms) {
+        return Err(DecodeError::FromTheFuture {
+            event_time: format_rfc3339(event_time),
+            skew_ms: max_skew_ms,
+        });
+    }
+    let amount_micros = match raw.amount {
+        None => None,
+        Some(a) if a.is_finite() && (0.0..=MAX_AMOUNT).contains(&a) => {
+            Some((a * MICROS_PER_UNIT).round() as i64)
+        }
+        Some(a) => return Err(DecodeError::BadAmount(a)),
+    };
+    let schema_version = raw.schema_version.unwrap_or(1);
+    let (city, country) = match schema_version {
+        1 => match raw.location.as_deref() {
+            Some(location) => upcast_location(location),
+            None => (owned(raw.city), owned(raw.country)),
+        },
+        2 => (owned(raw.city), owned(raw.country)),
+        other => return Err(DecodeError::UnsupportedVersion(other)),
+    };
+    Ok(Event {
+        event_id: raw.event_id.into_owned(),
+        event_type: raw.event_type.into_owned(),
+        event_time,
+        schema_version: schema_version as i32,
+        user_id: owned(raw.user_id),
+        product_id: owned(raw.product_id),
+        amount_micros,
+        city,
+        country,
+    })
+}
+
+fn owned(value: Option<Cow<'_, str>>) -> Option<String> {
+    value.map(Cow::into_owned)
+}
+
+/// Version 1's `"City, CC"` becomes version 2's `city` and `country`. The split is at the last
+/// comma, since city names may hold commas but country codes never do; a location without a
+/// comma is taken as a city alone.
+pub fn upcast_location(location: &str) -> (Option<String>, Option<String>) {
+    let non_empty = |s: &str| {
+        let s = s.trim();
+        (!s.is_empty()).then(|| s.to_string())
+    };
+    match location.rsplit_once(',') {
+        Some((city, country)) => (non_empty(city), non_empty(country)),
+        None => (non_empty(location), None),
+    }
+}
+
+/// Converts micro-units back to a number for JSON answers.
+pub fn micros_to_f64(micros: i128) -> f64 {
+    micros as f64 / MICROS_PER_UNIT
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: Millis = 1_800_000_000_000;
+    const SKEW: Millis = 600_000;
+
+    fn ok(json: &str) -> Event {
+        decode(Some(json.as_bytes()), NOW, SKEW).unwrap()
+    }
+    fn bad(json: &str) -> DecodeError {
+        decode(Some(json.as_bytes()), NOW, SKEW).unwrap_err()
+    }
+
+    #[test]
+    fn both_time_formats_decode_to_the_same_instant() {
+        let a = ok(r#"{"event_id":"a","event_type":"click","event_time":"2026-11-21T13:45:12.345Z"}"#);
+        let b = ok(r#"{"event_id":"a","event_type":"click","event_time":1795268712345}"#);
+        assert_eq!(a.event_time, 1_795_268_712_345);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn v1_location_is_upcast() {
+        let e = ok(
+            r#"{"event_id":"x","event_type":"purchase","event_time":1,"location":"Berlin, DE","amount":19.99}"#,
+        );
+        assert_eq!(e.schema_version, 1);
+        assert_eq!((e.city.as_deref(), e.country.as_deref()), (Some("Berlin"), Some("DE")));
+        assert_eq!(e.amount_micros, Some(19_990_000));
+        let v2 = ok(
+            r#"{"event_id":"x","event_type":"purchase","event_time":1,"schema_version":2,"city":"Berlin","country":"DE","amount":19.99}"#,
+        );
+        assert_eq!(Event { schema_version: 1, ..v2 }, e);
+        assert_eq!(upcast_location("Washington, D.C., US"), (Some("Washington, D.C.".into()), Some("US".into())));
+        assert_eq!(upcast_location("Nowhere"), (Some("Nowhere".into()), None));
+    }
+
+    #[test]
+    fn bad_input_is_named() {
+        assert_eq!(decode(None, NOW, SKEW), Err(DecodeError::Empty));
+        assert!(matches!(bad("not json"), DecodeError::NotJson(_)));
+        assert!(matches!(bad("[1,2]"), DecodeError::NotJson(_)));
+        assert!(matches!(bad(r#"{"event_type":"a","event_time":1}"#), DecodeError::NotJson(_)));
+        assert!(matches!(bad(r#"{"event_id":5,"event_type":"a","event_time":1}"#), DecodeError::NotJson(_)));
+        assert_eq!(bad(r#"{"event_id":"","event_type":"a","event_time":1}"#), DecodeError::EventIdLength(0));
+        let long = "x".repeat(129);
+        assert_eq!(
+            bad(&format!(r#"{{"event_id":"{long}","event_type":"a","event_time":1}}"#)),
+            DecodeError::EventIdLength(129)
+        );
+        assert!(matches!(bad(r#"{"event_id":"a","event_type":"a","event_time":"yesterday"}"#), DecodeError::BadEventTime(_)));
+        assert!(matches!(bad(r#"{"event_id":"a","event_type":"a","event_time":"2026-11-21T13:45:12"}"#), DecodeError::BadEventTime(_)));
+        assert!(matches!(bad(r#"{"event_id":"a","event_type":"a","event_time":1.5}"#), DecodeError::NotJson(_)));
+        assert!(matches!(
+            bad(&format!(r#"{{"event_id":"a","event_type":"a","event_time":{}}}"#, NOW + SKEW + 1)),
+            DecodeError::FromTheFuture { .. }
+        ));
+        assert!(decode(Some(format!(r#"{{"event_id":"a","event_type":"a","event_time":{}}}"#, NOW + SKEW).as_bytes()), NOW, SKEW).is_ok());
+        assert_eq!(bad(r#"{"event_id":"a","event_type":"purchase","event_time":1,"amount":-1}"#), DecodeError::BadAmount(-1.0));
+        assert_eq!(bad(r#"{"event_id":"a","event_type":"a","event_time":1,"schema_version":3}"#), DecodeError::UnsupportedVersion(3));
+        let huge = vec![b' '; MAX_MESSAGE_BYTES + 1];
+        assert_eq!(decode(Some(&huge), NOW, SKEW), Err(DecodeError::TooLarge(MAX_MESSAGE_BYTES + 1)));
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        use proptest::prelude::*;
+        proptest!(|(bytes in proptest::collection::vec(any::<u8>(), 0..256))| {
+            let _ = decode(Some(&bytes), NOW, SKEW);
+        });
+    }
+}

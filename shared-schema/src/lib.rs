@@ -1,0 +1,21 @@
+//! What every layer of the platform shares, written once: the event schema and its decoder, the
+//! metric definitions and their merge arithmetic, bucket and cutover rules, the configuration,
+//! and the plumbing to Postgres and Kafka. Keeping these here is what stops the batch and speed
+//! paths from drifting apart.
+
+pub mod config;
+pub mod cutover;
+pub mod db;
+pub mod event;
+pub mod kafka;
+pub mod metrics;
+pub mod quarantine;
+pub mod positions;
+pub mod query;
+pub mod telemetry;
+pub mod time;
+pub mod view;
+
+pub use config::PlatformConfig;
+pub use event::Event;
+pub use metrics::{MetricCatalog, MetricDef, Partial};

@@ -1,0 +1,258 @@
+//! The speed layer: events from Kafka to per-bucket partial aggregates in Postgres, seconds
+//! behind reality, exactly once.
+//!
+//! Each poll yields a batch. Decoding, in-batch deduplication and aggregation happen in memory;
+//! Postgres then sees one transaction per batch that (1) claims the batch's `event_id`s in
+//! `speed_dedupe`, (2) adds the partials of the newly claimed events to `speed_aggregates`,
+//! (3) stores the next offset of every partition and (4) keeps the bad messages. A crash at any
+//! moment rolls back all four together, and the restart resumes from the stored offsets, so
+//! nothing is lost and nothing is counted twice. Claiming ids in a shared table is also what
+//! makes deduplication hold across partitions and, later, across instances.
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use shared_schema::config::PlatformConfig;
+use shared_schema::event::AMOUNT_SCALE;
+use shared_schema::kafka::{Batch, EventSource, SourceError};
+use shared_schema::positions::{PositionTable, load_positions, store_positions};
+use shared_schema::metrics::{MetricCatalog, Partial, PartialKey};
+use shared_schema::quarantine;
+use shared_schema::time::{bucket_start, to_datetime};
+use sqlx::PgPool;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::time::Duration;
+use tracing::Instrument;
+
+/// Name under which this layer records quarantined messages.
+const CONSUMER_NAME: &str = "speed-layer";
+/// How often state already covered by a promoted batch view is deleted.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpeedError {
+    #[error(transparent)]
+    Config(#[from] shared_schema::config::ConfigError),
+    #[error(transparent)]
+    Db(#[from] shared_schema::db::DbError),
+    #[error("Postgres: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+}
+
+pub struct SpeedLayer {
+    pool: PgPool,
+    config: PlatformConfig,
+    catalog: MetricCatalog,
+}
+
+impl SpeedLayer {
+    pub fn new(pool: PgPool, config: PlatformConfig, catalog: MetricCatalog) -> Self {
+        SpeedLayer { pool, config, catalog }
+    }
+
+    /// Consumes until `shutdown` resolves. A batch in flight at shutdown is not committed; the
+    /// next start reads it again.
+    pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), SpeedError> {
+        let topic = self.config.events_topic.clone();
+        sqlx::query("INSERT INTO speed_coverage (topic, covered_from) VALUES ($1, NULL) ON CONFLICT DO NOTHING")
+            .bind(&topic)
+            .execute(&self.pool)
+            .await?;
+        let stored = load_positions(&self.pool, PositionTable::Speed, &topic).await?;
+        let mut source = EventSource::connect(
+            &self.config.kafka_brokers,
+            &self.config.speed.group_id,
+            &topic,
+            &stored,
+            self.config.max_event_skew.millis(),
+        )
+        .await?;
+
+        tokio::pin!(shutdown);
+        let mut retention = tokio::time::interval(RETENTION_INTERVAL);
+        loop {
+            let batch = tokio::select! {
+                _ = &mut shutdown => {
+                    tracing::info!("shutting down");
+                    return Ok(());
+                }
+                _ = retention.tick() => {
+                    if let Err(e) = self.apply_retention().await {
+                        tracing::warn!(error = %e, "retention failed; will retry");
+                    }
+                    continue;
+                }
+                batch = source.next_batch(self.config.speed.batch_max_events, self.config.speed.batch_max_wait.as_std()) => batch?,
+            };
+            if batch.advanced {
+                self.commit_with_retry(&topic, &batch).await;
+            }
+        }
+    }
+
+    /// Postgres being away must not lose the batch: retry it, with backoff, until it commits.
+    async fn commit_with_retry(&self, topic: &str, batch: &Batch) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.commit_batch(topic, batch).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "batch commit failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// One transaction: claim ids, add partials, store offsets, keep bad messages.
+    pub async fn commit_batch(&self, topic: &str, batch: &Batch) -> Result<(), sqlx::Error> {
+        let span = tracing::info_span!(
+            "commit_batch",
+            topic,
+            events = batch.events.len(),
+            bad = batch.bad.len(),
+            offsets = %describe_offsets(batch),
+        );
+        async {
+            // First copy of each id in the batch; sorted so concurrent instances lock ids in the
+            // same order and cannot deadlock.
+            let mut seen = HashSet::with_capacity(batch.events.len());
+            let mut candidates: Vec<usize> = (0..batch.events.len())
+                .filter(|&i| seen.insert(batch.events[i].event.event_id.as_str()))
+                .collect();
+            candidates.sort_unstable_by(|a, b| batch.events[*a].event.event_id.cmp(&batch.events[*b].event.event_id));
+
+            let alignment = self.catalog.cutover_alignment();
+            let ids: Vec<&str> = candidates.iter().map(|&i| batch.events[i].event.event_id.as_str()).collect();
+            let buckets: Vec<DateTime<Utc>> = candidates
+                .iter()
+                .map(|&i| to_datetime(bucket_start(batch.events[i].event.event_time, alignment)))
+                .collect();
+
+            let mut tx = self.pool.begin().await?;
+            let claimed: HashSet<String> = if ids.is_empty() {
+                HashSet::new()
+            } else {
+                sqlx::query_scalar(
+                    "INSERT INTO speed_dedupe (event_id, bucket_start)
+                     SELECT * FROM UNNEST($1::text[], $2::timestamptz[])
+                     ON CONFLICT DO NOTHING
+                     RETURNING event_id",
+                )
+                .bind(&ids)
+                .bind(&buckets)
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .collect()
+            };
+
+            let mut per_partition: BTreeMap<i32, HashMap<PartialKey, Partial>> = BTreeMap::new();
+            for &i in &candidates {
+                let sourced = &batch.events[i];
+                if claimed.contains(&sourced.event.event_id) {
+                    self.catalog.fold(&sourced.event, per_partition.entry(sourced.partition).or_default());
+                }
+            }
+            upsert_partials(&mut tx, &self.catalog, &per_partition).await?;
+            store_positions(&mut tx, PositionTable::Speed, topic, &batch.positions).await?;
+            quarantine::record(&mut tx, topic, CONSUMER_NAME, &batch.bad).await?;
+            tx.commit().await?;
+            tracing::debug!(claimed = claimed.len(), duplicates = candidates.len() - claimed.len(), "committed");
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Deletes speed state that a promoted batch view has covered for longer than the grace
+    /// period (CONTRACT §5.4). Buckets at or after T are never touched.
+    pub async fn apply_retention(&self) -> Result<(), sqlx::Error> {
+        let cutover: Option<DateTime<Utc>> =
+            sqlx::query_scalar("SELECT cutover FROM serving_state WHERE id = 1").fetch_one(&self.pool).await?;
+        let Some(cutover) = cutover else { return Ok(()) };
+        let horizon = cutover - chrono::Duration::milliseconds(self.config.speed.retention_grace.millis());
+        let mut tx = self.pool.begin().await?;
+        let aggregates = sqlx::query("DELETE FROM speed_aggregates WHERE bucket_start < $1")
+            .bind(horizon)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let ids = sqlx::query("DELETE FROM speed_dedupe WHERE bucket_start < $1")
+            .bind(horizon)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        if aggregates + ids > 0 {
+            tracing::info!(%horizon, aggregates, ids, "retention removed state covered by the batch view");
+        }
+        Ok(())
+    }
+}
+
+async fn upsert_partials(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    catalog: &MetricCatalog,
+    per_partition: &BTreeMap<i32, HashMap<PartialKey, Partial>>,
+) -> Result<(), sqlx::Error> {
+    let rows = per_partition.values().map(HashMap::len).sum::<usize>();
+    if rows == 0 {
+        return Ok(());
+    }
+    // Sorted by primary key, again so that concurrent writers take row locks in one order.
+    let mut sorted: Vec<(&PartialKey, i32, &Partial)> = per_partition
+        .iter()
+        .flat_map(|(partition, table)| table.iter().map(move |(k, v)| (k, *partition, v)))
+        .collect();
+    sorted.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    let metrics: Vec<&str> = sorted.iter().map(|(k, _, _)| catalog.metrics[k.metric].name.as_str()).collect();
+    let buckets: Vec<DateTime<Utc>> = sorted.iter().map(|(k, _, _)| to_datetime(k.bucket_start)).collect();
+    let dims: Vec<&str> = sorted.iter().map(|(k, _, _)| k.dims.as_str()).collect();
+    let partitions: Vec<i32> = sorted.iter().map(|(_, p, _)| *p).collect();
+    let counts: Vec<i64> = sorted.iter().map(|(_, _, v)| v.count).collect();
+    let sums: Vec<Decimal> = sorted
+        .iter()
+        .map(|(_, _, v)| Decimal::from_i128_with_scale(v.sum_micros, AMOUNT_SCALE))
+        .collect();
+    sqlx::query(
+        "INSERT INTO speed_aggregates (metric, bucket_start, dims, partition, event_count, sum_micros)
+         SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::int[], $5::bigint[], $6::numeric[])
+         ON CONFLICT (metric, bucket_start, dims, partition) DO UPDATE SET
+             event_count = speed_aggregates.event_count + EXCLUDED.event_count,
+             sum_micros = speed_aggregates.sum_micros + EXCLUDED.sum_micros,
+             updated_at = now()",
+    )
+    .bind(&metrics)
+    .bind(&buckets)
+    .bind(&dims)
+    .bind(&partitions)
+    .bind(&counts)
+    .bind(&sums)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// `p0:10..42 p1:7..9`: the offset range of each partition in the batch, for the span.
+fn describe_offsets(batch: &Batch) -> String {
+    let mut ranges: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
+    let offsets = batch
+        .events
+        .iter()
+        .map(|e| (e.partition, e.offset))
+        .chain(batch.bad.iter().map(|b| (b.partition, b.offset)));
+    for (partition, offset) in offsets {
+        let range = ranges.entry(partition).or_insert((offset, offset));
+        range.0 = range.0.min(offset);
+        range.1 = range.1.max(offset);
+    }
+    ranges
+        .iter()
+        .map(|(p, (lo, hi))| format!("p{p}:{lo}..{hi}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}

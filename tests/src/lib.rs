@@ -1,0 +1,257 @@
+//! The end-to-end harness: real binaries against the real Postgres and broker that
+//! `scripts/test.sh` starts, plus the pieces the demo event generator shares with the tests.
+//!
+//! Every scenario gets its own database, topic and lake directory, so scenarios can run side by
+//! side on one pair of servers.
+
+use anyhow::{Context, Result, bail};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sqlx::{Connection, Executor, PgConnection, PgPool};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::{Child, Command};
+
+/// Creates `topic` with `partitions` partitions; an existing topic is fine.
+pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => bail!("creating topic {name}: {code}"),
+        }
+    }
+    Ok(())
+}
+
+pub fn producer(brokers: &str) -> Result<FutureProducer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("message.timeout.ms", "30000")
+        .set("linger.ms", "5")
+        .create()?)
+}
+
+/// Sends one message to an explicit partition and returns its offset.
+pub async fn send(producer: &FutureProducer, topic: &str, partition: i32, key: &[u8], payload: &[u8]) -> Result<i64> {
+    let record = FutureRecord::to(topic).partition(partition).key(key).payload(payload);
+    let delivery = producer
+        .send(record, Duration::from_secs(30))
+        .await
+        .map_err(|(e, _)| anyhow::anyhow!("delivery failed: {e}"))?;
+    Ok(delivery.offset)
+}
+
+/// The servers a test run uses, from the environment `scripts/test.sh` sets.
+pub struct Cluster {
+    pub admin_database_url: String,
+    pub brokers: String,
+}
+
+impl Cluster {
+    pub fn from_env() -> Cluster {
+        let var = |name: &str| {
+            std::env::var(name).unwrap_or_else(|_| {
+                panic!("{name} is not set: run the end-to-end tests through scripts/test.sh, which starts Postgres and the broker")
+            })
+        };
+        Cluster { admin_database_url: var("E2E_DATABASE_URL"), brokers: var("E2E_KAFKA_BROKERS") }
+    }
+}
+
+/// One scenario's private platform: a database, a topic, a lake directory and an HTTP port.
+pub struct Platform {
+    pub name: String,
+    pub database_url: String,
+    pub brokers: String,
+    pub topic: String,
+    pub partitions: i32,
+    pub lake_dir: PathBuf,
+    pub listen_addr: String,
+    pub pool: PgPool,
+    pub producer: FutureProducer,
+    pub http: reqwest::Client,
+}
+
+impl Platform {
+    pub async fn new(name: &str, partitions: i32) -> Result<Platform> {
+        let cluster = Cluster::from_env();
+        let unique = format!("{name}_{}", uuid::Uuid::new_v4().simple().to_string().get(..8).unwrap_or("x"));
+        let mut admin = PgConnection::connect(&cluster.admin_database_url).await?;
+        admin.execute(format!("CREATE DATABASE {unique}").as_str()).await?;
+        admin.close().await?;
+        let database_url = replace_database(&cluster.admin_database_url, &unique)?;
+        let topic = format!("events_{unique}");
+        create_topic(&cluster.brokers, &topic, partitions).await?;
+        let lake_dir = target_dir()?.join("e2e").join(&unique).join("lake");
+        std::fs::create_dir_all(&lake_dir)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let pool = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&database_url).await?;
+        Ok(Platform {
+            name: unique,
+            database_url,
+            producer: producer(&cluster.brokers)?,
+            brokers: cluster.brokers,
+            topic,
+            partitions,
+            lake_dir,
+            listen_addr: format!("127.0.0.1:{port}"),
+            pool,
+            http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?,
+        })
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("DATABASE_URL", self.database_url.clone()),
+            ("KAFKA_BROKERS", self.brokers.clone()),
+            ("EVENTS_TOPIC", self.topic.clone()),
+            ("LAKE_DIR", self.lake_dir.to_string_lossy().into_owned()),
+            ("LISTEN_ADDR", self.listen_addr.clone()),
+            // Short flushes keep the scenarios quick.
+            ("PLATFORM_LANDER__FLUSH_INTERVAL", "300ms".into()),
+            ("PLATFORM_SPEED__BATCH_MAX_WAIT", "100ms".into()),
+            ("RUST_LOG", "info".into()),
+        ]
+    }
+
+    /// Starts `binary args...` with this platform's environment; output goes to a log file
+    /// beside the lake.
+    pub fn spawn(&self, binary: &str, args: &[&str]) -> Result<Service> {
+        let log_path = self.lake_dir.with_file_name(format!("{binary}-{}.log", args.join("-")));
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let child = Command::new(bin_path(binary)?)
+            .args(args)
+            .envs(self.env())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {binary}"))?;
+        Ok(Service { child, log_path })
+    }
+
+    /// Runs `binary args...` to completion and returns whether it succeeded, and its output.
+    pub async fn run(&self, binary: &str, args: &[&str]) -> Result<(bool, String)> {
+        let output = Command::new(bin_path(binary)?).args(args).envs(self.env()).output().await?;
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        Ok((output.status.success(), text))
+    }
+
+    pub async fn send(&self, partition: i32, payload: &[u8]) -> Result<i64> {
+        send(&self.producer, &self.topic, partition, b"", payload).await
+    }
+
+    pub async fn get(&self, path_and_query: &str) -> Result<(u16, serde_json::Value)> {
+        let response = self.http.get(format!("http://{}{}", self.listen_addr, path_and_query)).send().await?;
+        let status = response.status().as_u16();
+        let body = response.json().await.unwrap_or(serde_json::Value::Null);
+        Ok((status, body))
+    }
+
+    pub async fn wait_for_http(&self) -> Result<()> {
+        wait_until(Duration::from_secs(60), "the serving layer to answer /readyz", || async {
+            matches!(self.get("/readyz").await, Ok((200, _)))
+        })
+        .await
+    }
+
+    /// Waits until the consumer whose positions are in `table` has read every partition up to
+    /// `ends` (the next offset after the last produced message per partition).
+    pub async fn wait_caught_up(&self, table: &str, ends: &HashMap<i32, i64>) -> Result<()> {
+        let query = format!("SELECT partition, next_offset FROM {table} WHERE topic = $1");
+        wait_until(Duration::from_secs(120), &format!("{table} to reach {ends:?}"), || async {
+            let rows: Vec<(i32, i64)> = sqlx::query_as(&query).bind(&self.topic).fetch_all(&self.pool).await.unwrap_or_default();
+            let have: HashMap<i32, i64> = rows.into_iter().collect();
+            ends.iter().all(|(p, end)| have.get(p).is_some_and(|n| n >= end))
+        })
+        .await
+    }
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        // Keep the lake and logs of a failed scenario for inspection; clean up a passed one.
+        if !std::thread::panicking()
+            && let Some(dir) = self.lake_dir.parent()
+        {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// A running service process.
+pub struct Service {
+    child: Child,
+    pub log_path: PathBuf,
+}
+
+impl Service {
+    /// SIGKILL: no shutdown path runs.
+    pub async fn kill9(&mut self) -> Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+
+    /// Fails if the process already exited, with its log.
+    pub fn assert_running(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+            bail!("service exited with {status}:\n{log}");
+        }
+        Ok(())
+    }
+}
+
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut condition: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if condition().await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("timed out after {timeout:?} waiting for {what}")
+}
+
+fn replace_database(url: &str, database: &str) -> Result<String> {
+    let (base, _) = url.rsplit_once('/').context("database URL has no path")?;
+    Ok(format!("{base}/{database}"))
+}
+
+/// `target/` of this workspace, found from the test executable (`target/debug/deps/...`).
+pub fn target_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    exe.ancestors()
+        .find(|p| p.file_name().is_some_and(|n| n == "target"))
+        .map(Path::to_path_buf)
+        .or_else(|| Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target")))
+        .context("no target directory")
+}
+
+/// A workspace binary built by `cargo build --workspace --bins` (scripts/test.sh does that).
+pub fn bin_path(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe.parent().and_then(Path::parent).context("test executable has no profile directory")?;
+    let path = profile_dir.join(name);
+    if !path.exists() {
+        bail!("{} is missing: build the binaries first (cargo build --workspace --bins)", path.display());
+    }
+    Ok(path)
+}

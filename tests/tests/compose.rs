@@ -1,0 +1,623 @@
+//! Static checks of the container setup: `docker-compose.yml`, `Dockerfile` and `.dockerignore`
+//! at the workspace root. They run without Docker: the files are parsed and held against the
+//! contract (shared/CONTRACT.md §2 configuration, §3 commands) and against each other.
+
+use serde_norway::{Mapping, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// The contract's environment, which every platform service needs.
+const PLATFORM_VARIABLES: [&str; 4] = ["DATABASE_URL", "KAFKA_BROKERS", "EVENTS_TOPIC", "LAKE_DIR"];
+/// The services that read or write the lake.
+const LAKE_SERVICES: [&str; 3] = ["lander", "batch-scheduler", "serving-layer"];
+/// The binaries the image must ship, with the package directory each one is built from.
+const BINARIES: [(&str, &str); 4] = [
+    ("speed-layer", "speed-layer"),
+    ("batch-layer", "batch-layer"),
+    ("serving-layer", "serving-layer"),
+    ("event-generator", "tests"),
+];
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the platform-tests package lives one level below the workspace root")
+        .to_path_buf()
+}
+
+fn read_root_file(name: &str) -> String {
+    let path = workspace_root().join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+fn compose() -> Value {
+    let text = read_root_file("docker-compose.yml");
+    let mut doc: Value =
+        serde_norway::from_str(&text).expect("docker-compose.yml is not valid YAML");
+    // Compose honours YAML merge keys (`<<: *anchor`); so do these checks.
+    doc.apply_merge()
+        .expect("docker-compose.yml: a YAML merge key (`<<`) could not be applied");
+    assert!(
+        doc.get("version").is_none(),
+        "docker-compose.yml follows the Compose specification: no top-level `version:`"
+    );
+    doc
+}
+
+fn services(doc: &Value) -> &Mapping {
+    doc.get("services")
+        .and_then(Value::as_mapping)
+        .expect("docker-compose.yml has a `services:` mapping")
+}
+
+fn service<'a>(doc: &'a Value, name: &str) -> &'a Value {
+    services(doc)
+        .get(name)
+        .unwrap_or_else(|| panic!("docker-compose.yml has no service `{name}`"))
+}
+
+fn service_names(doc: &Value) -> BTreeSet<String> {
+    services(doc)
+        .keys()
+        .map(|k| k.as_str().expect("service names are strings").to_string())
+        .collect()
+}
+
+fn scalar_text(value: &Value) -> String {
+    match value {
+        Value::Null => String::new(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => s.clone(),
+        other => panic!("expected a scalar, found {other:?}"),
+    }
+}
+
+/// A service's `environment`, written either as a mapping or as a list of `KEY=VALUE`.
+fn environment(doc: &Value, name: &str) -> BTreeMap<String, String> {
+    match service(doc, name).get("environment") {
+        None => BTreeMap::new(),
+        Some(Value::Mapping(map)) => map
+            .iter()
+            .map(|(k, v)| {
+                let key = k.as_str().unwrap_or_else(|| {
+                    panic!("service `{name}`: an environment key is not a string")
+                });
+                (key.to_string(), scalar_text(v))
+            })
+            .collect(),
+        Some(Value::Sequence(items)) => items
+            .iter()
+            .map(|item| {
+                let entry = item.as_str().unwrap_or_else(|| {
+                    panic!("service `{name}`: environment entry {item:?} is not a string")
+                });
+                match entry.split_once('=') {
+                    Some((k, v)) => (k.to_string(), v.to_string()),
+                    None => (entry.to_string(), String::new()),
+                }
+            })
+            .collect(),
+        Some(other) => {
+            panic!("service `{name}`: `environment` is neither a mapping nor a list: {other:?}")
+        }
+    }
+}
+
+/// Splits a command string the way a shell would for the simple cases Compose files use:
+/// whitespace-separated words, with single or double quotes grouping.
+fn shell_words(text: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut quote: Option<char> = None;
+    for c in text.chars() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => word.push(c),
+            None if c == '"' || c == '\'' => {
+                quote = Some(c);
+                in_word = true;
+            }
+            None if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            None => {
+                word.push(c);
+                in_word = true;
+            }
+        }
+    }
+    assert!(quote.is_none(), "unbalanced quote in command `{text}`");
+    if in_word {
+        words.push(word);
+    }
+    words
+}
+
+fn command(doc: &Value, name: &str) -> Vec<String> {
+    match service(doc, name).get("command") {
+        Some(Value::String(text)) => shell_words(text),
+        Some(Value::Sequence(items)) => items.iter().map(scalar_text).collect(),
+        Some(other) => {
+            panic!("service `{name}`: `command` is neither a string nor a list: {other:?}")
+        }
+        None => panic!("service `{name}` has no `command`"),
+    }
+}
+
+/// The services built from the workspace root, i.e. running the platform image.
+fn built_services(doc: &Value) -> Vec<String> {
+    services(doc)
+        .iter()
+        .filter(|(_, svc)| {
+            let context = match svc.get("build") {
+                Some(Value::String(context)) => Some(context.as_str()),
+                Some(Value::Mapping(build)) => build.get("context").and_then(Value::as_str),
+                _ => None,
+            };
+            matches!(context, Some(".") | Some("./"))
+        })
+        .map(|(k, _)| k.as_str().expect("service names are strings").to_string())
+        .collect()
+}
+
+/// `(source, target)` of each volume mount of a service, short or long syntax.
+fn mounts(doc: &Value, name: &str) -> Vec<(String, String)> {
+    let Some(volumes) = service(doc, name).get("volumes") else {
+        return Vec::new();
+    };
+    volumes
+        .as_sequence()
+        .unwrap_or_else(|| panic!("service `{name}`: `volumes` is not a list"))
+        .iter()
+        .map(|mount| match mount {
+            Value::String(short) => {
+                let mut parts = short.splitn(3, ':');
+                let source = parts.next().unwrap_or_default().to_string();
+                let target = parts.next().unwrap_or_else(|| {
+                    panic!("service `{name}`: volume `{short}` has no target (anonymous volume)")
+                });
+                (source, target.to_string())
+            }
+            Value::Mapping(long) => {
+                let field = |key: &str| {
+                    long.get(key)
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                (field("source"), field("target"))
+            }
+            other => panic!("service `{name}`: unreadable volume entry {other:?}"),
+        })
+        .collect()
+}
+
+fn is_named_volume(source: &str) -> bool {
+    !source.is_empty() && !source.starts_with(['/', '.', '~', '$'])
+}
+
+/// The host part of `scheme://user:password@host:port/path`.
+fn url_host(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+    host_port.split(':').next().unwrap_or_default().to_string()
+}
+
+fn depends_on(doc: &Value, name: &str) -> BTreeMap<String, Option<String>> {
+    match service(doc, name).get("depends_on") {
+        None => BTreeMap::new(),
+        Some(Value::Sequence(names)) => names.iter().map(|n| (scalar_text(n), None)).collect(),
+        Some(Value::Mapping(map)) => map
+            .iter()
+            .map(|(k, v)| {
+                (
+                    scalar_text(k),
+                    v.get("condition")
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
+                )
+            })
+            .collect(),
+        Some(other) => panic!("service `{name}`: unreadable `depends_on` {other:?}"),
+    }
+}
+
+#[test]
+fn compose_runs_kafka_in_kraft_mode_with_postgres_and_every_layer() {
+    let doc = compose();
+    let names = service_names(&doc);
+    for expected in [
+        "kafka",
+        "kafka-init",
+        "postgres",
+        "speed-layer",
+        "lander",
+        "batch-scheduler",
+        "serving-layer",
+        "generator",
+    ] {
+        assert!(
+            names.contains(expected),
+            "docker-compose.yml lacks service `{expected}`; it has {names:?}"
+        );
+    }
+
+    // KRaft: one node that is both broker and controller, and no ZooKeeper anywhere.
+    let kafka = environment(&doc, "kafka");
+    let roles = kafka
+        .get("KAFKA_PROCESS_ROLES")
+        .expect("kafka: KAFKA_PROCESS_ROLES is not set (KRaft mode)");
+    let roles: BTreeSet<&str> = roles.split(',').map(str::trim).collect();
+    assert!(
+        roles.contains("broker") && roles.contains("controller"),
+        "kafka: KAFKA_PROCESS_ROLES must name broker and controller, got {roles:?}"
+    );
+    for key in [
+        "KAFKA_NODE_ID",
+        "KAFKA_CONTROLLER_QUORUM_VOTERS",
+        "KAFKA_CONTROLLER_LISTENER_NAMES",
+    ] {
+        assert!(
+            kafka.contains_key(key),
+            "kafka: {key} is required in KRaft mode"
+        );
+    }
+    assert_eq!(
+        kafka
+            .get("KAFKA_AUTO_CREATE_TOPICS_ENABLE")
+            .map(String::as_str),
+        Some("false"),
+        "kafka: topic auto-creation must be disabled (kafka-init creates `events`)"
+    );
+    for name in &names {
+        let svc = service(&doc, name);
+        let image = svc.get("image").and_then(Value::as_str).unwrap_or_default();
+        assert!(
+            !name.to_lowercase().contains("zookeeper")
+                && !image.to_lowercase().contains("zookeeper"),
+            "service `{name}` (image `{image}`) is a ZooKeeper: the broker runs in KRaft mode"
+        );
+        for key in environment(&doc, name).keys() {
+            assert!(
+                !key.contains("ZOOKEEPER"),
+                "service `{name}` sets {key}: the broker runs in KRaft mode"
+            );
+        }
+    }
+    assert!(
+        service(&doc, "kafka").get("healthcheck").is_some(),
+        "kafka needs a healthcheck for kafka-init to wait on"
+    );
+
+    // kafka-init creates the events topic once the broker is healthy.
+    let init = command(&doc, "kafka-init").join(" ");
+    assert!(
+        init.contains("kafka-topics.sh")
+            && init.contains("--create")
+            && init.contains("--topic events"),
+        "kafka-init must create the `events` topic with kafka-topics.sh, its command is `{init}`"
+    );
+    assert_eq!(
+        depends_on(&doc, "kafka-init")
+            .get("kafka")
+            .cloned()
+            .flatten()
+            .as_deref(),
+        Some("service_healthy"),
+        "kafka-init must wait for kafka to be healthy"
+    );
+    assert!(
+        service(&doc, "postgres").get("healthcheck").is_some(),
+        "postgres needs a healthcheck"
+    );
+}
+
+#[test]
+fn platform_services_share_the_contract_configuration_and_commands() {
+    let doc = compose();
+    let names = service_names(&doc);
+    let built = built_services(&doc);
+    for expected in [
+        "speed-layer",
+        "lander",
+        "batch-scheduler",
+        "serving-layer",
+        "generator",
+    ] {
+        assert!(
+            built.iter().any(|b| b == expected),
+            "service `{expected}` must be built from `.`; built ones: {built:?}"
+        );
+    }
+
+    let images: BTreeSet<String> = built
+        .iter()
+        .map(|name| {
+            let image = service(&doc, name).get("image").and_then(Value::as_str);
+            image
+                .unwrap_or_else(|| {
+                    panic!("service `{name}` is built from `.` but names no `image`")
+                })
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        images.len(),
+        1,
+        "every service built from `.` must share one image name, found {images:?}"
+    );
+
+    let kafka_advertised = environment(&doc, "kafka")
+        .get("KAFKA_ADVERTISED_LISTENERS")
+        .cloned()
+        .unwrap_or_default();
+    for name in &built {
+        let env = environment(&doc, name);
+        for key in PLATFORM_VARIABLES {
+            let value = env
+                .get(key)
+                .unwrap_or_else(|| panic!("service `{name}` lacks {key} in its environment"));
+            assert!(!value.is_empty(), "service `{name}`: {key} is empty");
+        }
+        let db_host = url_host(&env["DATABASE_URL"]);
+        assert!(
+            names.contains(&db_host),
+            "service `{name}`: DATABASE_URL host `{db_host}` is not a compose service ({names:?})"
+        );
+        for broker in env["KAFKA_BROKERS"].split(',').map(str::trim) {
+            let host = broker.split(':').next().unwrap_or_default();
+            assert!(
+                names.contains(host),
+                "service `{name}`: KAFKA_BROKERS host `{host}` is not a compose service ({names:?})"
+            );
+            assert!(
+                kafka_advertised.contains(broker),
+                "service `{name}`: broker `{broker}` is not among kafka's KAFKA_ADVERTISED_LISTENERS `{kafka_advertised}`"
+            );
+        }
+        let deps = depends_on(&doc, name);
+        assert_eq!(
+            deps.get(&db_host).cloned().flatten().as_deref(),
+            Some("service_healthy"),
+            "service `{name}` must wait for `{db_host}` to be healthy"
+        );
+        assert_eq!(
+            deps.get("kafka-init").cloned().flatten().as_deref(),
+            Some("service_completed_successfully"),
+            "service `{name}` must wait for kafka-init to have created the topic"
+        );
+    }
+
+    // CONTRACT §3: the commands, exactly.
+    for (name, expected) in [
+        ("speed-layer", vec!["speed-layer", "run"]),
+        ("lander", vec!["batch-layer", "land"]),
+        ("serving-layer", vec!["serving-layer", "run"]),
+    ] {
+        assert_eq!(
+            command(&doc, name),
+            expected,
+            "service `{name}` must run the contract's command"
+        );
+    }
+    let schedule = command(&doc, "batch-scheduler");
+    assert!(
+        schedule.len() == 4 && schedule[..3] == ["batch-layer", "schedule", "--cron"],
+        "batch-scheduler must run `batch-layer schedule --cron \"<expr>\"`, runs {schedule:?}"
+    );
+    let fields = schedule[3].split_whitespace().count();
+    assert!(
+        fields == 5 || fields == 6,
+        "batch-scheduler: `{}` is not a 5- or 6-field cron expression",
+        schedule[3]
+    );
+    assert_eq!(
+        command(&doc, "generator").first().map(String::as_str),
+        Some("event-generator")
+    );
+
+    // The entry point: the serving layer listens on all interfaces and its port is published.
+    let serving = environment(&doc, "serving-layer");
+    let listen = serving
+        .get("LISTEN_ADDR")
+        .expect("serving-layer must set LISTEN_ADDR (the default binds 127.0.0.1 only)");
+    assert!(
+        listen.starts_with("0.0.0.0:"),
+        "serving-layer: LISTEN_ADDR `{listen}` must bind 0.0.0.0 inside the container"
+    );
+    let port = listen.rsplit(':').next().unwrap_or_default();
+    let published: Vec<String> = service(&doc, "serving-layer")
+        .get("ports")
+        .and_then(Value::as_sequence)
+        .expect("serving-layer must publish its port")
+        .iter()
+        .map(|p| match p {
+            Value::Mapping(long) => long.get("target").map(scalar_text).unwrap_or_default(),
+            short => scalar_text(short)
+                .rsplit(':')
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        })
+        .collect();
+    assert!(
+        published.iter().any(|p| p == port),
+        "serving-layer listens on {port} but publishes {published:?}"
+    );
+}
+
+#[test]
+fn lake_services_share_one_declared_volume() {
+    let doc = compose();
+    let declared: BTreeSet<String> = match doc.get("volumes") {
+        Some(Value::Mapping(map)) => map.keys().map(scalar_text).collect(),
+        None | Some(Value::Null) => BTreeSet::new(),
+        Some(other) => panic!("top-level `volumes` is not a mapping: {other:?}"),
+    };
+
+    let mut lake: BTreeSet<(String, String)> = BTreeSet::new();
+    for name in LAKE_SERVICES {
+        let env = environment(&doc, name);
+        let lake_dir = env
+            .get("LAKE_DIR")
+            .unwrap_or_else(|| panic!("service `{name}` lacks LAKE_DIR"));
+        let mount = mounts(&doc, name)
+            .into_iter()
+            .find(|(_, target)| target.trim_end_matches('/') == lake_dir.trim_end_matches('/'))
+            .unwrap_or_else(|| {
+                panic!("service `{name}` mounts nothing at its LAKE_DIR `{lake_dir}`")
+            });
+        assert!(
+            is_named_volume(&mount.0),
+            "service `{name}`: the lake must be a named volume, not `{}`",
+            mount.0
+        );
+        lake.insert((mount.0, lake_dir.trim_end_matches('/').to_string()));
+    }
+    assert_eq!(
+        lake.len(),
+        1,
+        "{LAKE_SERVICES:?} must mount the same volume at the same LAKE_DIR, found (volume, path) {lake:?}"
+    );
+
+    for name in service_names(&doc) {
+        for (source, target) in mounts(&doc, &name) {
+            if is_named_volume(&source) {
+                assert!(
+                    declared.contains(&source),
+                    "service `{name}` mounts volume `{source}` at {target}, but top-level `volumes:` declares only {declared:?}"
+                );
+            }
+        }
+    }
+}
+
+/// Dockerfile instructions, continuation lines joined and comments dropped.
+fn dockerfile_instructions() -> Vec<(String, String)> {
+    let text = read_root_file("Dockerfile");
+    let mut instructions = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('#') || (trimmed.is_empty() && current.is_empty()) {
+            continue;
+        }
+        if let Some(head) = trimmed.strip_suffix('\\') {
+            current.push_str(head);
+            current.push(' ');
+            continue;
+        }
+        current.push_str(trimmed);
+        let full = std::mem::take(&mut current);
+        if let Some((keyword, rest)) = full.trim().split_once(char::is_whitespace) {
+            instructions.push((keyword.to_uppercase(), rest.trim().to_string()));
+        }
+    }
+    instructions
+}
+
+#[test]
+fn dockerfile_builds_the_four_binaries_with_the_migrations() {
+    let instructions = dockerfile_instructions();
+    let froms: Vec<&String> = instructions
+        .iter()
+        .filter(|(k, _)| k == "FROM")
+        .map(|(_, r)| r)
+        .collect();
+    assert!(
+        froms.len() >= 2,
+        "the Dockerfile must be multi-stage (a builder and a runtime), has FROM {froms:?}"
+    );
+    assert!(
+        froms[0].starts_with("rust:"),
+        "the builder must start from the official rust image, not `{}`",
+        froms[0]
+    );
+
+    let dockerignore = read_root_file(".dockerignore");
+    let ignored: Vec<&str> = dockerignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| l.trim_start_matches("/").trim_end_matches('/'))
+        .collect();
+    for pattern in ["target", ".local", "data", ".git"] {
+        assert!(
+            ignored.contains(&pattern),
+            ".dockerignore must exclude {pattern}, it has {ignored:?}"
+        );
+    }
+    assert!(
+        !ignored.contains(&"migrations"),
+        ".dockerignore must not exclude migrations/ (embedded at compile time)"
+    );
+
+    // migrations/ is embedded by sqlx::migrate! at compile time, so the builder must have it.
+    let copies_migrations = instructions.iter().any(|(k, rest)| {
+        let words: Vec<&str> = rest
+            .split_whitespace()
+            .filter(|w| !w.starts_with("--"))
+            .collect();
+        k == "COPY"
+            && !rest.contains("--from")
+            && words.len() >= 2
+            && words[..words.len() - 1].iter().any(|src| {
+                let src = src.trim_start_matches("./").trim_end_matches('/');
+                src == "migrations" || src == "."
+            })
+    });
+    assert!(
+        copies_migrations,
+        "the Dockerfile must COPY migrations/ into the builder"
+    );
+
+    let build = instructions
+        .iter()
+        .find(|(k, rest)| k == "RUN" && rest.contains("cargo build"))
+        .map(|(_, rest)| rest)
+        .expect("the Dockerfile never runs `cargo build`");
+    assert!(
+        build.contains("--release"),
+        "the image must ship release builds: `{build}`"
+    );
+
+    for (binary, package_dir) in BINARIES {
+        assert!(
+            build.contains("--bins") || build.contains(&format!("--bin {binary}")),
+            "`{build}` does not build `{binary}`"
+        );
+        let shipped = instructions.iter().any(|(k, rest)| {
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            k == "COPY"
+                && rest.contains("--from=")
+                && words
+                    .last()
+                    .is_some_and(|dest| dest.starts_with("/usr/local/bin"))
+                && words.iter().any(|w| w.rsplit('/').next() == Some(binary))
+        });
+        assert!(
+            shipped,
+            "the runtime stage must COPY `{binary}` from the builder into /usr/local/bin"
+        );
+
+        // The binary has to exist in the workspace under that name.
+        let dir = workspace_root().join(package_dir);
+        let manifest = std::fs::read_to_string(dir.join("Cargo.toml"))
+            .unwrap_or_else(|e| panic!("reading {package_dir}/Cargo.toml: {e}"));
+        let named_in_manifest = manifest.contains(&format!("name = \"{binary}\""));
+        let exists = dir.join(format!("src/bin/{binary}.rs")).is_file()
+            || dir.join(format!("src/bin/{binary}/main.rs")).is_file()
+            || (named_in_manifest
+                && (dir.join("src/main.rs").is_file() || manifest.contains("[[bin]]")));
+        assert!(
+            exists,
+            "no binary `{binary}` in {package_dir}/ (src/main.rs, src/bin/{binary}.rs or a [[bin]] entry)"
+        );
+    }
+}
