@@ -37,30 +37,42 @@ pg_run() {
   if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
-# start_postgres NAME PORT: a private cluster in .local/NAME on 127.0.0.1:PORT, trust auth on
-# loopback only. Prints nothing; DATABASE_URLs are postgres://postgres@127.0.0.1:PORT/<db>.
+# Where the cluster NAME lives: .local/NAME, unless the postgres user cannot reach it (a checkout
+# inside a private directory), then a directory of its own under /tmp.
+pg_dir() {
+  local name=$1
+  if [ "$(id -u)" != 0 ] || runuser -u postgres -- test -x "$STATE" 2>/dev/null; then
+    echo "$STATE/$name"
+  else
+    echo "/tmp/lambda-platform-$(printf '%s' "$ROOT" | cksum | cut -d' ' -f1)/$name"
+  fi
+}
+
+# start_postgres NAME PORT: a private cluster on 127.0.0.1:PORT, trust auth on loopback only.
+# DATABASE_URLs are postgres://postgres@127.0.0.1:PORT/<db>.
 start_postgres() {
-  local name=$1 port=$2 bin data run
+  local name=$1 port=$2 bin dir data run
   bin=$(pg_bin)
-  data="$STATE/$name/data"
-  run="$STATE/$name/run"
+  dir=$(pg_dir "$name")
+  data="$dir/data"
+  run="$dir/run"
   if pg_run "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
     return 0
   fi
   mkdir -p "$data" "$run"
-  if [ "$(id -u)" = 0 ]; then chown -R postgres: "$STATE/$name"; fi
+  if [ "$(id -u)" = 0 ]; then chown -R postgres: "$dir"; fi
   if [ ! -f "$data/PG_VERSION" ]; then
     log "creating a Postgres cluster in $data"
     pg_run "$bin/initdb" -D "$data" -U postgres -A trust --no-sync >/dev/null
   fi
   log "starting Postgres on 127.0.0.1:$port"
-  pg_run "$bin/pg_ctl" -D "$data" -l "$STATE/$name/postgres.log" -w -t 60 start \
+  pg_run "$bin/pg_ctl" -D "$data" -l "$dir/postgres.log" -w -t 60 start \
     -o "-p $port -k $run -c listen_addresses=127.0.0.1 -c max_connections=400" >/dev/null
 }
 
 stop_postgres() {
   local name=$1
-  pg_run "$(pg_bin)/pg_ctl" -D "$STATE/$name/data" -m fast -w stop >/dev/null 2>&1 || true
+  pg_run "$(pg_bin)/pg_ctl" -D "$(pg_dir "$name")/data" -m fast -w stop >/dev/null 2>&1 || true
 }
 
 wait_for_port() {

@@ -24,6 +24,6 @@ export E2E_DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
 export E2E_KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
 
 log "building"
-cargo build --workspace --bins
+cargo build --workspace --all-targets
 log "testing"
 cargo test --workspace "$@"

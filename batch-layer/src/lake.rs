@@ -1,7 +1,10 @@
 //! The raw event lake: typed Parquet files under `events/dt=YYYY-MM-DD/hour=HH/`, partitioned
 //! by event time, listed in the `lake_files` manifest once published.
 
-use arrow::array::{ArrayRef, Decimal128Array, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+use arrow::array::{
+    ArrayRef, Decimal128Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMillisecondArray,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use chrono::{Datelike, Timelike};
 use parquet::arrow::ArrowWriter;
@@ -22,7 +25,11 @@ pub fn lake_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         text("event_id", false),
         text("event_type", false),
-        Field::new("event_time", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
+        Field::new(
+            "event_time",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            false,
+        ),
         Field::new("schema_version", DataType::Int32, false),
         text("user_id", true),
         text("product_id", true),
@@ -38,7 +45,10 @@ pub fn lake_schema() -> SchemaRef {
 /// The lake partition of an event time, e.g. `dt=2026-11-21/hour=13`.
 pub fn partition_of(event_time: Millis) -> LakePartition {
     let t = to_datetime(event_time);
-    LakePartition { date: t.date_naive(), hour: t.hour() }
+    LakePartition {
+        date: t.date_naive(),
+        hour: t.hour(),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -60,12 +70,19 @@ impl LakePartition {
 }
 
 pub fn events_to_batch(events: &[&SourcedEvent]) -> Result<RecordBatch, arrow::error::ArrowError> {
-    let text = |f: fn(&SourcedEvent) -> Option<&str>| -> ArrayRef { Arc::new(events.iter().map(|e| f(e)).collect::<StringArray>()) };
+    let text = |f: fn(&SourcedEvent) -> Option<&str>| -> ArrayRef {
+        Arc::new(events.iter().map(|e| f(e)).collect::<StringArray>())
+    };
     let columns: Vec<ArrayRef> = vec![
-        text(|e| Some(&e.event.event_id)),
-        text(|e| Some(&e.event.event_type)),
-        Arc::new(TimestampMillisecondArray::from_iter_values(events.iter().map(|e| e.event.event_time)).with_timezone("UTC")),
-        Arc::new(Int32Array::from_iter_values(events.iter().map(|e| e.event.schema_version))),
+        text(|e| Some(e.event.event_id.as_str())),
+        text(|e| Some(e.event.event_type.as_str())),
+        Arc::new(
+            TimestampMillisecondArray::from_iter_values(events.iter().map(|e| e.event.event_time))
+                .with_timezone("UTC"),
+        ),
+        Arc::new(Int32Array::from_iter_values(
+            events.iter().map(|e| e.event.schema_version),
+        )),
         text(|e| e.event.user_id.as_deref()),
         text(|e| e.event.product_id.as_deref()),
         Arc::new(
@@ -77,16 +94,25 @@ pub fn events_to_batch(events: &[&SourcedEvent]) -> Result<RecordBatch, arrow::e
         ),
         text(|e| e.event.city.as_deref()),
         text(|e| e.event.country.as_deref()),
-        Arc::new(Int32Array::from_iter_values(events.iter().map(|e| e.partition))),
-        Arc::new(Int64Array::from_iter_values(events.iter().map(|e| e.offset))),
+        Arc::new(Int32Array::from_iter_values(
+            events.iter().map(|e| e.partition),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            events.iter().map(|e| e.offset),
+        )),
     ];
     RecordBatch::try_new(lake_schema(), columns)
 }
 
 /// Writes `batch` to `final_path` atomically: a temporary file in the same directory, synced,
 /// then renamed, then the directory synced. A reader never sees a partial file.
-pub fn write_parquet_atomically(final_path: &Path, batch: &RecordBatch) -> Result<(), crate::BatchError> {
-    let dir = final_path.parent().ok_or_else(|| crate::BatchError::Lake(format!("{} has no parent", final_path.display())))?;
+pub fn write_parquet_atomically(
+    final_path: &Path,
+    batch: &RecordBatch,
+) -> Result<(), crate::BatchError> {
+    let dir = final_path.parent().ok_or_else(|| {
+        crate::BatchError::Lake(format!("{} has no parent", final_path.display()))
+    })?;
     std::fs::create_dir_all(dir)?;
     let tmp = final_path.with_extension("parquet.tmp");
     let properties = WriterProperties::builder()

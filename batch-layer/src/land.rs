@@ -102,10 +102,16 @@ impl Lander {
 }
 
 /// Writes one file per lake partition touched by the batch.
-pub async fn write_files(config: &PlatformConfig, batch: &Batch) -> Result<Vec<LakeFile>, BatchError> {
+pub async fn write_files(
+    config: &PlatformConfig,
+    batch: &Batch,
+) -> Result<Vec<LakeFile>, BatchError> {
     let mut by_partition: BTreeMap<LakePartition, Vec<&SourcedEvent>> = BTreeMap::new();
     for sourced in &batch.events {
-        by_partition.entry(partition_of(sourced.event.event_time)).or_default().push(sourced);
+        by_partition
+            .entry(partition_of(sourced.event.event_time))
+            .or_default()
+            .push(sourced);
     }
     let mut files = Vec::with_capacity(by_partition.len());
     for (partition, events) in by_partition {
@@ -113,22 +119,43 @@ pub async fn write_files(config: &PlatformConfig, batch: &Batch) -> Result<Vec<L
         let relative = format!("{}/part-{}.parquet", partition.dir(), uuid::Uuid::now_v7());
         let path = config.lake_dir.join(&relative);
         let span = tracing::debug_span!("write_lake_file", path = %relative, rows = events.len());
-        tokio::task::spawn_blocking(move || span.in_scope(|| write_parquet_atomically(&path, &record_batch)))
-            .await??;
+        tokio::task::spawn_blocking(move || {
+            span.in_scope(|| write_parquet_atomically(&path, &record_batch))
+        })
+        .await??;
         files.push(LakeFile {
             path: relative,
             partition,
             rows: events.len() as i64,
-            min_event_time: events.iter().map(|e| e.event.event_time).min().unwrap_or_default(),
-            max_event_time: events.iter().map(|e| e.event.event_time).max().unwrap_or_default(),
+            min_event_time: events
+                .iter()
+                .map(|e| e.event.event_time)
+                .min()
+                .unwrap_or_default(),
+            max_event_time: events
+                .iter()
+                .map(|e| e.event.event_time)
+                .max()
+                .unwrap_or_default(),
         });
     }
     Ok(files)
 }
 
 /// Lists the files, stores the offsets and keeps the bad messages, all in one transaction.
-pub async fn commit(pool: &PgPool, topic: &str, batch: &Batch, files: &[LakeFile]) -> Result<(), sqlx::Error> {
-    let span = tracing::info_span!("land_batch", topic, events = batch.events.len(), bad = batch.bad.len(), files = files.len());
+pub async fn commit(
+    pool: &PgPool,
+    topic: &str,
+    batch: &Batch,
+    files: &[LakeFile],
+) -> Result<(), sqlx::Error> {
+    let span = tracing::info_span!(
+        "land_batch",
+        topic,
+        events = batch.events.len(),
+        bad = batch.bad.len(),
+        files = files.len()
+    );
     async {
         let mut tx = pool.begin().await?;
         if !files.is_empty() {

@@ -3,8 +3,8 @@
 //! with its cutover in one Postgres transaction (`run`, `schedule`). Its output is the source of
 //! truth for every bucket before the cutover.
 
-pub mod land;
 pub mod lake;
+pub mod land;
 pub mod recompute;
 pub mod schedule;
 

@@ -7,7 +7,10 @@ use shared_schema::time::parse_rfc3339;
 use shared_schema::{MetricCatalog, PlatformConfig, db, telemetry};
 
 #[derive(Parser)]
-#[command(name = "batch-layer", about = "Lands events into the Parquet lake and recomputes the batch views")]
+#[command(
+    name = "batch-layer",
+    about = "Lands events into the Parquet lake and recomputes the batch views"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -46,14 +49,25 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("starting the batch layer")?;
     match cli.command {
-        Command::Land => Lander::new(pool, config).run(telemetry::shutdown_signal()).await?,
+        Command::Land => {
+            Lander::new(pool, config)
+                .run(telemetry::shutdown_signal())
+                .await?
+        }
         Command::Run { cutover } => {
             let outcome = run_once(&pool, &config, &catalog, &RunOptions { cutover }).await?;
             println!("{}", describe(&outcome));
         }
         Command::Schedule { cron } => {
             let schedule = parse_cron(&cron)?;
-            run_on_schedule(&pool, &config, &catalog, &schedule, telemetry::shutdown_signal()).await?;
+            run_on_schedule(
+                &pool,
+                &config,
+                &catalog,
+                &schedule,
+                telemetry::shutdown_signal(),
+            )
+            .await?;
         }
     }
     Ok(())

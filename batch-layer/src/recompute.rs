@@ -105,18 +105,24 @@ fn new_version_id() -> String {
 
 async fn read_snapshot(pool: &PgPool, topic: &str) -> Result<LakeSnapshot, BatchError> {
     let mut tx = pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
-    let files: Vec<(String, i64)> = sqlx::query_as("SELECT path, row_count FROM lake_files WHERE topic = $1 ORDER BY path")
-        .bind(topic)
-        .fetch_all(&mut *tx)
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut *tx)
         .await?;
-    let landed: Vec<(i32, Option<DateTime<Utc>>, bool)> =
-        sqlx::query_as("SELECT partition, max_event_time, caught_up FROM lake_progress WHERE topic = $1")
+    let files: Vec<(String, i64)> =
+        sqlx::query_as("SELECT path, row_count FROM lake_files WHERE topic = $1 ORDER BY path")
             .bind(topic)
             .fetch_all(&mut *tx)
             .await?;
+    let landed: Vec<(i32, Option<DateTime<Utc>>, bool)> = sqlx::query_as(
+        "SELECT partition, max_event_time, caught_up FROM lake_progress WHERE topic = $1",
+    )
+    .bind(topic)
+    .fetch_all(&mut *tx)
+    .await?;
     let current_cutover: Option<DateTime<Utc>> =
-        sqlx::query_scalar("SELECT cutover FROM serving_state WHERE id = 1").fetch_one(&mut *tx).await?;
+        sqlx::query_scalar("SELECT cutover FROM serving_state WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?;
     tx.commit().await?;
     Ok(LakeSnapshot {
         rows: files.iter().map(|(_, rows)| rows).sum(),
@@ -134,14 +140,21 @@ async fn read_snapshot(pool: &PgPool, topic: &str) -> Result<LakeSnapshot, Batch
 }
 
 /// Every metric's partials for every bucket before `cutover`, from the deduplicated lake.
-pub async fn compute_view(lake_paths: &[String], catalog: &MetricCatalog, cutover: Millis) -> Result<Vec<ViewRow>, BatchError> {
+pub async fn compute_view(
+    lake_paths: &[String],
+    catalog: &MetricCatalog,
+    cutover: Millis,
+) -> Result<Vec<ViewRow>, BatchError> {
     if lake_paths.is_empty() {
         return Ok(Vec::new());
     }
     let ctx = SessionContext::new();
     let schema = lake_schema();
     let lake = ctx
-        .read_parquet(lake_paths.to_vec(), ParquetReadOptions::default().schema(&schema))
+        .read_parquet(
+            lake_paths.to_vec(),
+            ParquetReadOptions::default().schema(&schema),
+        )
         .await?;
     ctx.register_table("lake", lake.into_view())?;
     // One copy per event_id: the first the lander read, by (partition, offset). Copies of an id
@@ -187,11 +200,18 @@ fn metric_plan(events: DataFrame, metric: &MetricDef) -> Result<DataFrame, Batch
             .enumerate()
             .map(|(i, d)| col(d.name()).alias(format!("d{i}"))),
     );
-    let aggregates = vec![count(lit(1)).alias("event_count"), sum(col("amount")).alias("sum_micros")];
+    let aggregates = vec![
+        count(lit(1)).alias("event_count"),
+        sum(col("amount")).alias("sum_micros"),
+    ];
     Ok(events.aggregate(group, aggregates)?)
 }
 
-fn append_rows(rows: &mut Vec<ViewRow>, metric: &MetricDef, batch: &RecordBatch) -> Result<(), BatchError> {
+fn append_rows(
+    rows: &mut Vec<ViewRow>,
+    metric: &MetricDef,
+    batch: &RecordBatch,
+) -> Result<(), BatchError> {
     let column = |name: &str, data_type: &DataType| -> Result<arrow::array::ArrayRef, BatchError> {
         let array = batch
             .column_by_name(name)
@@ -209,7 +229,10 @@ fn append_rows(rows: &mut Vec<ViewRow>, metric: &MetricDef, batch: &RecordBatch)
         .collect::<Result<Vec<_>, _>>()?;
     let dims: Vec<&arrow::array::StringArray> = dims.iter().map(|d| d.as_string::<i32>()).collect();
     for i in 0..batch.num_rows() {
-        let values: Vec<Option<&str>> = dims.iter().map(|d| (!d.is_null(i)).then(|| d.value(i))).collect();
+        let values: Vec<Option<&str>> = dims
+            .iter()
+            .map(|d| (!d.is_null(i)).then(|| d.value(i)))
+            .collect();
         rows.push(ViewRow {
             metric: metric.name.clone(),
             row: BucketRow {
@@ -227,7 +250,11 @@ fn append_rows(rows: &mut Vec<ViewRow>, metric: &MetricDef, batch: &RecordBatch)
 
 /// Writes the view under a staging directory and publishes it by renaming the directory.
 /// Returns the view file's path relative to `LAKE_DIR`.
-async fn publish_view(config: &PlatformConfig, version: &str, rows: Vec<ViewRow>) -> Result<PathBuf, BatchError> {
+async fn publish_view(
+    config: &PlatformConfig,
+    version: &str,
+    rows: Vec<ViewRow>,
+) -> Result<PathBuf, BatchError> {
     let views = config.views_dir();
     let staging = views.join(format!(".staging-{version}"));
     let published = views.join(version);
@@ -253,10 +280,14 @@ async fn promote(
     started_at: DateTime<Utc>,
 ) -> Result<(), BatchError> {
     let mut tx = pool.begin().await?;
-    let current: Option<DateTime<Utc>> = sqlx::query_scalar("SELECT cutover FROM serving_state WHERE id = 1 FOR UPDATE")
-        .fetch_one(&mut *tx)
-        .await?;
-    if let Some(current) = current.map(|c| c.timestamp_millis()).filter(|c| *c > cutover) {
+    let current: Option<DateTime<Utc>> =
+        sqlx::query_scalar("SELECT cutover FROM serving_state WHERE id = 1 FOR UPDATE")
+            .fetch_one(&mut *tx)
+            .await?;
+    if let Some(current) = current
+        .map(|c| c.timestamp_millis())
+        .filter(|c| *c > cutover)
+    {
         return Err(shared_schema::cutover::CutoverError::Backwards {
             requested: format_rfc3339(cutover),
             current: format_rfc3339(current),
@@ -276,11 +307,13 @@ async fn promote(
     .bind(started_at)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("UPDATE serving_state SET version = $1, cutover = $2, promoted_at = now() WHERE id = 1")
-        .bind(version)
-        .bind(to_datetime(cutover))
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "UPDATE serving_state SET version = $1, cutover = $2, promoted_at = now() WHERE id = 1",
+    )
+    .bind(version)
+    .bind(to_datetime(cutover))
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(())
 }

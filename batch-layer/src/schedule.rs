@@ -14,8 +14,15 @@ use std::str::FromStr;
 /// at second 0; six or seven fields give seconds (and years) explicitly.
 pub fn parse_cron(expr: &str) -> Result<Schedule, BatchError> {
     let fields = expr.split_whitespace().count();
-    let full = if fields == 5 { format!("0 {expr}") } else { expr.to_string() };
-    Schedule::from_str(&full).map_err(|e| BatchError::Cron { expr: expr.to_string(), message: e.to_string() })
+    let full = if fields == 5 {
+        format!("0 {expr}")
+    } else {
+        expr.to_string()
+    };
+    Schedule::from_str(&full).map_err(|e| BatchError::Cron {
+        expr: expr.to_string(),
+        message: e.to_string(),
+    })
 }
 
 /// Runs `batch-layer run` at every tick until `shutdown`. A failed run is logged and the next
@@ -41,7 +48,9 @@ pub async fn run_on_schedule(
         }
         match run_once(pool, config, catalog, &RunOptions::default()).await {
             Ok(outcome) => tracing::info!("{}", describe(&outcome)),
-            Err(e) => tracing::error!(error = %e, "batch run failed; the previous view stays served"),
+            Err(e) => {
+                tracing::error!(error = %e, "batch run failed; the previous view stays served")
+            }
         }
     }
 }

@@ -30,7 +30,12 @@ pub struct AppState {
 impl AppState {
     pub fn new(pool: PgPool, config: PlatformConfig, catalog: MetricCatalog) -> Self {
         let views = ViewCache::new(&config.lake_dir);
-        AppState { pool, config: Arc::new(config), catalog: Arc::new(catalog), views }
+        AppState {
+            pool,
+            config: Arc::new(config),
+            catalog: Arc::new(catalog),
+            views,
+        }
     }
 }
 
@@ -41,7 +46,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/alerts", get(list_alerts))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
         .with_state(state)
 }
 
@@ -55,7 +62,11 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
     }
     fn bad_request(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
@@ -110,10 +121,14 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
     let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
         .fetch_one(&state.pool)
         .await
-        .map_err(|e| ApiError::unavailable(format!("database not reachable or not migrated: {e}")))?;
+        .map_err(|e| {
+            ApiError::unavailable(format!("database not reachable or not migrated: {e}"))
+        })?;
     let expected = MIGRATOR.iter().count() as i64;
     if applied < expected {
-        return Err(ApiError::unavailable(format!("{applied} of {expected} migrations applied")));
+        return Err(ApiError::unavailable(format!(
+            "{applied} of {expected} migrations applied"
+        )));
     }
     Ok(Json(json!({"status": "ready"})))
 }
@@ -137,14 +152,21 @@ async fn query_metric(
     params: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Some((_, metric)) = state.catalog.get(&name) else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_metric", format!("no metric named `{name}`")));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_metric",
+            format!("no metric named `{name}`"),
+        ));
     };
     let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let request = parse_query(metric, &params, state.config.serving.max_points)?;
     let timeout = state.config.serving.query_timeout.as_std();
     match tokio::time::timeout(timeout, answer(&state, metric, &request)).await {
         Ok(answer) => answer.map(Json),
-        Err(_) => Err(ApiError::unavailable(format!("query took longer than {}", state.config.serving.query_timeout))),
+        Err(_) => Err(ApiError::unavailable(format!(
+            "query took longer than {}",
+            state.config.serving.query_timeout
+        ))),
     }
 }
 
@@ -155,10 +177,18 @@ struct Request {
     group_by: Option<Dimension>,
 }
 
-fn parse_query(metric: &MetricDef, params: &HashMap<String, String>, max_points: i64) -> Result<Request, ApiError> {
+fn parse_query(
+    metric: &MetricDef,
+    params: &HashMap<String, String>,
+    max_points: i64,
+) -> Result<Request, ApiError> {
     let time = |key: &str| -> Result<Millis, ApiError> {
-        let text = params.get(key).ok_or_else(|| ApiError::bad_request(format!("`{key}` is required (RFC 3339)")))?;
-        parse_rfc3339(text).ok_or_else(|| ApiError::bad_request(format!("`{key}` = `{text}` is not RFC 3339 with an offset")))
+        let text = params
+            .get(key)
+            .ok_or_else(|| ApiError::bad_request(format!("`{key}` is required (RFC 3339)")))?;
+        parse_rfc3339(text).ok_or_else(|| {
+            ApiError::bad_request(format!("`{key}` = `{text}` is not RFC 3339 with an offset"))
+        })
     };
     let (from, to) = (time("from")?, time("to")?);
     if from >= to {
@@ -166,10 +196,16 @@ fn parse_query(metric: &MetricDef, params: &HashMap<String, String>, max_points:
     }
     let bucket = metric.bucket.millis();
     let duration = |key: &str, default: HumanDuration| -> Result<HumanDuration, ApiError> {
-        let Some(text) = params.get(key) else { return Ok(default) };
-        let d = HumanDuration::parse(text).map_err(|e| ApiError::bad_request(format!("`{key}`: {e}")))?;
+        let Some(text) = params.get(key) else {
+            return Ok(default);
+        };
+        let d = HumanDuration::parse(text)
+            .map_err(|e| ApiError::bad_request(format!("`{key}`: {e}")))?;
         if d.millis() % bucket != 0 {
-            return Err(ApiError::bad_request(format!("`{key}` = {d} is not a multiple of the bucket {}", metric.bucket)));
+            return Err(ApiError::bad_request(format!(
+                "`{key}` = {d} is not a multiple of the bucket {}",
+                metric.bucket
+            )));
         }
         Ok(d)
     };
@@ -180,10 +216,17 @@ fn parse_query(metric: &MetricDef, params: &HashMap<String, String>, max_points:
             .and_then(|d| metric.dimension_index(d).map(|i| (d, i)))
             .ok_or_else(|| {
                 let known: Vec<&str> = metric.dimensions.iter().map(|d| d.name()).collect();
-                ApiError::bad_request(format!("`{key}`: `{}` has no dimension `{name}` (it has: {})", metric.name, known.join(", ")))
+                ApiError::bad_request(format!(
+                    "`{key}`: `{}` has no dimension `{name}` (it has: {})",
+                    metric.name,
+                    known.join(", ")
+                ))
             })
     };
-    let group_by = params.get("group_by").map(|name| dimension("group_by", name)).transpose()?;
+    let group_by = params
+        .get("group_by")
+        .map(|name| dimension("group_by", name))
+        .transpose()?;
     let filter = match params.get("filter") {
         None => None,
         Some(text) => {
@@ -207,12 +250,22 @@ fn parse_query(metric: &MetricDef, params: &HashMap<String, String>, max_points:
             query.point_count()
         )));
     }
-    Ok(Request { query, step, window, group_by: group_by.map(|(d, _)| d) })
+    Ok(Request {
+        query,
+        step,
+        window,
+        group_by: group_by.map(|(d, _)| d),
+    })
 }
 
-async fn answer(state: &AppState, metric: &MetricDef, request: &Request) -> Result<Value, ApiError> {
+async fn answer(
+    state: &AppState,
+    metric: &MetricDef,
+    request: &Request,
+) -> Result<Value, ApiError> {
     let range = request.query.bucket_range();
-    let snapshot = read_snapshot(&state.pool, &state.config.events_topic, &metric.name, range).await?;
+    let snapshot =
+        read_snapshot(&state.pool, &state.config.events_topic, &metric.name, range).await?;
     let view = match (&snapshot.batch_version, &snapshot.view_path) {
         (Some(version), Some(path)) => Some(state.views.get(version, path).await?),
         _ => None,
@@ -220,31 +273,58 @@ async fn answer(state: &AppState, metric: &MetricDef, request: &Request) -> Resu
     let batch_rows = view
         .as_ref()
         .and_then(|v| v.get(&metric.name))
-        .map(|rows| rows_in(rows, range.0, snapshot.cutover.map_or(range.0, |t| t.min(range.1))))
+        .map(|rows| {
+            rows_in(
+                rows,
+                range.0,
+                snapshot.cutover.map_or(range.0, |t| t.min(range.1)),
+            )
+        })
         .unwrap_or_default();
 
-    let series = assemble(metric, &request.query, snapshot.cutover, batch_rows.iter().cloned(), snapshot.speed_rows);
-    let gaps = gaps(request.query.from, request.query.to, snapshot.cutover, snapshot.speed_covered_from);
+    let series = assemble(
+        metric,
+        &request.query,
+        snapshot.cutover,
+        batch_rows.iter().cloned(),
+        snapshot.speed_rows,
+    );
+    let gaps = gaps(
+        request.query.from,
+        request.query.to,
+        snapshot.cutover,
+        snapshot.speed_covered_from,
+    );
     let series: Vec<SeriesOut> = series
         .into_iter()
         .map(|s| {
             let mut group = Map::new();
             if let (Some(dimension), Some(value)) = (request.group_by, s.group) {
-                group.insert(dimension.name().to_string(), value.map_or(Value::Null, Value::String));
+                group.insert(
+                    dimension.name().to_string(),
+                    value.map_or(Value::Null, Value::String),
+                );
             }
             SeriesOut {
                 group,
                 points: s
                     .points
                     .into_iter()
-                    .map(|p| PointOut { t: format_rfc3339(p.t), value: p.partial.finish(metric.aggregation), source: p.source })
+                    .map(|p| PointOut {
+                        t: format_rfc3339(p.t),
+                        value: p.partial.finish(metric.aggregation),
+                        source: p.source,
+                    })
                     .collect(),
             }
         })
         .collect();
     // Without group_by there is always exactly one series, even an empty one.
     let series = if request.group_by.is_none() && series.is_empty() {
-        vec![SeriesOut { group: Map::new(), points: Vec::new() }]
+        vec![SeriesOut {
+            group: Map::new(),
+            points: Vec::new(),
+        }]
     } else {
         series
     };
@@ -268,17 +348,26 @@ mod tests {
     use super::*;
 
     fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn revenue() -> MetricDef {
-        MetricCatalog::default().get("revenue").map(|(_, m)| m.clone()).unwrap()
+        MetricCatalog::default()
+            .get("revenue")
+            .map(|(_, m)| m.clone())
+            .unwrap()
     }
 
     #[test]
     fn parameters_are_validated_with_400s() {
         let m = revenue();
-        let ok = [("from", "2026-11-21T12:00:00Z"), ("to", "2026-11-21T13:00:00Z")];
+        let ok = [
+            ("from", "2026-11-21T12:00:00Z"),
+            ("to", "2026-11-21T13:00:00Z"),
+        ];
         let request = parse_query(&m, &params(&ok), 1000).unwrap();
         assert_eq!(request.query.step, 60_000);
         assert_eq!(request.query.point_count(), 60);
@@ -293,10 +382,14 @@ mod tests {
             vec![ok[0], ok[1], ("filter", "country")],
             vec![ok[0], ok[1], ("filter", "product_id:1")],
         ] {
-            let err = parse_query(&m, &params(&bad), 1000).err().expect("should be refused");
+            let err = parse_query(&m, &params(&bad), 1000)
+                .err()
+                .expect("should be refused");
             assert_eq!(err.status, StatusCode::BAD_REQUEST, "{bad:?}");
         }
-        let too_many = parse_query(&m, &params(&ok), 59).err().expect("60 points over a limit of 59");
+        let too_many = parse_query(&m, &params(&ok), 59)
+            .err()
+            .expect("60 points over a limit of 59");
         assert_eq!(too_many.status, StatusCode::BAD_REQUEST);
     }
 }

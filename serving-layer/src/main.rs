@@ -4,7 +4,10 @@ use serving_layer::{AppState, router};
 use shared_schema::{MetricCatalog, PlatformConfig, db, telemetry};
 
 #[derive(Parser)]
-#[command(name = "serving-layer", about = "HTTP API over the merged batch and speed views")]
+#[command(
+    name = "serving-layer",
+    about = "HTTP API over the merged batch and speed views"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -4,8 +4,8 @@
 //! promotion committing meanwhile is either wholly seen or not at all. The view a version names
 //! is immutable, so reading its file after the transaction cannot see anything newer.
 
-use rust_decimal::Decimal;
 use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
 use shared_schema::event::AMOUNT_SCALE;
 use shared_schema::metrics::Partial;
 use shared_schema::query::BucketRow;
@@ -46,14 +46,17 @@ pub async fn read_snapshot(
     range: (Millis, Millis),
 ) -> Result<Snapshot, SnapshotError> {
     let mut tx = pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
-    let (version, cutover, view_path): (Option<String>, Option<DateTime<Utc>>, Option<String>) = sqlx::query_as(
-        "SELECT s.version, s.cutover, v.view_path
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let (version, cutover, view_path): (Option<String>, Option<DateTime<Utc>>, Option<String>) =
+        sqlx::query_as(
+            "SELECT s.version, s.cutover, v.view_path
          FROM serving_state s LEFT JOIN batch_versions v ON v.version = s.version
          WHERE s.id = 1",
-    )
-    .fetch_one(&mut *tx)
-    .await?;
+        )
+        .fetch_one(&mut *tx)
+        .await?;
     let cutover = cutover.map(|t| t.timestamp_millis());
     let speed_from = cutover.map_or(range.0, |t| t.max(range.0));
     let rows: Vec<(DateTime<Utc>, String, i64, Decimal)> = sqlx::query_as(
@@ -87,7 +90,10 @@ pub async fn read_snapshot(
             .map(|(bucket, dims, count, sum)| BucketRow {
                 bucket_start: bucket.timestamp_millis(),
                 dims,
-                partial: Partial { count, sum_micros: decimal_to_micros(sum) },
+                partial: Partial {
+                    count,
+                    sum_micros: decimal_to_micros(sum),
+                },
             })
             .collect(),
         speed_watermark: watermark.map(|t| t.timestamp_millis()),
@@ -118,7 +124,10 @@ const CACHED_VERSIONS: usize = 2;
 
 impl ViewCache {
     pub fn new(lake_dir: &Path) -> Self {
-        ViewCache { lake_dir: lake_dir.to_path_buf(), entries: Arc::default() }
+        ViewCache {
+            lake_dir: lake_dir.to_path_buf(),
+            entries: Arc::default(),
+        }
     }
 
     pub async fn get(&self, version: &str, relative_path: &str) -> Result<View, SnapshotError> {
@@ -127,7 +136,10 @@ impl ViewCache {
         }
         let path = self.lake_dir.join(relative_path);
         let view: View = Arc::new(tokio::task::spawn_blocking(move || read_view(&path)).await??);
-        let mut entries = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         entries.retain(|(v, _)| v != version);
         entries.push((version.to_string(), view.clone()));
         if entries.len() > CACHED_VERSIONS {
@@ -137,8 +149,14 @@ impl ViewCache {
     }
 
     fn lookup(&self, version: &str) -> Option<View> {
-        let entries = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        entries.iter().find(|(v, _)| v == version).map(|(_, view)| view.clone())
+        let entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        entries
+            .iter()
+            .find(|(v, _)| v == version)
+            .map(|(_, view)| view.clone())
     }
 }
 

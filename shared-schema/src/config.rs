@@ -113,13 +113,20 @@ pub enum ConfigError {
 }
 
 /// The contract's variable names, which map onto top-level keys.
-const CONTRACT_VARIABLES: [&str; 5] =
-    ["DATABASE_URL", "KAFKA_BROKERS", "EVENTS_TOPIC", "LAKE_DIR", "LISTEN_ADDR"];
+const CONTRACT_VARIABLES: [&str; 5] = [
+    "DATABASE_URL",
+    "KAFKA_BROKERS",
+    "EVENTS_TOPIC",
+    "LAKE_DIR",
+    "LISTEN_ADDR",
+];
 
 impl PlatformConfig {
     /// Defaults, then the file named by `PLATFORM_CONFIG` (if any), then the environment.
     pub fn load() -> Result<Self, ConfigError> {
-        Self::figment().extract().map_err(|e| ConfigError::Invalid(Box::new(e)))
+        Self::figment()
+            .extract()
+            .map_err(|e| ConfigError::Invalid(Box::new(e)))
     }
 
     pub fn figment() -> Figment {
@@ -128,12 +135,18 @@ impl PlatformConfig {
             figment = figment.merge(Toml::file_exact(path));
         }
         figment
-            .merge(Env::raw().only(&CONTRACT_VARIABLES).map(|k| k.as_str().to_lowercase().into()))
+            .merge(
+                Env::raw()
+                    .only(&CONTRACT_VARIABLES)
+                    .map(|k| k.as_str().to_lowercase().into()),
+            )
             .merge(Env::prefixed("PLATFORM_").ignore(&["CONFIG"]).split("__"))
     }
 
     pub fn database_url(&self) -> Result<&str, ConfigError> {
-        self.database_url.as_deref().ok_or(ConfigError::MissingDatabaseUrl)
+        self.database_url
+            .as_deref()
+            .ok_or(ConfigError::MissingDatabaseUrl)
     }
 
     /// Where the lander publishes raw event files.

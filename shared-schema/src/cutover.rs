@@ -19,7 +19,10 @@ pub struct LandedPartition {
 /// The latest instant up to which the lake is complete: every partition has landed events more
 /// than `allowed_lateness` past it. A partition that never carried an event does not hold the
 /// lake back once the lander has read it to the end; one that is still behind does.
-pub fn lake_complete_until(partitions: &[LandedPartition], allowed_lateness: Millis) -> Option<Millis> {
+pub fn lake_complete_until(
+    partitions: &[LandedPartition],
+    allowed_lateness: Millis,
+) -> Option<Millis> {
     let mut complete: Option<Millis> = None;
     for partition in partitions {
         match partition.max_event_time {
@@ -119,15 +122,28 @@ mod tests {
     use proptest::prelude::*;
 
     fn landed(partition: i32, max: Option<Millis>, caught_up: bool) -> LandedPartition {
-        LandedPartition { partition, max_event_time: max, caught_up }
+        LandedPartition {
+            partition,
+            max_event_time: max,
+            caught_up,
+        }
     }
 
     #[test]
     fn slowest_partition_bounds_completeness() {
-        let parts = [landed(0, Some(10 * MINUTE_MS), false), landed(1, Some(5 * MINUTE_MS + 30_000), false)];
-        assert_eq!(lake_complete_until(&parts, MINUTE_MS), Some(4 * MINUTE_MS + 30_000));
+        let parts = [
+            landed(0, Some(10 * MINUTE_MS), false),
+            landed(1, Some(5 * MINUTE_MS + 30_000), false),
+        ];
+        assert_eq!(
+            lake_complete_until(&parts, MINUTE_MS),
+            Some(4 * MINUTE_MS + 30_000)
+        );
         let with_empty_caught_up = [parts[0].clone(), landed(2, None, true)];
-        assert_eq!(lake_complete_until(&with_empty_caught_up, 0), Some(10 * MINUTE_MS));
+        assert_eq!(
+            lake_complete_until(&with_empty_caught_up, 0),
+            Some(10 * MINUTE_MS)
+        );
         let with_empty_behind = [parts[0].clone(), landed(2, None, false)];
         assert_eq!(lake_complete_until(&with_empty_behind, 0), None);
         assert_eq!(lake_complete_until(&[], 0), None);
@@ -136,11 +152,26 @@ mod tests {
     #[test]
     fn explicit_cutover_is_rounded_and_checked() {
         let m = MINUTE_MS;
-        assert_eq!(choose_cutover(Some(5 * m + 1), Some(9 * m), None, m), Ok(5 * m));
-        assert!(matches!(choose_cutover(Some(10 * m), Some(9 * m + 59_999), None, m), Err(CutoverError::LakeIncomplete { .. })));
-        assert!(matches!(choose_cutover(Some(4 * m), Some(9 * m), Some(5 * m), m), Err(CutoverError::Backwards { .. })));
-        assert_eq!(choose_cutover(Some(5 * m), Some(9 * m), Some(5 * m), m), Ok(5 * m));
-        assert_eq!(choose_cutover(None, None, None, m), Err(CutoverError::LakeEmpty));
+        assert_eq!(
+            choose_cutover(Some(5 * m + 1), Some(9 * m), None, m),
+            Ok(5 * m)
+        );
+        assert!(matches!(
+            choose_cutover(Some(10 * m), Some(9 * m + 59_999), None, m),
+            Err(CutoverError::LakeIncomplete { .. })
+        ));
+        assert!(matches!(
+            choose_cutover(Some(4 * m), Some(9 * m), Some(5 * m), m),
+            Err(CutoverError::Backwards { .. })
+        ));
+        assert_eq!(
+            choose_cutover(Some(5 * m), Some(9 * m), Some(5 * m), m),
+            Ok(5 * m)
+        );
+        assert_eq!(
+            choose_cutover(None, None, None, m),
+            Err(CutoverError::LakeEmpty)
+        );
     }
 
     #[test]

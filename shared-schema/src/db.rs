@@ -19,7 +19,11 @@ pub enum DbError {
 
 /// Connects, retrying with backoff for up to `patience`, so that a service started before
 /// Postgres (as under docker-compose) waits for it instead of failing.
-pub async fn connect(url: &str, max_connections: u32, patience: Duration) -> Result<PgPool, DbError> {
+pub async fn connect(
+    url: &str,
+    max_connections: u32,
+    patience: Duration,
+) -> Result<PgPool, DbError> {
     let deadline = tokio::time::Instant::now() + patience;
     let mut backoff = Duration::from_millis(100);
     loop {

@@ -35,7 +35,7 @@ pub struct Event {
     pub country: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum DecodeError {
     #[error("message has no value")]
     Empty,
@@ -90,7 +90,11 @@ struct RawEvent<'a> {
 
 /// Decodes one message value. `now` and `max_skew_ms` bound how far ahead of the wall clock an
 /// event time may be.
-pub fn decode(payload: Option<&[u8]>, now: Millis, max_skew_ms: Millis) -> Result<Event, DecodeError> {
+pub fn decode(
+    payload: Option<&[u8]>,
+    now: Millis,
+    max_skew_ms: Millis,
+) -> Result<Event, DecodeError> {
     let bytes = payload.ok_or(DecodeError::Empty)?;
     if bytes.len() > MAX_MESSAGE_BYTES {
         return Err(DecodeError::TooLarge(bytes.len()));
@@ -184,7 +188,8 @@ mod tests {
 
     #[test]
     fn both_time_formats_decode_to_the_same_instant() {
-        let a = ok(r#"{"event_id":"a","event_type":"click","event_time":"2026-11-21T13:45:12.345Z"}"#);
+        let a =
+            ok(r#"{"event_id":"a","event_type":"click","event_time":"2026-11-21T13:45:12.345Z"}"#);
         let b = ok(r#"{"event_id":"a","event_type":"click","event_time":1795268712345}"#);
         assert_eq!(a.event_time, 1_795_268_712_345);
         assert_eq!(a, b);
@@ -196,13 +201,25 @@ mod tests {
             r#"{"event_id":"x","event_type":"purchase","event_time":1,"location":"Berlin, DE","amount":19.99}"#,
         );
         assert_eq!(e.schema_version, 1);
-        assert_eq!((e.city.as_deref(), e.country.as_deref()), (Some("Berlin"), Some("DE")));
+        assert_eq!(
+            (e.city.as_deref(), e.country.as_deref()),
+            (Some("Berlin"), Some("DE"))
+        );
         assert_eq!(e.amount_micros, Some(19_990_000));
         let v2 = ok(
             r#"{"event_id":"x","event_type":"purchase","event_time":1,"schema_version":2,"city":"Berlin","country":"DE","amount":19.99}"#,
         );
-        assert_eq!(Event { schema_version: 1, ..v2 }, e);
-        assert_eq!(upcast_location("Washington, D.C., US"), (Some("Washington, D.C.".into()), Some("US".into())));
+        assert_eq!(
+            Event {
+                schema_version: 1,
+                ..v2
+            },
+            e
+        );
+        assert_eq!(
+            upcast_location("Washington, D.C., US"),
+            (Some("Washington, D.C.".into()), Some("US".into()))
+        );
         assert_eq!(upcast_location("Nowhere"), (Some("Nowhere".into()), None));
     }
 
@@ -211,26 +228,71 @@ mod tests {
         assert_eq!(decode(None, NOW, SKEW), Err(DecodeError::Empty));
         assert!(matches!(bad("not json"), DecodeError::NotJson(_)));
         assert!(matches!(bad("[1,2]"), DecodeError::NotJson(_)));
-        assert!(matches!(bad(r#"{"event_type":"a","event_time":1}"#), DecodeError::NotJson(_)));
-        assert!(matches!(bad(r#"{"event_id":5,"event_type":"a","event_time":1}"#), DecodeError::NotJson(_)));
-        assert_eq!(bad(r#"{"event_id":"","event_type":"a","event_time":1}"#), DecodeError::EventIdLength(0));
+        assert!(matches!(
+            bad(r#"{"event_type":"a","event_time":1}"#),
+            DecodeError::NotJson(_)
+        ));
+        assert!(matches!(
+            bad(r#"{"event_id":5,"event_type":"a","event_time":1}"#),
+            DecodeError::NotJson(_)
+        ));
+        assert_eq!(
+            bad(r#"{"event_id":"","event_type":"a","event_time":1}"#),
+            DecodeError::EventIdLength(0)
+        );
         let long = "x".repeat(129);
         assert_eq!(
-            bad(&format!(r#"{{"event_id":"{long}","event_type":"a","event_time":1}}"#)),
+            bad(&format!(
+                r#"{{"event_id":"{long}","event_type":"a","event_time":1}}"#
+            )),
             DecodeError::EventIdLength(129)
         );
-        assert!(matches!(bad(r#"{"event_id":"a","event_type":"a","event_time":"yesterday"}"#), DecodeError::BadEventTime(_)));
-        assert!(matches!(bad(r#"{"event_id":"a","event_type":"a","event_time":"2026-11-21T13:45:12"}"#), DecodeError::BadEventTime(_)));
-        assert!(matches!(bad(r#"{"event_id":"a","event_type":"a","event_time":1.5}"#), DecodeError::NotJson(_)));
         assert!(matches!(
-            bad(&format!(r#"{{"event_id":"a","event_type":"a","event_time":{}}}"#, NOW + SKEW + 1)),
+            bad(r#"{"event_id":"a","event_type":"a","event_time":"yesterday"}"#),
+            DecodeError::BadEventTime(_)
+        ));
+        assert!(matches!(
+            bad(r#"{"event_id":"a","event_type":"a","event_time":"2026-11-21T13:45:12"}"#),
+            DecodeError::BadEventTime(_)
+        ));
+        assert!(matches!(
+            bad(r#"{"event_id":"a","event_type":"a","event_time":1.5}"#),
+            DecodeError::NotJson(_)
+        ));
+        assert!(matches!(
+            bad(&format!(
+                r#"{{"event_id":"a","event_type":"a","event_time":{}}}"#,
+                NOW + SKEW + 1
+            )),
             DecodeError::FromTheFuture { .. }
         ));
-        assert!(decode(Some(format!(r#"{{"event_id":"a","event_type":"a","event_time":{}}}"#, NOW + SKEW).as_bytes()), NOW, SKEW).is_ok());
-        assert_eq!(bad(r#"{"event_id":"a","event_type":"purchase","event_time":1,"amount":-1}"#), DecodeError::BadAmount(-1.0));
-        assert_eq!(bad(r#"{"event_id":"a","event_type":"a","event_time":1,"schema_version":3}"#), DecodeError::UnsupportedVersion(3));
+        assert!(
+            decode(
+                Some(
+                    format!(
+                        r#"{{"event_id":"a","event_type":"a","event_time":{}}}"#,
+                        NOW + SKEW
+                    )
+                    .as_bytes()
+                ),
+                NOW,
+                SKEW
+            )
+            .is_ok()
+        );
+        assert_eq!(
+            bad(r#"{"event_id":"a","event_type":"purchase","event_time":1,"amount":-1}"#),
+            DecodeError::BadAmount(-1.0)
+        );
+        assert_eq!(
+            bad(r#"{"event_id":"a","event_type":"a","event_time":1,"schema_version":3}"#),
+            DecodeError::UnsupportedVersion(3)
+        );
         let huge = vec![b' '; MAX_MESSAGE_BYTES + 1];
-        assert_eq!(decode(Some(&huge), NOW, SKEW), Err(DecodeError::TooLarge(MAX_MESSAGE_BYTES + 1)));
+        assert_eq!(
+            decode(Some(&huge), NOW, SKEW),
+            Err(DecodeError::TooLarge(MAX_MESSAGE_BYTES + 1))
+        );
     }
 
     #[test]

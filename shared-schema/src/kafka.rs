@@ -88,11 +88,22 @@ impl EventSource {
                 None => Offset::Beginning,
             };
             assignment.add_partition_offset(topic, partition, offset)?;
-            positions.insert(partition, PartitionPosition { caught_up: false, ..position });
+            positions.insert(
+                partition,
+                PartitionPosition {
+                    caught_up: false,
+                    ..position
+                },
+            );
         }
         consumer.assign(&assignment)?;
         tracing::info!(topic, partitions = ?positions.keys().collect::<Vec<_>>(), "assigned");
-        Ok(EventSource { consumer, topic: topic.to_string(), positions, max_skew_ms })
+        Ok(EventSource {
+            consumer,
+            topic: topic.to_string(),
+            positions,
+            max_skew_ms,
+        })
     }
 
     pub fn topic(&self) -> &str {
@@ -102,7 +113,11 @@ impl EventSource {
     /// Reads until `max_messages` messages are in hand or `max_wait` has passed, whichever is
     /// first; may return an empty batch. Cancel-safe: a dropped call loses nothing that was not
     /// already in memory, and positions only move when the caller stores a batch's.
-    pub async fn next_batch(&mut self, max_messages: usize, max_wait: Duration) -> Result<Batch, SourceError> {
+    pub async fn next_batch(
+        &mut self,
+        max_messages: usize,
+        max_wait: Duration,
+    ) -> Result<Batch, SourceError> {
         let deadline = Instant::now() + max_wait;
         let mut batch = Batch::default();
         while batch.events.len() + batch.bad.len() < max_messages {
@@ -131,9 +146,16 @@ impl EventSource {
             batch.advanced = true;
             match decode(message.payload(), now_millis(), self.max_skew_ms) {
                 Ok(event) => {
-                    position.max_event_time =
-                        Some(position.max_event_time.map_or(event.event_time, |m| m.max(event.event_time)));
-                    batch.events.push(SourcedEvent { partition, offset, event });
+                    position.max_event_time = Some(
+                        position
+                            .max_event_time
+                            .map_or(event.event_time, |m| m.max(event.event_time)),
+                    );
+                    batch.events.push(SourcedEvent {
+                        partition,
+                        offset,
+                        event,
+                    });
                 }
                 Err(reason) => {
                     tracing::debug!(partition, offset, %reason, "quarantined");
@@ -151,7 +173,10 @@ impl EventSource {
     }
 }
 
-async fn wait_for_partitions(consumer: &StreamConsumer, topic: &str) -> Result<Vec<i32>, SourceError> {
+async fn wait_for_partitions(
+    consumer: &StreamConsumer,
+    topic: &str,
+) -> Result<Vec<i32>, SourceError> {
     let mut backoff = Duration::from_millis(200);
     loop {
         match partitions_of(consumer, topic) {
@@ -166,7 +191,9 @@ async fn wait_for_partitions(consumer: &StreamConsumer, topic: &str) -> Result<V
 
 fn partitions_of(consumer: &StreamConsumer, topic: &str) -> Result<Vec<i32>, KafkaError> {
     // Metadata calls block; they are short and happen only at start.
-    let metadata = tokio::task::block_in_place(|| consumer.fetch_metadata(Some(topic), Duration::from_secs(5)))?;
+    let metadata = tokio::task::block_in_place(|| {
+        consumer.fetch_metadata(Some(topic), Duration::from_secs(5))
+    })?;
     Ok(metadata
         .topics()
         .iter()

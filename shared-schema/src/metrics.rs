@@ -176,15 +176,16 @@ impl Default for MetricCatalog {
     fn default() -> Self {
         let minute = HumanDuration::from_millis(MINUTE_MS);
         let lateness = HumanDuration::from_millis(MINUTE_MS);
-        let def = |name: &str, description: &str, event_type: &str, aggregation, dimensions| MetricDef {
-            name: name.to_string(),
-            description: description.to_string(),
-            event_type: Some(event_type.to_string()),
-            aggregation,
-            dimensions,
-            bucket: minute,
-            allowed_lateness: lateness,
-        };
+        let def =
+            |name: &str, description: &str, event_type: &str, aggregation, dimensions| MetricDef {
+                name: name.to_string(),
+                description: description.to_string(),
+                event_type: Some(event_type.to_string()),
+                aggregation,
+                dimensions,
+                bucket: minute,
+                allowed_lateness: lateness,
+            };
         MetricCatalog {
             metrics: vec![
                 def(
@@ -208,7 +209,10 @@ impl Default for MetricCatalog {
 
 impl MetricCatalog {
     pub fn get(&self, name: &str) -> Option<(usize, &MetricDef)> {
-        self.metrics.iter().enumerate().find(|(_, m)| m.name == name)
+        self.metrics
+            .iter()
+            .enumerate()
+            .find(|(_, m)| m.name == name)
     }
 
     /// Folds one (already deduplicated) event into `table`, once per metric it counts for.
@@ -277,23 +281,45 @@ mod tests {
 
         let (revenue, def) = catalog.get("revenue").unwrap();
         assert_eq!(def.aggregation, Aggregation::SumAmount);
-        let de = PartialKey { metric: revenue, bucket_start: 60_000, dims: r#"["DE"]"#.into() };
-        assert_eq!(table[&de], Partial { count: 2, sum_micros: 2_000_000 });
+        let de = PartialKey {
+            metric: revenue,
+            bucket_start: 60_000,
+            dims: r#"["DE"]"#.into(),
+        };
+        assert_eq!(
+            table[&de],
+            Partial {
+                count: 2,
+                sum_micros: 2_000_000
+            }
+        );
         assert_eq!(table[&de].finish(Aggregation::SumAmount), 2.0);
-        let none = PartialKey { metric: revenue, bucket_start: 120_000, dims: "[null]".into() };
+        let none = PartialKey {
+            metric: revenue,
+            bucket_start: 120_000,
+            dims: "[null]".into(),
+        };
         assert_eq!(table[&none].count, 1);
-        assert_eq!(table.len(), 4, "two metrics x two groups, the click counts nowhere");
+        assert_eq!(
+            table.len(),
+            4,
+            "two metrics x two groups, the click counts nowhere"
+        );
     }
 
     #[test]
     fn dims_round_trip() {
         let key = encode_dims(&[Some("DE"), None, Some("a\"b")]);
         assert_eq!(key, r#"["DE",null,"a\"b"]"#);
-        assert_eq!(decode_dims(&key), vec![Some("DE".into()), None, Some("a\"b".into())]);
+        assert_eq!(
+            decode_dims(&key),
+            vec![Some("DE".into()), None, Some("a\"b".into())]
+        );
     }
 
     fn partial() -> impl Strategy<Value = Partial> {
-        (0i64..1_000_000, 0i128..1_000_000_000_000).prop_map(|(count, sum_micros)| Partial { count, sum_micros })
+        (0i64..1_000_000, 0i128..1_000_000_000_000)
+            .prop_map(|(count, sum_micros)| Partial { count, sum_micros })
     }
 
     proptest! {

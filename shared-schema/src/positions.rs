@@ -18,8 +18,12 @@ pub enum PositionTable {
 impl PositionTable {
     fn select(self) -> &'static str {
         match self {
-            PositionTable::Speed => "SELECT partition, next_offset, max_event_time, caught_up FROM speed_offsets WHERE topic = $1",
-            PositionTable::Lake => "SELECT partition, next_offset, max_event_time, caught_up FROM lake_progress WHERE topic = $1",
+            PositionTable::Speed => {
+                "SELECT partition, next_offset, max_event_time, caught_up FROM speed_offsets WHERE topic = $1"
+            }
+            PositionTable::Lake => {
+                "SELECT partition, next_offset, max_event_time, caught_up FROM lake_progress WHERE topic = $1"
+            }
         }
     }
 
@@ -46,13 +50,22 @@ pub async fn load_positions(
     table: PositionTable,
     topic: &str,
 ) -> Result<BTreeMap<i32, PartitionPosition>, sqlx::Error> {
-    let rows: Vec<(i32, i64, Option<DateTime<Utc>>, bool)> =
-        sqlx::query_as(table.select()).bind(topic).fetch_all(pool).await?;
+    let rows: Vec<(i32, i64, Option<DateTime<Utc>>, bool)> = sqlx::query_as(table.select())
+        .bind(topic)
+        .fetch_all(pool)
+        .await?;
     Ok(rows
         .into_iter()
         .map(|(partition, next_offset, max, caught_up)| {
             let max_event_time = max.map(|t| t.timestamp_millis());
-            (partition, PartitionPosition { next_offset, max_event_time, caught_up })
+            (
+                partition,
+                PartitionPosition {
+                    next_offset,
+                    max_event_time,
+                    caught_up,
+                },
+            )
         })
         .collect())
 }
@@ -68,8 +81,10 @@ pub async fn store_positions(
     }
     let partitions: Vec<i32> = positions.keys().copied().collect();
     let offsets: Vec<i64> = positions.values().map(|p| p.next_offset).collect();
-    let max_times: Vec<Option<DateTime<Utc>>> =
-        positions.values().map(|p| p.max_event_time.map(to_datetime)).collect();
+    let max_times: Vec<Option<DateTime<Utc>>> = positions
+        .values()
+        .map(|p| p.max_event_time.map(to_datetime))
+        .collect();
     let caught_up: Vec<bool> = positions.values().map(|p| p.caught_up).collect();
     sqlx::query(table.upsert())
         .bind(topic)

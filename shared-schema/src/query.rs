@@ -40,7 +40,11 @@ impl SeriesQuery {
 
     pub fn point_count(&self) -> i64 {
         let first = bucket_ceil(self.from, self.step);
-        if first >= self.to { 0 } else { (self.to - 1 - first) / self.step + 1 }
+        if first >= self.to {
+            0
+        } else {
+            (self.to - 1 - first) / self.step + 1
+        }
     }
 
     /// The buckets `[start, end)` whose rows some point needs.
@@ -99,7 +103,9 @@ pub fn assemble(
         {
             continue;
         }
-        let group = query.group_by.map(|index| dims.get(index).cloned().flatten());
+        let group = query
+            .group_by
+            .map(|index| dims.get(index).cloned().flatten());
         let points = groups.entry(group).or_default();
         // Every point whose window [t + step - window, t + step) holds this bucket.
         let mut t = bucket_ceil(row.bucket_start + bucket_width - query.step, query.step);
@@ -119,7 +125,11 @@ pub fn assemble(
                 .into_iter()
                 .map(|(t, partial)| {
                     let (start, end) = query.window_of(t);
-                    Point { t, partial, source: Source::of_span(start, end, cutover) }
+                    Point {
+                        t,
+                        partial,
+                        source: Source::of_span(start, end, cutover),
+                    }
                 })
                 .collect(),
         })
@@ -160,12 +170,22 @@ mod tests {
         BucketRow {
             bucket_start: bucket,
             dims: encode_dims(&[country]),
-            partial: Partial { count, sum_micros: count as i128 * 1_000_000 },
+            partial: Partial {
+                count,
+                sum_micros: count as i128 * 1_000_000,
+            },
         }
     }
 
     fn minute_query(from: Millis, to: Millis) -> SeriesQuery {
-        SeriesQuery { from, to, step: M, window: M, group_by: None, filter: None }
+        SeriesQuery {
+            from,
+            to,
+            step: M,
+            window: M,
+            group_by: None,
+            filter: None,
+        }
     }
 
     fn purchases() -> MetricDef {
@@ -179,40 +199,107 @@ mod tests {
         let batch = (0..4).map(|b| row(b * M, Some("DE"), 10));
         let speed = (0..4).map(|b| row(b * M, Some("DE"), 1));
         let series = assemble(&purchases(), &minute_query(0, 4 * M), t, batch, speed);
-        let counts: Vec<(i64, Source)> = series[0].points.iter().map(|p| (p.partial.count, p.source)).collect();
-        assert_eq!(counts, vec![(10, Source::Batch), (10, Source::Batch), (1, Source::Speed), (1, Source::Speed)]);
+        let counts: Vec<(i64, Source)> = series[0]
+            .points
+            .iter()
+            .map(|p| (p.partial.count, p.source))
+            .collect();
+        assert_eq!(
+            counts,
+            vec![
+                (10, Source::Batch),
+                (10, Source::Batch),
+                (1, Source::Speed),
+                (1, Source::Speed)
+            ]
+        );
     }
 
     #[test]
     fn sliding_window_and_group_by_and_filter() {
-        let speed = vec![row(0, Some("DE"), 1), row(M, Some("FR"), 2), row(2 * M, Some("DE"), 4), row(2 * M, None, 8)];
-        let mut q = SeriesQuery { from: 0, to: 3 * M, step: M, window: 2 * M, group_by: Some(0), filter: None };
-        let series = assemble(&purchases(), &q, Some(M), vec![row(0, Some("DE"), 1)], speed.clone());
+        let speed = vec![
+            row(0, Some("DE"), 1),
+            row(M, Some("FR"), 2),
+            row(2 * M, Some("DE"), 4),
+            row(2 * M, None, 8),
+        ];
+        let mut q = SeriesQuery {
+            from: 0,
+            to: 3 * M,
+            step: M,
+            window: 2 * M,
+            group_by: Some(0),
+            filter: None,
+        };
+        let series = assemble(
+            &purchases(),
+            &q,
+            Some(M),
+            vec![row(0, Some("DE"), 1)],
+            speed.clone(),
+        );
         let by_group: Vec<(Option<Option<String>>, Vec<(Millis, i64, Source)>)> = series
             .iter()
-            .map(|s| (s.group.clone(), s.points.iter().map(|p| (p.t, p.partial.count, p.source)).collect()))
+            .map(|s| {
+                (
+                    s.group.clone(),
+                    s.points
+                        .iter()
+                        .map(|p| (p.t, p.partial.count, p.source))
+                        .collect(),
+                )
+            })
             .collect();
         assert_eq!(
             by_group,
             vec![
-                (Some(None), vec![(M, 8, Source::Speed), (2 * M, 8, Source::Speed)]),
-                (Some(Some("DE".into())), vec![(0, 1, Source::Batch), (M, 4, Source::Speed), (2 * M, 4, Source::Speed)]),
-                (Some(Some("FR".into())), vec![(0, 2, Source::Mixed), (M, 2, Source::Speed)]),
+                // The point at t covers the buckets t - 1m and t; T = 1m.
+                (Some(None), vec![(2 * M, 8, Source::Speed)]),
+                (
+                    Some(Some("DE".into())),
+                    vec![
+                        (0, 1, Source::Batch),
+                        (M, 1, Source::Mixed),
+                        (2 * M, 4, Source::Speed)
+                    ]
+                ),
+                (
+                    Some(Some("FR".into())),
+                    vec![(M, 2, Source::Mixed), (2 * M, 2, Source::Speed)]
+                ),
             ]
         );
         q.group_by = None;
         q.filter = Some((0, "DE".into()));
         q.window = M;
         q.step = 3 * M;
-        let series = assemble(&purchases(), &q, Some(M), vec![row(0, Some("DE"), 1)], speed);
+        let series = assemble(
+            &purchases(),
+            &q,
+            Some(M),
+            vec![row(0, Some("DE"), 1)],
+            speed,
+        );
         assert_eq!(series.len(), 1);
         assert_eq!(series[0].group, None);
-        assert_eq!(series[0].points.len(), 0, "window 1m at step 3m covers only the third minute");
+        let points: Vec<(Millis, i64)> = series[0]
+            .points
+            .iter()
+            .map(|p| (p.t, p.partial.count))
+            .collect();
+        assert_eq!(
+            points,
+            vec![(0, 4)],
+            "window 1m at step 3m covers only the third minute"
+        );
     }
 
     #[test]
     fn gaps_are_reported_between_t_and_speed_coverage() {
-        assert_eq!(gaps(0, 10 * M, Some(2 * M), Some(5 * M)), vec![(2 * M, 5 * M)]);
+        assert_eq!(
+            gaps(0, 10 * M, Some(2 * M), Some(5 * M)),
+            vec![(2 * M, 5 * M)]
+        );
         assert_eq!(gaps(0, 10 * M, None, Some(5 * M)), vec![(0, 5 * M)]);
         assert_eq!(gaps(0, 10 * M, Some(6 * M), Some(5 * M)), vec![]);
         assert_eq!(gaps(0, 10 * M, None, None), vec![]);

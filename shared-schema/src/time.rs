@@ -76,7 +76,12 @@ impl fmt::Display for HumanDuration {
     /// The largest unit that divides the duration exactly, so `parse(display(d)) == d`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0;
-        for (unit, size) in [("d", DAY_MS), ("h", HOUR_MS), ("m", MINUTE_MS), ("s", SECOND_MS)] {
+        for (unit, size) in [
+            ("d", DAY_MS),
+            ("h", HOUR_MS),
+            ("m", MINUTE_MS),
+            ("s", SECOND_MS),
+        ] {
             if ms != 0 && ms % size == 0 {
                 return write!(f, "{}{unit}", ms / size);
             }
@@ -129,13 +134,32 @@ mod tests {
     #[test]
     fn durations_parse_and_print() {
         assert_eq!(HumanDuration::parse("1m").unwrap().millis(), MINUTE_MS);
-        assert_eq!(HumanDuration::parse("15m").unwrap().millis(), 15 * MINUTE_MS);
+        assert_eq!(
+            HumanDuration::parse("15m").unwrap().millis(),
+            15 * MINUTE_MS
+        );
         assert_eq!(HumanDuration::parse("1d").unwrap().millis(), DAY_MS);
         assert_eq!(HumanDuration::parse("250ms").unwrap().millis(), 250);
-        for bad in ["", "m", "0m", "1", "1w", "-1m", "1.5m", " 1m", "99999999999999999d"] {
-            assert!(HumanDuration::parse(bad).is_err(), "{bad:?} should be refused");
+        for bad in [
+            "",
+            "m",
+            "0m",
+            "1",
+            "1w",
+            "-1m",
+            "1.5m",
+            " 1m",
+            "99999999999999999d",
+        ] {
+            assert!(
+                HumanDuration::parse(bad).is_err(),
+                "{bad:?} should be refused"
+            );
         }
-        assert_eq!(HumanDuration::from_millis(90 * MINUTE_MS).to_string(), "90m");
+        assert_eq!(
+            HumanDuration::from_millis(90 * MINUTE_MS).to_string(),
+            "90m"
+        );
         assert_eq!(HumanDuration::from_millis(2 * HOUR_MS).to_string(), "2h");
     }
 
@@ -144,7 +168,10 @@ mod tests {
         let ts = parse_rfc3339("2026-11-21T13:45:12.345Z").unwrap();
         assert_eq!(format_rfc3339(ts), "2026-11-21T13:45:12.345Z");
         assert_eq!(parse_rfc3339("2026-11-21T14:45:12.345+01:00"), Some(ts));
-        assert_eq!(format_rfc3339(bucket_start(ts, MINUTE_MS)), "2026-11-21T13:45:00Z");
+        assert_eq!(
+            format_rfc3339(bucket_start(ts, MINUTE_MS)),
+            "2026-11-21T13:45:00Z"
+        );
     }
 
     proptest! {

@@ -8,7 +8,10 @@
 use crate::metrics::Partial;
 use crate::query::BucketRow;
 use crate::time::Millis;
-use arrow::array::{Array, ArrayRef, Decimal128Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+use arrow::array::{
+    Array, ArrayRef, Decimal128Array, Int64Array, RecordBatch, StringArray,
+    TimestampMillisecondArray,
+};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::ArrowWriter;
@@ -39,7 +42,11 @@ pub enum ViewError {
 pub fn view_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("metric", DataType::Utf8, false),
-        Field::new("bucket_start", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
+        Field::new(
+            "bucket_start",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            false,
+        ),
         Field::new("dims", DataType::Utf8, false),
         Field::new("event_count", DataType::Int64, false),
         Field::new("sum_micros", SUM_TYPE, false),
@@ -58,11 +65,20 @@ pub struct ViewRow {
 pub fn write_view(path: &Path, rows: &[ViewRow]) -> Result<(), ViewError> {
     let schema = view_schema();
     let metric = StringArray::from_iter_values(rows.iter().map(|r| r.metric.as_str()));
-    let bucket = TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.row.bucket_start)).with_timezone("UTC");
+    let bucket =
+        TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.row.bucket_start))
+            .with_timezone("UTC");
     let dims = StringArray::from_iter_values(rows.iter().map(|r| r.row.dims.as_str()));
     let count = Int64Array::from_iter_values(rows.iter().map(|r| r.row.partial.count));
-    let sum = Decimal128Array::from_iter_values(rows.iter().map(|r| r.row.partial.sum_micros)).with_data_type(SUM_TYPE);
-    let columns: Vec<ArrayRef> = vec![Arc::new(metric), Arc::new(bucket), Arc::new(dims), Arc::new(count), Arc::new(sum)];
+    let sum = Decimal128Array::from_iter_values(rows.iter().map(|r| r.row.partial.sum_micros))
+        .with_data_type(SUM_TYPE);
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(metric),
+        Arc::new(bucket),
+        Arc::new(dims),
+        Arc::new(count),
+        Arc::new(sum),
+    ];
     let batch = RecordBatch::try_new(schema.clone(), columns)?;
     let properties = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
@@ -88,7 +104,10 @@ pub fn read_view(path: &Path) -> Result<HashMap<String, Vec<BucketRow>>, ViewErr
             Ok(cast(array, data_type)?)
         };
         let metric = column("metric", &DataType::Utf8)?;
-        let bucket = column("bucket_start", &DataType::Timestamp(TimeUnit::Millisecond, None))?;
+        let bucket = column(
+            "bucket_start",
+            &DataType::Timestamp(TimeUnit::Millisecond, None),
+        )?;
         let dims = column("dims", &DataType::Utf8)?;
         let count = column("event_count", &DataType::Int64)?;
         let sum = column("sum_micros", &SUM_TYPE)?;
@@ -103,11 +122,17 @@ pub fn read_view(path: &Path) -> Result<HashMap<String, Vec<BucketRow>>, ViewErr
         };
         for i in 0..batch.num_rows() {
             let bucket_start: Millis = bucket.value(i);
-            by_metric.entry(metric.value(i).to_string()).or_default().push(BucketRow {
-                bucket_start,
-                dims: dims.value(i).to_string(),
-                partial: Partial { count: count.value(i), sum_micros: sum.value(i) },
-            });
+            by_metric
+                .entry(metric.value(i).to_string())
+                .or_default()
+                .push(BucketRow {
+                    bucket_start,
+                    dims: dims.value(i).to_string(),
+                    partial: Partial {
+                        count: count.value(i),
+                        sum_micros: sum.value(i),
+                    },
+                });
         }
     }
     for rows in by_metric.values_mut() {
@@ -127,7 +152,11 @@ mod tests {
         let path = dir.join(VIEW_FILE);
         let row = |metric: &str, bucket, dims: &str, count, sum_micros| ViewRow {
             metric: metric.into(),
-            row: BucketRow { bucket_start: bucket, dims: dims.into(), partial: Partial { count, sum_micros } },
+            row: BucketRow {
+                bucket_start: bucket,
+                dims: dims.into(),
+                partial: Partial { count, sum_micros },
+            },
         };
         let rows = vec![
             row("revenue", 120_000, r#"["DE"]"#, 2, 19_990_000),
@@ -136,7 +165,10 @@ mod tests {
         ];
         write_view(&path, &rows).unwrap();
         let read = read_view(&path).unwrap();
-        assert_eq!(read["revenue"], vec![rows[1].row.clone(), rows[0].row.clone()]);
+        assert_eq!(
+            read["revenue"],
+            vec![rows[1].row.clone(), rows[0].row.clone()]
+        );
         assert_eq!(read["purchases"], vec![rows[2].row.clone()]);
         std::fs::remove_dir_all(&dir).unwrap();
     }

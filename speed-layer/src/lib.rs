@@ -14,8 +14,8 @@ use rust_decimal::Decimal;
 use shared_schema::config::PlatformConfig;
 use shared_schema::event::AMOUNT_SCALE;
 use shared_schema::kafka::{Batch, EventSource, SourceError};
-use shared_schema::positions::{PositionTable, load_positions, store_positions};
 use shared_schema::metrics::{MetricCatalog, Partial, PartialKey};
+use shared_schema::positions::{PositionTable, load_positions, store_positions};
 use shared_schema::quarantine;
 use shared_schema::time::{bucket_start, to_datetime};
 use sqlx::PgPool;
@@ -49,7 +49,11 @@ pub struct SpeedLayer {
 
 impl SpeedLayer {
     pub fn new(pool: PgPool, config: PlatformConfig, catalog: MetricCatalog) -> Self {
-        SpeedLayer { pool, config, catalog }
+        SpeedLayer {
+            pool,
+            config,
+            catalog,
+        }
     }
 
     /// Consumes until `shutdown` resolves. A batch in flight at shutdown is not committed; the
@@ -123,10 +127,18 @@ impl SpeedLayer {
             let mut candidates: Vec<usize> = (0..batch.events.len())
                 .filter(|&i| seen.insert(batch.events[i].event.event_id.as_str()))
                 .collect();
-            candidates.sort_unstable_by(|a, b| batch.events[*a].event.event_id.cmp(&batch.events[*b].event.event_id));
+            candidates.sort_unstable_by(|a, b| {
+                batch.events[*a]
+                    .event
+                    .event_id
+                    .cmp(&batch.events[*b].event.event_id)
+            });
 
             let alignment = self.catalog.cutover_alignment();
-            let ids: Vec<&str> = candidates.iter().map(|&i| batch.events[i].event.event_id.as_str()).collect();
+            let ids: Vec<&str> = candidates
+                .iter()
+                .map(|&i| batch.events[i].event.event_id.as_str())
+                .collect();
             let buckets: Vec<DateTime<Utc>> = candidates
                 .iter()
                 .map(|&i| to_datetime(bucket_start(batch.events[i].event.event_time, alignment)))
@@ -154,14 +166,21 @@ impl SpeedLayer {
             for &i in &candidates {
                 let sourced = &batch.events[i];
                 if claimed.contains(&sourced.event.event_id) {
-                    self.catalog.fold(&sourced.event, per_partition.entry(sourced.partition).or_default());
+                    self.catalog.fold(
+                        &sourced.event,
+                        per_partition.entry(sourced.partition).or_default(),
+                    );
                 }
             }
             upsert_partials(&mut tx, &self.catalog, &per_partition).await?;
             store_positions(&mut tx, PositionTable::Speed, topic, &batch.positions).await?;
             quarantine::record(&mut tx, topic, CONSUMER_NAME, &batch.bad).await?;
             tx.commit().await?;
-            tracing::debug!(claimed = claimed.len(), duplicates = candidates.len() - claimed.len(), "committed");
+            tracing::debug!(
+                claimed = claimed.len(),
+                duplicates = candidates.len() - claimed.len(),
+                "committed"
+            );
             Ok(())
         }
         .instrument(span)
@@ -172,9 +191,14 @@ impl SpeedLayer {
     /// period (CONTRACT §5.4). Buckets at or after T are never touched.
     pub async fn apply_retention(&self) -> Result<(), sqlx::Error> {
         let cutover: Option<DateTime<Utc>> =
-            sqlx::query_scalar("SELECT cutover FROM serving_state WHERE id = 1").fetch_one(&self.pool).await?;
-        let Some(cutover) = cutover else { return Ok(()) };
-        let horizon = cutover - chrono::Duration::milliseconds(self.config.speed.retention_grace.millis());
+            sqlx::query_scalar("SELECT cutover FROM serving_state WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?;
+        let Some(cutover) = cutover else {
+            return Ok(());
+        };
+        let horizon =
+            cutover - chrono::Duration::milliseconds(self.config.speed.retention_grace.millis());
         let mut tx = self.pool.begin().await?;
         let aggregates = sqlx::query("DELETE FROM speed_aggregates WHERE bucket_start < $1")
             .bind(horizon)
@@ -209,8 +233,14 @@ async fn upsert_partials(
         .flat_map(|(partition, table)| table.iter().map(move |(k, v)| (k, *partition, v)))
         .collect();
     sorted.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-    let metrics: Vec<&str> = sorted.iter().map(|(k, _, _)| catalog.metrics[k.metric].name.as_str()).collect();
-    let buckets: Vec<DateTime<Utc>> = sorted.iter().map(|(k, _, _)| to_datetime(k.bucket_start)).collect();
+    let metrics: Vec<&str> = sorted
+        .iter()
+        .map(|(k, _, _)| catalog.metrics[k.metric].name.as_str())
+        .collect();
+    let buckets: Vec<DateTime<Utc>> = sorted
+        .iter()
+        .map(|(k, _, _)| to_datetime(k.bucket_start))
+        .collect();
     let dims: Vec<&str> = sorted.iter().map(|(k, _, _)| k.dims.as_str()).collect();
     let partitions: Vec<i32> = sorted.iter().map(|(_, p, _)| *p).collect();
     let counts: Vec<i64> = sorted.iter().map(|(_, _, v)| v.count).collect();

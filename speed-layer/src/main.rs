@@ -4,7 +4,10 @@ use shared_schema::{MetricCatalog, PlatformConfig, db, telemetry};
 use speed_layer::SpeedLayer;
 
 #[derive(Parser)]
-#[command(name = "speed-layer", about = "Consumes events and keeps recent per-bucket aggregates in Postgres")]
+#[command(
+    name = "speed-layer",
+    about = "Consumes events and keeps recent per-bucket aggregates in Postgres"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

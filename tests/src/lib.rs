@@ -19,7 +19,9 @@ use tokio::process::{Child, Command};
 
 /// Creates `topic` with `partitions` partitions; an existing topic is fine.
 pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
     let results = admin
         .create_topics(
             &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
@@ -44,8 +46,17 @@ pub fn producer(brokers: &str) -> Result<FutureProducer> {
 }
 
 /// Sends one message to an explicit partition and returns its offset.
-pub async fn send(producer: &FutureProducer, topic: &str, partition: i32, key: &[u8], payload: &[u8]) -> Result<i64> {
-    let record = FutureRecord::to(topic).partition(partition).key(key).payload(payload);
+pub async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    partition: i32,
+    key: &[u8],
+    payload: &[u8],
+) -> Result<i64> {
+    let record = FutureRecord::to(topic)
+        .partition(partition)
+        .key(key)
+        .payload(payload);
     let delivery = producer
         .send(record, Duration::from_secs(30))
         .await
@@ -66,7 +77,10 @@ impl Cluster {
                 panic!("{name} is not set: run the end-to-end tests through scripts/test.sh, which starts Postgres and the broker")
             })
         };
-        Cluster { admin_database_url: var("E2E_DATABASE_URL"), brokers: var("E2E_KAFKA_BROKERS") }
+        Cluster {
+            admin_database_url: var("E2E_DATABASE_URL"),
+            brokers: var("E2E_KAFKA_BROKERS"),
+        }
     }
 }
 
@@ -87,17 +101,31 @@ pub struct Platform {
 impl Platform {
     pub async fn new(name: &str, partitions: i32) -> Result<Platform> {
         let cluster = Cluster::from_env();
-        let unique = format!("{name}_{}", uuid::Uuid::new_v4().simple().to_string().get(..8).unwrap_or("x"));
+        let unique = format!(
+            "{name}_{}",
+            uuid::Uuid::new_v4()
+                .simple()
+                .to_string()
+                .get(..8)
+                .unwrap_or("x")
+        );
         let mut admin = PgConnection::connect(&cluster.admin_database_url).await?;
-        admin.execute(format!("CREATE DATABASE {unique}").as_str()).await?;
+        admin
+            .execute(format!("CREATE DATABASE {unique}").as_str())
+            .await?;
         admin.close().await?;
         let database_url = replace_database(&cluster.admin_database_url, &unique)?;
         let topic = format!("events_{unique}");
         create_topic(&cluster.brokers, &topic, partitions).await?;
         let lake_dir = target_dir()?.join("e2e").join(&unique).join("lake");
         std::fs::create_dir_all(&lake_dir)?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let pool = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&database_url).await?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&database_url)
+            .await?;
         Ok(Platform {
             name: unique,
             database_url,
@@ -108,7 +136,9 @@ impl Platform {
             lake_dir,
             listen_addr: format!("127.0.0.1:{port}"),
             pool,
-            http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()?,
         })
     }
 
@@ -129,8 +159,13 @@ impl Platform {
     /// Starts `binary args...` with this platform's environment; output goes to a log file
     /// beside the lake.
     pub fn spawn(&self, binary: &str, args: &[&str]) -> Result<Service> {
-        let log_path = self.lake_dir.with_file_name(format!("{binary}-{}.log", args.join("-")));
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let log_path = self
+            .lake_dir
+            .with_file_name(format!("{binary}-{}.log", args.join("-")));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
         let child = Command::new(bin_path(binary)?)
             .args(args)
             .envs(self.env())
@@ -145,8 +180,16 @@ impl Platform {
 
     /// Runs `binary args...` to completion and returns whether it succeeded, and its output.
     pub async fn run(&self, binary: &str, args: &[&str]) -> Result<(bool, String)> {
-        let output = Command::new(bin_path(binary)?).args(args).envs(self.env()).output().await?;
-        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        let output = Command::new(bin_path(binary)?)
+            .args(args)
+            .envs(self.env())
+            .output()
+            .await?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
         Ok((output.status.success(), text))
     }
 
@@ -155,16 +198,22 @@ impl Platform {
     }
 
     pub async fn get(&self, path_and_query: &str) -> Result<(u16, serde_json::Value)> {
-        let response = self.http.get(format!("http://{}{}", self.listen_addr, path_and_query)).send().await?;
+        let response = self
+            .http
+            .get(format!("http://{}{}", self.listen_addr, path_and_query))
+            .send()
+            .await?;
         let status = response.status().as_u16();
         let body = response.json().await.unwrap_or(serde_json::Value::Null);
         Ok((status, body))
     }
 
     pub async fn wait_for_http(&self) -> Result<()> {
-        wait_until(Duration::from_secs(60), "the serving layer to answer /readyz", || async {
-            matches!(self.get("/readyz").await, Ok((200, _)))
-        })
+        wait_until(
+            Duration::from_secs(60),
+            "the serving layer to answer /readyz",
+            || async { matches!(self.get("/readyz").await, Ok((200, _))) },
+        )
         .await
     }
 
@@ -172,11 +221,20 @@ impl Platform {
     /// `ends` (the next offset after the last produced message per partition).
     pub async fn wait_caught_up(&self, table: &str, ends: &HashMap<i32, i64>) -> Result<()> {
         let query = format!("SELECT partition, next_offset FROM {table} WHERE topic = $1");
-        wait_until(Duration::from_secs(120), &format!("{table} to reach {ends:?}"), || async {
-            let rows: Vec<(i32, i64)> = sqlx::query_as(&query).bind(&self.topic).fetch_all(&self.pool).await.unwrap_or_default();
-            let have: HashMap<i32, i64> = rows.into_iter().collect();
-            ends.iter().all(|(p, end)| have.get(p).is_some_and(|n| n >= end))
-        })
+        wait_until(
+            Duration::from_secs(120),
+            &format!("{table} to reach {ends:?}"),
+            || async {
+                let rows: Vec<(i32, i64)> = sqlx::query_as(&query)
+                    .bind(&self.topic)
+                    .fetch_all(&self.pool)
+                    .await
+                    .unwrap_or_default();
+                let have: HashMap<i32, i64> = rows.into_iter().collect();
+                ends.iter()
+                    .all(|(p, end)| have.get(p).is_some_and(|n| n >= end))
+            },
+        )
         .await
     }
 }
@@ -248,10 +306,16 @@ pub fn target_dir() -> Result<PathBuf> {
 /// A workspace binary built by `cargo build --workspace --bins` (scripts/test.sh does that).
 pub fn bin_path(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let profile_dir = exe.parent().and_then(Path::parent).context("test executable has no profile directory")?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test executable has no profile directory")?;
     let path = profile_dir.join(name);
     if !path.exists() {
-        bail!("{} is missing: build the binaries first (cargo build --workspace --bins)", path.display());
+        bail!(
+            "{} is missing: build the binaries first (cargo build --workspace --bins)",
+            path.display()
+        );
     }
     Ok(path)
 }

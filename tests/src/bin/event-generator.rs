@@ -11,7 +11,10 @@ use serde_json::json;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "event-generator", about = "Produces demo events to the events topic")]
+#[command(
+    name = "event-generator",
+    about = "Produces demo events to the events topic"
+)]
 struct Args {
     #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     brokers: String,
@@ -42,10 +45,21 @@ struct Args {
     seed: u64,
 }
 
-const EVENT_TYPES: [(&str, f64); 5] =
-    [("page_view", 0.6), ("purchase", 0.15), ("click", 0.15), ("error", 0.05), ("login_failed", 0.05)];
-const PLACES: [(&str, &str); 6] =
-    [("Berlin", "DE"), ("Paris", "FR"), ("Madrid", "ES"), ("Austin", "US"), ("Osaka", "JP"), ("Lagos", "NG")];
+const EVENT_TYPES: [(&str, f64); 5] = [
+    ("page_view", 0.6),
+    ("purchase", 0.15),
+    ("click", 0.15),
+    ("error", 0.05),
+    ("login_failed", 0.05),
+];
+const PLACES: [(&str, &str); 6] = [
+    ("Berlin", "DE"),
+    ("Paris", "FR"),
+    ("Madrid", "ES"),
+    ("Austin", "US"),
+    ("Osaka", "JP"),
+    ("Lagos", "NG"),
+];
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -67,23 +81,28 @@ async fn main() -> Result<()> {
         owed += per_tick;
         while owed >= 1.0 {
             owed -= 1.0;
-            let (payload, partition) = if !recent.is_empty() && rng.random_bool(args.duplicates.clamp(0.0, 1.0)) {
-                let (payload, partition) = recent[rng.random_range(0..recent.len())].clone();
-                let partition = if rng.random_bool(0.5) { rng.random_range(0..args.partitions) } else { partition };
-                (payload, partition)
-            } else if rng.random_bool(args.bad.clamp(0.0, 1.0)) {
-                (bad_message(&mut rng), rng.random_range(0..args.partitions))
-            } else {
-                let payload = event(&mut rng, &format!("{run}-{sent}"), args.late);
-                let partition = rng.random_range(0..args.partitions);
-                if recent.len() < 1000 {
-                    recent.push((payload.clone(), partition));
+            let (payload, partition) =
+                if !recent.is_empty() && rng.random_bool(args.duplicates.clamp(0.0, 1.0)) {
+                    let (payload, partition) = recent[rng.random_range(0..recent.len())].clone();
+                    let partition = if rng.random_bool(0.5) {
+                        rng.random_range(0..args.partitions)
+                    } else {
+                        partition
+                    };
+                    (payload, partition)
+                } else if rng.random_bool(args.bad.clamp(0.0, 1.0)) {
+                    (bad_message(&mut rng), rng.random_range(0..args.partitions))
                 } else {
-                    let slot = rng.random_range(0..recent.len());
-                    recent[slot] = (payload.clone(), partition);
-                }
-                (payload, partition)
-            };
+                    let payload = event(&mut rng, &format!("{run}-{sent}"), args.late);
+                    let partition = rng.random_range(0..args.partitions);
+                    if recent.len() < 1000 {
+                        recent.push((payload.clone(), partition));
+                    } else {
+                        let slot = rng.random_range(0..recent.len());
+                        recent[slot] = (payload.clone(), partition);
+                    }
+                    (payload, partition)
+                };
             send(&producer, &args.topic, partition, b"", &payload).await?;
             sent += 1;
             if sent % 1000 == 0 {
@@ -98,7 +117,11 @@ async fn main() -> Result<()> {
 
 fn event(rng: &mut StdRng, id: &str, late_share: f64) -> Vec<u8> {
     let now = chrono::Utc::now().timestamp_millis();
-    let time = if rng.random_bool(late_share.clamp(0.0, 1.0)) { now - rng.random_range(120_000..600_000) } else { now };
+    let time = if rng.random_bool(late_share.clamp(0.0, 1.0)) {
+        now - rng.random_range(120_000..600_000)
+    } else {
+        now
+    };
     let mut pick = rng.random::<f64>();
     let event_type = EVENT_TYPES
         .iter()
