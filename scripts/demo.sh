@@ -30,9 +30,10 @@ mkdir -p "$LOGS"
 
 pids=()
 stop() {
+  trap - EXIT INT TERM
   log "stopping"
   kill "${pids[@]}" 2>/dev/null || true
-  wait 2>/dev/null || true
+  wait "${pids[@]}" 2>/dev/null || true
   stop_tansu demo-broker
   stop_postgres demo-pg
 }
