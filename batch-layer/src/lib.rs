@@ -7,6 +7,7 @@ pub mod lake;
 pub mod land;
 pub mod recompute;
 pub mod schedule;
+pub mod sketch_udaf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {

@@ -4,7 +4,7 @@ use batch_layer::recompute::{RunOptions, describe, run_once};
 use batch_layer::schedule::{parse_cron, run_on_schedule};
 use clap::{Parser, Subcommand};
 use shared_schema::time::parse_rfc3339;
-use shared_schema::{MetricCatalog, PlatformConfig, db, telemetry};
+use shared_schema::{PlatformConfig, db, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -44,7 +44,7 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init_tracing();
     let cli = Cli::parse();
     let config = PlatformConfig::load()?;
-    let catalog = MetricCatalog::default();
+    let catalog = config.metric_catalog()?;
     let pool = db::connect_and_migrate(config.database_url()?, config.database_max_connections)
         .await
         .context("starting the batch layer")?;

@@ -12,14 +12,20 @@
 
 use crate::BatchError;
 use crate::lake::lake_schema;
+use crate::sketch_udaf::hll_sketch;
 use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::{ArrayRef, PrimitiveArray, StringArray};
 use arrow::compute::cast;
+use arrow::datatypes::Decimal128Type;
 use arrow::datatypes::{DataType, Int64Type};
 use chrono::{DateTime, Utc};
-use datafusion::functions_aggregate::expr_fn::{count, sum};
+use datafusion::functions_aggregate::expr_fn::{count, max, min, sum};
+use datafusion::logical_expr::cast as cast_expr;
 use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext, col, lit};
 use shared_schema::config::PlatformConfig;
 use shared_schema::cutover::{LandedPartition, choose_cutover, lake_complete_until};
+use shared_schema::hll::Hll;
+use shared_schema::metrics::{Aggregation, ValueField};
 use shared_schema::metrics::{MetricCatalog, MetricDef, Partial, encode_dims};
 use shared_schema::query::BucketRow;
 use shared_schema::time::{Millis, format_rfc3339, to_datetime};
@@ -173,7 +179,7 @@ pub async fn compute_view(
         .await?;
 
     let mut rows = Vec::new();
-    for metric in &catalog.metrics {
+    for (_, metric) in catalog.stored() {
         let batches = metric_plan(deduped.clone(), metric)?.collect().await?;
         for batch in &batches {
             append_rows(&mut rows, metric, batch)?;
@@ -182,12 +188,21 @@ pub async fn compute_view(
     Ok(rows)
 }
 
-/// The metric definition as a DataFusion plan: filter, bucket, group, aggregate. The bucket is
-/// floor division on epoch milliseconds, the same arithmetic as `time::bucket_start`.
+/// The metric definition as a DataFusion plan: filter, bucket, group, aggregate. It produces
+/// the partials `Partial::of_event` and `Partial::merge` produce in the speed layer: the bucket
+/// is floor division on epoch milliseconds (the arithmetic of `time::bucket_start`), and the
+/// filter is `MetricDef::matches`.
 fn metric_plan(events: DataFrame, metric: &MetricDef) -> Result<DataFrame, BatchError> {
     let mut events = events;
     if let Some(event_type) = &metric.event_type {
         events = events.filter(col("event_type").eq(lit(event_type.clone())))?;
+    }
+    let required = match &metric.aggregation {
+        Aggregation::Distinct(dimension) => Some(dimension.name()),
+        other => other.value_field().map(ValueField::name),
+    };
+    if let Some(field) = required {
+        events = events.filter(col(field).is_not_null())?;
     }
     let width = metric.bucket.millis();
     let t = col("event_time_ms");
@@ -200,10 +215,19 @@ fn metric_plan(events: DataFrame, metric: &MetricDef) -> Result<DataFrame, Batch
             .enumerate()
             .map(|(i, d)| col(d.name()).alias(format!("d{i}"))),
     );
-    let aggregates = vec![
+    let mut aggregates = vec![
         count(lit(1)).alias("event_count"),
         sum(col("amount")).alias("sum_micros"),
+        min(col("amount")).alias("min_micros"),
+        max(col("amount")).alias("max_micros"),
     ];
+    if let Aggregation::Distinct(dimension) = &metric.aggregation {
+        aggregates.push(
+            hll_sketch()
+                .call(vec![cast_expr(col(dimension.name()), DataType::Utf8)])
+                .alias("sketch"),
+        );
+    }
     Ok(events.aggregate(group, aggregates)?)
 }
 
@@ -212,7 +236,7 @@ fn append_rows(
     metric: &MetricDef,
     batch: &RecordBatch,
 ) -> Result<(), BatchError> {
-    let column = |name: &str, data_type: &DataType| -> Result<arrow::array::ArrayRef, BatchError> {
+    let column = |name: &str, data_type: &DataType| -> Result<ArrayRef, BatchError> {
         let array = batch
             .column_by_name(name)
             .ok_or_else(|| BatchError::Lake(format!("plan output lacks {name}")))?;
@@ -222,17 +246,34 @@ fn append_rows(
     let bucket = bucket.as_primitive::<Int64Type>();
     let count = column("event_count", &DataType::Int64)?;
     let count = count.as_primitive::<Int64Type>();
+    // Amount aggregates stay decimals at scale 6, so their unscaled values are micro-units.
     let sum = column("sum_micros", &SUM_TYPE)?;
-    let sum = sum.as_primitive::<arrow::datatypes::Decimal128Type>();
+    let sum = sum.as_primitive::<Decimal128Type>();
+    let min = column("min_micros", &SUM_TYPE)?;
+    let min = min.as_primitive::<Decimal128Type>();
+    let max = column("max_micros", &SUM_TYPE)?;
+    let max = max.as_primitive::<Decimal128Type>();
+    let sketch = batch.column_by_name("sketch").map(|s| s.as_binary::<i32>());
     let dims = (0..metric.dimensions.len())
         .map(|i| column(&format!("d{i}"), &DataType::Utf8))
         .collect::<Result<Vec<_>, _>>()?;
-    let dims: Vec<&arrow::array::StringArray> = dims.iter().map(|d| d.as_string::<i32>()).collect();
+    let dims: Vec<&StringArray> = dims.iter().map(|d| d.as_string::<i32>()).collect();
+    let micros = |array: &PrimitiveArray<Decimal128Type>, i: usize| -> Option<i64> {
+        (!array.is_null(i))
+            .then(|| array.value(i))
+            .and_then(|v| i64::try_from(v).ok())
+    };
     for i in 0..batch.num_rows() {
         let values: Vec<Option<&str>> = dims
             .iter()
             .map(|d| (!d.is_null(i)).then(|| d.value(i)))
             .collect();
+        let sketch = match sketch {
+            Some(sketch) if !sketch.is_null(i) => Some(
+                Hll::from_bytes(sketch.value(i)).map_err(|e| BatchError::Lake(e.to_string()))?,
+            ),
+            _ => None,
+        };
         rows.push(ViewRow {
             metric: metric.name.clone(),
             row: BucketRow {
@@ -241,6 +282,9 @@ fn append_rows(
                 partial: Partial {
                     count: count.value(i),
                     sum_micros: if sum.is_null(i) { 0 } else { sum.value(i) },
+                    min_micros: micros(min, i),
+                    max_micros: micros(max, i),
+                    sketch,
                 },
             },
         });

@@ -12,11 +12,11 @@ use serde_json::{Map, Value, json};
 use shared_schema::config::PlatformConfig;
 use shared_schema::cutover::Source;
 use shared_schema::db::MIGRATOR;
-use shared_schema::metrics::{Dimension, MetricCatalog, MetricDef};
+use shared_schema::metrics::{Aggregation, Dimension, MetricCatalog, MetricDef, finish_ratio};
 use shared_schema::query::{SeriesQuery, assemble, gaps};
 use shared_schema::time::{HumanDuration, Millis, format_rfc3339, parse_rfc3339};
 use sqlx::PgPool;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 #[derive(Clone)]
@@ -263,71 +263,117 @@ async fn answer(
     metric: &MetricDef,
     request: &Request,
 ) -> Result<Value, ApiError> {
+    // A ratio is read as its two stored parts; anything else as itself.
+    let parts: Vec<&MetricDef> = match &metric.aggregation {
+        Aggregation::Ratio {
+            numerator,
+            denominator,
+        } => [numerator, denominator]
+            .into_iter()
+            .map(|name| {
+                state.catalog.get(name).map(|(_, m)| m).ok_or_else(|| {
+                    ApiError::unavailable(format!(
+                        "`{}` refers to the unknown metric `{name}`",
+                        metric.name
+                    ))
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        _ => vec![metric],
+    };
+    let names: Vec<&str> = parts.iter().map(|m| m.name.as_str()).collect();
     let range = request.query.bucket_range();
-    let snapshot =
-        read_snapshot(&state.pool, &state.config.events_topic, &metric.name, range).await?;
+    let mut snapshot =
+        read_snapshot(&state.pool, &state.config.events_topic, &names, range).await?;
     let view = match (&snapshot.batch_version, &snapshot.view_path) {
         (Some(version), Some(path)) => Some(state.views.get(version, path).await?),
         _ => None,
     };
-    let batch_rows = view
-        .as_ref()
-        .and_then(|v| v.get(&metric.name))
-        .map(|rows| {
-            rows_in(
-                rows,
-                range.0,
-                snapshot.cutover.map_or(range.0, |t| t.min(range.1)),
-            )
-        })
-        .unwrap_or_default();
+    let batch_end = snapshot
+        .cutover
+        .map_or(range.0, |t| t.clamp(range.0, range.1));
+    // Per part: (group, t) -> (finished value, source).
+    let mut finished: Vec<BTreeMap<(Option<Option<String>>, Millis), (Option<f64>, Source)>> =
+        Vec::new();
+    for part in &parts {
+        let batch_rows = view
+            .as_ref()
+            .and_then(|v| v.get(&part.name))
+            .map(|rows| rows_in(rows, range.0, batch_end))
+            .unwrap_or_default();
+        let speed_rows = snapshot.speed_rows.remove(&part.name).unwrap_or_default();
+        let series = assemble(
+            part,
+            &request.query,
+            snapshot.cutover,
+            batch_rows.iter().cloned(),
+            speed_rows,
+        );
+        finished.push(
+            series
+                .into_iter()
+                .flat_map(|s| {
+                    let group = s.group;
+                    s.points.into_iter().map(move |p| {
+                        (
+                            (group.clone(), p.t),
+                            (p.partial.finish(&part.aggregation), p.source),
+                        )
+                    })
+                })
+                .collect(),
+        );
+    }
+    let points: BTreeMap<(Option<Option<String>>, Millis), (f64, Source)> =
+        match finished.as_slice() {
+            [single] => single
+                .iter()
+                .filter_map(|(k, (v, source))| v.map(|v| (k.clone(), (v, *source))))
+                .collect(),
+            [numerator, denominator] => denominator
+                .iter()
+                .filter_map(|(k, (den, source))| {
+                    let num = numerator.get(k).and_then(|(v, _)| *v);
+                    finish_ratio(num, *den).map(|v| (k.clone(), (v, *source)))
+                })
+                .collect(),
+            _ => BTreeMap::new(),
+        };
 
-    let series = assemble(
-        metric,
-        &request.query,
-        snapshot.cutover,
-        batch_rows.iter().cloned(),
-        snapshot.speed_rows,
-    );
+    let mut series: BTreeMap<Option<Option<String>>, Vec<PointOut>> = BTreeMap::new();
+    if request.group_by.is_none() {
+        // Without group_by there is always exactly one series, even an empty one.
+        series.insert(None, Vec::new());
+    }
+    for ((group, t), (value, source)) in points {
+        series.entry(group).or_default().push(PointOut {
+            t: format_rfc3339(t),
+            value,
+            source,
+        });
+    }
+    let series: Vec<SeriesOut> = series
+        .into_iter()
+        .map(|(group, points)| {
+            let mut group_json = Map::new();
+            if let (Some(dimension), Some(value)) = (request.group_by, group) {
+                group_json.insert(
+                    dimension.name().to_string(),
+                    value.map_or(Value::Null, Value::String),
+                );
+            }
+            SeriesOut {
+                group: group_json,
+                points,
+            }
+        })
+        .collect();
     let gaps = gaps(
         request.query.from,
         request.query.to,
         snapshot.cutover,
         snapshot.speed_covered_from,
     );
-    let series: Vec<SeriesOut> = series
-        .into_iter()
-        .map(|s| {
-            let mut group = Map::new();
-            if let (Some(dimension), Some(value)) = (request.group_by, s.group) {
-                group.insert(
-                    dimension.name().to_string(),
-                    value.map_or(Value::Null, Value::String),
-                );
-            }
-            SeriesOut {
-                group,
-                points: s
-                    .points
-                    .into_iter()
-                    .map(|p| PointOut {
-                        t: format_rfc3339(p.t),
-                        value: p.partial.finish(metric.aggregation),
-                        source: p.source,
-                    })
-                    .collect(),
-            }
-        })
-        .collect();
-    // Without group_by there is always exactly one series, even an empty one.
-    let series = if request.group_by.is_none() && series.is_empty() {
-        vec![SeriesOut {
-            group: Map::new(),
-            points: Vec::new(),
-        }]
-    } else {
-        series
-    };
     Ok(json!({
         "metric": metric.name,
         "from": format_rfc3339(request.query.from),

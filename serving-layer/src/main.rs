@@ -1,7 +1,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serving_layer::{AppState, router};
-use shared_schema::{MetricCatalog, PlatformConfig, db, telemetry};
+use shared_schema::{PlatformConfig, db, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -24,6 +24,7 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init_tracing();
     let Command::Run = Cli::parse().command;
     let config = PlatformConfig::load()?;
+    let catalog = config.metric_catalog()?;
     let pool = db::connect_and_migrate(config.database_url()?, config.database_max_connections)
         .await
         .context("starting the serving layer")?;
@@ -31,7 +32,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", config.listen_addr))?;
     tracing::info!(addr = %config.listen_addr, "serving");
-    let app = router(AppState::new(pool, config, MetricCatalog::default()));
+    let app = router(AppState::new(pool, config, catalog));
     axum::serve(listener, app)
         .with_graceful_shutdown(telemetry::shutdown_signal())
         .await?;

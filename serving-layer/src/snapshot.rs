@@ -7,6 +7,7 @@
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use shared_schema::event::AMOUNT_SCALE;
+use shared_schema::hll::Hll;
 use shared_schema::metrics::Partial;
 use shared_schema::query::BucketRow;
 use shared_schema::time::{Millis, to_datetime};
@@ -22,6 +23,8 @@ pub enum SnapshotError {
     Db(#[from] sqlx::Error),
     #[error("batch view: {0}")]
     View(#[from] ViewError),
+    #[error("speed layer sketch: {0}")]
+    Sketch(#[from] shared_schema::hll::SketchError),
     #[error("batch view read was interrupted: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -32,17 +35,19 @@ pub struct Snapshot {
     pub cutover: Option<Millis>,
     pub batch_version: Option<String>,
     pub view_path: Option<String>,
-    /// Speed rows of the metric, summed over partitions, at or after T within the range.
-    pub speed_rows: Vec<BucketRow>,
+    /// Speed rows per metric, one per partition, at or after T within the range.
+    pub speed_rows: HashMap<String, Vec<BucketRow>>,
     pub speed_watermark: Option<Millis>,
     /// `None`: the speed layer covers the topic from its start; `Some(t)`: only from `t` on.
     pub speed_covered_from: Option<Millis>,
 }
 
+/// Reads T, the promoted version, and the speed rows of `metrics` (per partition; the merge sums
+/// them) in `[max(T, range start), range end)`.
 pub async fn read_snapshot(
     pool: &PgPool,
     topic: &str,
-    metric: &str,
+    metrics: &[&str],
     range: (Millis, Millis),
 ) -> Result<Snapshot, SnapshotError> {
     let mut tx = pool.begin().await?;
@@ -59,13 +64,22 @@ pub async fn read_snapshot(
         .await?;
     let cutover = cutover.map(|t| t.timestamp_millis());
     let speed_from = cutover.map_or(range.0, |t| t.max(range.0));
-    let rows: Vec<(DateTime<Utc>, String, i64, Decimal)> = sqlx::query_as(
-        "SELECT bucket_start, dims, sum(event_count)::bigint, sum(sum_micros)
+    type Row = (
+        String,
+        DateTime<Utc>,
+        String,
+        i64,
+        Decimal,
+        Option<i64>,
+        Option<i64>,
+        Option<Vec<u8>>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT metric, bucket_start, dims, event_count, sum_micros, min_micros, max_micros, sketch
          FROM speed_aggregates
-         WHERE metric = $1 AND bucket_start >= $2 AND bucket_start < $3
-         GROUP BY bucket_start, dims",
+         WHERE metric = ANY($1) AND bucket_start >= $2 AND bucket_start < $3",
     )
-    .bind(metric)
+    .bind(metrics)
     .bind(to_datetime(speed_from))
     .bind(to_datetime(range.1))
     .fetch_all(&mut *tx)
@@ -81,21 +95,26 @@ pub async fn read_snapshot(
             .fetch_optional(&mut *tx)
             .await?;
     tx.commit().await?;
+    let mut speed_rows: HashMap<String, Vec<BucketRow>> = HashMap::new();
+    for (metric, bucket, dims, count, sum, min_micros, max_micros, sketch) in rows {
+        let sketch = sketch.map(|bytes| Hll::from_bytes(&bytes)).transpose()?;
+        speed_rows.entry(metric).or_default().push(BucketRow {
+            bucket_start: bucket.timestamp_millis(),
+            dims,
+            partial: Partial {
+                count,
+                sum_micros: decimal_to_micros(sum),
+                min_micros,
+                max_micros,
+                sketch,
+            },
+        });
+    }
     Ok(Snapshot {
         cutover,
         batch_version: version,
         view_path,
-        speed_rows: rows
-            .into_iter()
-            .map(|(bucket, dims, count, sum)| BucketRow {
-                bucket_start: bucket.timestamp_millis(),
-                dims,
-                partial: Partial {
-                    count,
-                    sum_micros: decimal_to_micros(sum),
-                },
-            })
-            .collect(),
+        speed_rows,
         speed_watermark: watermark.map(|t| t.timestamp_millis()),
         // No coverage row: the speed layer never started, so it covers nothing yet.
         speed_covered_from: match coverage {

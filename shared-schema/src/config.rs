@@ -28,6 +28,8 @@ pub struct PlatformConfig {
     pub max_event_skew: HumanDuration,
     /// Connections each service keeps to Postgres.
     pub database_max_connections: u32,
+    /// The metric definitions (TOML, see config/metrics.toml); absent: the compiled-in default.
+    pub metrics_file: Option<PathBuf>,
     pub speed: SpeedConfig,
     pub lander: LanderConfig,
     pub batch: BatchConfig,
@@ -84,6 +86,7 @@ impl Default for PlatformConfig {
             listen_addr: "127.0.0.1:8080".into(),
             max_event_skew: HumanDuration::from_millis(10 * MINUTE_MS),
             database_max_connections: 8,
+            metrics_file: None,
             speed: SpeedConfig {
                 group_id: "speed-layer".into(),
                 batch_max_events: 20_000,
@@ -152,6 +155,13 @@ impl PlatformConfig {
     /// Where the lander publishes raw event files.
     pub fn events_dir(&self) -> PathBuf {
         self.lake_dir.join("events")
+    }
+
+    /// The metric catalogue this deployment computes.
+    pub fn metric_catalog(
+        &self,
+    ) -> Result<crate::metrics::MetricCatalog, crate::metrics::MetricError> {
+        crate::metrics::MetricCatalog::load(self.metrics_file.as_deref())
     }
 
     /// Where the batch layer publishes view versions.

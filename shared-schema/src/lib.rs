@@ -7,6 +7,7 @@ pub mod config;
 pub mod cutover;
 pub mod db;
 pub mod event;
+pub mod hll;
 pub mod kafka;
 pub mod metrics;
 pub mod positions;

@@ -173,6 +173,7 @@ mod tests {
             partial: Partial {
                 count,
                 sum_micros: count as i128 * 1_000_000,
+                ..Partial::default()
             },
         }
     }

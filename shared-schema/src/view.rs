@@ -5,15 +5,18 @@
 //! the same micro-unit sums as the speed layer's rows, so the two sides merge without
 //! conversion.
 
+use crate::hll::{Hll, SketchError};
 use crate::metrics::Partial;
 use crate::query::BucketRow;
-use crate::time::Millis;
 use arrow::array::{
-    Array, ArrayRef, Decimal128Array, Int64Array, RecordBatch, StringArray,
+    Array, ArrayRef, AsArray, BinaryArray, Decimal128Array, Int64Array, RecordBatch, StringArray,
     TimestampMillisecondArray,
 };
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{
+    DataType, Decimal128Type, Field, Int64Type, Schema, SchemaRef, TimeUnit,
+    TimestampMillisecondType,
+};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
@@ -35,6 +38,8 @@ pub enum ViewError {
     Parquet(#[from] parquet::errors::ParquetError),
     #[error("view file Arrow: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
+    #[error("view file sketch: {0}")]
+    Sketch(#[from] SketchError),
     #[error("view file has an unexpected column layout: {0}")]
     Layout(String),
 }
@@ -50,6 +55,9 @@ pub fn view_schema() -> SchemaRef {
         Field::new("dims", DataType::Utf8, false),
         Field::new("event_count", DataType::Int64, false),
         Field::new("sum_micros", SUM_TYPE, false),
+        Field::new("min_micros", DataType::Int64, true),
+        Field::new("max_micros", DataType::Int64, true),
+        Field::new("sketch", DataType::Binary, true),
     ]))
 }
 
@@ -64,20 +72,30 @@ pub struct ViewRow {
 /// directory it is in).
 pub fn write_view(path: &Path, rows: &[ViewRow]) -> Result<(), ViewError> {
     let schema = view_schema();
-    let metric = StringArray::from_iter_values(rows.iter().map(|r| r.metric.as_str()));
-    let bucket =
-        TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.row.bucket_start))
-            .with_timezone("UTC");
-    let dims = StringArray::from_iter_values(rows.iter().map(|r| r.row.dims.as_str()));
-    let count = Int64Array::from_iter_values(rows.iter().map(|r| r.row.partial.count));
-    let sum = Decimal128Array::from_iter_values(rows.iter().map(|r| r.row.partial.sum_micros))
-        .with_data_type(SUM_TYPE);
+    let partials = || rows.iter().map(|r| &r.row.partial);
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(metric),
-        Arc::new(bucket),
-        Arc::new(dims),
-        Arc::new(count),
-        Arc::new(sum),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.metric.as_str()),
+        )),
+        Arc::new(
+            TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.row.bucket_start))
+                .with_timezone("UTC"),
+        ),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.row.dims.as_str()),
+        )),
+        Arc::new(Int64Array::from_iter_values(partials().map(|p| p.count))),
+        Arc::new(
+            Decimal128Array::from_iter_values(partials().map(|p| p.sum_micros))
+                .with_data_type(SUM_TYPE),
+        ),
+        Arc::new(partials().map(|p| p.min_micros).collect::<Int64Array>()),
+        Arc::new(partials().map(|p| p.max_micros).collect::<Int64Array>()),
+        Arc::new(
+            partials()
+                .map(|p| p.sketch.as_ref().map(Hll::to_bytes))
+                .collect::<BinaryArray>(),
+        ),
     ];
     let batch = RecordBatch::try_new(schema.clone(), columns)?;
     let properties = WriterProperties::builder()
@@ -111,26 +129,41 @@ pub fn read_view(path: &Path) -> Result<HashMap<String, Vec<BucketRow>>, ViewErr
         let dims = column("dims", &DataType::Utf8)?;
         let count = column("event_count", &DataType::Int64)?;
         let sum = column("sum_micros", &SUM_TYPE)?;
-        let (Some(metric), Some(bucket), Some(dims), Some(count), Some(sum)) = (
-            metric.as_any().downcast_ref::<StringArray>(),
-            bucket.as_any().downcast_ref::<TimestampMillisecondArray>(),
-            dims.as_any().downcast_ref::<StringArray>(),
-            count.as_any().downcast_ref::<Int64Array>(),
-            sum.as_any().downcast_ref::<Decimal128Array>(),
-        ) else {
-            return Err(ViewError::Layout("column types".into()));
-        };
+        let min = column("min_micros", &DataType::Int64)?;
+        let max = column("max_micros", &DataType::Int64)?;
+        let sketch = column("sketch", &DataType::Binary)?;
+        let (metric, bucket, dims) = (
+            metric.as_string::<i32>(),
+            bucket.as_primitive::<TimestampMillisecondType>(),
+            dims.as_string::<i32>(),
+        );
+        let (count, sum) = (
+            count.as_primitive::<Int64Type>(),
+            sum.as_primitive::<Decimal128Type>(),
+        );
+        let (min, max, sketch) = (
+            min.as_primitive::<Int64Type>(),
+            max.as_primitive::<Int64Type>(),
+            sketch.as_binary::<i32>(),
+        );
         for i in 0..batch.num_rows() {
-            let bucket_start: Millis = bucket.value(i);
+            let sketch = if sketch.is_null(i) {
+                None
+            } else {
+                Some(Hll::from_bytes(sketch.value(i))?)
+            };
             by_metric
                 .entry(metric.value(i).to_string())
                 .or_default()
                 .push(BucketRow {
-                    bucket_start,
+                    bucket_start: bucket.value(i),
                     dims: dims.value(i).to_string(),
                     partial: Partial {
                         count: count.value(i),
                         sum_micros: sum.value(i),
+                        min_micros: (!min.is_null(i)).then(|| min.value(i)),
+                        max_micros: (!max.is_null(i)).then(|| max.value(i)),
+                        sketch,
                     },
                 });
         }
@@ -155,7 +188,17 @@ mod tests {
             row: BucketRow {
                 bucket_start: bucket,
                 dims: dims.into(),
-                partial: Partial { count, sum_micros },
+                partial: Partial {
+                    count,
+                    sum_micros,
+                    min_micros: Some(1),
+                    max_micros: None,
+                    sketch: (count == 3).then(|| {
+                        let mut sketch = Hll::default();
+                        sketch.insert("someone");
+                        sketch
+                    }),
+                },
             },
         };
         let rows = vec![

@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use shared_schema::config::PlatformConfig;
 use shared_schema::event::AMOUNT_SCALE;
+use shared_schema::hll::Hll;
 use shared_schema::kafka::{Batch, EventSource, SourceError};
 use shared_schema::metrics::{MetricCatalog, Partial, PartialKey};
 use shared_schema::positions::{PositionTable, load_positions, store_positions};
@@ -172,7 +173,7 @@ impl SpeedLayer {
                     );
                 }
             }
-            upsert_partials(&mut tx, &self.catalog, &per_partition).await?;
+            upsert_partials(&mut tx, &self.catalog, per_partition).await?;
             store_positions(&mut tx, PositionTable::Speed, topic, &batch.positions).await?;
             quarantine::record(&mut tx, topic, CONSUMER_NAME, &batch.bad).await?;
             tx.commit().await?;
@@ -221,39 +222,51 @@ impl SpeedLayer {
 async fn upsert_partials(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     catalog: &MetricCatalog,
-    per_partition: &BTreeMap<i32, HashMap<PartialKey, Partial>>,
+    per_partition: BTreeMap<i32, HashMap<PartialKey, Partial>>,
 ) -> Result<(), sqlx::Error> {
-    let rows = per_partition.values().map(HashMap::len).sum::<usize>();
-    if rows == 0 {
+    // Sorted by primary key, again so that concurrent writers take row locks in one order.
+    let mut rows: Vec<(PartialKey, i32, Partial)> = per_partition
+        .into_iter()
+        .flat_map(|(partition, table)| table.into_iter().map(move |(k, v)| (k, partition, v)))
+        .collect();
+    if rows.is_empty() {
         return Ok(());
     }
-    // Sorted by primary key, again so that concurrent writers take row locks in one order.
-    let mut sorted: Vec<(&PartialKey, i32, &Partial)> = per_partition
-        .iter()
-        .flat_map(|(partition, table)| table.iter().map(move |(k, v)| (k, *partition, v)))
-        .collect();
-    sorted.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-    let metrics: Vec<&str> = sorted
+    rows.sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    merge_stored_sketches(tx, catalog, &mut rows).await?;
+
+    let metrics: Vec<&str> = rows
         .iter()
         .map(|(k, _, _)| catalog.metrics[k.metric].name.as_str())
         .collect();
-    let buckets: Vec<DateTime<Utc>> = sorted
+    let buckets: Vec<DateTime<Utc>> = rows
         .iter()
         .map(|(k, _, _)| to_datetime(k.bucket_start))
         .collect();
-    let dims: Vec<&str> = sorted.iter().map(|(k, _, _)| k.dims.as_str()).collect();
-    let partitions: Vec<i32> = sorted.iter().map(|(_, p, _)| *p).collect();
-    let counts: Vec<i64> = sorted.iter().map(|(_, _, v)| v.count).collect();
-    let sums: Vec<Decimal> = sorted
+    let dims: Vec<&str> = rows.iter().map(|(k, _, _)| k.dims.as_str()).collect();
+    let partitions: Vec<i32> = rows.iter().map(|(_, p, _)| *p).collect();
+    let counts: Vec<i64> = rows.iter().map(|(_, _, v)| v.count).collect();
+    let sums: Vec<Decimal> = rows
         .iter()
         .map(|(_, _, v)| Decimal::from_i128_with_scale(v.sum_micros, AMOUNT_SCALE))
         .collect();
+    let mins: Vec<Option<i64>> = rows.iter().map(|(_, _, v)| v.min_micros).collect();
+    let maxs: Vec<Option<i64>> = rows.iter().map(|(_, _, v)| v.max_micros).collect();
+    let sketches: Vec<Option<Vec<u8>>> = rows
+        .iter()
+        .map(|(_, _, v)| v.sketch.as_ref().map(Hll::to_bytes))
+        .collect();
     sqlx::query(
-        "INSERT INTO speed_aggregates (metric, bucket_start, dims, partition, event_count, sum_micros)
-         SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::int[], $5::bigint[], $6::numeric[])
+        "INSERT INTO speed_aggregates
+             (metric, bucket_start, dims, partition, event_count, sum_micros, min_micros, max_micros, sketch)
+         SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::int[], $5::bigint[],
+                              $6::numeric[], $7::bigint[], $8::bigint[], $9::bytea[])
          ON CONFLICT (metric, bucket_start, dims, partition) DO UPDATE SET
              event_count = speed_aggregates.event_count + EXCLUDED.event_count,
              sum_micros = speed_aggregates.sum_micros + EXCLUDED.sum_micros,
+             min_micros = LEAST(speed_aggregates.min_micros, EXCLUDED.min_micros),
+             max_micros = GREATEST(speed_aggregates.max_micros, EXCLUDED.max_micros),
+             sketch = COALESCE(EXCLUDED.sketch, speed_aggregates.sketch),
              updated_at = now()",
     )
     .bind(&metrics)
@@ -262,8 +275,71 @@ async fn upsert_partials(
     .bind(&partitions)
     .bind(&counts)
     .bind(&sums)
+    .bind(&mins)
+    .bind(&maxs)
+    .bind(&sketches)
     .execute(&mut **tx)
     .await?;
+    Ok(())
+}
+
+/// Sketches cannot be merged in SQL, so the stored sketch of every row the batch touches is
+/// read (and locked) and merged into the batch's partial, which then replaces it. Sketch union
+/// is idempotent, so this stays exact even if a row were written twice.
+async fn merge_stored_sketches(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    catalog: &MetricCatalog,
+    rows: &mut [(PartialKey, i32, Partial)],
+) -> Result<(), sqlx::Error> {
+    let with_sketch: Vec<usize> = (0..rows.len())
+        .filter(|&i| rows[i].2.sketch.is_some())
+        .collect();
+    if with_sketch.is_empty() {
+        return Ok(());
+    }
+    let metrics: Vec<&str> = with_sketch
+        .iter()
+        .map(|&i| catalog.metrics[rows[i].0.metric].name.as_str())
+        .collect();
+    let buckets: Vec<DateTime<Utc>> = with_sketch
+        .iter()
+        .map(|&i| to_datetime(rows[i].0.bucket_start))
+        .collect();
+    let dims: Vec<&str> = with_sketch
+        .iter()
+        .map(|&i| rows[i].0.dims.as_str())
+        .collect();
+    let partitions: Vec<i32> = with_sketch.iter().map(|&i| rows[i].1).collect();
+    let stored: Vec<(i32, Vec<u8>)> = sqlx::query_as(
+        "SELECT k.ord::int, a.sketch
+         FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::int[]) WITH ORDINALITY AS k(m, b, d, p, ord)
+         JOIN speed_aggregates a ON a.metric = k.m AND a.bucket_start = k.b AND a.dims = k.d AND a.partition = k.p
+         WHERE a.sketch IS NOT NULL
+         ORDER BY k.ord
+         FOR UPDATE OF a",
+    )
+    .bind(&metrics)
+    .bind(&buckets)
+    .bind(&dims)
+    .bind(&partitions)
+    .fetch_all(&mut **tx)
+    .await?;
+    for (ordinal, bytes) in stored {
+        let Some(&row) = usize::try_from(ordinal - 1)
+            .ok()
+            .and_then(|k| with_sketch.get(k))
+        else {
+            continue;
+        };
+        match Hll::from_bytes(&bytes) {
+            Ok(existing) => {
+                if let Some(sketch) = rows[row].2.sketch.as_mut() {
+                    sketch.merge(&existing);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "a stored sketch is unreadable; it is replaced"),
+        }
+    }
     Ok(())
 }
 
