@@ -96,6 +96,8 @@ pub struct Platform {
     pub pool: PgPool,
     pub producer: FutureProducer,
     pub http: reqwest::Client,
+    /// Added to every service's environment.
+    pub extra_env: Vec<(String, String)>,
 }
 
 impl Platform {
@@ -139,11 +141,12 @@ impl Platform {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()?,
+            extra_env: Vec::new(),
         })
     }
 
-    fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
+    fn env(&self) -> Vec<(String, String)> {
+        let base: Vec<(&str, String)> = vec![
             ("DATABASE_URL", self.database_url.clone()),
             ("KAFKA_BROKERS", self.brokers.clone()),
             ("EVENTS_TOPIC", self.topic.clone()),
@@ -153,7 +156,11 @@ impl Platform {
             ("PLATFORM_LANDER__FLUSH_INTERVAL", "300ms".into()),
             ("PLATFORM_SPEED__BATCH_MAX_WAIT", "100ms".into()),
             ("RUST_LOG", "info".into()),
-        ]
+        ];
+        base.into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .chain(self.extra_env.iter().cloned())
+            .collect()
     }
 
     /// Starts `binary args...` with this platform's environment; output goes to a log file
