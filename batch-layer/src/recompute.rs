@@ -25,7 +25,7 @@ use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext, col, li
 use shared_schema::config::PlatformConfig;
 use shared_schema::cutover::{LandedPartition, choose_cutover, lake_complete_until};
 use shared_schema::hll::Hll;
-use shared_schema::metrics::{Aggregation, ValueField};
+use shared_schema::metrics::{Aggregation, Dimension, ValueField};
 use shared_schema::metrics::{MetricCatalog, MetricDef, Partial, encode_dims};
 use shared_schema::query::BucketRow;
 use shared_schema::time::{Millis, format_rfc3339, to_datetime};
@@ -180,7 +180,13 @@ pub async fn compute_view(
 
     let mut rows = Vec::new();
     for (_, metric) in catalog.stored() {
-        let batches = metric_plan(deduped.clone(), metric)?.collect().await?;
+        let plan = match &metric.aggregation {
+            Aggregation::Sessions { key, gap } => {
+                sessions_plan(&ctx, deduped.clone(), metric, *key, gap.millis()).await?
+            }
+            _ => metric_plan(deduped.clone(), metric)?,
+        };
+        let batches = plan.collect().await?;
         for batch in &batches {
             append_rows(&mut rows, metric, batch)?;
         }
@@ -231,6 +237,40 @@ fn metric_plan(events: DataFrame, metric: &MetricDef) -> Result<DataFrame, Batch
     Ok(events.aggregate(group, aggregates)?)
 }
 
+/// Sessions as a DataFusion plan: an event starts a session when the previous event of its key
+/// is `gap` or more before it (or there is none), the rule of `shared_schema::sessions`; starts
+/// are counted per bucket. Everything before T is in the plan's input, so a start before T is
+/// decided exactly as the speed layer decides one after it.
+async fn sessions_plan(
+    ctx: &SessionContext,
+    events: DataFrame,
+    metric: &MetricDef,
+    key: Dimension,
+    gap: Millis,
+) -> Result<DataFrame, BatchError> {
+    let mut events = events.filter(col(key.name()).is_not_null())?;
+    if let Some(event_type) = &metric.event_type {
+        events = events.filter(col("event_type").eq(lit(event_type.clone())))?;
+    }
+    let input = format!("session_input_{}", metric.name);
+    ctx.register_table(input.as_str(), events.into_view())?;
+    // Identifiers come from the Dimension enum and numbers, never from free text.
+    let starts = ctx
+        .sql(&format!(
+            "SELECT event_time_ms FROM (
+                 SELECT event_time_ms,
+                        event_time_ms - lag(event_time_ms) OVER (PARTITION BY {key} ORDER BY event_time_ms) AS since
+                 FROM {input})
+             WHERE since IS NULL OR since >= {gap}",
+            key = key.name(),
+        ))
+        .await?;
+    let width = metric.bucket.millis();
+    let t = col("event_time_ms");
+    let bucket = (t.clone() - (t % lit(width) + lit(width)) % lit(width)).alias("bucket_start");
+    Ok(starts.aggregate(vec![bucket], vec![count(lit(1)).alias("event_count")])?)
+}
+
 fn append_rows(
     rows: &mut Vec<ViewRow>,
     metric: &MetricDef,
@@ -247,20 +287,31 @@ fn append_rows(
     let count = column("event_count", &DataType::Int64)?;
     let count = count.as_primitive::<Int64Type>();
     // Amount aggregates stay decimals at scale 6, so their unscaled values are micro-units.
-    let sum = column("sum_micros", &SUM_TYPE)?;
-    let sum = sum.as_primitive::<Decimal128Type>();
-    let min = column("min_micros", &SUM_TYPE)?;
-    let min = min.as_primitive::<Decimal128Type>();
-    let max = column("max_micros", &SUM_TYPE)?;
-    let max = max.as_primitive::<Decimal128Type>();
+    // Sessions plans have none of them.
+    let decimals = |name: &str| -> Result<Option<ArrayRef>, BatchError> {
+        batch
+            .column_by_name(name)
+            .map(|a| cast(a, &SUM_TYPE))
+            .transpose()
+            .map_err(Into::into)
+    };
+    let (sum, min, max) = (
+        decimals("sum_micros")?,
+        decimals("min_micros")?,
+        decimals("max_micros")?,
+    );
+    let sum = sum.as_ref().map(|a| a.as_primitive::<Decimal128Type>());
+    let min = min.as_ref().map(|a| a.as_primitive::<Decimal128Type>());
+    let max = max.as_ref().map(|a| a.as_primitive::<Decimal128Type>());
     let sketch = batch.column_by_name("sketch").map(|s| s.as_binary::<i32>());
     let dims = (0..metric.dimensions.len())
         .map(|i| column(&format!("d{i}"), &DataType::Utf8))
         .collect::<Result<Vec<_>, _>>()?;
     let dims: Vec<&StringArray> = dims.iter().map(|d| d.as_string::<i32>()).collect();
-    let micros = |array: &PrimitiveArray<Decimal128Type>, i: usize| -> Option<i64> {
-        (!array.is_null(i))
-            .then(|| array.value(i))
+    let micros = |array: Option<&PrimitiveArray<Decimal128Type>>, i: usize| -> Option<i64> {
+        array
+            .filter(|a| !a.is_null(i))
+            .map(|a| a.value(i))
             .and_then(|v| i64::try_from(v).ok())
     };
     for i in 0..batch.num_rows() {
@@ -281,7 +332,7 @@ fn append_rows(
                 dims: encode_dims(&values),
                 partial: Partial {
                     count: count.value(i),
-                    sum_micros: if sum.is_null(i) { 0 } else { sum.value(i) },
+                    sum_micros: sum.filter(|s| !s.is_null(i)).map_or(0, |s| s.value(i)),
                     min_micros: micros(min, i),
                     max_micros: micros(max, i),
                     sketch,

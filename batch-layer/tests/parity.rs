@@ -10,9 +10,10 @@ use batch_layer::recompute::compute_view;
 use proptest::prelude::*;
 use shared_schema::event::Event;
 use shared_schema::kafka::SourcedEvent;
-use shared_schema::metrics::{DEFAULT_METRICS, MetricCatalog, Partial, PartialKey};
+use shared_schema::metrics::{Aggregation, DEFAULT_METRICS, MetricCatalog, Partial, PartialKey};
 use shared_schema::query::{BucketRow, SeriesQuery, assemble};
-use shared_schema::time::{MINUTE_MS, Millis};
+use shared_schema::sessions::start_changes;
+use shared_schema::time::{MINUTE_MS, Millis, bucket_start};
 use shared_schema::view::ViewRow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -41,6 +42,12 @@ dimensions = ["city", "country"]
 name = "average_purchase"
 aggregation = "avg"
 field = "amount"
+
+[[metric]]
+name = "short_sessions"
+aggregation = "sessions"
+field = "user_id"
+gap = "2m"
 
 [[metric]]
 name = "buyers_by_product"
@@ -125,16 +132,59 @@ fn arrivals(generated: &[Generated]) -> Vec<SourcedEvent> {
     sent
 }
 
-/// What the speed layer computes: first copy of each id, folded.
+/// What the speed layer computes: first copy of each id, folded; session starts applied in
+/// small batches of arrivals, each seeing only the known events near it, as in Postgres.
 fn speed(catalog: &MetricCatalog, arrivals: &[SourcedEvent]) -> BTreeMap<PartialKey, Partial> {
     let mut seen = HashSet::new();
     let mut table = HashMap::new();
+    let mut claimed = Vec::new();
     for sourced in arrivals {
         if seen.insert(sourced.event.event_id.clone()) {
             catalog.fold(&sourced.event, &mut table);
+            claimed.push(&sourced.event);
         }
     }
-    table.into_iter().collect()
+    for (index, metric) in catalog.stored() {
+        let Aggregation::Sessions { key, gap } = &metric.aggregation else {
+            continue;
+        };
+        let gap = gap.millis();
+        let mut known: HashMap<&str, Vec<Millis>> = HashMap::new();
+        for chunk in claimed.chunks(13) {
+            let mut added: BTreeMap<&str, Vec<Millis>> = BTreeMap::new();
+            for event in chunk.iter().filter(|e| metric.matches(e)) {
+                if let Some(value) = key.value(event) {
+                    added.entry(value).or_default().push(event.event_time);
+                }
+            }
+            for (value, times) in added {
+                let (lo, hi) = (
+                    times.iter().min().copied().unwrap_or_default() - gap,
+                    times.iter().max().copied().unwrap_or_default() + gap,
+                );
+                let entry = known.entry(value).or_default();
+                let nearby: Vec<Millis> = entry
+                    .iter()
+                    .copied()
+                    .filter(|t| *t >= lo && *t <= hi)
+                    .collect();
+                for (t, change) in start_changes(&nearby, &times, gap) {
+                    let cell = PartialKey {
+                        metric: index,
+                        bucket_start: bucket_start(t, metric.bucket.millis()),
+                        dims: "[]".into(),
+                    };
+                    table.entry(cell).or_insert_with(Partial::default).count += change;
+                }
+                entry.extend(times);
+            }
+        }
+    }
+    // A bucket whose session starts were all retracted holds zero; serving leaves it out.
+    table
+        .into_iter()
+        .filter(|(_, p)| p.count != 0 || p.sketch.is_some())
+        .collect()
 }
 
 /// What the batch layer computes from a lake holding every message, up to `cutover`.

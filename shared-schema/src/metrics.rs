@@ -103,6 +103,12 @@ pub enum Aggregation {
         numerator: String,
         denominator: String,
     },
+    /// Sessions of each `key` value split by inactivity `gap`, counted in the bucket of their
+    /// first event (see `sessions`).
+    Sessions {
+        key: Dimension,
+        gap: HumanDuration,
+    },
 }
 
 impl Aggregation {
@@ -116,6 +122,7 @@ impl Aggregation {
             Aggregation::Avg(_) => "avg",
             Aggregation::Distinct(_) => "distinct",
             Aggregation::Ratio { .. } => "ratio",
+            Aggregation::Sessions { .. } => "sessions",
         }
     }
 
@@ -171,10 +178,18 @@ impl MetricDef {
             .as_deref()
             .is_none_or(|wanted| wanted == event.event_type);
         let has_field = match &self.aggregation {
-            Aggregation::Distinct(d) => d.value(event).is_some(),
+            Aggregation::Distinct(d) | Aggregation::Sessions { key: d, .. } => {
+                d.value(event).is_some()
+            }
             other => other.value_field().is_none_or(|f| f.value(event).is_some()),
         };
         type_matches && has_field
+    }
+
+    /// Whether each event contributes on its own (everything but sessions, whose starts depend
+    /// on the key's other events).
+    pub fn folds_per_event(&self) -> bool {
+        self.is_stored() && !matches!(self.aggregation, Aggregation::Sessions { .. })
     }
 
     pub fn bucket_of(&self, event: &Event) -> Millis {
@@ -266,6 +281,7 @@ impl Partial {
             Aggregation::Distinct(_) => {
                 Some(self.sketch.as_ref().map_or(0.0, |s| s.estimate().round()))
             }
+            Aggregation::Sessions { .. } => Some(self.count as f64),
             Aggregation::Ratio { .. } => None,
         }
     }
@@ -329,6 +345,7 @@ struct RawMetric {
     bucket: Option<String>,
     allowed_lateness: Option<String>,
     late_policy: Option<LatePolicy>,
+    gap: Option<String>,
 }
 
 /// The metrics a deployment serves.
@@ -446,10 +463,11 @@ impl MetricCatalog {
             .filter(|(_, m)| m.is_stored())
     }
 
-    /// Folds one (already deduplicated) event into `table`, once per stored metric it counts for.
+    /// Folds one (already deduplicated) event into `table`, once per metric it counts for on
+    /// its own (session starts are applied with `sessions::start_changes`).
     pub fn fold(&self, event: &Event, table: &mut HashMap<PartialKey, Partial>) {
         for (index, metric) in self.stored() {
-            if metric.matches(event) {
+            if metric.folds_per_event() && metric.matches(event) {
                 let key = PartialKey {
                     metric: index,
                     bucket_start: metric.bucket_of(event),
@@ -470,6 +488,18 @@ impl MetricCatalog {
             .map(|m| m.bucket.millis())
             .max()
             .unwrap_or(MINUTE_MS)
+    }
+
+    /// The longest session gap of any sessions metric.
+    pub fn max_session_gap(&self) -> Millis {
+        self.metrics
+            .iter()
+            .filter_map(|m| match &m.aggregation {
+                Aggregation::Sessions { gap, .. } => Some(gap.millis()),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     /// The largest allowed lateness over all metrics; the lake must be complete this far past T.
@@ -554,6 +584,29 @@ fn build(raw: RawMetric) -> Result<MetricDef, MetricError> {
                     .ok_or_else(|| err("field", format!("unknown dimension `{name}`")))?,
             )
         }
+        "sessions" => {
+            let name = raw.field.as_deref().ok_or_else(|| {
+                err(
+                    "field",
+                    "`sessions` needs the key dimension (user_id)".into(),
+                )
+            })?;
+            let key = Dimension::from_name(name)
+                .ok_or_else(|| err("field", format!("unknown dimension `{name}`")))?;
+            let gap = match &raw.gap {
+                Some(text) => HumanDuration::parse(text).map_err(|e| err("gap", e.to_string()))?,
+                None => {
+                    return Err(err(
+                        "gap",
+                        "`sessions` needs the inactivity gap, e.g. \"30m\"".into(),
+                    ));
+                }
+            };
+            if !dimensions.is_empty() {
+                return Err(err("dimensions", "`sessions` has no dimensions".into()));
+            }
+            Aggregation::Sessions { key, gap }
+        }
         "ratio" => match (&raw.numerator, &raw.denominator) {
             (Some(numerator), Some(denominator)) => Aggregation::Ratio {
                 numerator: numerator.clone(),
@@ -571,7 +624,7 @@ fn build(raw: RawMetric) -> Result<MetricDef, MetricError> {
             return Err(err(
                 "aggregation",
                 format!(
-                    "unknown aggregation `{other}` (expected count, sum, min, max, avg, distinct or ratio)"
+                    "unknown aggregation `{other}` (expected count, sum, min, max, avg, distinct, ratio or sessions)"
                 ),
             ));
         }
@@ -620,7 +673,8 @@ mod tests {
                 "errors",
                 "error_rate",
                 "active_users",
-                "failed_logins"
+                "failed_logins",
+                "sessions"
             ]
         );
         assert!(

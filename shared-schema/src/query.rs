@@ -123,6 +123,8 @@ pub fn assemble(
             group,
             points: points
                 .into_iter()
+                // Session starts can be retracted by late events, leaving a bucket at zero.
+                .filter(|(_, partial)| partial.count != 0 || partial.sketch.is_some())
                 .map(|(t, partial)| {
                     let (start, end) = query.window_of(t);
                     Point {

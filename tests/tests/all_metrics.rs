@@ -138,6 +138,26 @@ fn truth(metric: &str, events: &[&Sent]) -> BTreeMap<Key, f64> {
                 .map(|(b, u)| ((b, None), u.len() as f64))
                 .collect()
         }
+        "sessions" => {
+            let mut times: BTreeMap<&str, Vec<Millis>> = BTreeMap::new();
+            for e in events {
+                if let Some(user) = &e.user {
+                    times.entry(user).or_default().push(e.time);
+                }
+            }
+            let mut out: BTreeMap<Key, f64> = BTreeMap::new();
+            for mut user_times in times.into_values() {
+                user_times.sort_unstable();
+                let mut previous: Option<Millis> = None;
+                for t in user_times {
+                    if previous.is_none_or(|p| t - p >= 30 * MINUTE_MS) {
+                        *out.entry((bucket_start(t, MINUTE_MS), None)).or_default() += 1.0;
+                    }
+                    previous = Some(t);
+                }
+            }
+            out
+        }
         other => panic!("no truth written for {other}"),
     }
 }
@@ -147,12 +167,13 @@ fn group_by(metric: &str) -> Option<&'static str> {
     match metric {
         "page_views" | "errors" | "error_rate" => Some("product_id"),
         "failed_logins" => Some("user_id"),
-        "active_users" => None,
+        "active_users" | "sessions" => None,
         _ => Some("country"),
     }
 }
 
-const METRICS: [&str; 10] = [
+const METRICS: [&str; 11] = [
+    "sessions",
     "purchases",
     "revenue",
     "page_views",
@@ -201,7 +222,7 @@ impl Run {
         let cutover = cutover.map(|t| t.timestamp_millis());
         let before_t = |b: Millis| cutover.is_some_and(|t| b < t);
         let (from, to) = (
-            format_rfc3339(self.base - 30 * MINUTE_MS),
+            format_rfc3339(self.base - 60 * MINUTE_MS),
             format_rfc3339(self.base + 30 * MINUTE_MS),
         );
         for metric in METRICS {
@@ -272,10 +293,11 @@ impl Run {
 
         // Distinct users over a window spanning the cutover: sketches merged, never counts added.
         if let Some(t) = cutover {
-            let (start, end) = (t - 5 * MINUTE_MS, t + 5 * MINUTE_MS);
+            // The point at T with a 10-minute window covers [T - 9m, T + 1m).
+            let (start, end) = (t - 9 * MINUTE_MS, t + MINUTE_MS);
             let url = format!(
-                "/v1/metrics/active_users?from={}&to={}&step=10m",
-                format_rfc3339(start),
+                "/v1/metrics/active_users?from={}&to={}&step=1m&window=10m",
+                format_rfc3339(t),
                 format_rfc3339(end)
             );
             let (_, body) = self.platform.get(&url).await?;
@@ -367,12 +389,32 @@ async fn every_metric_kind_through_a_promotion() -> Result<()> {
                 .then(|| rng.random_range(1..50_000)),
         }
     };
-    let first: Vec<Sent> = (0..600)
+    let click = |id: &str, user: &str, minutes: i64| Sent {
+        id: id.into(),
+        kind: "click",
+        time: base + minutes * MINUTE_MS,
+        user: Some(user.into()),
+        product: None,
+        country: None,
+        cents: None,
+    };
+    let mut first: Vec<Sent> = (0..600)
         .map(|_| {
-            let t = base + rng.random_range(0..10 * MINUTE_MS);
+            let t = base + rng.random_range(-50 * MINUTE_MS..10 * MINUTE_MS);
             make(&mut rng, t)
         })
         .collect();
+    // Sessions with known shapes: 31 minutes apart is two sessions, 30 exactly too, 20 is one;
+    // a later event will bridge the gap of `bridged`.
+    first.extend([
+        click("s1", "split", -45),
+        click("s2", "split", -14),
+        click("s3", "split", 6),
+        click("s4", "exact", -40),
+        click("s5", "exact", -10),
+        click("s6", "bridged", -40),
+        click("s7", "bridged", -5),
+    ]);
     run.send(&first, &mut rng).await?;
     run.check("before any promotion").await?;
 
@@ -385,12 +427,13 @@ async fn every_metric_kind_through_a_promotion() -> Result<()> {
     run.batch_saw = run.sent.clone();
     run.check("after the promotion").await?;
 
-    let late: Vec<Sent> = (0..60)
+    let mut late: Vec<Sent> = (0..60)
         .map(|_| {
-            let t = base + rng.random_range(0..10 * MINUTE_MS);
+            let t = base + rng.random_range(-50 * MINUTE_MS..10 * MINUTE_MS);
             make(&mut rng, t)
         })
         .collect();
+    late.push(click("s8", "bridged", -22));
     run.send(&late, &mut rng).await?;
     run.check("late events before the next run").await?;
 
