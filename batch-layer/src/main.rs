@@ -3,8 +3,9 @@ use batch_layer::land::Lander;
 use batch_layer::recompute::{RunOptions, describe, run_once};
 use batch_layer::schedule::{parse_cron, run_on_schedule};
 use clap::{Parser, Subcommand};
+use shared_schema::service::{self, Started};
+use shared_schema::telemetry;
 use shared_schema::time::parse_rfc3339;
-use shared_schema::{PlatformConfig, db, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -41,13 +42,12 @@ fn parse_time(text: &str) -> Result<i64, String> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init_tracing();
     let cli = Cli::parse();
-    let config = PlatformConfig::load()?;
-    let catalog = config.metric_catalog()?;
-    let pool = db::connect_and_migrate(config.database_url()?, config.database_max_connections)
-        .await
-        .context("starting the batch layer")?;
+    let Started {
+        config,
+        catalog,
+        pool,
+    } = service::start().await.context("starting the batch layer")?;
     match cli.command {
         Command::Land => {
             Lander::new(pool, config)

@@ -1,7 +1,8 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serving_layer::{AppState, router};
-use shared_schema::{PlatformConfig, db, telemetry};
+use shared_schema::service::{self, Started};
+use shared_schema::telemetry;
 
 #[derive(Parser)]
 #[command(
@@ -21,11 +22,12 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init_tracing();
     let Command::Run = Cli::parse().command;
-    let config = PlatformConfig::load()?;
-    let catalog = config.metric_catalog()?;
-    let pool = db::connect_and_migrate(config.database_url()?, config.database_max_connections)
+    let Started {
+        config,
+        catalog,
+        pool,
+    } = service::start()
         .await
         .context("starting the serving layer")?;
     let listener = tokio::net::TcpListener::bind(&config.listen_addr)

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod positions;
 pub mod quarantine;
 pub mod query;
+pub mod service;
 pub mod sessions;
 pub mod telemetry;
 pub mod time;

@@ -1,6 +1,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use shared_schema::{PlatformConfig, db, telemetry};
+use shared_schema::service::{self, Started};
+use shared_schema::telemetry;
 use speed_layer::SpeedLayer;
 
 #[derive(Parser)]
@@ -21,13 +22,12 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init_tracing();
     let Command::Run = Cli::parse().command;
-    let config = PlatformConfig::load()?;
-    let catalog = config.metric_catalog()?;
-    let pool = db::connect_and_migrate(config.database_url()?, config.database_max_connections)
-        .await
-        .context("starting the speed layer")?;
+    let Started {
+        config,
+        catalog,
+        pool,
+    } = service::start().await.context("starting the speed layer")?;
     SpeedLayer::new(pool, config, catalog)
         .run(telemetry::shutdown_signal())
         .await?;

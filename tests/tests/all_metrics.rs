@@ -443,3 +443,39 @@ async fn every_metric_kind_through_a_promotion() -> Result<()> {
     run.check("after the next run").await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_broken_definition_file_refuses_every_service_at_start() -> Result<()> {
+    let dir = platform_tests::target_dir()?.join("e2e-broken-definitions");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("metrics.toml");
+    std::fs::write(
+        &path,
+        "[[metric]]\nname = \"broken\"\naggregation = \"summ\"\n",
+    )?;
+    for (binary, args) in [
+        ("speed-layer", vec!["run"]),
+        ("batch-layer", vec!["run"]),
+        ("serving-layer", vec!["run"]),
+    ] {
+        let output = tokio::process::Command::new(platform_tests::bin_path(binary)?)
+            .args(&args)
+            .env(
+                "DATABASE_URL",
+                "postgres://nobody@127.0.0.1:1/never-reached",
+            )
+            .env("PLATFORM_METRICS_FILE", &path)
+            .output()
+            .await?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        ensure!(
+            !output.status.success(),
+            "{binary} started with a broken definition file"
+        );
+        ensure!(
+            stderr.contains("metric `broken`, field `aggregation`"),
+            "{binary} said: {stderr}"
+        );
+    }
+    Ok(())
+}
