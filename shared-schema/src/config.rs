@@ -47,6 +47,12 @@ pub struct SpeedConfig {
     pub batch_max_wait: HumanDuration,
     /// Speed state for a bucket is deleted once a promoted batch view has covered it for this long.
     pub retention_grace: HumanDuration,
+    /// How far behind the newest event time of a partition its events may still arrive in
+    /// order: the watermark is the newest event time minus this.
+    pub out_of_orderness: HumanDuration,
+    /// A partition read to its end with no message for this long stops holding the watermark
+    /// back.
+    pub idle_timeout: HumanDuration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -92,6 +98,8 @@ impl Default for PlatformConfig {
                 batch_max_events: 20_000,
                 batch_max_wait: HumanDuration::from_millis(200),
                 retention_grace: HumanDuration::from_millis(10 * MINUTE_MS),
+                out_of_orderness: HumanDuration::from_millis(5 * SECOND_MS),
+                idle_timeout: HumanDuration::from_millis(30 * SECOND_MS),
             },
             lander: LanderConfig {
                 group_id: "batch-lander".into(),

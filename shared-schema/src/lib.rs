@@ -18,6 +18,7 @@ pub mod sessions;
 pub mod telemetry;
 pub mod time;
 pub mod view;
+pub mod watermark;
 
 pub use config::PlatformConfig;
 pub use event::Event;

@@ -468,17 +468,27 @@ impl MetricCatalog {
     pub fn fold(&self, event: &Event, table: &mut HashMap<PartialKey, Partial>) {
         for (index, metric) in self.stored() {
             if metric.folds_per_event() && metric.matches(event) {
-                let key = PartialKey {
-                    metric: index,
-                    bucket_start: metric.bucket_of(event),
-                    dims: metric.dims_key(event),
-                };
-                table
-                    .entry(key)
-                    .or_default()
-                    .merge(&Partial::of_event(metric, event));
+                MetricCatalog::fold_one(index, metric, event, table);
             }
         }
+    }
+
+    /// Folds one event into one metric (at position `index`), which it must match.
+    pub fn fold_one(
+        index: usize,
+        metric: &MetricDef,
+        event: &Event,
+        table: &mut HashMap<PartialKey, Partial>,
+    ) {
+        let key = PartialKey {
+            metric: index,
+            bucket_start: metric.bucket_of(event),
+            dims: metric.dims_key(event),
+        };
+        table
+            .entry(key)
+            .or_default()
+            .merge(&Partial::of_event(metric, event));
     }
 
     /// The widest bucket; the cutover is aligned to it so it is a boundary for every metric.

@@ -15,17 +15,21 @@ use shared_schema::config::PlatformConfig;
 use shared_schema::event::AMOUNT_SCALE;
 use shared_schema::hll::Hll;
 use shared_schema::kafka::SourcedEvent;
-use shared_schema::kafka::{Batch, EventSource, SourceError};
-use shared_schema::metrics::{Aggregation, MetricCatalog, Partial, PartialKey, encode_dims};
+use shared_schema::kafka::{Batch, EventSource, PartitionPosition, SourceError};
+use shared_schema::metrics::{
+    Aggregation, LatePolicy, MetricCatalog, MetricDef, Partial, PartialKey, encode_dims,
+};
 use shared_schema::positions::{PositionTable, load_positions, store_positions};
 use shared_schema::quarantine;
 use shared_schema::sessions;
 use shared_schema::time::Millis;
 use shared_schema::time::{bucket_start, to_datetime};
+use shared_schema::watermark::{self, PartitionTime};
 use sqlx::PgPool;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::time::Duration;
+use tokio::time::Instant;
 use tracing::Instrument;
 
 /// Name under which this layer records quarantined messages.
@@ -78,6 +82,7 @@ impl SpeedLayer {
         )
         .await?;
 
+        let mut clock = EventClock::new(&stored, &self.config);
         tokio::pin!(shutdown);
         let mut retention = tokio::time::interval(RETENTION_INTERVAL);
         loop {
@@ -94,17 +99,29 @@ impl SpeedLayer {
                 }
                 batch = source.next_batch(self.config.speed.batch_max_events, self.config.speed.batch_max_wait.as_std()) => batch?,
             };
+            // Lateness is judged against the watermark before this batch, which a restart
+            // recomputes from the stored positions.
+            let watermark = clock.watermark();
+            clock.observe(&batch);
             if batch.advanced {
-                self.commit_with_retry(&topic, &batch).await;
+                let progress = clock.partition_watermarks(&batch);
+                self.commit_with_retry(&topic, &batch, watermark, &progress)
+                    .await;
             }
         }
     }
 
     /// Postgres being away must not lose the batch: retry it, with backoff, until it commits.
-    async fn commit_with_retry(&self, topic: &str, batch: &Batch) {
+    async fn commit_with_retry(
+        &self,
+        topic: &str,
+        batch: &Batch,
+        watermark: Option<Millis>,
+        progress: &[(i32, Option<Millis>)],
+    ) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.commit_batch(topic, batch).await {
+            match self.commit_batch(topic, batch, watermark, progress).await {
                 Ok(()) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "batch commit failed");
@@ -116,7 +133,13 @@ impl SpeedLayer {
     }
 
     /// One transaction: claim ids, add partials, store offsets, keep bad messages.
-    pub async fn commit_batch(&self, topic: &str, batch: &Batch) -> Result<(), sqlx::Error> {
+    pub async fn commit_batch(
+        &self,
+        topic: &str,
+        batch: &Batch,
+        watermark: Option<Millis>,
+        progress: &[(i32, Option<Millis>)],
+    ) -> Result<(), sqlx::Error> {
         let span = tracing::info_span!(
             "commit_batch",
             topic,
@@ -171,14 +194,30 @@ impl SpeedLayer {
                 .map(|&i| &batch.events[i])
                 .filter(|sourced| claimed.contains(&sourced.event.event_id))
                 .collect();
-            let mut per_partition: BTreeMap<i32, HashMap<PartialKey, Partial>> = BTreeMap::new();
-            for sourced in &claimed_events {
-                self.catalog.fold(
-                    &sourced.event,
-                    per_partition.entry(sourced.partition).or_default(),
-                );
+            // Late events: counted under every policy, applied only under `update`.
+            let mut late = LateEvents::default();
+            let mut applied: Vec<Vec<&SourcedEvent>> = vec![Vec::new(); self.catalog.metrics.len()];
+            for (index, metric) in self.catalog.stored() {
+                for sourced in claimed_events.iter().filter(|s| metric.matches(&s.event)) {
+                    if watermark::is_late(metric, sourced.event.event_time, watermark) {
+                        late.record(index, metric, sourced);
+                        if metric.late_policy != LatePolicy::Update {
+                            continue;
+                        }
+                    }
+                    applied[index].push(sourced);
+                }
             }
-            apply_sessions(&mut tx, &self.catalog, &claimed_events, &mut per_partition).await?;
+            let mut per_partition: BTreeMap<i32, HashMap<PartialKey, Partial>> = BTreeMap::new();
+            for (index, metric) in self.catalog.stored().filter(|(_, m)| m.folds_per_event()) {
+                for sourced in &applied[index] {
+                    let table = per_partition.entry(sourced.partition).or_default();
+                    MetricCatalog::fold_one(index, metric, &sourced.event, table);
+                }
+            }
+            apply_sessions(&mut tx, &self.catalog, &applied, &mut per_partition).await?;
+            late.write(&mut tx, &self.catalog).await?;
+            store_watermarks(&mut tx, topic, progress).await?;
             upsert_partials(&mut tx, &self.catalog, per_partition).await?;
             store_positions(&mut tx, PositionTable::Speed, topic, &batch.positions).await?;
             quarantine::record(&mut tx, topic, CONSUMER_NAME, &batch.bad).await?;
@@ -238,7 +277,7 @@ impl SpeedLayer {
 async fn apply_sessions(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     catalog: &MetricCatalog,
-    claimed: &[&SourcedEvent],
+    applied: &[Vec<&SourcedEvent>],
     per_partition: &mut BTreeMap<i32, HashMap<PartialKey, Partial>>,
 ) -> Result<(), sqlx::Error> {
     for (index, metric) in catalog.stored() {
@@ -248,7 +287,7 @@ async fn apply_sessions(
         let gap = gap.millis();
         // key -> (partition of its first event here, times, ids)
         let mut added: BTreeMap<&str, (i32, Vec<Millis>, Vec<&str>)> = BTreeMap::new();
-        for sourced in claimed.iter().filter(|s| metric.matches(&s.event)) {
+        for sourced in &applied[index] {
             let Some(value) = key.value(&sourced.event) else {
                 continue;
             };
@@ -341,6 +380,196 @@ async fn apply_sessions(
         .await?;
     }
     Ok(())
+}
+
+/// The speed layer's event-time progress: per partition, the newest event time and when a
+/// message last arrived, from which the watermark follows (see `shared_schema::watermark`).
+struct EventClock {
+    max_event_time: BTreeMap<i32, Option<Millis>>,
+    caught_up: BTreeMap<i32, bool>,
+    last_message: HashMap<i32, Instant>,
+    out_of_orderness: Millis,
+    idle_timeout: Duration,
+}
+
+impl EventClock {
+    fn new(stored: &BTreeMap<i32, PartitionPosition>, config: &PlatformConfig) -> Self {
+        EventClock {
+            max_event_time: stored
+                .iter()
+                .map(|(p, pos)| (*p, pos.max_event_time))
+                .collect(),
+            caught_up: BTreeMap::new(),
+            last_message: HashMap::new(),
+            out_of_orderness: config.speed.out_of_orderness.millis(),
+            idle_timeout: config.speed.idle_timeout.as_std(),
+        }
+    }
+
+    fn observe(&mut self, batch: &Batch) {
+        let now = Instant::now();
+        let partitions = batch
+            .events
+            .iter()
+            .map(|e| e.partition)
+            .chain(batch.bad.iter().map(|b| b.partition));
+        for partition in partitions {
+            self.last_message.insert(partition, now);
+        }
+        for (partition, position) in &batch.positions {
+            self.max_event_time
+                .insert(*partition, position.max_event_time);
+            self.caught_up.insert(*partition, position.caught_up);
+        }
+    }
+
+    fn is_idle(&self, partition: i32) -> bool {
+        self.caught_up.get(&partition).copied().unwrap_or(false)
+            && self
+                .last_message
+                .get(&partition)
+                .is_none_or(|at| at.elapsed() >= self.idle_timeout)
+    }
+
+    fn partitions(&self) -> BTreeMap<i32, PartitionTime> {
+        self.max_event_time
+            .iter()
+            .map(|(p, max)| {
+                (
+                    *p,
+                    PartitionTime {
+                        max_event_time: *max,
+                        idle: self.is_idle(*p),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn watermark(&self) -> Option<Millis> {
+        let times: Vec<PartitionTime> = self.partitions().into_values().collect();
+        watermark::watermark(&times, self.out_of_orderness)
+    }
+
+    /// Per partition of the batch: its contribution to the served watermark, `None` while idle.
+    fn partition_watermarks(&self, batch: &Batch) -> Vec<(i32, Option<Millis>)> {
+        let partitions = self.partitions();
+        batch
+            .positions
+            .keys()
+            .map(|p| {
+                let newest = partitions
+                    .get(p)
+                    .filter(|t| !t.idle)
+                    .and_then(|t| t.max_event_time);
+                (*p, newest.map(|t| t.saturating_sub(self.out_of_orderness)))
+            })
+            .collect()
+    }
+}
+
+async fn store_watermarks(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    topic: &str,
+    progress: &[(i32, Option<Millis>)],
+) -> Result<(), sqlx::Error> {
+    let partitions: Vec<i32> = progress.iter().map(|(p, _)| *p).collect();
+    let watermarks: Vec<Option<DateTime<Utc>>> =
+        progress.iter().map(|(_, w)| w.map(to_datetime)).collect();
+    sqlx::query(
+        "UPDATE speed_offsets o SET watermark = u.w
+         FROM UNNEST($2::int[], $3::timestamptz[]) AS u(p, w)
+         WHERE o.topic = $1 AND o.partition = u.p",
+    )
+    .bind(topic)
+    .bind(&partitions)
+    .bind(&watermarks)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Late events of one batch: counts per metric, bucket and partition, and the `side_output`
+/// records.
+#[derive(Default)]
+struct LateEvents<'a> {
+    counts: BTreeMap<(usize, Millis, i32), i64>,
+    side_output: Vec<(usize, &'a SourcedEvent)>,
+}
+
+impl<'a> LateEvents<'a> {
+    fn record(&mut self, index: usize, metric: &MetricDef, sourced: &'a SourcedEvent) {
+        *self
+            .counts
+            .entry((index, metric.bucket_of(&sourced.event), sourced.partition))
+            .or_default() += 1;
+        if metric.late_policy == LatePolicy::SideOutput {
+            self.side_output.push((index, sourced));
+        }
+    }
+
+    async fn write(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        catalog: &MetricCatalog,
+    ) -> Result<(), sqlx::Error> {
+        if !self.counts.is_empty() {
+            let metrics: Vec<&str> = self
+                .counts
+                .keys()
+                .map(|(m, _, _)| catalog.metrics[*m].name.as_str())
+                .collect();
+            let buckets: Vec<DateTime<Utc>> = self
+                .counts
+                .keys()
+                .map(|(_, b, _)| to_datetime(*b))
+                .collect();
+            let partitions: Vec<i32> = self.counts.keys().map(|(_, _, p)| *p).collect();
+            let counts: Vec<i64> = self.counts.values().copied().collect();
+            sqlx::query(
+                "INSERT INTO speed_late_counts (metric, bucket_start, partition, late_count)
+                 SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::int[], $4::bigint[])
+                 ON CONFLICT (metric, bucket_start, partition)
+                 DO UPDATE SET late_count = speed_late_counts.late_count + EXCLUDED.late_count",
+            )
+            .bind(&metrics)
+            .bind(&buckets)
+            .bind(&partitions)
+            .bind(&counts)
+            .execute(&mut **tx)
+            .await?;
+        }
+        if !self.side_output.is_empty() {
+            let records = &self.side_output;
+            let metrics: Vec<&str> = records
+                .iter()
+                .map(|(m, _)| catalog.metrics[*m].name.as_str())
+                .collect();
+            let ids: Vec<&str> = records
+                .iter()
+                .map(|(_, s)| s.event.event_id.as_str())
+                .collect();
+            let times: Vec<DateTime<Utc>> = records
+                .iter()
+                .map(|(_, s)| to_datetime(s.event.event_time))
+                .collect();
+            let partitions: Vec<i32> = records.iter().map(|(_, s)| s.partition).collect();
+            let offsets: Vec<i64> = records.iter().map(|(_, s)| s.offset).collect();
+            sqlx::query(
+                "INSERT INTO speed_late_events (metric, event_id, event_time, partition, kafka_offset)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::int[], $5::bigint[])
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&metrics)
+            .bind(&ids)
+            .bind(&times)
+            .bind(&partitions)
+            .bind(&offsets)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(())
+    }
 }
 
 async fn upsert_partials(
