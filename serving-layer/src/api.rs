@@ -383,6 +383,7 @@ async fn answer(
         "cutover": snapshot.cutover.map(format_rfc3339),
         "batch_version": snapshot.batch_version,
         "speed_watermark": snapshot.speed_watermark.map(format_rfc3339),
+        "late_events": snapshot.late_events,
         "complete": gaps.is_empty(),
         "gaps": gaps.iter().map(|(from, to)| json!({"from": format_rfc3339(*from), "to": format_rfc3339(*to)})).collect::<Vec<_>>(),
         "series": series,

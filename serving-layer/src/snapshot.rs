@@ -38,6 +38,8 @@ pub struct Snapshot {
     /// Speed rows per metric, one per partition, at or after T within the range.
     pub speed_rows: HashMap<String, Vec<BucketRow>>,
     pub speed_watermark: Option<Millis>,
+    /// Events the speed layer saw after their bucket closed, over the range (all policies).
+    pub late_events: i64,
     /// `None`: the speed layer covers the topic from its start; `Some(t)`: only from `t` on.
     pub speed_covered_from: Option<Millis>,
 }
@@ -85,10 +87,19 @@ pub async fn read_snapshot(
     .fetch_all(&mut *tx)
     .await?;
     let watermark: Option<DateTime<Utc>> =
-        sqlx::query_scalar("SELECT min(max_event_time) FROM speed_offsets WHERE topic = $1")
+        sqlx::query_scalar("SELECT min(watermark) FROM speed_offsets WHERE topic = $1")
             .bind(topic)
             .fetch_one(&mut *tx)
             .await?;
+    let late_events: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum(late_count), 0)::bigint FROM speed_late_counts
+         WHERE metric = ANY($1) AND bucket_start >= $2 AND bucket_start < $3",
+    )
+    .bind(metrics)
+    .bind(to_datetime(range.0))
+    .bind(to_datetime(range.1))
+    .fetch_one(&mut *tx)
+    .await?;
     let coverage: Option<Option<DateTime<Utc>>> =
         sqlx::query_scalar("SELECT covered_from FROM speed_coverage WHERE topic = $1")
             .bind(topic)
@@ -116,6 +127,7 @@ pub async fn read_snapshot(
         view_path,
         speed_rows,
         speed_watermark: watermark.map(|t| t.timestamp_millis()),
+        late_events,
         // No coverage row: the speed layer never started, so it covers nothing yet.
         speed_covered_from: match coverage {
             Some(from) => from.map(|t| t.timestamp_millis()),
