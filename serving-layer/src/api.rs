@@ -1,6 +1,6 @@
 //! The HTTP API of CONTRACT §4.
 
-use crate::snapshot::{SnapshotError, ViewCache, read_snapshot, rows_in};
+use crate::snapshot::{Snapshot, SnapshotError, ViewCache, read_snapshot, rows_in};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -108,9 +108,11 @@ async fn list_metrics(State(state): State<AppState>) -> Json<Value> {
     Json(json!({ "metrics": metrics }))
 }
 
-async fn list_alerts() -> Json<Value> {
-    // Alert rules arrive with the event-time work; until then there is nothing to list.
-    Json(json!({ "alerts": [] }))
+async fn list_alerts(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    crate::alerts::list(&state)
+        .await
+        .map(Json)
+        .map_err(|e| ApiError::unavailable(format!("alerts unavailable: {e}")))
 }
 
 async fn healthz() -> Json<Value> {
@@ -258,11 +260,24 @@ fn parse_query(
     })
 }
 
-async fn answer(
+/// A group's value (`None` without `group_by`; `Some(None)` for events lacking the field).
+pub type Group = Option<Option<String>>;
+
+/// One finished point of a merged query.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MergedPoint {
+    pub value: f64,
+    pub source: Source,
+    /// For a ratio, the finished denominator.
+    pub denominator: Option<f64>,
+}
+
+/// The finished points of `metric` under `query`, read from one snapshot, and the snapshot.
+pub async fn merged_points(
     state: &AppState,
     metric: &MetricDef,
-    request: &Request,
-) -> Result<Value, ApiError> {
+    query: &SeriesQuery,
+) -> Result<(Snapshot, BTreeMap<(Group, Millis), MergedPoint>), ApiError> {
     // A ratio is read as its two stored parts; anything else as itself.
     let parts: Vec<&MetricDef> = match &metric.aggregation {
         Aggregation::Ratio {
@@ -282,7 +297,7 @@ async fn answer(
         _ => vec![metric],
     };
     let names: Vec<&str> = parts.iter().map(|m| m.name.as_str()).collect();
-    let range = request.query.bucket_range();
+    let range = query.bucket_range();
     let mut snapshot =
         read_snapshot(&state.pool, &state.config.events_topic, &names, range).await?;
     let view = match (&snapshot.batch_version, &snapshot.view_path) {
@@ -293,8 +308,7 @@ async fn answer(
         .cutover
         .map_or(range.0, |t| t.clamp(range.0, range.1));
     // Per part: (group, t) -> (finished value, source).
-    let mut finished: Vec<BTreeMap<(Option<Option<String>>, Millis), (Option<f64>, Source)>> =
-        Vec::new();
+    let mut finished: Vec<BTreeMap<(Group, Millis), (Option<f64>, Source)>> = Vec::new();
     for part in &parts {
         let batch_rows = view
             .as_ref()
@@ -304,7 +318,7 @@ async fn answer(
         let speed_rows = snapshot.speed_rows.remove(&part.name).unwrap_or_default();
         let series = assemble(
             part,
-            &request.query,
+            query,
             snapshot.cutover,
             batch_rows.iter().cloned(),
             speed_rows,
@@ -324,32 +338,59 @@ async fn answer(
                 .collect(),
         );
     }
-    let points: BTreeMap<(Option<Option<String>>, Millis), (f64, Source)> =
-        match finished.as_slice() {
-            [single] => single
-                .iter()
-                .filter_map(|(k, (v, source))| v.map(|v| (k.clone(), (v, *source))))
-                .collect(),
-            [numerator, denominator] => denominator
-                .iter()
-                .filter_map(|(k, (den, source))| {
-                    let num = numerator.get(k).and_then(|(v, _)| *v);
-                    finish_ratio(num, *den).map(|v| (k.clone(), (v, *source)))
+    let points = match finished.as_slice() {
+        [single] => single
+            .iter()
+            .filter_map(|(k, (v, source))| {
+                v.map(|value| {
+                    (
+                        k.clone(),
+                        MergedPoint {
+                            value,
+                            source: *source,
+                            denominator: None,
+                        },
+                    )
                 })
-                .collect(),
-            _ => BTreeMap::new(),
-        };
+            })
+            .collect(),
+        [numerator, denominator] => denominator
+            .iter()
+            .filter_map(|(k, (den, source))| {
+                let num = numerator.get(k).and_then(|(v, _)| *v);
+                finish_ratio(num, *den).map(|value| {
+                    (
+                        k.clone(),
+                        MergedPoint {
+                            value,
+                            source: *source,
+                            denominator: *den,
+                        },
+                    )
+                })
+            })
+            .collect(),
+        _ => BTreeMap::new(),
+    };
+    Ok((snapshot, points))
+}
 
+async fn answer(
+    state: &AppState,
+    metric: &MetricDef,
+    request: &Request,
+) -> Result<Value, ApiError> {
+    let (snapshot, points) = merged_points(state, metric, &request.query).await?;
     let mut series: BTreeMap<Option<Option<String>>, Vec<PointOut>> = BTreeMap::new();
     if request.group_by.is_none() {
         // Without group_by there is always exactly one series, even an empty one.
         series.insert(None, Vec::new());
     }
-    for ((group, t), (value, source)) in points {
+    for ((group, t), point) in points {
         series.entry(group).or_default().push(PointOut {
             t: format_rfc3339(t),
-            value,
-            source,
+            value: point.value,
+            source: point.source,
         });
     }
     let series: Vec<SeriesOut> = series

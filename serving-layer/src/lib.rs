@@ -2,8 +2,9 @@
 //! cutover T, the promoted batch view and the speed layer's rows, merged by
 //! `shared_schema::query::assemble`, which enforces the split.
 
+pub mod alerts;
 mod api;
 mod snapshot;
 
-pub use api::{AppState, router};
+pub use api::{AppState, Group, MergedPoint, merged_points, router};
 pub use snapshot::ViewCache;

@@ -1,6 +1,6 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use serving_layer::{AppState, router};
+use serving_layer::{AppState, alerts, router};
 use shared_schema::service::{self, Started};
 use shared_schema::telemetry;
 
@@ -34,9 +34,14 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", config.listen_addr))?;
     tracing::info!(addr = %config.listen_addr, "serving");
-    let app = router(AppState::new(pool, config, catalog));
-    axum::serve(listener, app)
+    let state = AppState::new(pool, config, catalog);
+    let evaluator = tokio::spawn(alerts::run_evaluator(
+        state.clone(),
+        telemetry::shutdown_signal(),
+    ));
+    axum::serve(listener, router(state))
         .with_graceful_shutdown(telemetry::shutdown_signal())
         .await?;
+    evaluator.abort();
     Ok(())
 }

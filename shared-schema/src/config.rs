@@ -80,6 +80,10 @@ pub struct ServingConfig {
     pub query_timeout: HumanDuration,
     /// Requests asking for more points than this per series answer 400.
     pub max_points: i64,
+    /// How often the alert rules are evaluated.
+    pub alert_interval: HumanDuration,
+    /// Called with a JSON POST on every alert transition (fired, resolved); retried with backoff.
+    pub webhook_url: Option<String>,
 }
 
 impl Default for PlatformConfig {
@@ -110,6 +114,8 @@ impl Default for PlatformConfig {
             serving: ServingConfig {
                 query_timeout: HumanDuration::from_millis(5 * SECOND_MS),
                 max_points: 100_000,
+                alert_interval: HumanDuration::from_millis(10 * SECOND_MS),
+                webhook_url: None,
             },
         }
     }

@@ -3,6 +3,7 @@
 //! and the plumbing to Postgres and Kafka. Keeping these here is what stops the batch and speed
 //! paths from drifting apart.
 
+pub mod alerts;
 pub mod config;
 pub mod cutover;
 pub mod db;

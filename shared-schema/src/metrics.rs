@@ -349,9 +349,10 @@ struct RawMetric {
 }
 
 /// The metrics a deployment serves.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MetricCatalog {
     pub metrics: Vec<MetricDef>,
+    pub alerts: Vec<crate::alerts::AlertRule>,
 }
 
 impl Default for MetricCatalog {
@@ -380,9 +381,9 @@ impl MetricCatalog {
     pub fn from_toml(text: &str) -> Result<MetricCatalog, MetricError> {
         let table: toml::Table =
             toml::from_str(text).map_err(|e| MetricError::File(e.to_string()))?;
-        if let Some(key) = table.keys().find(|k| *k != "metric") {
+        if let Some(key) = table.keys().find(|k| *k != "metric" && *k != "alert") {
             return Err(MetricError::File(format!(
-                "unknown top-level key `{key}` (expected [[metric]] tables)"
+                "unknown top-level key `{key}` (expected [[metric]] and [[alert]] tables)"
             )));
         }
         let entries = match table.get("metric") {
@@ -404,7 +405,19 @@ impl MetricCatalog {
                 .map_err(|e| MetricError::File(format!("metric `{label}`: {e}")))?;
             metrics.push(build(raw)?);
         }
-        let catalog = MetricCatalog { metrics };
+        let alerts = match table.get("alert") {
+            None => Vec::new(),
+            Some(toml::Value::Array(entries)) => entries
+                .iter()
+                .map(|entry| crate::alerts::parse_alert(entry.clone(), &metrics))
+                .collect::<Result<_, _>>()?,
+            Some(_) => {
+                return Err(MetricError::File(
+                    "`alert` must be an array of tables ([[alert]])".into(),
+                ));
+            }
+        };
+        let catalog = MetricCatalog { metrics, alerts };
         catalog.check_references()?;
         Ok(catalog)
     }

@@ -107,7 +107,7 @@ async fn an_outage_of_late_events_follows_each_policy_and_heals_in_the_batch() -
     let mut ends: HashMap<i32, i64> = HashMap::new();
     let mut sent: Vec<Purchase> = Vec::new();
     let countries = ["DE", "FR", "US"];
-    let mut send = |p: Purchase, partition: i32, copies: usize| {
+    let send = |p: Purchase, partition: i32, copies: usize| {
         let payload = json!({"event_id": p.id, "event_type": "purchase", "event_time": p.time,
                              "country": p.country, "schema_version": 2, "amount": 1.5})
         .to_string();
