@@ -8,6 +8,7 @@ pub mod land;
 pub mod recompute;
 pub mod schedule;
 pub mod sketch_udaf;
+pub mod versions;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
@@ -33,6 +34,8 @@ pub enum BatchError {
     Cutover(#[from] shared_schema::cutover::CutoverError),
     #[error("lake: {0}")]
     Lake(String),
+    #[error("{0}")]
+    Versions(String),
     #[error("cron expression `{expr}`: {message}")]
     Cron { expr: String, message: String },
     #[error("background task failed: {0}")]

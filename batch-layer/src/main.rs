@@ -5,7 +5,7 @@ use batch_layer::schedule::{parse_cron, run_on_schedule};
 use clap::{Parser, Subcommand};
 use shared_schema::service::{self, Started};
 use shared_schema::telemetry;
-use shared_schema::time::parse_rfc3339;
+use shared_schema::time::{format_rfc3339, parse_rfc3339};
 
 #[derive(Parser)]
 #[command(
@@ -28,6 +28,13 @@ enum Command {
         #[arg(long, value_parser = parse_time)]
         cutover: Option<i64>,
     },
+    /// Serve an existing view version, and its cutover.
+    Promote {
+        #[arg(long)]
+        version: String,
+    },
+    /// Undo the latest promotion, serving the previous version and its cutover again.
+    Rollback,
     /// Run the recomputation on a cron schedule until SIGTERM.
     Schedule {
         /// A crontab expression, e.g. "*/5 * * * *" (5 fields) or "0 */5 * * * *" (with seconds).
@@ -57,6 +64,22 @@ async fn main() -> anyhow::Result<()> {
         Command::Run { cutover } => {
             let outcome = run_once(&pool, &config, &catalog, &RunOptions { cutover }).await?;
             println!("{}", describe(&outcome));
+        }
+        Command::Promote { version } => {
+            let served = batch_layer::versions::pin(&pool, &config, &version).await?;
+            println!(
+                "serving version {} with cutover {}",
+                served.version,
+                format_rfc3339(served.cutover)
+            );
+        }
+        Command::Rollback => {
+            let served = batch_layer::versions::rollback(&pool, &config).await?;
+            println!(
+                "rolled back: serving version {} with cutover {}",
+                served.version,
+                format_rfc3339(served.cutover)
+            );
         }
         Command::Schedule { cron } => {
             let schedule = parse_cron(&cron)?;

@@ -69,11 +69,9 @@ pub async fn run_once(
     let version = new_version_id();
     let span = tracing::info_span!("batch_run", run_id = %version);
     async {
-        // Held for the whole run on its own connection, released when it closes (or dies).
-        let mut lock = PgConnection::connect(config.database_url()?).await?;
-        tracing::info!("waiting for the batch run lock");
-        sqlx::query("SELECT pg_advisory_lock($1)").bind(RUN_LOCK_KEY).execute(&mut lock).await?;
+        let lock = RunLock::acquire(config).await?;
         let started_at = Utc::now();
+        remove_staging(config);
 
         let snapshot = read_snapshot(pool, &config.events_topic).await?;
         let complete_until = lake_complete_until(&snapshot.landed, catalog.max_allowed_lateness());
@@ -90,7 +88,7 @@ pub async fn run_once(
         promote(pool, &version, cutover, &view_path, &snapshot, rows.len(), started_at).await?;
         tracing::info!(cutover = %format_rfc3339(cutover), rows = rows.len(), "promoted");
         remove_old_versions(pool, config).await;
-        lock.close().await?;
+        lock.release().await?;
         Ok(RunOutcome {
             version: version.clone(),
             cutover,
@@ -101,6 +99,49 @@ pub async fn run_once(
     }
     .instrument(span)
     .await
+}
+
+/// The lock that serialises runs, pins and rollbacks: a session advisory lock on a connection
+/// of its own, released when the connection closes, or dies with a killed process.
+pub struct RunLock {
+    connection: PgConnection,
+}
+
+impl RunLock {
+    pub async fn acquire(config: &PlatformConfig) -> Result<RunLock, BatchError> {
+        let mut connection = PgConnection::connect(config.database_url()?).await?;
+        tracing::info!("waiting for the batch run lock");
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(RUN_LOCK_KEY)
+            .execute(&mut connection)
+            .await?;
+        Ok(RunLock { connection })
+    }
+
+    pub async fn release(self) -> Result<(), BatchError> {
+        self.connection.close().await?;
+        Ok(())
+    }
+}
+
+/// Removes what killed runs left under a staging name. Only called under the run lock, so no
+/// run is writing one.
+fn remove_staging(config: &PlatformConfig) {
+    let Ok(entries) = std::fs::read_dir(config.views_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(".staging-") {
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(path = %entry.path().display(), "removed a killed run's staging output")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %entry.path().display(), error = %e, "could not remove staging output")
+                }
+            }
+        }
+    }
 }
 
 /// Sortable by time, unique across concurrent runs: `20261121T134500Z-1a2b3c4d`.
@@ -409,6 +450,11 @@ async fn promote(
     .bind(to_datetime(cutover))
     .execute(&mut *tx)
     .await?;
+    sqlx::query("INSERT INTO promotions (version, cutover, reason) VALUES ($1, $2, 'run')")
+        .bind(version)
+        .bind(to_datetime(cutover))
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(())
 }

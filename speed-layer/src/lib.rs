@@ -256,6 +256,16 @@ impl SpeedLayer {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        // From here on the speed side holds nothing before the horizon: a rollback below it
+        // must show a gap, not zeros.
+        sqlx::query(
+            "UPDATE speed_coverage SET covered_from = GREATEST(coalesce(covered_from, '-infinity'), $2)
+             WHERE topic = $1",
+        )
+        .bind(&self.config.events_topic)
+        .bind(horizon)
+        .execute(&mut *tx)
+        .await?;
         // Session starts at or after the horizon still need the events one gap before them.
         let session_horizon =
             horizon - chrono::Duration::milliseconds(self.catalog.max_session_gap());
