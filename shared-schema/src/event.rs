@@ -296,10 +296,52 @@ mod tests {
     }
 
     #[test]
-    fn arbitrary_bytes_never_panic() {
+    fn arbitrary_input_is_decoded_or_refused_with_a_reason() {
         use proptest::prelude::*;
-        proptest!(|(bytes in proptest::collection::vec(any::<u8>(), 0..256))| {
-            let _ = decode(Some(&bytes), NOW, SKEW);
+        let config = ProptestConfig {
+            cases: 2_000,
+            ..ProptestConfig::default()
+        };
+        let fields = || {
+            proptest::collection::vec(
+                (
+                    prop_oneof![
+                        Just("event_id"),
+                        Just("event_type"),
+                        Just("event_time"),
+                        Just("schema_version"),
+                        Just("amount"),
+                        Just("location"),
+                        Just("country"),
+                        Just("user_id"),
+                        Just("x"),
+                    ],
+                    prop_oneof![
+                        any::<i64>().prop_map(|n| n.to_string()),
+                        any::<f64>().prop_map(|f| f.to_string()),
+                        "[a-zA-Z0-9 ,:.+-]{0,40}".prop_map(|t| format!("{t:?}")),
+                        Just("null".to_string()),
+                        Just("[]".to_string()),
+                        Just("\"2026-11-21T13:45:12Z\"".to_string()),
+                    ],
+                ),
+                0..8,
+            )
+        };
+        // Raw bytes, and JSON objects built from the contract's field names with values of every
+        // type: never a panic, and every refusal carries a reason.
+        proptest!(config.clone(), |(bytes in proptest::collection::vec(any::<u8>(), 0..512))| {
+            if let Err(reason) = decode(Some(&bytes), NOW, SKEW) {
+                prop_assert!(!reason.to_string().is_empty());
+            }
+        });
+        proptest!(config, |(pairs in fields())| {
+            let body: Vec<String> = pairs.iter().map(|(k, v)| format!("{k:?}:{v}")).collect();
+            let json = format!("{{{}}}", body.join(","));
+            match decode(Some(json.as_bytes()), NOW, SKEW) {
+                Ok(event) => prop_assert!(!event.event_id.is_empty() && event.event_id.len() <= MAX_EVENT_ID_BYTES),
+                Err(reason) => prop_assert!(!reason.to_string().is_empty()),
+            }
         });
     }
 }

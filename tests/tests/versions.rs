@@ -13,8 +13,13 @@ const PARTITIONS: i32 = 2;
 
 async fn served(platform: &Platform) -> Result<(String, Millis)> {
     let (version, cutover): (Option<String>, Option<chrono::DateTime<chrono::Utc>>) =
-        sqlx::query_as("SELECT version, cutover FROM serving_state").fetch_one(&platform.pool).await?;
-    Ok((version.context("a version is served")?, cutover.context("a cutover is served")?.timestamp_millis()))
+        sqlx::query_as("SELECT version, cutover FROM serving_state")
+            .fetch_one(&platform.pool)
+            .await?;
+    Ok((
+        version.context("a version is served")?,
+        cutover.context("a cutover is served")?.timestamp_millis(),
+    ))
 }
 
 async fn run(platform: &Platform, args: &[&str]) -> Result<String> {
@@ -37,7 +42,9 @@ async fn pin_rollback_staging_cleanup_and_gaps_after_retention() -> Result<()> {
         let payload = json!({"event_id": format!("v{i}"), "event_type": "purchase", "event_time": base + i * 15_000,
                              "country": "DE", "amount": 2.0, "schema_version": 2});
         let partition = (i % PARTITIONS as i64) as i32;
-        let offset = platform.send(partition, payload.to_string().as_bytes()).await?;
+        let offset = platform
+            .send(partition, payload.to_string().as_bytes())
+            .await?;
         ends.insert(partition, offset + 1);
     }
     platform.wait_caught_up("speed_offsets", &ends).await?;
@@ -51,37 +58,57 @@ async fn pin_rollback_staging_cleanup_and_gaps_after_retention() -> Result<()> {
     std::fs::create_dir_all(&staging)?;
     run(&platform, &["run", "--cutover", &format_rfc3339(t2)]).await?;
     let (v2, cutover) = served(&platform).await?;
-    ensure!(cutover == t2 && v2 != v1, "second run serves {v2} at {cutover}");
-    ensure!(!staging.exists(), "staging output of a killed run survived the next run");
+    ensure!(
+        cutover == t2 && v2 != v1,
+        "second run serves {v2} at {cutover}"
+    );
+    ensure!(
+        !staging.exists(),
+        "staging output of a killed run survived the next run"
+    );
 
     // Retention now drops speed state more than the grace (10 minutes) before T2.
     speed.kill9().await?;
     speed = platform.spawn("speed-layer", &["run"])?;
     wait_until(Duration::from_secs(30), "retention to run", || async {
-        sqlx::query_scalar::<_, Option<chrono::DateTime<chrono::Utc>>>("SELECT covered_from FROM speed_coverage")
-            .fetch_one(&platform.pool)
-            .await
-            .ok()
-            .flatten()
-            .is_some_and(|t| t.timestamp_millis() == t2 - 10 * MINUTE_MS)
+        sqlx::query_scalar::<_, Option<chrono::DateTime<chrono::Utc>>>(
+            "SELECT covered_from FROM speed_coverage",
+        )
+        .fetch_one(&platform.pool)
+        .await
+        .ok()
+        .flatten()
+        .is_some_and(|t| t.timestamp_millis() == t2 - 10 * MINUTE_MS)
     })
     .await?;
 
     // Rollback serves v1 and T1 again; [T1, T2 - grace) is covered by neither side.
     let output = run(&platform, &["rollback"]).await?;
-    ensure!(served(&platform).await? == (v1.clone(), t1), "rollback should serve {v1}: {output}");
-    let url = format!("/v1/metrics/purchases?from={}&to={}", format_rfc3339(base), format_rfc3339(base + 30 * MINUTE_MS));
-    let (status, body) = platform.get(&url).await?;
-    ensure!(status == 200 && body["complete"] == false, "a rollback below retention must be incomplete: {body}");
     ensure!(
-        body["gaps"] == json!([{"from": format_rfc3339(t1), "to": format_rfc3339(t2 - 10 * MINUTE_MS)}]),
+        served(&platform).await? == (v1.clone(), t1),
+        "rollback should serve {v1}: {output}"
+    );
+    let url = format!(
+        "/v1/metrics/purchases?from={}&to={}",
+        format_rfc3339(base),
+        format_rfc3339(base + 30 * MINUTE_MS)
+    );
+    let (status, body) = platform.get(&url).await?;
+    ensure!(
+        status == 200 && body["complete"] == false,
+        "a rollback below retention must be incomplete: {body}"
+    );
+    ensure!(
+        body["gaps"]
+            == json!([{"from": format_rfc3339(t1), "to": format_rfc3339(t2 - 10 * MINUTE_MS)}]),
         "gaps: {}",
         body["gaps"]
     );
     let points = body["series"][0]["points"].as_array().context("points")?;
     ensure!(
         points.iter().all(|p| {
-            let t = shared_schema::time::parse_rfc3339(p["t"].as_str().unwrap_or_default()).unwrap_or_default();
+            let t = shared_schema::time::parse_rfc3339(p["t"].as_str().unwrap_or_default())
+                .unwrap_or_default();
             t < t1 || t >= t2 - 10 * MINUTE_MS
         }),
         "no point may be served inside the gap: {points:?}"
@@ -89,14 +116,24 @@ async fn pin_rollback_staging_cleanup_and_gaps_after_retention() -> Result<()> {
 
     // Pinning v2 brings T2 back, and the answer is complete again.
     run(&platform, &["promote", "--version", &v2]).await?;
-    ensure!(served(&platform).await? == (v2.clone(), t2), "pin should serve {v2}");
+    ensure!(
+        served(&platform).await? == (v2.clone(), t2),
+        "pin should serve {v2}"
+    );
     let (_, body) = platform.get(&url).await?;
     ensure!(body["complete"] == true, "after the pin: {body}");
-    let total: f64 = body["series"][0]["points"].as_array().context("points")?.iter().filter_map(|p| p["value"].as_f64()).sum();
+    let total: f64 = body["series"][0]["points"]
+        .as_array()
+        .context("points")?
+        .iter()
+        .filter_map(|p| p["value"].as_f64())
+        .sum();
     ensure!(total == 120.0, "all 120 purchases are served once: {total}");
 
     // A version that does not exist is refused.
-    let (ok, output) = platform.run("batch-layer", &["promote", "--version", "no-such-version"]).await?;
+    let (ok, output) = platform
+        .run("batch-layer", &["promote", "--version", "no-such-version"])
+        .await?;
     ensure!(!ok && output.contains("no-such-version"), "{output}");
     speed.assert_running()?;
     Ok(())
