@@ -1,0 +1,112 @@
+//! Postgres going away and coming back (issue 5): serving answers 503 with a JSON error within
+//! its timeout and reports not-ready, the consumers retry with backoff, and once Postgres is
+//! back every bucket is exact: nothing lost, nothing counted twice.
+//!
+//! It restarts the shared test Postgres, so it lives alone in this test binary (cargo runs
+//! test binaries one at a time).
+
+use anyhow::{Context, Result, ensure};
+use platform_tests::{Platform, wait_until};
+use serde_json::json;
+use shared_schema::time::{MINUTE_MS, bucket_start, format_rfc3339, now_millis};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+fn stack(command: &str) -> Result<()> {
+    let lib =
+        std::env::var("E2E_STACK_LIB").context("E2E_STACK_LIB: run through scripts/test.sh")?;
+    let name = std::env::var("E2E_PG_NAME").context("E2E_PG_NAME")?;
+    let port = std::env::var("E2E_PG_PORT").context("E2E_PG_PORT")?;
+    let status = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!("source {lib:?} && {command} {name} {port}"))
+        .status()?;
+    ensure!(status.success(), "{command} failed");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_restart_loses_nothing_and_serving_says_503_meanwhile() -> Result<()> {
+    let mut platform = Platform::new("outage_pg", 2).await?;
+    platform
+        .extra_env
+        .push(("PLATFORM_SERVING__QUERY_TIMEOUT".into(), "3s".into()));
+    let mut speed = platform.spawn("speed-layer", &["run"])?;
+    let mut lander = platform.spawn("batch-layer", &["land"])?;
+    let mut serving = platform.spawn("serving-layer", &["run"])?;
+    platform.wait_for_http().await?;
+
+    let base = bucket_start(now_millis(), MINUTE_MS) - 10 * MINUTE_MS;
+    let mut ends: HashMap<i32, i64> = HashMap::new();
+    let send = async |platform: &Platform,
+                      range: std::ops::Range<i64>,
+                      ends: &mut HashMap<i32, i64>|
+           -> Result<()> {
+        for i in range {
+            let payload = json!({"event_id": format!("o{i}"), "event_type": "purchase", "event_time": base + i * 2_000,
+                                 "country": "DE", "amount": 1.0, "schema_version": 2});
+            let partition = (i % 2) as i32;
+            let offset = platform
+                .send(partition, payload.to_string().as_bytes())
+                .await?;
+            ends.insert(partition, offset + 1);
+        }
+        Ok(())
+    };
+    send(&platform, 0..100, &mut ends).await?;
+    platform.wait_caught_up("speed_offsets", &ends).await?;
+    let url = format!(
+        "/v1/metrics/purchases?from={}&to={}&step=1h",
+        format_rfc3339(base - 60 * MINUTE_MS),
+        format_rfc3339(base + 60 * MINUTE_MS)
+    );
+    let total = |body: &serde_json::Value| -> f64 {
+        body["series"][0]["points"]
+            .as_array()
+            .map_or(0.0, |p| p.iter().filter_map(|x| x["value"].as_f64()).sum())
+    };
+    let (_, body) = platform.get(&url).await?;
+    ensure!(total(&body) == 100.0, "before the outage: {body}");
+
+    stack("stop_postgres")?;
+    let asked = Instant::now();
+    let (status, body) = platform.get(&url).await?;
+    ensure!(
+        status == 503 && body["error"]["code"].is_string(),
+        "while Postgres is down: {status} {body}"
+    );
+    ensure!(
+        asked.elapsed() < Duration::from_secs(10),
+        "a 503 must not hang: {:?}",
+        asked.elapsed()
+    );
+    let (status, _) = platform.get("/readyz").await?;
+    ensure!(status == 503, "readyz while Postgres is down: {status}");
+    // Events keep arriving on the bus meanwhile.
+    send(&platform, 100..200, &mut ends).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stack("start_postgres")?;
+
+    platform.wait_for_http().await?;
+    platform.wait_caught_up("speed_offsets", &ends).await?;
+    platform.wait_caught_up("lake_progress", &ends).await?;
+    wait_until(
+        Duration::from_secs(30),
+        "all 200 purchases to be served",
+        || async {
+            platform
+                .get(&url)
+                .await
+                .is_ok_and(|(_, body)| total(&body) == 200.0)
+        },
+    )
+    .await?;
+    for service in [&mut speed, &mut lander, &mut serving] {
+        service.assert_running()?;
+    }
+    let (ok, output) = platform.run("batch-layer", &["run"]).await?;
+    ensure!(ok, "batch run after the outage:\n{output}");
+    let (_, body) = platform.get(&url).await?;
+    ensure!(total(&body) == 200.0, "after the batch run: {body}");
+    Ok(())
+}
