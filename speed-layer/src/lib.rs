@@ -217,9 +217,10 @@ impl SpeedLayer {
             }
             apply_sessions(&mut tx, &self.catalog, &applied, &mut per_partition).await?;
             late.write(&mut tx, &self.catalog).await?;
-            store_watermarks(&mut tx, topic, progress).await?;
             upsert_partials(&mut tx, &self.catalog, per_partition).await?;
             store_positions(&mut tx, PositionTable::Speed, topic, &batch.positions).await?;
+            // After the positions, whose upsert creates a partition's row on its first batch.
+            store_watermarks(&mut tx, topic, progress).await?;
             quarantine::record(&mut tx, topic, CONSUMER_NAME, &batch.bad).await?;
             tx.commit().await?;
             tracing::debug!(
