@@ -12,12 +12,11 @@ use chrono::{DateTime, NaiveDate, Utc};
 use shared_schema::config::PlatformConfig;
 use shared_schema::kafka::{Batch, EventSource, SourcedEvent};
 use shared_schema::positions::{PositionTable, load_positions, store_positions};
-use shared_schema::quarantine;
 use shared_schema::time::to_datetime;
+use shared_schema::{quarantine, retry};
 use sqlx::PgPool;
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::time::Duration;
 use tracing::Instrument;
 
 const CONSUMER_NAME: &str = "batch-lander";
@@ -71,33 +70,17 @@ impl Lander {
         }
     }
 
-    /// A lake that is unwritable for a while (disk full, volume away) must not lose the batch.
+    /// A lake that is unwritable for a while (disk full, volume away) delays the batch, and
+    /// Postgres being away delays its commit; neither loses it.
     async fn write_files_with_retry(&self, batch: &Batch) -> Vec<LakeFile> {
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            match write_files(&self.config, batch).await {
-                Ok(files) => return files,
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "writing lake files failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                }
-            }
-        }
+        retry::until_success("writing lake files", || write_files(&self.config, batch)).await
     }
 
     async fn commit_with_retry(&self, topic: &str, batch: &Batch, files: &[LakeFile]) {
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            match commit(&self.pool, topic, batch, files).await {
-                Ok(()) => return,
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "manifest commit failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                }
-            }
-        }
+        retry::until_success("manifest commit", || {
+            commit(&self.pool, topic, batch, files)
+        })
+        .await
     }
 }
 

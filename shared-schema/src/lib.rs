@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod positions;
 pub mod quarantine;
 pub mod query;
+pub mod retry;
 pub mod service;
 pub mod sessions;
 pub mod telemetry;

@@ -20,11 +20,11 @@ use shared_schema::metrics::{
     Aggregation, LatePolicy, MetricCatalog, MetricDef, Partial, PartialKey, encode_dims,
 };
 use shared_schema::positions::{PositionTable, load_positions, store_positions};
-use shared_schema::quarantine;
 use shared_schema::sessions;
 use shared_schema::time::Millis;
 use shared_schema::time::{bucket_start, to_datetime};
 use shared_schema::watermark::{self, PartitionTime};
+use shared_schema::{quarantine, retry};
 use sqlx::PgPool;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -119,17 +119,10 @@ impl SpeedLayer {
         watermark: Option<Millis>,
         progress: &[(i32, Option<Millis>)],
     ) {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match self.commit_batch(topic, batch, watermark, progress).await {
-                Ok(()) => return,
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "batch commit failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+        retry::until_success("batch commit", || {
+            self.commit_batch(topic, batch, watermark, progress)
+        })
+        .await
     }
 
     /// One transaction: claim ids, add partials, store offsets, keep bad messages.
