@@ -425,6 +425,7 @@ async fn answer(
         "batch_version": snapshot.batch_version,
         "speed_watermark": snapshot.speed_watermark.map(format_rfc3339),
         "late_events": snapshot.late_events,
+        "late_rate": (snapshot.seen_events > 0).then(|| snapshot.late_events as f64 / snapshot.seen_events as f64),
         "complete": gaps.is_empty(),
         "gaps": gaps.iter().map(|(from, to)| json!({"from": format_rfc3339(*from), "to": format_rfc3339(*to)})).collect::<Vec<_>>(),
         "series": series,

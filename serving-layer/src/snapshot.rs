@@ -40,6 +40,8 @@ pub struct Snapshot {
     pub speed_watermark: Option<Millis>,
     /// Events the speed layer saw after their bucket closed, over the range (all policies).
     pub late_events: i64,
+    /// Events the speed layer counted for the metric over the range, late or not.
+    pub seen_events: i64,
     /// `None`: the speed layer covers the topic from its start; `Some(t)`: only from `t` on.
     pub speed_covered_from: Option<Millis>,
 }
@@ -91,8 +93,9 @@ pub async fn read_snapshot(
             .bind(topic)
             .fetch_one(&mut *tx)
             .await?;
-    let late_events: i64 = sqlx::query_scalar(
-        "SELECT coalesce(sum(late_count), 0)::bigint FROM speed_late_counts
+    let (late_events, seen_events): (i64, i64) = sqlx::query_as(
+        "SELECT coalesce(sum(late_count), 0)::bigint, coalesce(sum(seen_count), 0)::bigint
+         FROM speed_late_counts
          WHERE metric = ANY($1) AND bucket_start >= $2 AND bucket_start < $3",
     )
     .bind(metrics)
@@ -128,6 +131,7 @@ pub async fn read_snapshot(
         speed_rows,
         speed_watermark: watermark.map(|t| t.timestamp_millis()),
         late_events,
+        seen_events,
         // No coverage row: the speed layer never started, so it covers nothing yet.
         speed_covered_from: match coverage {
             Some(from) => from.map(|t| t.timestamp_millis()),

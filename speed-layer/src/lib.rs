@@ -192,11 +192,10 @@ impl SpeedLayer {
             let mut applied: Vec<Vec<&SourcedEvent>> = vec![Vec::new(); self.catalog.metrics.len()];
             for (index, metric) in self.catalog.stored() {
                 for sourced in claimed_events.iter().filter(|s| metric.matches(&s.event)) {
-                    if watermark::is_late(metric, sourced.event.event_time, watermark) {
-                        late.record(index, metric, sourced);
-                        if metric.late_policy != LatePolicy::Update {
-                            continue;
-                        }
+                    let is_late = watermark::is_late(metric, sourced.event.event_time, watermark);
+                    late.record(index, metric, sourced, is_late);
+                    if is_late && metric.late_policy != LatePolicy::Update {
+                        continue;
                     }
                     applied[index].push(sourced);
                 }
@@ -497,16 +496,28 @@ async fn store_watermarks(
 /// records.
 #[derive(Default)]
 struct LateEvents<'a> {
-    counts: BTreeMap<(usize, Millis, i32), i64>,
+    /// (seen, late) per metric, bucket and partition.
+    counts: BTreeMap<(usize, Millis, i32), (i64, i64)>,
     side_output: Vec<(usize, &'a SourcedEvent)>,
 }
 
 impl<'a> LateEvents<'a> {
-    fn record(&mut self, index: usize, metric: &MetricDef, sourced: &'a SourcedEvent) {
-        *self
+    fn record(
+        &mut self,
+        index: usize,
+        metric: &MetricDef,
+        sourced: &'a SourcedEvent,
+        is_late: bool,
+    ) {
+        let counts = self
             .counts
             .entry((index, metric.bucket_of(&sourced.event), sourced.partition))
-            .or_default() += 1;
+            .or_default();
+        counts.0 += 1;
+        if !is_late {
+            return;
+        }
+        counts.1 += 1;
         if metric.late_policy == LatePolicy::SideOutput {
             self.side_output.push((index, sourced));
         }
@@ -529,17 +540,20 @@ impl<'a> LateEvents<'a> {
                 .map(|(_, b, _)| to_datetime(*b))
                 .collect();
             let partitions: Vec<i32> = self.counts.keys().map(|(_, _, p)| *p).collect();
-            let counts: Vec<i64> = self.counts.values().copied().collect();
+            let seen: Vec<i64> = self.counts.values().map(|(seen, _)| *seen).collect();
+            let late: Vec<i64> = self.counts.values().map(|(_, late)| *late).collect();
             sqlx::query(
-                "INSERT INTO speed_late_counts (metric, bucket_start, partition, late_count)
-                 SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::int[], $4::bigint[])
-                 ON CONFLICT (metric, bucket_start, partition)
-                 DO UPDATE SET late_count = speed_late_counts.late_count + EXCLUDED.late_count",
+                "INSERT INTO speed_late_counts (metric, bucket_start, partition, seen_count, late_count)
+                 SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::int[], $4::bigint[], $5::bigint[])
+                 ON CONFLICT (metric, bucket_start, partition) DO UPDATE SET
+                     seen_count = speed_late_counts.seen_count + EXCLUDED.seen_count,
+                     late_count = speed_late_counts.late_count + EXCLUDED.late_count",
             )
             .bind(&metrics)
             .bind(&buckets)
             .bind(&partitions)
-            .bind(&counts)
+            .bind(&seen)
+            .bind(&late)
             .execute(&mut **tx)
             .await?;
         }

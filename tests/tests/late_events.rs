@@ -81,11 +81,17 @@ async fn served(
             );
         }
     }
-    Ok((
-        values,
-        sources,
-        body["late_events"].as_i64().context("late_events")?,
-    ))
+    let late = body["late_events"].as_i64().context("late_events")?;
+    if metric == "purchases" {
+        // Every purchase counts once: the rate is the late share of all that the speed side saw.
+        let rate = body["late_rate"].as_f64().context("late_rate")?;
+        let seen: f64 = values.values().sum();
+        ensure!(
+            (rate - late as f64 / seen).abs() < 1e-9,
+            "late_rate {rate} for {late} late of {seen}"
+        );
+    }
+    Ok((values, sources, late))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
