@@ -14,7 +14,11 @@ ensure_postgres
 ensure_tansu
 start_postgres demo-pg "$PG_PORT"
 start_tansu demo-broker "$KAFKA_PORT"
-pg_run "$(pg_bin)/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres platform 2>/dev/null || true
+# The broker keeps its log in memory, so every demo starts from empty state: a fresh database
+# and lake, whose stored offsets match the new topic.
+pg_run "$(pg_bin)/dropdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres --if-exists platform
+pg_run "$(pg_bin)/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres platform
+rm -rf "$STATE/demo-lake"
 
 log "building"
 cargo build --workspace --bins
