@@ -259,6 +259,15 @@ impl SpeedLayer {
         .bind(horizon)
         .execute(&mut *tx)
         .await?;
+        // Late counts and side output follow their buckets; the lake keeps the events.
+        sqlx::query("DELETE FROM speed_late_counts WHERE bucket_start < $1")
+            .bind(horizon)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM speed_late_events WHERE event_time < $1")
+            .bind(horizon)
+            .execute(&mut *tx)
+            .await?;
         // Session starts at or after the horizon still need the events one gap before them.
         let session_horizon =
             horizon - chrono::Duration::milliseconds(self.catalog.max_session_gap());
