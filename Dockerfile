@@ -25,6 +25,7 @@ COPY batch-layer batch-layer
 COPY serving-layer serving-layer
 COPY tests tests
 COPY migrations migrations
+COPY config config
 
 # The cache mounts keep the registry and target/ between builds; the binaries are copied out
 # of the cached target/ within the same step.

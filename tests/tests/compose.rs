@@ -553,29 +553,31 @@ fn dockerfile_builds_the_four_binaries_with_the_migrations() {
             ".dockerignore must exclude {pattern}, it has {ignored:?}"
         );
     }
-    assert!(
-        !ignored.contains(&"migrations"),
-        ".dockerignore must not exclude migrations/ (embedded at compile time)"
-    );
-
-    // migrations/ is embedded by sqlx::migrate! at compile time, so the builder must have it.
-    let copies_migrations = instructions.iter().any(|(k, rest)| {
-        let words: Vec<&str> = rest
-            .split_whitespace()
-            .filter(|w| !w.starts_with("--"))
-            .collect();
-        k == "COPY"
-            && !rest.contains("--from")
-            && words.len() >= 2
-            && words[..words.len() - 1].iter().any(|src| {
-                let src = src.trim_start_matches("./").trim_end_matches('/');
-                src == "migrations" || src == "."
-            })
-    });
-    assert!(
-        copies_migrations,
-        "the Dockerfile must COPY migrations/ into the builder"
-    );
+    // migrations/ (sqlx::migrate!) and config/ (the default metric definitions, include_str!)
+    // are embedded at compile time, so the builder must have both.
+    for embedded in ["migrations", "config"] {
+        assert!(
+            !ignored.contains(&embedded),
+            ".dockerignore must not exclude {embedded}/ (embedded at compile time)"
+        );
+        let copied = instructions.iter().any(|(k, rest)| {
+            let words: Vec<&str> = rest
+                .split_whitespace()
+                .filter(|w| !w.starts_with("--"))
+                .collect();
+            k == "COPY"
+                && !rest.contains("--from")
+                && words.len() >= 2
+                && words[..words.len() - 1].iter().any(|src| {
+                    let src = src.trim_start_matches("./").trim_end_matches('/');
+                    src == embedded || src == "."
+                })
+        });
+        assert!(
+            copied,
+            "the Dockerfile must COPY {embedded}/ into the builder"
+        );
+    }
 
     let build = instructions
         .iter()
