@@ -39,8 +39,11 @@ pub struct PlatformConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpeedConfig {
-    /// Kafka consumer group id (offsets themselves are kept in Postgres).
+    /// Kafka consumer group of the speed layer: its instances share the partitions. Offsets are
+    /// kept in Postgres and read when a partition is assigned.
     pub group_id: String,
+    /// An instance silent for this long loses its partitions to the others.
+    pub session_timeout: HumanDuration,
     /// A batch is committed when it holds this many messages...
     pub batch_max_events: usize,
     /// ...or when its first message is this old, whichever comes first.
@@ -99,6 +102,7 @@ impl Default for PlatformConfig {
             metrics_file: None,
             speed: SpeedConfig {
                 group_id: "speed-layer".into(),
+                session_timeout: HumanDuration::from_millis(10 * SECOND_MS),
                 batch_max_events: 20_000,
                 batch_max_wait: HumanDuration::from_millis(200),
                 retention_grace: HumanDuration::from_millis(10 * MINUTE_MS),

@@ -6,14 +6,18 @@
 //! it hands out batches that carry the positions to store with them.
 
 use crate::event::{Event, decode};
+use crate::positions::{PositionTable, load_positions};
 use crate::quarantine::BadMessage;
 use crate::time::{Millis, now_millis};
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -52,8 +56,102 @@ pub enum SourceError {
     Kafka(#[from] KafkaError),
 }
 
+/// Consumer callbacks. In group mode, partitions the group assigns to this instance start at the
+/// positions stored in Postgres, read while the rebalance is in progress, so a partition moves
+/// between instances with its offset; the instance then drops what it held of revoked ones.
+pub struct SourceContext {
+    group: Option<GroupAssigner>,
+}
+
+struct GroupAssigner {
+    pool: sqlx::PgPool,
+    table: PositionTable,
+    topic: String,
+    runtime: tokio::runtime::Handle,
+    changes: Mutex<Vec<AssignmentChange>>,
+}
+
+enum AssignmentChange {
+    Assigned(BTreeMap<i32, PartitionPosition>),
+    Revoked(Vec<i32>),
+}
+
+impl ClientContext for SourceContext {}
+
+impl ConsumerContext for SourceContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        partitions: &mut TopicPartitionList,
+    ) {
+        let Some(group) = &self.group else { return };
+        let assigned: Vec<i32> = partitions
+            .elements()
+            .iter()
+            .map(|e| e.partition())
+            .collect();
+        let change = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let load = || {
+                    group
+                        .runtime
+                        .block_on(load_positions(&group.pool, group.table, &group.topic))
+                };
+                // The callback runs inside a poll; on a runtime thread it may block only in place.
+                let stored = match tokio::runtime::Handle::try_current() {
+                    Ok(_) => tokio::task::block_in_place(load),
+                    Err(_) => load(),
+                };
+                let stored = stored.unwrap_or_else(|e| {
+                    // Reading from the start is safe, as the dedupe drops what was counted.
+                    tracing::error!(error = %e, "could not read stored positions; starting assigned partitions from their beginning");
+                    BTreeMap::new()
+                });
+                let mut positions = BTreeMap::new();
+                for partition in &assigned {
+                    let position = stored.get(partition).copied().unwrap_or_default();
+                    let offset = stored
+                        .get(partition)
+                        .map_or(Offset::Beginning, |p| Offset::Offset(p.next_offset));
+                    if let Err(e) =
+                        partitions.set_partition_offset(&group.topic, *partition, offset)
+                    {
+                        tracing::error!(partition, error = %e, "could not position an assigned partition");
+                    }
+                    positions.insert(
+                        *partition,
+                        PartitionPosition {
+                            caught_up: false,
+                            ..position
+                        },
+                    );
+                }
+                if let Err(e) = consumer.assign(partitions) {
+                    tracing::error!(error = %e, "assignment failed");
+                }
+                tracing::info!(topic = %group.topic, partitions = ?assigned, "assigned by the group");
+                AssignmentChange::Assigned(positions)
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let _ = consumer.unassign();
+                tracing::info!(topic = %group.topic, partitions = ?assigned, "revoked by the group");
+                AssignmentChange::Revoked(assigned)
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance failed");
+                let _ = consumer.unassign();
+                AssignmentChange::Revoked(assigned)
+            }
+        };
+        if let Ok(mut changes) = group.changes.lock() {
+            changes.push(change);
+        }
+    }
+}
+
 pub struct EventSource {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<SourceContext>,
     topic: String,
     positions: BTreeMap<i32, PartitionPosition>,
     max_skew_ms: Millis,
@@ -69,15 +167,8 @@ impl EventSource {
         stored: &BTreeMap<i32, PartitionPosition>,
         max_skew_ms: Millis,
     ) -> Result<Self, SourceError> {
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("group.id", group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "true")
-            .set("auto.offset.reset", "earliest")
-            .set("allow.auto.create.topics", "false")
-            .create()?;
+        let consumer = consumer_config(brokers, group_id)
+            .create_with_context(SourceContext { group: None })?;
         let partitions = wait_for_partitions(&consumer, topic).await?;
         let mut assignment = TopicPartitionList::new();
         let mut positions = BTreeMap::new();
@@ -106,6 +197,65 @@ impl EventSource {
         })
     }
 
+    /// Joins consumer group `group_id`, which shares the partitions of `topic` among its
+    /// members; each assigned partition starts at its position stored in `table`.
+    pub async fn connect_group(
+        brokers: &str,
+        group_id: &str,
+        session_timeout: Duration,
+        topic: &str,
+        pool: sqlx::PgPool,
+        table: PositionTable,
+        max_skew_ms: Millis,
+    ) -> Result<Self, SourceError> {
+        let context = SourceContext {
+            group: Some(GroupAssigner {
+                pool,
+                table,
+                topic: topic.to_string(),
+                runtime: tokio::runtime::Handle::current(),
+                changes: Mutex::new(Vec::new()),
+            }),
+        };
+        let consumer: StreamConsumer<SourceContext> = consumer_config(brokers, group_id)
+            .set(
+                "session.timeout.ms",
+                session_timeout.as_millis().to_string(),
+            )
+            .create_with_context(context)?;
+        wait_for_partitions(&consumer, topic).await?;
+        consumer.subscribe(&[topic])?;
+        tracing::info!(topic, group_id, "joined the consumer group");
+        Ok(EventSource {
+            consumer,
+            topic: topic.to_string(),
+            positions: BTreeMap::new(),
+            max_skew_ms,
+        })
+    }
+
+    /// Applies the group's assignment changes to the positions this instance owns.
+    fn apply_assignment_changes(
+        context: &SourceContext,
+        positions: &mut BTreeMap<i32, PartitionPosition>,
+    ) {
+        let Some(group) = &context.group else { return };
+        let changes = match group.changes.lock() {
+            Ok(mut changes) => std::mem::take(&mut *changes),
+            Err(_) => return,
+        };
+        for change in changes {
+            match change {
+                AssignmentChange::Assigned(assigned) => positions.extend(assigned),
+                AssignmentChange::Revoked(partitions) => {
+                    for partition in partitions {
+                        positions.remove(&partition);
+                    }
+                }
+            }
+        }
+    }
+
     pub fn topic(&self) -> &str {
         &self.topic
     }
@@ -120,6 +270,7 @@ impl EventSource {
     ) -> Result<Batch, SourceError> {
         let deadline = Instant::now() + max_wait;
         let mut batch = Batch::default();
+        Self::apply_assignment_changes(self.consumer.context(), &mut self.positions);
         while batch.events.len() + batch.bad.len() < max_messages {
             let message = match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
                 Err(_elapsed) => break,
@@ -140,7 +291,11 @@ impl EventSource {
                 Ok(Ok(message)) => message,
             };
             let (partition, offset) = (message.partition(), message.offset());
-            let position = self.positions.entry(partition).or_default();
+            Self::apply_assignment_changes(self.consumer.context(), &mut self.positions);
+            // A message of a partition this instance no longer owns is its new owner's to count.
+            let Some(position) = self.positions.get_mut(&partition) else {
+                continue;
+            };
             position.next_offset = offset + 1;
             position.caught_up = false;
             batch.advanced = true;
@@ -173,8 +328,21 @@ impl EventSource {
     }
 }
 
+fn consumer_config(brokers: &str, group_id: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest")
+        .set("allow.auto.create.topics", "false");
+    config
+}
+
 async fn wait_for_partitions(
-    consumer: &StreamConsumer,
+    consumer: &StreamConsumer<SourceContext>,
     topic: &str,
 ) -> Result<Vec<i32>, SourceError> {
     let mut backoff = Duration::from_millis(200);
@@ -189,7 +357,10 @@ async fn wait_for_partitions(
     }
 }
 
-fn partitions_of(consumer: &StreamConsumer, topic: &str) -> Result<Vec<i32>, KafkaError> {
+fn partitions_of(
+    consumer: &StreamConsumer<SourceContext>,
+    topic: &str,
+) -> Result<Vec<i32>, KafkaError> {
     // Metadata calls block; they are short and happen only at start.
     let metadata = tokio::task::block_in_place(|| {
         consumer.fetch_metadata(Some(topic), Duration::from_secs(5))

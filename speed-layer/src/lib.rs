@@ -73,11 +73,13 @@ impl SpeedLayer {
             .execute(&self.pool)
             .await?;
         let stored = load_positions(&self.pool, PositionTable::Speed, &topic).await?;
-        let mut source = EventSource::connect(
+        let mut source = EventSource::connect_group(
             &self.config.kafka_brokers,
             &self.config.speed.group_id,
+            self.config.speed.session_timeout.as_std(),
             &topic,
-            &stored,
+            self.pool.clone(),
+            PositionTable::Speed,
             self.config.max_event_skew.millis(),
         )
         .await?;
@@ -428,11 +430,17 @@ impl EventClock {
         for partition in partitions {
             self.last_message.insert(partition, now);
         }
-        for (partition, position) in &batch.positions {
-            self.max_event_time
-                .insert(*partition, position.max_event_time);
-            self.caught_up.insert(*partition, position.caught_up);
-        }
+        // The batch carries exactly the partitions this instance owns now.
+        self.max_event_time = batch
+            .positions
+            .iter()
+            .map(|(p, pos)| (*p, pos.max_event_time))
+            .collect();
+        self.caught_up = batch
+            .positions
+            .iter()
+            .map(|(p, pos)| (*p, pos.caught_up))
+            .collect();
     }
 
     fn is_idle(&self, partition: i32) -> bool {
@@ -690,6 +698,19 @@ async fn merge_stored_sketches(
         .map(|&i| rows[i].0.dims.as_str())
         .collect();
     let partitions: Vec<i32> = with_sketch.iter().map(|&i| rows[i].1).collect();
+    // Two instances can write one row while a partition moves between them: serialise on the
+    // row's key first, in sorted order, so neither overwrites the other's registers.
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended(m || chr(31) || b::text || chr(31) || d || chr(31) || p::text, 0))
+         FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::int[]) AS k(m, b, d, p)
+         ORDER BY m, b, d, p",
+    )
+    .bind(&metrics)
+    .bind(&buckets)
+    .bind(&dims)
+    .bind(&partitions)
+    .execute(&mut **tx)
+    .await?;
     let stored: Vec<(i32, Vec<u8>)> = sqlx::query_as(
         "SELECT k.ord::int, a.sketch
          FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::int[]) WITH ORDINALITY AS k(m, b, d, p, ord)

@@ -155,6 +155,10 @@ impl Platform {
             // Short flushes keep the scenarios quick.
             ("PLATFORM_LANDER__FLUSH_INTERVAL", "300ms".into()),
             ("PLATFORM_SPEED__BATCH_MAX_WAIT", "100ms".into()),
+            // A SIGKILLed speed layer hands its partitions over after this.
+            ("PLATFORM_SPEED__SESSION_TIMEOUT", "6s".into()),
+            // One consumer group per scenario, so scenarios never rebalance one another.
+            ("PLATFORM_SPEED__GROUP_ID", format!("speed-{}", self.name)),
             ("RUST_LOG", "info".into()),
         ];
         base.into_iter()
@@ -166,9 +170,12 @@ impl Platform {
     /// Starts `binary args...` with this platform's environment; output goes to a log file
     /// beside the lake.
     pub fn spawn(&self, binary: &str, args: &[&str]) -> Result<Service> {
-        let log_path = self
-            .lake_dir
-            .with_file_name(format!("{binary}-{}.log", args.join("-")));
+        self.spawn_as(&format!("{binary}-{}", args.join("-")), binary, args)
+    }
+
+    /// Like `spawn`, logging to `<label>.log`, for several instances of one service.
+    pub fn spawn_as(&self, label: &str, binary: &str, args: &[&str]) -> Result<Service> {
+        let log_path = self.lake_dir.with_file_name(format!("{label}.log"));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

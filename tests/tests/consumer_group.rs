@@ -1,0 +1,89 @@
+//! Several speed-layer instances in one consumer group (issue 5): they share the partitions,
+//! a SIGKILLed instance's partitions move to the other with their offsets, a restarted one
+//! takes some back, and every bucket stays exact throughout, duplicates across partitions
+//! included.
+
+use anyhow::{Context, Result, ensure};
+use platform_tests::Platform;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+use shared_schema::time::{
+    MINUTE_MS, Millis, bucket_start, format_rfc3339, now_millis, parse_rfc3339,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+const PARTITIONS: i32 = 4;
+
+fn assigned_in(log: &std::path::Path) -> bool {
+    std::fs::read_to_string(log).is_ok_and(|text| {
+        text.lines()
+            .any(|l| l.contains("assigned by the group") && !l.contains("partitions=[]"))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_share_partitions_and_survive_a_kill() -> Result<()> {
+    let platform = Platform::new("group", PARTITIONS).await?;
+    let mut first = platform.spawn_as("speed-first", "speed-layer", &["run"])?;
+    let mut second = platform.spawn_as("speed-second", "speed-layer", &["run"])?;
+    let _serving = platform.spawn("serving-layer", &["run"])?;
+    platform.wait_for_http().await?;
+
+    let base = bucket_start(now_millis(), MINUTE_MS) - 20 * MINUTE_MS;
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut truth: BTreeMap<Millis, f64> = BTreeMap::new();
+    let mut ends: HashMap<i32, i64> = HashMap::new();
+    for round in 0..4 {
+        for i in 0..200 {
+            let id = format!("g{round}-{i}");
+            let time = base + rng.random_range(0..15 * MINUTE_MS);
+            let payload = json!({"event_id": id, "event_type": "purchase", "event_time": time, "schema_version": 2});
+            let copies = if rng.random_bool(0.2) { 2 } else { 1 };
+            for _ in 0..copies {
+                let partition = rng.random_range(0..PARTITIONS);
+                let offset = platform
+                    .send(partition, payload.to_string().as_bytes())
+                    .await?;
+                ends.insert(
+                    partition,
+                    (*ends.get(&partition).unwrap_or(&0)).max(offset + 1),
+                );
+            }
+            *truth.entry(bucket_start(time, MINUTE_MS)).or_default() += 1.0;
+        }
+        match round {
+            1 => first.kill9().await?,
+            2 => first = platform.spawn_as("speed-first", "speed-layer", &["run"])?,
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    platform.wait_caught_up("speed_offsets", &ends).await?;
+
+    let url = format!(
+        "/v1/metrics/purchases?from={}&to={}",
+        format_rfc3339(base),
+        format_rfc3339(base + 20 * MINUTE_MS)
+    );
+    let (status, body) = platform.get(&url).await?;
+    ensure!(status == 200, "{status} {body}");
+    let mut served: BTreeMap<Millis, f64> = BTreeMap::new();
+    for point in body["series"][0]["points"].as_array().context("points")? {
+        let t = parse_rfc3339(point["t"].as_str().context("t")?).context("t")?;
+        served.insert(t, point["value"].as_f64().context("value")?);
+    }
+    ensure!(served == truth, "served {served:?}\ntruth  {truth:?}");
+    ensure!(
+        assigned_in(&first.log_path),
+        "the first instance never got partitions"
+    );
+    ensure!(
+        assigned_in(&second.log_path),
+        "the second instance never got partitions"
+    );
+    first.assert_running()?;
+    second.assert_running()?;
+    Ok(())
+}
