@@ -23,19 +23,13 @@ pub fn watermark(partitions: &[PartitionTime], out_of_orderness: Millis) -> Opti
         // An active partition that has not shown an event time yet could still bring old events.
         return None;
     }
-    let newest = |ps: &mut dyn Iterator<Item = Millis>| ps.min();
-    let source: Vec<Millis> = if active.is_empty() {
+    let slowest = if active.is_empty() {
         // Everything is idle: all that was sent has been seen.
-        partitions
-            .iter()
-            .filter_map(|p| p.max_event_time)
-            .max()
-            .into_iter()
-            .collect()
+        partitions.iter().filter_map(|p| p.max_event_time).max()
     } else {
-        active.iter().filter_map(|p| p.max_event_time).collect()
+        active.iter().filter_map(|p| p.max_event_time).min()
     };
-    newest(&mut source.into_iter()).map(|t| t.saturating_sub(out_of_orderness))
+    slowest.map(|t| t.saturating_sub(out_of_orderness))
 }
 
 /// Whether an event at `event_time` is late for `metric` under `watermark`.
