@@ -84,15 +84,16 @@ pub async fn run_once(
             .map(|p| config.lake_dir.join(p).to_string_lossy().into_owned())
             .collect();
         let rows = compute_view(&lake_paths, catalog, cutover).await?;
-        let view_path = publish_view(config, &version, rows.clone()).await?;
-        promote(pool, &version, cutover, &view_path, &snapshot, rows.len(), started_at).await?;
-        tracing::info!(cutover = %format_rfc3339(cutover), rows = rows.len(), "promoted");
+        let view_rows = rows.len();
+        let view_path = publish_view(config, &version, rows).await?;
+        promote(pool, &version, cutover, &view_path, &snapshot, view_rows, started_at).await?;
+        tracing::info!(cutover = %format_rfc3339(cutover), rows = view_rows, "promoted");
         remove_old_versions(pool, config).await;
         lock.release().await?;
         Ok(RunOutcome {
             version: version.clone(),
             cutover,
-            view_rows: rows.len(),
+            view_rows,
             lake_files: snapshot.files.len(),
             lake_rows: snapshot.rows,
         })

@@ -65,19 +65,21 @@ pub async fn evaluate_once(state: &AppState) -> Result<Vec<Transition>, anyhow::
     if !leader {
         return Ok(transitions);
     }
+    // One watermark for every rule of this evaluation.
+    let watermark: Option<DateTime<Utc>> =
+        sqlx::query_scalar("SELECT min(watermark) FROM speed_offsets WHERE topic = $1")
+            .bind(&state.config.events_topic)
+            .fetch_one(&mut *tx)
+            .await?;
+    let Some(watermark) = watermark.map(|w| w.timestamp_millis()) else {
+        tx.commit().await?;
+        return Ok(transitions);
+    };
     for rule in &state.catalog.alerts {
         let Some((_, metric)) = state.catalog.get(&rule.metric) else {
             continue;
         };
         let bucket = metric.bucket.millis();
-        let watermark: Option<DateTime<Utc>> =
-            sqlx::query_scalar("SELECT min(watermark) FROM speed_offsets WHERE topic = $1")
-                .bind(&state.config.events_topic)
-                .fetch_one(&mut *tx)
-                .await?;
-        let Some(watermark) = watermark.map(|w| w.timestamp_millis()) else {
-            continue;
-        };
         let (t, window_start, window_end) = window_at(rule, bucket, watermark);
         let query = SeriesQuery {
             from: t,

@@ -211,6 +211,20 @@ impl Platform {
         send(&self.producer, &self.topic, partition, b"", payload).await
     }
 
+    /// Sends `payload` and raises `ends[partition]` to the offset after it, for
+    /// [`Platform::wait_caught_up`].
+    pub async fn send_tracked(
+        &self,
+        partition: i32,
+        payload: &serde_json::Value,
+        ends: &mut HashMap<i32, i64>,
+    ) -> Result<()> {
+        let offset = self.send(partition, payload.to_string().as_bytes()).await?;
+        let end = ends.entry(partition).or_default();
+        *end = (*end).max(offset + 1);
+        Ok(())
+    }
+
     pub async fn get(&self, path_and_query: &str) -> Result<(u16, serde_json::Value)> {
         let response = self
             .http
@@ -285,6 +299,15 @@ impl Service {
         }
         Ok(())
     }
+}
+
+/// The sum of the values of an answer's first series.
+pub fn first_series_total(body: &serde_json::Value) -> f64 {
+    body["series"][0]["points"]
+        .as_array()
+        .map_or(0.0, |points| {
+            points.iter().filter_map(|p| p["value"].as_f64()).sum()
+        })
 }
 
 pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut condition: F) -> Result<()>

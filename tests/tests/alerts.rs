@@ -91,13 +91,9 @@ impl Sender<'_> {
         self.next += 1;
         let payload = json!({"event_id": format!("a{}", self.next), "event_type": kind, "event_time": time,
                              "user_id": user, "product_id": product, "schema_version": 2});
-        let offset = self
-            .platform
-            .send(partition, payload.to_string().as_bytes())
-            .await?;
-        let end = self.ends.entry(partition).or_default();
-        *end = (*end).max(offset + 1);
-        Ok(())
+        self.platform
+            .send_tracked(partition, &payload, &mut self.ends)
+            .await
     }
 
     /// Moves every partition's event time, and so the watermark, to `time`.

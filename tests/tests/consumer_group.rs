@@ -43,13 +43,9 @@ async fn two_instances_share_partitions_and_survive_a_kill() -> Result<()> {
             let copies = if rng.random_bool(0.2) { 2 } else { 1 };
             for _ in 0..copies {
                 let partition = rng.random_range(0..PARTITIONS);
-                let offset = platform
-                    .send(partition, payload.to_string().as_bytes())
+                platform
+                    .send_tracked(partition, &payload, &mut ends)
                     .await?;
-                ends.insert(
-                    partition,
-                    (*ends.get(&partition).unwrap_or(&0)).max(offset + 1),
-                );
             }
             *truth.entry(bucket_start(time, MINUTE_MS)).or_default() += 1.0;
         }

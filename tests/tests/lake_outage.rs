@@ -2,8 +2,8 @@
 //! backoff, lands nothing twice and loses nothing once the lake is back, and the next batch
 //! run is exact.
 
-use anyhow::{Context, Result, ensure};
-use platform_tests::Platform;
+use anyhow::{Result, ensure};
+use platform_tests::{Platform, first_series_total};
 use serde_json::json;
 use shared_schema::time::{MINUTE_MS, bucket_start, format_rfc3339, now_millis};
 use std::collections::HashMap;
@@ -23,11 +23,9 @@ async fn an_unwritable_lake_delays_landing_and_loses_nothing() -> Result<()> {
         for i in range {
             let payload = json!({"event_id": format!("l{i}"), "event_type": "purchase", "event_time": base + i * 3_000,
                                  "country": "DE", "schema_version": 2});
-            let partition = (i % 2) as i32;
-            let offset = platform
-                .send(partition, payload.to_string().as_bytes())
+            platform
+                .send_tracked((i % 2) as i32, &payload, ends)
                 .await?;
-            ends.insert(partition, offset + 1);
         }
         Ok(())
     };
@@ -79,12 +77,7 @@ async fn an_unwritable_lake_delays_landing_and_loses_nothing() -> Result<()> {
         format_rfc3339(base + 60 * MINUTE_MS)
     );
     let (_, body) = platform.get(&url).await?;
-    let total: f64 = body["series"][0]["points"]
-        .as_array()
-        .context("points")?
-        .iter()
-        .filter_map(|p| p["value"].as_f64())
-        .sum();
+    let total = first_series_total(&body);
     ensure!(total == 100.0, "served {total} purchases: {body}");
     Ok(())
 }

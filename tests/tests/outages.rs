@@ -6,7 +6,7 @@
 //! test binaries one at a time).
 
 use anyhow::{Context, Result, ensure};
-use platform_tests::{Platform, wait_until};
+use platform_tests::{Platform, first_series_total, wait_until};
 use serde_json::json;
 use shared_schema::time::{MINUTE_MS, bucket_start, format_rfc3339, now_millis};
 use std::collections::HashMap;
@@ -45,11 +45,9 @@ async fn postgres_restart_loses_nothing_and_serving_says_503_meanwhile() -> Resu
         for i in range {
             let payload = json!({"event_id": format!("o{i}"), "event_type": "purchase", "event_time": base + i * 2_000,
                                  "country": "DE", "amount": 1.0, "schema_version": 2});
-            let partition = (i % 2) as i32;
-            let offset = platform
-                .send(partition, payload.to_string().as_bytes())
+            platform
+                .send_tracked((i % 2) as i32, &payload, ends)
                 .await?;
-            ends.insert(partition, offset + 1);
         }
         Ok(())
     };
@@ -60,13 +58,11 @@ async fn postgres_restart_loses_nothing_and_serving_says_503_meanwhile() -> Resu
         format_rfc3339(base - 60 * MINUTE_MS),
         format_rfc3339(base + 60 * MINUTE_MS)
     );
-    let total = |body: &serde_json::Value| -> f64 {
-        body["series"][0]["points"]
-            .as_array()
-            .map_or(0.0, |p| p.iter().filter_map(|x| x["value"].as_f64()).sum())
-    };
     let (_, body) = platform.get(&url).await?;
-    ensure!(total(&body) == 100.0, "before the outage: {body}");
+    ensure!(
+        first_series_total(&body) == 100.0,
+        "before the outage: {body}"
+    );
 
     stack("stop_postgres")?;
     let asked = Instant::now();
@@ -97,7 +93,7 @@ async fn postgres_restart_loses_nothing_and_serving_says_503_meanwhile() -> Resu
             platform
                 .get(&url)
                 .await
-                .is_ok_and(|(_, body)| total(&body) == 200.0)
+                .is_ok_and(|(_, body)| first_series_total(&body) == 200.0)
         },
     )
     .await?;
@@ -107,6 +103,9 @@ async fn postgres_restart_loses_nothing_and_serving_says_503_meanwhile() -> Resu
     let (ok, output) = platform.run("batch-layer", &["run"]).await?;
     ensure!(ok, "batch run after the outage:\n{output}");
     let (_, body) = platform.get(&url).await?;
-    ensure!(total(&body) == 200.0, "after the batch run: {body}");
+    ensure!(
+        first_series_total(&body) == 200.0,
+        "after the batch run: {body}"
+    );
     Ok(())
 }

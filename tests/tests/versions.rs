@@ -3,7 +3,7 @@
 //! already removed, answers report the gap instead of zeros.
 
 use anyhow::{Context, Result, ensure};
-use platform_tests::{Platform, wait_until};
+use platform_tests::{Platform, first_series_total, wait_until};
 use serde_json::json;
 use shared_schema::time::{MINUTE_MS, Millis, bucket_start, format_rfc3339, now_millis};
 use std::collections::HashMap;
@@ -41,11 +41,9 @@ async fn pin_rollback_staging_cleanup_and_gaps_after_retention() -> Result<()> {
     for i in 0..120i64 {
         let payload = json!({"event_id": format!("v{i}"), "event_type": "purchase", "event_time": base + i * 15_000,
                              "country": "DE", "amount": 2.0, "schema_version": 2});
-        let partition = (i % PARTITIONS as i64) as i32;
-        let offset = platform
-            .send(partition, payload.to_string().as_bytes())
+        platform
+            .send_tracked((i % PARTITIONS as i64) as i32, &payload, &mut ends)
             .await?;
-        ends.insert(partition, offset + 1);
     }
     platform.wait_caught_up("speed_offsets", &ends).await?;
     platform.wait_caught_up("lake_progress", &ends).await?;
@@ -122,12 +120,7 @@ async fn pin_rollback_staging_cleanup_and_gaps_after_retention() -> Result<()> {
     );
     let (_, body) = platform.get(&url).await?;
     ensure!(body["complete"] == true, "after the pin: {body}");
-    let total: f64 = body["series"][0]["points"]
-        .as_array()
-        .context("points")?
-        .iter()
-        .filter_map(|p| p["value"].as_f64())
-        .sum();
+    let total = first_series_total(&body);
     ensure!(total == 120.0, "all 120 purchases are served once: {total}");
 
     // A version that does not exist is refused.

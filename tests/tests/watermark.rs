@@ -27,11 +27,7 @@ async fn an_idle_partition_stops_holding_the_watermark_back() -> Result<()> {
         next += 1;
         let payload =
             json!({"event_id": format!("w{next}"), "event_type": "click", "event_time": time});
-        let offset = platform
-            .send(partition, payload.to_string().as_bytes())
-            .await?;
-        ends.insert(partition, offset + 1);
-        Ok(())
+        platform.send_tracked(partition, &payload, ends).await
     };
     send(0, newest, &mut ends).await?;
     send(1, newest, &mut ends).await?;
