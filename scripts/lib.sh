@@ -93,7 +93,8 @@ start_tansu() {
   fi
   log "starting the broker on 127.0.0.1:$port"
   mkdir -p "$STATE/$name"
-  nohup tansu broker \
+  # Group coordinator decisions (joins, expiries) are what a failed scenario needs to see.
+  RUST_LOG=${BROKER_LOG:-warn,tansu_broker::coordinator=info} nohup tansu broker \
     --listener-url "tcp://127.0.0.1:$port" \
     --advertised-listener-url "tcp://127.0.0.1:$port" \
     --storage-engine memory://tansu/ >"$STATE/$name/broker.log" 2>&1 &

@@ -22,8 +22,9 @@ if [ "${KEEP_STACK:-0}" != 1 ]; then trap cleanup EXIT; fi
 # Each scenario creates its own database and topic on these servers.
 export E2E_DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
 export E2E_KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
-# The outage scenario restarts Postgres through these.
+# The outage and chaos scenarios restart Postgres and the broker through these.
 export E2E_STACK_LIB="$ROOT/scripts/lib.sh" E2E_PG_NAME=test-pg E2E_PG_PORT="$PG_PORT"
+export E2E_BROKER_NAME=test-broker E2E_KAFKA_PORT="$KAFKA_PORT"
 
 log "building"
 cargo build --workspace --all-targets

@@ -607,7 +607,9 @@ impl<'a> LateEvents<'a> {
     }
 }
 
-async fn upsert_partials(
+/// Adds partials to `speed_aggregates`: one `INSERT ... SELECT FROM UNNEST ... ON CONFLICT DO
+/// UPDATE` per batch. Public for the write-path benchmark.
+pub async fn upsert_partials(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     catalog: &MetricCatalog,
     per_partition: BTreeMap<i32, HashMap<PartialKey, Partial>>,

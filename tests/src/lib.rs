@@ -4,6 +4,8 @@
 //! Every scenario gets its own database, topic and lake directory, so scenarios can run side by
 //! side on one pair of servers.
 
+pub mod truth;
+
 use anyhow::{Context, Result, bail};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -82,6 +84,27 @@ impl Cluster {
             brokers: var("E2E_KAFKA_BROKERS"),
         }
     }
+}
+
+/// Stops or starts one of the shared test servers through `scripts/lib.sh`: `command` is
+/// `stop_postgres`, `start_postgres`, `stop_tansu` or `start_tansu`. A scenario that calls it
+/// must be alone in its test binary, since cargo runs test binaries one at a time.
+pub fn stack(command: &str) -> Result<()> {
+    let var = |name: &str| {
+        std::env::var(name).with_context(|| format!("{name}: run through scripts/test.sh"))
+    };
+    let lib = var("E2E_STACK_LIB")?;
+    let (name, port) = if command.ends_with("postgres") {
+        (var("E2E_PG_NAME")?, var("E2E_PG_PORT")?)
+    } else {
+        (var("E2E_BROKER_NAME")?, var("E2E_KAFKA_PORT")?)
+    };
+    let status = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!("source {lib:?} && {command} {name} {port}"))
+        .status()?;
+    anyhow::ensure!(status.success(), "{command} failed");
+    Ok(())
 }
 
 /// One scenario's private platform: a database, a topic, a lake directory and an HTTP port.
@@ -248,22 +271,60 @@ impl Platform {
     /// Waits until the consumer whose positions are in `table` has read every partition up to
     /// `ends` (the next offset after the last produced message per partition).
     pub async fn wait_caught_up(&self, table: &str, ends: &HashMap<i32, i64>) -> Result<()> {
+        self.wait_caught_up_within(table, ends, Duration::from_secs(120))
+            .await
+    }
+
+    /// [`Platform::wait_caught_up`] with its own time limit.
+    pub async fn wait_caught_up_within(
+        &self,
+        table: &str,
+        ends: &HashMap<i32, i64>,
+        limit: Duration,
+    ) -> Result<()> {
         let query = format!("SELECT partition, next_offset FROM {table} WHERE topic = $1");
-        wait_until(
-            Duration::from_secs(120),
-            &format!("{table} to reach {ends:?}"),
-            || async {
-                let rows: Vec<(i32, i64)> = sqlx::query_as(&query)
-                    .bind(&self.topic)
-                    .fetch_all(&self.pool)
-                    .await
-                    .unwrap_or_default();
-                let have: HashMap<i32, i64> = rows.into_iter().collect();
-                ends.iter()
-                    .all(|(p, end)| have.get(p).is_some_and(|n| n >= end))
-            },
-        )
-        .await
+        let positions = || async {
+            let rows: Vec<(i32, i64)> = sqlx::query_as(&query)
+                .bind(&self.topic)
+                .fetch_all(&self.pool)
+                .await
+                .unwrap_or_default();
+            rows.into_iter().collect::<HashMap<i32, i64>>()
+        };
+        let waited = wait_until(limit, &format!("{table} to reach {ends:?}"), || async {
+            let have = positions().await;
+            ends.iter()
+                .all(|(p, end)| have.get(p).is_some_and(|n| n >= end))
+        })
+        .await;
+        if let Err(timeout) = waited {
+            let reached = positions().await;
+            return Err(
+                timeout.context(format!("reached only {reached:?}\n{}", self.log_tails(40)))
+            );
+        }
+        Ok(())
+    }
+
+    /// The last `lines` lines of every service log of this scenario, for a failure message.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let Some(dir) = self.lake_dir.parent() else {
+            return String::new();
+        };
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        logs.retain(|p| p.extension().is_some_and(|e| e == "log"));
+        logs.sort();
+        logs.iter()
+            .map(|path| {
+                let text = std::fs::read_to_string(path).unwrap_or_default();
+                let all: Vec<&str> = text.lines().collect();
+                let tail = all[all.len().saturating_sub(lines)..].join("\n");
+                format!("--- {} (last {lines} lines)\n{tail}", path.display())
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -289,6 +350,10 @@ impl Service {
     pub async fn kill9(&mut self) -> Result<()> {
         self.child.kill().await?;
         Ok(())
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// Fails if the process already exited, with its log.
@@ -340,13 +405,18 @@ pub fn target_dir() -> Result<PathBuf> {
         .context("no target directory")
 }
 
-/// A workspace binary built by `cargo build --workspace --bins` (scripts/test.sh does that).
+/// A workspace binary of the same profile as the running executable, built by
+/// `cargo build --workspace --bins` (scripts/test.sh and scripts/bench.sh do that).
 pub fn bin_path(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
+    // Tests live in `<profile>/deps/`, binaries such as the benchmark in `<profile>/`.
     let profile_dir = exe
         .parent()
-        .and_then(Path::parent)
-        .context("test executable has no profile directory")?;
+        .map(|dir| match dir.file_name() {
+            Some(name) if name == "deps" => dir.parent().unwrap_or(dir),
+            _ => dir,
+        })
+        .context("executable has no profile directory")?;
     let path = profile_dir.join(name);
     if !path.exists() {
         bail!(

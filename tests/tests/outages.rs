@@ -5,25 +5,12 @@
 //! It restarts the shared test Postgres, so it lives alone in this test binary (cargo runs
 //! test binaries one at a time).
 
-use anyhow::{Context, Result, ensure};
-use platform_tests::{Platform, first_series_total, wait_until};
+use anyhow::{Result, ensure};
+use platform_tests::{Platform, first_series_total, stack, wait_until};
 use serde_json::json;
 use shared_schema::time::{MINUTE_MS, bucket_start, format_rfc3339, now_millis};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-
-fn stack(command: &str) -> Result<()> {
-    let lib =
-        std::env::var("E2E_STACK_LIB").context("E2E_STACK_LIB: run through scripts/test.sh")?;
-    let name = std::env::var("E2E_PG_NAME").context("E2E_PG_NAME")?;
-    let port = std::env::var("E2E_PG_PORT").context("E2E_PG_PORT")?;
-    let status = std::process::Command::new("bash")
-        .arg("-c")
-        .arg(format!("source {lib:?} && {command} {name} {port}"))
-        .status()?;
-    ensure!(status.success(), "{command} failed");
-    Ok(())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_restart_loses_nothing_and_serving_says_503_meanwhile() -> Result<()> {

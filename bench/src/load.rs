@@ -1,0 +1,163 @@
+//! Benchmark input: contract-shaped events, and loading many of them into a topic quickly.
+
+use anyhow::{Result, bail};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::json;
+use shared_schema::time::{MINUTE_MS, Millis};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Event types in the shares a storefront sees; every default metric gets input.
+const KINDS: [&str; 8] = [
+    "page_view",
+    "page_view",
+    "page_view",
+    "page_view",
+    "click",
+    "purchase",
+    "error",
+    "login_failed",
+];
+const COUNTRIES: [&str; 6] = ["DE", "FR", "ES", "US", "JP", "BR"];
+
+/// Generates the `index`-th event deterministically: `users` distinct users, event times spread
+/// over the hour before `end`.
+pub struct EventMaker {
+    rng: StdRng,
+    pub users: u64,
+    pub end: Millis,
+}
+
+impl EventMaker {
+    pub fn new(seed: u64, users: u64, end: Millis) -> EventMaker {
+        EventMaker {
+            rng: StdRng::seed_from_u64(seed),
+            users,
+            end,
+        }
+    }
+
+    pub fn time(&mut self) -> Millis {
+        self.end - self.rng.random_range(0..60 * MINUTE_MS)
+    }
+
+    pub fn payload(&mut self, id: &str, time: Millis) -> Vec<u8> {
+        let kind = KINDS[self.rng.random_range(0..KINDS.len())];
+        let mut event = json!({
+            "event_id": id,
+            "event_type": kind,
+            "event_time": time,
+            "schema_version": 2,
+            "user_id": format!("u{}", self.rng.random_range(0..self.users)),
+            "product_id": format!("p{}", self.rng.random_range(0..200)),
+            "country": COUNTRIES[self.rng.random_range(0..COUNTRIES.len())],
+        });
+        if kind == "purchase" {
+            event["amount"] = json!(self.rng.random_range(100..50_000) as f64 / 100.0);
+        }
+        event.to_string().into_bytes()
+    }
+}
+
+/// A producer tuned for bulk loading.
+pub fn bulk_producer(brokers: &str) -> Result<FutureProducer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("message.timeout.ms", "120000")
+        .create()?)
+}
+
+/// Produces `count` events round-robin over `partitions`, ids `{prefix}{i}`, and returns the
+/// end offset of every partition.
+pub async fn preload(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    prefix: &str,
+    count: u64,
+    maker: &mut EventMaker,
+) -> Result<HashMap<i32, i64>> {
+    let producer = bulk_producer(brokers)?;
+    let mut ends: HashMap<i32, i64> = HashMap::new();
+    let mut pending = Vec::with_capacity(20_000);
+    for i in 0..count {
+        let id = format!("{prefix}{i}");
+        let time = maker.time();
+        let payload = maker.payload(&id, time);
+        let partition = (i % partitions as u64) as i32;
+        let record = FutureRecord::<(), _>::to(topic)
+            .partition(partition)
+            .payload(&payload);
+        match producer.send_result(record) {
+            Ok(delivery) => pending.push(delivery),
+            Err((e, _)) => bail!("enqueueing: {e}"),
+        }
+        if pending.len() == 20_000 || i + 1 == count {
+            for delivery in pending.drain(..) {
+                match delivery.await {
+                    Ok(Ok(d)) => {
+                        let end = ends.entry(d.partition).or_default();
+                        *end = (*end).max(d.offset + 1);
+                    }
+                    Ok(Err((e, _))) => bail!("delivery failed: {e}"),
+                    Err(_) => bail!("delivery cancelled"),
+                }
+            }
+        }
+    }
+    Ok(ends)
+}
+
+/// The baseline consumer: plain rdkafka reading every partition from the start until `ends`,
+/// touching each payload's bytes. Returns the messages read.
+pub fn bare_consume(brokers: &str, topic: &str, ends: &HashMap<i32, i64>) -> Result<u64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "bench-bare")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for partition in ends.keys() {
+        assignment.add_partition_offset(topic, *partition, rdkafka::Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    let mut remaining: HashMap<i32, i64> = ends.clone();
+    let (mut read, mut checksum) = (0u64, 0u64);
+    while !remaining.is_empty() {
+        let Some(message) = consumer.poll(Duration::from_secs(5)) else {
+            continue;
+        };
+        let message = message?;
+        use rdkafka::Message;
+        checksum = checksum.wrapping_add(message.payload().map_or(0, |p| p.len() as u64));
+        read += 1;
+        if remaining
+            .get(&message.partition())
+            .is_some_and(|end| message.offset() + 1 >= *end)
+        {
+            remaining.remove(&message.partition());
+        }
+    }
+    std::hint::black_box(checksum);
+    Ok(read)
+}
+
+/// The resident set size of a process, in MiB.
+pub fn rss_mib(pid: u32) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0.0);
+    Ok(kib / 1024.0)
+}

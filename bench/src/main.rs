@@ -1,0 +1,88 @@
+//! `bench`: the platform's benchmarks, each figure a ratio against a baseline measured beside it
+//! in the same run. `scripts/bench.sh` starts the servers, builds in release mode and runs this.
+
+mod batch;
+mod freshness;
+mod load;
+mod memory;
+mod pg_write;
+mod report;
+mod throughput;
+
+use anyhow::Result;
+use clap::Parser;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "bench", about = "Benchmarks against baselines run beside them")]
+struct Args {
+    /// Run only these benchmarks: throughput, freshness, batch, memory, pg-write.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Events preloaded for the throughput figure.
+    #[arg(long, default_value_t = 1_000_000)]
+    throughput_events: u64,
+    /// Steady produce rate (events/s) and duration (s) of the freshness figure.
+    #[arg(long, default_value_t = 20_000.0)]
+    freshness_rate: f64,
+    #[arg(long, default_value_t = 30)]
+    freshness_seconds: u64,
+    /// Events in the lake for the batch-against-DuckDB figure.
+    #[arg(long, default_value_t = 20_000_000)]
+    batch_events: u64,
+    /// The Python that has DuckDB installed.
+    #[arg(long, default_value = "python3")]
+    python: PathBuf,
+    /// Events after which the speed layer's memory is sampled.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1000000,5000000,10000000"
+    )]
+    memory_checkpoints: Vec<u64>,
+    /// Rows per upsert statement, and statements, of the write-path figure.
+    #[arg(long, default_value_t = 20_000)]
+    pg_rows: usize,
+    #[arg(long, default_value_t = 20)]
+    pg_batches: usize,
+    /// Where the JSON report goes.
+    #[arg(long, default_value = "bench/results/latest.json")]
+    out: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
+    let mut figures = Vec::new();
+    if wanted("pg-write") {
+        figures.extend(pg_write::run(args.pg_rows, args.pg_batches).await?);
+    }
+    if wanted("throughput") {
+        figures.extend(throughput::run(args.throughput_events).await?);
+    }
+    if wanted("freshness") {
+        figures.extend(freshness::run(args.freshness_rate, args.freshness_seconds).await?);
+    }
+    if wanted("batch") {
+        figures.extend(batch::run(args.batch_events, &args.python).await?);
+    }
+    if wanted("memory") {
+        figures.extend(memory::run(&args.memory_checkpoints).await?);
+    }
+    report::print_table(&figures);
+    if let Some(dir) = args.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let machine = serde_json::json!({
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        "when": chrono::Utc::now().to_rfc3339(),
+    });
+    std::fs::write(
+        &args.out,
+        serde_json::to_string_pretty(&serde_json::json!({"machine": machine, "figures": figures}))?,
+    )?;
+    println!("written to {}", args.out.display());
+    Ok(())
+}

@@ -1,0 +1,85 @@
+//! The Postgres write path: rows/s of the speed layer's aggregate upserts (one UNNEST statement
+//! per batch, `speed_layer::upsert_partials`), against COPY of the same number of rows into a
+//! plain table, beside it on the same server.
+
+use crate::report::Figure;
+use anyhow::{Context, Result};
+use platform_tests::Platform;
+use shared_schema::event::Event;
+use shared_schema::metrics::{MetricCatalog, Partial, PartialKey};
+use shared_schema::time::{MINUTE_MS, bucket_start, now_millis};
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+const PARTITIONS: i32 = 4;
+
+pub async fn run(rows_per_batch: usize, batches: usize) -> Result<Vec<Figure>> {
+    let platform = Platform::new("bench_pg_write", 1).await?;
+    let pool = shared_schema::db::connect_and_migrate(&platform.database_url, 4).await?;
+    let catalog = MetricCatalog::load(None)?;
+    let (index, metric) = catalog
+        .get("page_views")
+        .context("page_views is a default metric")?;
+    let bucket = bucket_start(now_millis(), MINUTE_MS);
+
+    // Each batch upserts the same keys: the first inserts them, the rest take the conflict path,
+    // as a busy bucket does.
+    let batch_partials = || {
+        let mut per_partition: BTreeMap<i32, HashMap<PartialKey, Partial>> = BTreeMap::new();
+        for row in 0..rows_per_batch {
+            let event = Event {
+                event_id: format!("w{row}"),
+                event_type: "page_view".into(),
+                event_time: bucket + (row as i64 % MINUTE_MS),
+                schema_version: 2,
+                user_id: None,
+                product_id: Some(format!("p{}", row / PARTITIONS as usize)),
+                amount_micros: None,
+                city: None,
+                country: None,
+            };
+            let table = per_partition.entry(row as i32 % PARTITIONS).or_default();
+            MetricCatalog::fold_one(index, metric, &event, table);
+        }
+        per_partition
+    };
+    let upserting = Instant::now();
+    for _ in 0..batches {
+        let mut tx = pool.begin().await?;
+        speed_layer::upsert_partials(&mut tx, &catalog, batch_partials()).await?;
+        tx.commit().await?;
+    }
+    let upsert_rate = (rows_per_batch * batches) as f64 / upserting.elapsed().as_secs_f64();
+
+    sqlx::query(
+        "CREATE TABLE bench_copy (metric text, bucket_start timestamptz, dims text, partition int,
+                                  event_count bigint, sum_micros numeric)",
+    )
+    .execute(&pool)
+    .await?;
+    let mut text = String::new();
+    for row in 0..rows_per_batch {
+        text.push_str(&format!(
+            "page_views\t2026-11-21 00:00:00+00\t{{\"product_id\":\"p{}\"}}\t{}\t1\t0\n",
+            row / PARTITIONS as usize,
+            row as i32 % PARTITIONS
+        ));
+    }
+    let copying = Instant::now();
+    for _ in 0..batches {
+        let mut conn = pool.acquire().await?;
+        let mut copy = conn.copy_in_raw("COPY bench_copy FROM STDIN").await?;
+        copy.send(text.as_bytes()).await?;
+        copy.finish().await?;
+    }
+    let copy_rate = (rows_per_batch * batches) as f64 / copying.elapsed().as_secs_f64();
+    Ok(vec![Figure::new(
+        "aggregate upserts",
+        (upsert_rate, "rows/s"),
+        ("COPY into a plain table", copy_rate),
+        format!(
+            "UNNEST insert .. on conflict do update, {rows_per_batch} rows per statement and transaction, \
+             {batches} batches over the same keys (the first inserts, the rest update)"
+        ),
+    )])
+}

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs every benchmark in one command: starts Postgres and the broker on their own ports,
+# installs DuckDB (PyPI) into a virtualenv under .local/, builds in release mode and runs
+# `bench`, which prints a table and writes bench/results/latest.json. Extra arguments go to
+# `bench` (see `target/release/bench --help`), e.g. `--only throughput,freshness`.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+
+PG_PORT=${BENCH_PG_PORT:-55632}
+KAFKA_PORT=${BENCH_KAFKA_PORT:-19292}
+
+ensure_postgres
+ensure_tansu
+start_postgres bench-pg "$PG_PORT"
+start_tansu bench-broker "$KAFKA_PORT"
+cleanup() {
+  stop_tansu bench-broker
+  stop_postgres bench-pg
+}
+if [ "${KEEP_STACK:-0}" != 1 ]; then trap cleanup EXIT; fi
+
+VENV="$STATE/bench-venv"
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import duckdb" 2>/dev/null; then
+  log "installing DuckDB into $VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q duckdb
+fi
+
+log "building (release)"
+cargo build --release -p platform-bench -p speed-layer -p batch-layer -p serving-layer
+
+export E2E_DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
+export E2E_KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
+export RUST_LOG=${RUST_LOG:-warn}
+log "benchmarking"
+"$ROOT/target/release/bench" --python "$VENV/bin/python" "$@"
