@@ -51,7 +51,10 @@ async fn two_instances_share_partitions_and_survive_a_kill() -> Result<()> {
         }
         match round {
             1 => first.kill9().await?,
-            2 => first = platform.spawn_as("speed-first", "speed-layer", &["run"])?,
+            2 => {
+                platform_tests::wait_out_group_session().await;
+                first = platform.spawn_as("speed-first", "speed-layer", &["run"])?
+            }
             _ => {}
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -276,6 +276,9 @@ async fn restart_after_kill(
     args: &[&str],
 ) -> Result<()> {
     service.kill9().await?;
+    if binary == "speed-layer" {
+        platform_tests::wait_out_group_session().await;
+    }
     *service = platform.spawn(binary, args)?;
     Ok(())
 }
