@@ -13,7 +13,7 @@ KAFKA_PORT=${BENCH_KAFKA_PORT:-19292}
 ensure_postgres
 ensure_tansu
 start_postgres bench-pg "$PG_PORT"
-start_tansu bench-broker "$KAFKA_PORT"
+start_tansu bench-broker "$KAFKA_PORT" fresh
 cleanup() {
   stop_tansu bench-broker
   stop_postgres bench-pg

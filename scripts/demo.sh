@@ -13,9 +13,9 @@ HTTP=${LISTEN_ADDR:-127.0.0.1:8080}
 ensure_postgres
 ensure_tansu
 start_postgres demo-pg "$PG_PORT"
-start_tansu demo-broker "$KAFKA_PORT"
-# The broker keeps its log in memory, so every demo starts from empty state: a fresh database
-# and lake, whose stored offsets match the new topic.
+start_tansu demo-broker "$KAFKA_PORT" fresh
+# Every demo starts from empty state: a fresh broker log (above), database and lake, so the
+# stored offsets match the new topic.
 pg_run "$(pg_bin)/dropdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres --if-exists platform
 pg_run "$(pg_bin)/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres platform
 rm -rf "$STATE/demo-lake"

@@ -25,10 +25,26 @@ ensure_postgres() {
   fi
 }
 
+# `libsql` gives the broker its durable sqlite:// log, which survives the restarts of the chaos
+# test; `dynostore` its memory:// one; `postgres` an engine whose schema must exist beforehand.
+TANSU_FEATURES=dynostore,postgres,libsql
+
+# Whether the installed tansu was built with every feature in TANSU_FEATURES (cargo records
+# them in .crates2.json).
+tansu_has_features() {
+  command -v tansu >/dev/null 2>&1 || return 1
+  local entry
+  entry=$(grep -o '"tansu [^"]*": *{[^}]*}' "${CARGO_HOME:-$HOME/.cargo}/.crates2.json" 2>/dev/null) || return 1
+  local feature
+  for feature in ${TANSU_FEATURES//,/ }; do
+    case $entry in *"\"$feature\""*) ;; *) return 1 ;; esac
+  done
+}
+
 ensure_tansu() {
-  if ! command -v tansu >/dev/null 2>&1; then
-    log "installing the tansu broker with cargo (about 9 minutes, once)"
-    cargo install --locked tansu --features dynostore,postgres
+  if ! tansu_has_features; then
+    log "installing the tansu broker with cargo (about 12 minutes, once)"
+    cargo install --locked tansu --features "$TANSU_FEATURES"
   fi
 }
 
@@ -85,27 +101,34 @@ wait_for_port() {
   return 1
 }
 
-# start_tansu NAME PORT: the broker on 127.0.0.1:PORT with in-memory storage.
+# start_tansu NAME PORT [fresh]: the broker on 127.0.0.1:PORT, its log in .local/NAME/log.db,
+# which a restart keeps unless `fresh` is given. A broker already listening is left as it is.
 start_tansu() {
-  local name=$1 port=$2
+  local name=$1 port=$2 fresh=${3:-}
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     return 0
   fi
   log "starting the broker on 127.0.0.1:$port"
   mkdir -p "$STATE/$name"
+  if [ "$fresh" = fresh ]; then rm -f "$STATE/$name"/log.db*; fi
   # Group coordinator decisions (joins, expiries) are what a failed scenario needs to see.
-  RUST_LOG=${BROKER_LOG:-warn,tansu_broker::coordinator=info} nohup tansu broker \
+  # tansu reads a sqlite:// path relative to its working directory.
+  (cd "$STATE/$name" && RUST_LOG=${BROKER_LOG:-warn,tansu_broker::coordinator=info} exec nohup tansu broker \
     --listener-url "tcp://127.0.0.1:$port" \
     --advertised-listener-url "tcp://127.0.0.1:$port" \
-    --storage-engine memory://tansu/ >"$STATE/$name/broker.log" 2>&1 &
+    --storage-engine sqlite://log.db >>broker.log 2>&1 </dev/null) &
   echo $! >"$STATE/$name/broker.pid"
   wait_for_port "$port" "the broker"
 }
 
 stop_tansu() {
-  local name=$1
+  local name=$1 pid
   if [ -f "$STATE/$name/broker.pid" ]; then
-    kill "$(cat "$STATE/$name/broker.pid")" 2>/dev/null || true
+    pid=$(cat "$STATE/$name/broker.pid")
+    kill "$pid" 2>/dev/null || true
+    # Its port and log file are free only once it has exited.
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     rm -f "$STATE/$name/broker.pid"
   fi
 }
+

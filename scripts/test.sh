@@ -12,7 +12,7 @@ KAFKA_PORT=${E2E_KAFKA_PORT:-19092}
 ensure_postgres
 ensure_tansu
 start_postgres test-pg "$PG_PORT"
-start_tansu test-broker "$KAFKA_PORT"
+start_tansu test-broker "$KAFKA_PORT" fresh
 cleanup() {
   stop_tansu test-broker
   stop_postgres test-pg
