@@ -13,7 +13,9 @@ KAFKA_PORT=${BENCH_KAFKA_PORT:-19292}
 ensure_postgres
 ensure_tansu
 start_postgres bench-pg "$PG_PORT"
-start_tansu bench-broker "$KAFKA_PORT" fresh
+# The broker keeps its log in memory here, so that its disk does not bound the figures; the
+# baselines read from the same broker.
+TANSU_STORAGE=memory://tansu/ start_tansu bench-broker "$KAFKA_PORT" fresh
 cleanup() {
   stop_tansu bench-broker
   stop_postgres bench-pg

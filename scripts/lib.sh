@@ -103,6 +103,7 @@ wait_for_port() {
 
 # start_tansu NAME PORT [fresh]: the broker on 127.0.0.1:PORT, its log in .local/NAME/log.db,
 # which a restart keeps unless `fresh` is given. A broker already listening is left as it is.
+# TANSU_STORAGE overrides the storage engine URL (the benchmarks use memory://tansu/).
 start_tansu() {
   local name=$1 port=$2 fresh=${3:-}
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
@@ -116,7 +117,7 @@ start_tansu() {
   (cd "$STATE/$name" && RUST_LOG=${BROKER_LOG:-warn,tansu_broker::coordinator=info} exec nohup tansu broker \
     --listener-url "tcp://127.0.0.1:$port" \
     --advertised-listener-url "tcp://127.0.0.1:$port" \
-    --storage-engine sqlite://log.db >>broker.log 2>&1 </dev/null) &
+    --storage-engine "${TANSU_STORAGE:-sqlite://log.db}" >>broker.log 2>&1 </dev/null) &
   echo $! >"$STATE/$name/broker.pid"
   wait_for_port "$port" "the broker"
 }
