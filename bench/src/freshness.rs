@@ -24,7 +24,7 @@ const PARTITIONS: i32 = 4;
 const WARMUP: Duration = Duration::from_secs(2);
 
 pub async fn run(rate: f64, seconds: u64) -> Result<Vec<Figure>> {
-    let platform = Platform::new("bench_freshness", PARTITIONS).await?;
+    let platform = crate::load::bench_platform("bench_freshness", PARTITIONS).await?;
     let _speed = platform.spawn("speed-layer", &["run"])?;
     let _serving = platform.spawn("serving-layer", &["run"])?;
     platform.wait_for_http().await?;

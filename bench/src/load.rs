@@ -161,3 +161,14 @@ pub fn rss_mib(pid: u32) -> Result<f64> {
         .unwrap_or(0.0);
     Ok(kib / 1024.0)
 }
+
+/// A private platform (database, topic, lake) whose services log at `BENCH_SERVICE_LOG`
+/// (default `warn`), so that logging does not weigh on the figures.
+pub async fn bench_platform(name: &str, partitions: i32) -> Result<platform_tests::Platform> {
+    let mut platform = platform_tests::Platform::new(name, partitions).await?;
+    platform.extra_env.push((
+        "RUST_LOG".into(),
+        std::env::var("BENCH_SERVICE_LOG").unwrap_or_else(|_| "warn".into()),
+    ));
+    Ok(platform)
+}

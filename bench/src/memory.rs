@@ -16,7 +16,7 @@ pub async fn run(checkpoints: &[u64]) -> Result<Vec<Figure>> {
         .copied()
         .max()
         .context("no checkpoints")?;
-    let platform = Platform::new("bench_memory", PARTITIONS).await?;
+    let platform = crate::load::bench_platform("bench_memory", PARTITIONS).await?;
     let mut maker = EventMaker::new(2, 1_000_000, now_millis());
     let ends = preload(
         &platform.brokers,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 const PARTITIONS: i32 = 4;
 
 pub async fn run(events: u64) -> Result<Vec<Figure>> {
-    let platform = Platform::new("bench_throughput", PARTITIONS).await?;
+    let platform = crate::load::bench_platform("bench_throughput", PARTITIONS).await?;
     let mut maker = EventMaker::new(1, 1_000_000, now_millis());
     let loading = Instant::now();
     let ends = preload(

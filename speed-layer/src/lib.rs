@@ -166,6 +166,7 @@ impl SpeedLayer {
                 .map(|&i| to_datetime(bucket_start(batch.events[i].event.event_time, alignment)))
                 .collect();
 
+            let mut phases = PhaseTimer::start();
             let mut tx = self.pool.begin().await?;
             let claimed: HashSet<String> = if ids.is_empty() {
                 HashSet::new()
@@ -184,6 +185,7 @@ impl SpeedLayer {
                 .collect()
             };
 
+            phases.lap("claim");
             let claimed_events: Vec<&SourcedEvent> = candidates
                 .iter()
                 .map(|&i| &batch.events[i])
@@ -209,17 +211,23 @@ impl SpeedLayer {
                     MetricCatalog::fold_one(index, metric, &sourced.event, table);
                 }
             }
+            phases.lap("fold");
             apply_sessions(&mut tx, &self.catalog, &applied, &mut per_partition).await?;
+            phases.lap("sessions");
             late.write(&mut tx, &self.catalog).await?;
+            phases.lap("late");
             upsert_partials(&mut tx, &self.catalog, per_partition).await?;
+            phases.lap("upsert");
             store_positions(&mut tx, PositionTable::Speed, topic, &batch.positions).await?;
             // After the positions, whose upsert creates a partition's row on its first batch.
             store_watermarks(&mut tx, topic, progress).await?;
             quarantine::record(&mut tx, topic, CONSUMER_NAME, &batch.bad).await?;
             tx.commit().await?;
+            phases.lap("commit");
             tracing::debug!(
                 claimed = claimed.len(),
                 duplicates = candidates.len() - claimed.len(),
+                phases_ms = %phases,
                 "committed"
             );
             Ok(())
@@ -747,6 +755,36 @@ async fn merge_stored_sketches(
 }
 
 /// `p0:10..42 p1:7..9`: the offset range of each partition in the batch, for the span.
+/// Where a batch commit spends its time, for the debug log and profiling.
+struct PhaseTimer {
+    last: std::time::Instant,
+    laps: Vec<(&'static str, Duration)>,
+}
+
+impl PhaseTimer {
+    fn start() -> Self {
+        PhaseTimer {
+            last: std::time::Instant::now(),
+            laps: Vec::new(),
+        }
+    }
+
+    fn lap(&mut self, phase: &'static str) {
+        let now = std::time::Instant::now();
+        self.laps.push((phase, now - self.last));
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for PhaseTimer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (phase, took) in &self.laps {
+            write!(f, "{phase}={} ", took.as_millis())?;
+        }
+        Ok(())
+    }
+}
+
 fn describe_offsets(batch: &Batch) -> String {
     let mut ranges: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
     let offsets = batch
