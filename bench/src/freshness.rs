@@ -8,7 +8,7 @@
 use crate::load::bulk_producer;
 use crate::report::Figure;
 use anyhow::Result;
-use platform_tests::{Platform, first_series_total};
+use platform_tests::first_series_total;
 use rdkafka::ClientConfig;
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};

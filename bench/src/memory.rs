@@ -4,7 +4,6 @@
 use crate::load::{EventMaker, preload, rss_mib};
 use crate::report::Figure;
 use anyhow::{Context, Result};
-use platform_tests::Platform;
 use shared_schema::time::now_millis;
 use std::time::{Duration, Instant};
 

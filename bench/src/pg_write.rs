@@ -4,7 +4,6 @@
 
 use crate::report::Figure;
 use anyhow::{Context, Result};
-use platform_tests::Platform;
 use shared_schema::event::Event;
 use shared_schema::metrics::{MetricCatalog, Partial, PartialKey};
 use shared_schema::time::{MINUTE_MS, bucket_start, now_millis};

@@ -4,7 +4,6 @@
 use crate::load::{EventMaker, bare_consume, preload};
 use crate::report::Figure;
 use anyhow::Result;
-use platform_tests::Platform;
 use shared_schema::time::now_millis;
 use std::time::{Duration, Instant};
 
