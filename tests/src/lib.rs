@@ -349,8 +349,10 @@ impl Platform {
 
 impl Drop for Platform {
     fn drop(&mut self) {
-        // Keep the lake and logs of a failed scenario for inspection; clean up a passed one.
+        // Keep the lake and logs of a failed scenario, or of any with E2E_KEEP set, for
+        // inspection; clean up the rest.
         if !std::thread::panicking()
+            && std::env::var_os("E2E_KEEP").is_none()
             && let Some(dir) = self.lake_dir.parent()
         {
             let _ = std::fs::remove_dir_all(dir);
