@@ -55,20 +55,31 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
     let mut figures = Vec::new();
+    // One benchmark failing leaves the others' figures standing.
+    let mut keep = |name: &str, result: Result<Vec<report::Figure>>| match result {
+        Ok(more) => figures.extend(more),
+        Err(e) => eprintln!("{name} failed: {e:#}"),
+    };
     if wanted("pg-write") {
-        figures.extend(pg_write::run(args.pg_rows, args.pg_batches).await?);
+        keep(
+            "pg-write",
+            pg_write::run(args.pg_rows, args.pg_batches).await,
+        );
     }
     if wanted("throughput") {
-        figures.extend(throughput::run(args.throughput_events).await?);
+        keep("throughput", throughput::run(args.throughput_events).await);
     }
     if wanted("freshness") {
-        figures.extend(freshness::run(args.freshness_rate, args.freshness_seconds).await?);
+        keep(
+            "freshness",
+            freshness::run(args.freshness_rate, args.freshness_seconds).await,
+        );
     }
     if wanted("batch") {
-        figures.extend(batch::run(args.batch_events, &args.python).await?);
+        keep("batch", batch::run(args.batch_events, &args.python).await);
     }
     if wanted("memory") {
-        figures.extend(memory::run(&args.memory_checkpoints).await?);
+        keep("memory", memory::run(&args.memory_checkpoints).await);
     }
     report::print_table(&figures);
     if let Some(dir) = args.out.parent() {
