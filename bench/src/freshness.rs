@@ -156,6 +156,12 @@ pub async fn run(rate: f64, seconds: u64) -> Result<Vec<Figure>> {
         served.len(),
         total
     );
+    // Events never seen served within the drain would otherwise drop out of the percentiles.
+    let measured = sent_at
+        .iter()
+        .filter(|s| s.load(Ordering::Relaxed) >= WARMUP.as_micros() as u64)
+        .count();
+    let all_seen = served.len() >= measured;
     let (p50, p99) = (percentile(&mut served, 0.5), percentile(&mut served, 0.99));
     let (bare50, bare99) = (percentile(&mut bare, 0.5), percentile(&mut bare, 0.99));
     Ok(vec![
@@ -172,8 +178,8 @@ pub async fn run(rate: f64, seconds: u64) -> Result<Vec<Figure>> {
             details,
         )
         .target(
-            "p99 < 1000 ms at 20000 events/s",
-            p99 < 1000.0 && achieved >= 19_000.0,
+            "p99 < 1000 ms at 20000 events/s, every event seen served",
+            p99 < 1000.0 && achieved >= 19_000.0 && all_seen,
         ),
     ])
 }
