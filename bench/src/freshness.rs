@@ -150,18 +150,18 @@ pub async fn run(rate: f64, seconds: u64) -> Result<Vec<Figure>> {
             served.push(visible.saturating_sub(sent) as f64 / 1000.0);
         }
     }
-    let details = format!(
-        "{total} events at {achieved:.0}/s achieved ({rate:.0}/s asked) over {seconds}s, {PARTITIONS} partitions; \
-         served latency from counts polled every 20 ms; {} of {} events seen served",
-        served.len(),
-        total
-    );
     // Events never seen served within the drain would otherwise drop out of the percentiles.
     let measured = sent_at
         .iter()
         .filter(|s| s.load(Ordering::Relaxed) >= WARMUP.as_micros() as u64)
         .count();
     let all_seen = served.len() >= measured;
+    let details = format!(
+        "{total} events at {achieved:.0}/s achieved ({rate:.0}/s asked) over {seconds}s, {PARTITIONS} partitions; \
+         served latency from counts polled every 20 ms; {} of the {measured} events sent after the {WARMUP:?} \
+         warm-up seen served",
+        served.len()
+    );
     let (p50, p99) = (percentile(&mut served, 0.5), percentile(&mut served, 0.99));
     let (bare50, bare99) = (percentile(&mut bare, 0.5), percentile(&mut bare, 0.99));
     Ok(vec![
