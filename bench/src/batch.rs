@@ -2,6 +2,7 @@
 //! `event_id`, then every default metric) and DuckDB running the same dedupe and aggregation
 //! (`bench/duckdb_recompute.py`) over the same Parquet files.
 
+use crate::load::{COUNTRIES, KINDS};
 use crate::report::Figure;
 use anyhow::{Context, Result, ensure};
 use batch_layer::lake::{events_to_batch, partition_of, write_parquet_atomically};
@@ -18,17 +19,6 @@ use std::time::Instant;
 
 /// Rows per generated file (one file per hour partition per chunk).
 const CHUNK: u64 = 1_000_000;
-const KINDS: [&str; 8] = [
-    "page_view",
-    "page_view",
-    "page_view",
-    "page_view",
-    "click",
-    "purchase",
-    "error",
-    "login_failed",
-];
-const COUNTRIES: [&str; 6] = ["DE", "FR", "ES", "US", "JP", "BR"];
 
 pub async fn run(events: u64, python: &Path) -> Result<Vec<Figure>> {
     let lake = platform_tests::target_dir()?.join("bench-lake");

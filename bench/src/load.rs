@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 /// Event types in the shares a storefront sees; every default metric gets input.
-const KINDS: [&str; 8] = [
+pub const KINDS: [&str; 8] = [
     "page_view",
     "page_view",
     "page_view",
@@ -22,7 +22,7 @@ const KINDS: [&str; 8] = [
     "error",
     "login_failed",
 ];
-const COUNTRIES: [&str; 6] = ["DE", "FR", "ES", "US", "JP", "BR"];
+pub const COUNTRIES: [&str; 6] = ["DE", "FR", "ES", "US", "JP", "BR"];
 
 /// Generates the `index`-th event deterministically: `users` distinct users, event times spread
 /// over the hour before `end`.
