@@ -294,6 +294,12 @@ impl Platform {
             .await
     }
 
+    /// Waits until both consumers, the speed layer and the lander, have read up to `ends`.
+    pub async fn wait_both_caught_up(&self, ends: &HashMap<i32, i64>) -> Result<()> {
+        self.wait_caught_up("speed_offsets", ends).await?;
+        self.wait_caught_up("lake_progress", ends).await
+    }
+
     /// [`Platform::wait_caught_up`] with its own time limit.
     pub async fn wait_caught_up_within(
         &self,

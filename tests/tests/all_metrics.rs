@@ -75,12 +75,7 @@ impl Run {
             }
             self.sent.entry(e.id.clone()).or_insert_with(|| e.clone());
         }
-        self.platform
-            .wait_caught_up("speed_offsets", &self.ends)
-            .await?;
-        self.platform
-            .wait_caught_up("lake_progress", &self.ends)
-            .await
+        self.platform.wait_both_caught_up(&self.ends).await
     }
 
     async fn check(&self, step: &str) -> Result<()> {

@@ -173,8 +173,7 @@ async fn random_kills_and_server_restarts_lose_nothing_and_count_nothing_twice()
     );
     fleet.restart_due(&platform, true).await?;
 
-    platform.wait_caught_up("speed_offsets", &ends).await?;
-    platform.wait_caught_up("lake_progress", &ends).await?;
+    platform.wait_both_caught_up(&ends).await?;
     fleet.assert_running()?;
     fleet.stop_scheduler().await?;
     let (ok, output) = platform.run("batch-layer", &["run"]).await?;

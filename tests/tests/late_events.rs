@@ -169,8 +169,7 @@ async fn an_outage_of_late_events_follows_each_policy_and_heals_in_the_batch() -
             }
             sent.push(p);
         }
-        platform.wait_caught_up("speed_offsets", &ends).await?;
-        platform.wait_caught_up("lake_progress", &ends).await?;
+        platform.wait_both_caught_up(&ends).await?;
         if round == 0 {
             // Let the watermark settle past the normal traffic before the outage begins.
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;

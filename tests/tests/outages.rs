@@ -71,8 +71,7 @@ async fn postgres_restart_loses_nothing_and_serving_says_503_meanwhile() -> Resu
     stack("start_postgres")?;
 
     platform.wait_for_http().await?;
-    platform.wait_caught_up("speed_offsets", &ends).await?;
-    platform.wait_caught_up("lake_progress", &ends).await?;
+    platform.wait_both_caught_up(&ends).await?;
     wait_until(
         Duration::from_secs(30),
         "all 200 purchases to be served",

@@ -45,8 +45,7 @@ async fn pin_rollback_staging_cleanup_and_gaps_after_retention() -> Result<()> {
             .send_tracked((i % PARTITIONS as i64) as i32, &payload, &mut ends)
             .await?;
     }
-    platform.wait_caught_up("speed_offsets", &ends).await?;
-    platform.wait_caught_up("lake_progress", &ends).await?;
+    platform.wait_both_caught_up(&ends).await?;
 
     let (t1, t2) = (base + 3 * MINUTE_MS, base + 20 * MINUTE_MS);
     run(&platform, &["run", "--cutover", &format_rfc3339(t1)]).await?;

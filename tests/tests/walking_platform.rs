@@ -172,12 +172,7 @@ impl Scenario {
     }
 
     async fn wait_caught_up(&self) -> Result<()> {
-        self.platform
-            .wait_caught_up("speed_offsets", &self.ends)
-            .await?;
-        self.platform
-            .wait_caught_up("lake_progress", &self.ends)
-            .await
+        self.platform.wait_both_caught_up(&self.ends).await
     }
 
     async fn cutover(&self) -> Result<Option<Millis>> {
