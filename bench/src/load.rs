@@ -4,6 +4,7 @@ use anyhow::{Result, bail};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::ClientConfig;
+use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
@@ -136,7 +137,6 @@ pub fn bare_consume(brokers: &str, topic: &str, ends: &HashMap<i32, i64>) -> Res
             continue;
         };
         let message = message?;
-        use rdkafka::Message;
         checksum = checksum.wrapping_add(message.payload().map_or(0, |p| p.len() as u64));
         read += 1;
         if remaining
