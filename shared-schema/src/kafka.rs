@@ -153,8 +153,11 @@ impl ConsumerContext for SourceContext {
 pub struct EventSource {
     consumer: StreamConsumer<SourceContext>,
     topic: String,
+    /// Positions after the last batch handed out, with the group's assignment changes applied.
     positions: BTreeMap<i32, PartitionPosition>,
     max_skew_ms: Millis,
+    /// A `next_batch` call is under way; still set on entry means the last one was dropped.
+    batch_in_flight: bool,
 }
 
 impl EventSource {
@@ -194,6 +197,7 @@ impl EventSource {
             topic: topic.to_string(),
             positions,
             max_skew_ms,
+            batch_in_flight: false,
         })
     }
 
@@ -231,13 +235,16 @@ impl EventSource {
             topic: topic.to_string(),
             positions: BTreeMap::new(),
             max_skew_ms,
+            batch_in_flight: false,
         })
     }
 
-    /// Applies the group's assignment changes to the positions this instance owns.
+    /// Applies the group's assignment changes to the positions this instance owns: `owned`, the
+    /// positions of the last batch handed out, and `reading`, those of the batch being read.
     fn apply_assignment_changes(
         context: &SourceContext,
-        positions: &mut BTreeMap<i32, PartitionPosition>,
+        owned: &mut BTreeMap<i32, PartitionPosition>,
+        reading: &mut BTreeMap<i32, PartitionPosition>,
     ) {
         let Some(group) = &context.group else { return };
         let changes = match group.changes.lock() {
@@ -246,14 +253,44 @@ impl EventSource {
         };
         for change in changes {
             match change {
-                AssignmentChange::Assigned(assigned) => positions.extend(assigned),
+                AssignmentChange::Assigned(assigned) => {
+                    owned.extend(assigned.clone());
+                    reading.extend(assigned);
+                }
                 AssignmentChange::Revoked(partitions) => {
                     for partition in partitions {
-                        positions.remove(&partition);
+                        owned.remove(&partition);
+                        reading.remove(&partition);
                     }
                 }
             }
         }
+    }
+
+    /// Puts the consumer back at the positions of the last batch handed out, after a
+    /// `next_batch` call was dropped with messages it had taken from the consumer.
+    fn rewind(&self) -> Result<(), SourceError> {
+        let mut list = TopicPartitionList::new();
+        for (partition, position) in &self.positions {
+            list.add_partition_offset(
+                &self.topic,
+                *partition,
+                Offset::Offset(position.next_offset),
+            )?;
+        }
+        if list.count() == 0 {
+            return Ok(());
+        }
+        tracing::info!(positions = ?self.positions.iter().map(|(p, pos)| (*p, pos.next_offset)).collect::<Vec<_>>(), "rewinding after an interrupted batch");
+        let result = tokio::task::block_in_place(|| {
+            self.consumer.seek_partitions(list, Duration::from_secs(10))
+        })?;
+        for element in result.elements() {
+            if let Err(e) = element.error() {
+                tracing::error!(partition = element.partition(), error = %e, "could not rewind a partition");
+            }
+        }
+        Ok(())
     }
 
     pub fn topic(&self) -> &str {
@@ -261,8 +298,9 @@ impl EventSource {
     }
 
     /// Reads until `max_messages` messages are in hand or `max_wait` has passed, whichever is
-    /// first; may return an empty batch. Cancel-safe: a dropped call loses nothing that was not
-    /// already in memory, and positions only move when the caller stores a batch's.
+    /// first; may return an empty batch. Cancel-safe: positions move only when a batch is
+    /// returned, and the call after a dropped one first puts the consumer back at them, so the
+    /// messages the dropped call had taken are read again.
     pub async fn next_batch(
         &mut self,
         max_messages: usize,
@@ -270,12 +308,18 @@ impl EventSource {
     ) -> Result<Batch, SourceError> {
         let deadline = Instant::now() + max_wait;
         let mut batch = Batch::default();
-        Self::apply_assignment_changes(self.consumer.context(), &mut self.positions);
+        let mut reading = self.positions.clone();
+        Self::apply_assignment_changes(self.consumer.context(), &mut self.positions, &mut reading);
+        if self.batch_in_flight {
+            self.rewind()?;
+            reading = self.positions.clone();
+        }
+        self.batch_in_flight = true;
         while batch.events.len() + batch.bad.len() < max_messages {
             let message = match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
                 Err(_elapsed) => break,
                 Ok(Err(KafkaError::PartitionEOF(partition))) => {
-                    if let Some(position) = self.positions.get_mut(&partition)
+                    if let Some(position) = reading.get_mut(&partition)
                         && !position.caught_up
                     {
                         position.caught_up = true;
@@ -291,11 +335,24 @@ impl EventSource {
                 Ok(Ok(message)) => message,
             };
             let (partition, offset) = (message.partition(), message.offset());
-            Self::apply_assignment_changes(self.consumer.context(), &mut self.positions);
+            Self::apply_assignment_changes(
+                self.consumer.context(),
+                &mut self.positions,
+                &mut reading,
+            );
             // A message of a partition this instance no longer owns is its new owner's to count.
-            let Some(position) = self.positions.get_mut(&partition) else {
+            let Some(position) = reading.get_mut(&partition) else {
                 continue;
             };
+            if offset > position.next_offset {
+                // Compaction and transaction markers leave gaps; anything else here is a bug.
+                tracing::warn!(
+                    partition,
+                    expected = position.next_offset,
+                    offset,
+                    "offsets skipped"
+                );
+            }
             position.next_offset = offset + 1;
             position.caught_up = false;
             batch.advanced = true;
@@ -323,6 +380,8 @@ impl EventSource {
                 }
             }
         }
+        self.positions = reading;
+        self.batch_in_flight = false;
         batch.positions = self.positions.clone();
         Ok(batch)
     }

@@ -86,18 +86,19 @@ impl SpeedLayer {
 
         let mut clock = EventClock::new(&stored, &self.config);
         tokio::pin!(shutdown);
-        let mut retention = tokio::time::interval(RETENTION_INTERVAL);
+        let mut last_retention: Option<tokio::time::Instant> = None;
         loop {
+            // Retention runs between batches, never by interrupting one.
+            if last_retention.is_none_or(|at| at.elapsed() >= RETENTION_INTERVAL) {
+                if let Err(e) = self.apply_retention().await {
+                    tracing::warn!(error = %e, "retention failed; will retry");
+                }
+                last_retention = Some(tokio::time::Instant::now());
+            }
             let batch = tokio::select! {
                 _ = &mut shutdown => {
                     tracing::info!("shutting down");
                     return Ok(());
-                }
-                _ = retention.tick() => {
-                    if let Err(e) = self.apply_retention().await {
-                        tracing::warn!(error = %e, "retention failed; will retry");
-                    }
-                    continue;
                 }
                 batch = source.next_batch(self.config.speed.batch_max_events, self.config.speed.batch_max_wait.as_std()) => batch?,
             };
