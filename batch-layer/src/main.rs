@@ -1,4 +1,5 @@
 use anyhow::Context;
+use batch_layer::incremental::Request;
 use batch_layer::land::Lander;
 use batch_layer::recompute::{RunOptions, describe, run_once};
 use batch_layer::schedule::{parse_cron, run_on_schedule};
@@ -21,12 +22,22 @@ struct Cli {
 enum Command {
     /// Consume the events topic into the lake until SIGTERM.
     Land,
-    /// Recompute every metric from the whole lake, then promote the view and its cutover.
+    /// Recompute the metrics, then promote the view and its cutover. By default only the lake
+    /// hours that changed since the promoted view are recomputed; the rest of it is reused.
     Run {
         /// The cutover T (RFC 3339), rounded down to a bucket boundary. Default: the latest
         /// boundary at which the lake is complete.
         #[arg(long, value_parser = parse_time)]
         cutover: Option<i64>,
+        /// Recompute every hour of the lake.
+        #[arg(long)]
+        full: bool,
+        /// Backfill: also recompute the hours from this time (RFC 3339)...
+        #[arg(long, value_parser = parse_time, requires = "to")]
+        from: Option<i64>,
+        /// ...up to this one, even if their files did not change.
+        #[arg(long, value_parser = parse_time, requires = "from")]
+        to: Option<i64>,
     },
     /// Serve an existing view version, and its cutover.
     Promote {
@@ -61,8 +72,20 @@ async fn main() -> anyhow::Result<()> {
                 .run(telemetry::shutdown_signal())
                 .await?
         }
-        Command::Run { cutover } => {
-            let outcome = run_once(&pool, &config, &catalog, &RunOptions { cutover }).await?;
+        Command::Run {
+            cutover,
+            full,
+            from,
+            to,
+        } => {
+            let options = RunOptions {
+                cutover,
+                request: Request {
+                    full,
+                    backfill: from.zip(to),
+                },
+            };
+            let outcome = run_once(&pool, &config, &catalog, &options).await?;
             println!("{}", describe(&outcome));
         }
         Command::Promote { version } => {

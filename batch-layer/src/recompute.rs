@@ -11,6 +11,7 @@
 //!    and T stay served; a run killed at any earlier step changes nothing that is served.
 
 use crate::BatchError;
+use crate::incremental::{self, HourDigests, Scope};
 use crate::lake::lake_schema;
 use crate::sketch_udaf::hll_sketch;
 use arrow::array::{Array, AsArray, RecordBatch};
@@ -19,9 +20,10 @@ use arrow::compute::cast;
 use arrow::datatypes::Decimal128Type;
 use arrow::datatypes::{DataType, Int64Type};
 use chrono::{DateTime, Utc};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::functions_aggregate::expr_fn::{count, max, min, sum};
 use datafusion::logical_expr::cast as cast_expr;
-use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext, col, lit};
+use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionConfig, SessionContext, col, lit};
 use shared_schema::config::PlatformConfig;
 use shared_schema::cutover::{LandedPartition, choose_cutover, lake_complete_until};
 use shared_schema::hll::Hll;
@@ -29,8 +31,9 @@ use shared_schema::metrics::{Aggregation, Dimension, ValueField};
 use shared_schema::metrics::{MetricCatalog, MetricDef, Partial, encode_dims};
 use shared_schema::query::BucketRow;
 use shared_schema::time::{Millis, format_rfc3339, to_datetime};
-use shared_schema::view::{SUM_TYPE, VIEW_FILE, ViewRow, write_view};
+use shared_schema::view::{SUM_TYPE, VIEW_FILE, ViewRow, read_view, write_view};
 use sqlx::{Connection, PgConnection, PgPool};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use tracing::Instrument;
 
@@ -41,6 +44,8 @@ const RUN_LOCK_KEY: i64 = 0x6261_7463_685f_7275; // "batch_ru"
 pub struct RunOptions {
     /// The operator's `--cutover`; rounded down to a bucket boundary.
     pub cutover: Option<Millis>,
+    /// `--full`, `--from`/`--to`.
+    pub request: incremental::Request,
 }
 
 #[derive(Debug, Clone)]
@@ -50,14 +55,55 @@ pub struct RunOutcome {
     pub view_rows: usize,
     pub lake_files: usize,
     pub lake_rows: i64,
+    /// Hours recomputed; `None` for a full recompute.
+    pub recomputed_hours: Option<usize>,
+    /// Rows copied from the promoted view.
+    pub reused_rows: usize,
 }
 
-/// What one snapshot of the metadata says about the lake.
+/// One file of the lake, as the manifest lists it.
+struct LakeFile {
+    path: String,
+    hour: Millis,
+    rows: i64,
+}
+
+/// What one snapshot of the metadata says about the lake and the promoted view.
 struct LakeSnapshot {
-    files: Vec<String>,
+    files: Vec<LakeFile>,
     rows: i64,
     landed: Vec<LandedPartition>,
     current_cutover: Option<Millis>,
+    /// The promoted view, its lake digests and its catalogue digest, if it recorded them.
+    promoted: Option<PromotedView>,
+}
+
+struct PromotedView {
+    view_path: String,
+    definitions: String,
+    previous: incremental::Previous,
+}
+
+impl LakeSnapshot {
+    fn hour_digests(&self) -> HourDigests {
+        let mut by_hour: BTreeMap<Millis, Vec<(&str, i64)>> = BTreeMap::new();
+        for file in &self.files {
+            by_hour
+                .entry(file.hour)
+                .or_default()
+                .push((&file.path, file.rows));
+        }
+        by_hour
+            .into_iter()
+            .map(|(hour, files)| (hour, incremental::digest_files(files)))
+            .collect()
+    }
+}
+
+/// A digest of the metric definitions a view was computed with: a view computed with other
+/// definitions has no rows to reuse.
+fn definitions_digest(catalog: &MetricCatalog) -> String {
+    incremental::digest_files([(format!("{:?}", catalog.metrics).as_str(), 0)])
 }
 
 pub async fn run_once(
@@ -78,15 +124,54 @@ pub async fn run_once(
         let cutover = choose_cutover(options.cutover, complete_until, snapshot.current_cutover, catalog.cutover_alignment())?;
         tracing::info!(cutover = %format_rfc3339(cutover), files = snapshot.files.len(), rows = snapshot.rows, "recomputing");
 
+        let digests = snapshot.hour_digests();
+        let definitions = definitions_digest(catalog);
+        let previous = snapshot
+            .promoted
+            .as_ref()
+            .filter(|p| p.definitions == definitions)
+            .map(|p| &p.previous);
+        let mut scope = incremental::plan(catalog, &options.request, &digests, previous, cutover);
+        let mut reused = Vec::new();
+        if let (Scope::Hours { .. }, Some(promoted)) = (&scope, &snapshot.promoted) {
+            match read_promoted_rows(config, &promoted.view_path, &scope, cutover).await {
+                Ok(rows) => reused = rows,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the promoted view; recomputing everything");
+                    scope = Scope::Full;
+                }
+            }
+        }
+        let recomputed_hours = match &scope {
+            Scope::Full => None,
+            Scope::Hours { recompute, .. } => Some(recompute.len()),
+        };
+        tracing::info!(recomputed_hours = ?recomputed_hours, reused_rows = reused.len(), "scope");
+
         let lake_paths: Vec<String> = snapshot
             .files
             .iter()
-            .map(|p| config.lake_dir.join(p).to_string_lossy().into_owned())
+            .filter(|f| scope.reads(f.hour))
+            .map(|f| config.lake_dir.join(&f.path).to_string_lossy().into_owned())
             .collect();
-        let rows = compute_view(&lake_paths, catalog, cutover).await?;
+        let ctx = session_context(config)?;
+        let mut rows = compute_view(&ctx, &lake_paths, catalog, cutover).await?;
+        rows.retain(|r| scope.recomputes(r.row.bucket_start));
+        let reused_rows = reused.len();
+        rows.append(&mut reused);
         let view_rows = rows.len();
         let view_path = publish_view(config, &version, rows).await?;
-        promote(pool, &version, cutover, &view_path, &snapshot, view_rows, started_at).await?;
+        let record = VersionRecord {
+            version: &version,
+            cutover,
+            view_path: &view_path,
+            view_rows,
+            started_at,
+            definitions: &definitions,
+            digests: &digests,
+            recomputed_hours,
+        };
+        promote(pool, &record, &snapshot).await?;
         tracing::info!(cutover = %format_rfc3339(cutover), rows = view_rows, "promoted");
         remove_old_versions(pool, config).await;
         lock.release().await?;
@@ -96,6 +181,8 @@ pub async fn run_once(
             view_rows,
             lake_files: snapshot.files.len(),
             lake_rows: snapshot.rows,
+            recomputed_hours,
+            reused_rows,
         })
     }
     .instrument(span)
@@ -156,11 +243,14 @@ async fn read_snapshot(pool: &PgPool, topic: &str) -> Result<LakeSnapshot, Batch
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .execute(&mut *tx)
         .await?;
-    let files: Vec<(String, i64)> =
-        sqlx::query_as("SELECT path, row_count FROM lake_files WHERE topic = $1 ORDER BY path")
-            .bind(topic)
-            .fetch_all(&mut *tx)
-            .await?;
+    let files: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT path, (EXTRACT(EPOCH FROM dt::timestamp)::bigint + hour::bigint * 3600) * 1000,
+                row_count
+         FROM lake_files WHERE topic = $1 ORDER BY path",
+    )
+    .bind(topic)
+    .fetch_all(&mut *tx)
+    .await?;
     let landed: Vec<(i32, Option<DateTime<Utc>>, bool)> = sqlx::query_as(
         "SELECT partition, max_event_time, caught_up FROM lake_progress WHERE topic = $1",
     )
@@ -171,10 +261,22 @@ async fn read_snapshot(pool: &PgPool, topic: &str) -> Result<LakeSnapshot, Batch
         sqlx::query_scalar("SELECT cutover FROM serving_state WHERE id = 1")
             .fetch_one(&mut *tx)
             .await?;
+    let promoted: Option<(String, DateTime<Utc>, String, Vec<i64>, Vec<String>)> = sqlx::query_as(
+        "SELECT v.view_path, v.cutover, l.definitions, l.hours, l.digests
+         FROM serving_state s
+         JOIN batch_versions v ON v.version = s.version
+         JOIN batch_version_lake l ON l.version = s.version
+         WHERE s.id = 1",
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(LakeSnapshot {
-        rows: files.iter().map(|(_, rows)| rows).sum(),
-        files: files.into_iter().map(|(path, _)| path).collect(),
+        rows: files.iter().map(|(_, _, rows)| rows).sum(),
+        files: files
+            .into_iter()
+            .map(|(path, hour, rows)| LakeFile { path, hour, rows })
+            .collect(),
         landed: landed
             .into_iter()
             .map(|(partition, max, caught_up)| LandedPartition {
@@ -184,11 +286,59 @@ async fn read_snapshot(pool: &PgPool, topic: &str) -> Result<LakeSnapshot, Batch
             })
             .collect(),
         current_cutover: current_cutover.map(|t| t.timestamp_millis()),
+        promoted: promoted.map(
+            |(view_path, cutover, definitions, hours, digests)| PromotedView {
+                view_path,
+                definitions,
+                previous: incremental::Previous {
+                    cutover: cutover.timestamp_millis(),
+                    hours: hours.into_iter().zip(digests).collect(),
+                },
+            },
+        ),
     })
+}
+
+/// The promoted view's rows that `scope` keeps: buckets before `cutover` it does not recompute.
+async fn read_promoted_rows(
+    config: &PlatformConfig,
+    view_path: &str,
+    scope: &Scope,
+    cutover: Millis,
+) -> Result<Vec<ViewRow>, BatchError> {
+    let path = config.lake_dir.join(view_path);
+    let by_metric = tokio::task::spawn_blocking(move || read_view(&path)).await??;
+    Ok(by_metric
+        .into_iter()
+        .flat_map(|(metric, rows)| {
+            rows.into_iter().map(move |row| ViewRow {
+                metric: metric.clone(),
+                row,
+            })
+        })
+        .filter(|r| r.row.bucket_start < cutover && !scope.recomputes(r.row.bucket_start))
+        .collect())
+}
+
+/// A DataFusion context whose memory is capped by `batch.memory_limit_mb`, if set: sorts and
+/// aggregations past it spill to `batch.spill_dir` instead of failing.
+pub fn session_context(config: &PlatformConfig) -> Result<SessionContext, BatchError> {
+    let mut runtime = RuntimeEnvBuilder::new();
+    if let Some(mb) = config.batch.memory_limit_mb {
+        runtime = runtime.with_memory_limit(mb as usize * 1024 * 1024, 1.0);
+    }
+    if let Some(dir) = &config.batch.spill_dir {
+        runtime = runtime.with_temp_file_path(dir);
+    }
+    Ok(SessionContext::new_with_config_rt(
+        SessionConfig::new(),
+        runtime.build_arc()?,
+    ))
 }
 
 /// Every metric's partials for every bucket before `cutover`, from the deduplicated lake.
 pub async fn compute_view(
+    ctx: &SessionContext,
     lake_paths: &[String],
     catalog: &MetricCatalog,
     cutover: Millis,
@@ -196,7 +346,6 @@ pub async fn compute_view(
     if lake_paths.is_empty() {
         return Ok(Vec::new());
     }
-    let ctx = SessionContext::new();
     let schema = lake_schema();
     let lake = ctx
         .read_parquet(
@@ -224,7 +373,7 @@ pub async fn compute_view(
     for (_, metric) in catalog.stored() {
         let plan = match &metric.aggregation {
             Aggregation::Sessions { key, gap } => {
-                sessions_plan(&ctx, deduped.clone(), metric, *key, gap.millis()).await?
+                sessions_plan(ctx, deduped.clone(), metric, *key, gap.millis()).await?
             }
             _ => metric_plan(deduped.clone(), metric)?,
         };
@@ -406,16 +555,25 @@ async fn publish_view(
     .await?
 }
 
+/// What `promote` records of a finished view.
+struct VersionRecord<'a> {
+    version: &'a str,
+    cutover: Millis,
+    view_path: &'a std::path::Path,
+    view_rows: usize,
+    started_at: DateTime<Utc>,
+    definitions: &'a str,
+    digests: &'a HourDigests,
+    recomputed_hours: Option<usize>,
+}
+
 /// One transaction: record the version and move T, unless another run already moved T past it.
 async fn promote(
     pool: &PgPool,
-    version: &str,
-    cutover: Millis,
-    view_path: &std::path::Path,
+    record: &VersionRecord<'_>,
     snapshot: &LakeSnapshot,
-    view_rows: usize,
-    started_at: DateTime<Utc>,
 ) -> Result<(), BatchError> {
+    let (version, cutover) = (record.version, record.cutover);
     let mut tx = pool.begin().await?;
     let current: Option<DateTime<Utc>> =
         sqlx::query_scalar("SELECT cutover FROM serving_state WHERE id = 1 FOR UPDATE")
@@ -437,11 +595,27 @@ async fn promote(
     )
     .bind(version)
     .bind(to_datetime(cutover))
-    .bind(view_path.to_string_lossy().as_ref())
-    .bind(view_rows as i64)
+    .bind(record.view_path.to_string_lossy().as_ref())
+    .bind(record.view_rows as i64)
     .bind(snapshot.files.len() as i64)
     .bind(snapshot.rows)
-    .bind(started_at)
+    .bind(record.started_at)
+    .execute(&mut *tx)
+    .await?;
+    let (hours, digests): (Vec<i64>, Vec<&str>) = record
+        .digests
+        .iter()
+        .map(|(hour, digest)| (*hour, digest.as_str()))
+        .unzip();
+    sqlx::query(
+        "INSERT INTO batch_version_lake (version, definitions, hours, digests, recomputed_hours)
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(version)
+    .bind(record.definitions)
+    .bind(&hours)
+    .bind(&digests)
+    .bind(record.recomputed_hours.map(|h| h as i32))
     .execute(&mut *tx)
     .await?;
     sqlx::query(
@@ -487,8 +661,15 @@ async fn remove_old_versions(pool: &PgPool, config: &PlatformConfig) {
 }
 
 pub fn describe(outcome: &RunOutcome) -> String {
+    let scope = match outcome.recomputed_hours {
+        None => "full recompute".to_string(),
+        Some(hours) => format!(
+            "incremental: {hours} hours recomputed, {} rows reused",
+            outcome.reused_rows
+        ),
+    };
     format!(
-        "promoted version {} with cutover {} ({} view rows from {} lake rows in {} files)",
+        "promoted version {} with cutover {} ({} view rows from {} lake rows in {} files; {scope})",
         outcome.version,
         format_rfc3339(outcome.cutover),
         outcome.view_rows,

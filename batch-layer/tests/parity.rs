@@ -201,6 +201,7 @@ fn batch(
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let rows: Vec<ViewRow> = runtime
         .block_on(compute_view(
+            &datafusion::prelude::SessionContext::new(),
             &[path.to_string_lossy().into_owned()],
             catalog,
             cutover,

@@ -6,9 +6,10 @@ use crate::load::{COUNTRIES, KINDS};
 use crate::report::Figure;
 use anyhow::{Context, Result, ensure};
 use batch_layer::lake::{events_to_batch, partition_of, write_parquet_atomically};
-use batch_layer::recompute::compute_view;
+use batch_layer::recompute::{compute_view, session_context};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use shared_schema::config::PlatformConfig;
 use shared_schema::event::Event;
 use shared_schema::kafka::SourcedEvent;
 use shared_schema::metrics::MetricCatalog;
@@ -42,7 +43,13 @@ pub async fn run(events: u64, python: &Path) -> Result<Vec<Figure>> {
         .map(|p| p.to_string_lossy().into_owned())
         .collect();
     let datafusion = Instant::now();
-    let view = compute_view(&paths, &catalog, end).await?;
+    let view = compute_view(
+        &session_context(&PlatformConfig::default())?,
+        &paths,
+        &catalog,
+        end,
+    )
+    .await?;
     let datafusion_secs = datafusion.elapsed().as_secs_f64();
 
     let glob = format!("{}/events/*/*/*.parquet", lake.display());

@@ -74,6 +74,11 @@ pub struct LanderConfig {
 pub struct BatchConfig {
     /// Promoted view versions kept on disk; older ones are deleted after a promotion.
     pub keep_versions: usize,
+    /// Memory a recompute's DataFusion plans may hold, in MiB; past it sorts and aggregations
+    /// spill to disk. Absent: no limit.
+    pub memory_limit_mb: Option<u64>,
+    /// Where spilled data goes. Absent: the system's temporary directory.
+    pub spill_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,7 +119,11 @@ impl Default for PlatformConfig {
                 flush_max_events: 200_000,
                 flush_interval: HumanDuration::from_millis(5 * SECOND_MS),
             },
-            batch: BatchConfig { keep_versions: 5 },
+            batch: BatchConfig {
+                keep_versions: 5,
+                memory_limit_mb: None,
+                spill_dir: None,
+            },
             serving: ServingConfig {
                 query_timeout: HumanDuration::from_millis(5 * SECOND_MS),
                 max_points: 100_000,
