@@ -101,6 +101,19 @@ impl Scope {
         }
     }
 
+    /// The hours recomputed, given the lake's hours: for a full run, all of them before the
+    /// cutover.
+    pub fn recomputed_hours(&self, lake_hours: &HourDigests, cutover: Millis) -> BTreeSet<Millis> {
+        match self {
+            Scope::Full => lake_hours
+                .keys()
+                .copied()
+                .filter(|h| *h < cutover)
+                .collect(),
+            Scope::Hours { recompute, .. } => recompute.clone(),
+        }
+    }
+
     pub fn reads(&self, hour: Millis) -> bool {
         match self {
             Scope::Full => true,
@@ -133,15 +146,7 @@ pub fn plan(
         changed.extend(hours_overlapping(from, to));
     }
 
-    let gaps: Vec<Millis> = catalog
-        .metrics
-        .iter()
-        .filter_map(|m| match &m.aggregation {
-            Aggregation::Sessions { gap, .. } => Some(gap.millis()),
-            _ => None,
-        })
-        .collect();
-    let longest_gap = gaps.iter().copied().max().unwrap_or(0);
+    let longest_gap = longest_session_gap(catalog);
 
     let mut recompute = changed.clone();
     for hour in &changed {
@@ -165,13 +170,63 @@ pub fn plan(
     // Nothing at or after the cutover is in a view.
     recompute.retain(|h| *h < cutover);
 
-    let mut read = recompute.clone();
-    if longest_gap > 0 {
-        for hour in &recompute {
-            read.extend(hours_overlapping(hour - longest_gap, *hour));
+    let read = with_context(&recompute, longest_gap);
+    Scope::Hours { recompute, read }
+}
+
+/// The recomputed hours in groups a run computes one at a time, so that a range larger than
+/// memory completes: at most `max_hours` hours each (more only where one bucket is wider),
+/// never splitting a bucket, each with the hours of sessions context before it.
+pub fn chunks(
+    catalog: &MetricCatalog,
+    recompute: &BTreeSet<Millis>,
+    max_hours: usize,
+) -> Vec<Scope> {
+    let align = catalog.cutover_alignment().max(HOUR_MS);
+    let gap = longest_session_gap(catalog);
+    let mut blocks: BTreeMap<Millis, BTreeSet<Millis>> = BTreeMap::new();
+    for hour in recompute {
+        blocks
+            .entry(hour.div_euclid(align))
+            .or_default()
+            .insert(*hour);
+    }
+    let mut out: Vec<BTreeSet<Millis>> = Vec::new();
+    for block in blocks.into_values() {
+        match out.last_mut() {
+            Some(chunk) if chunk.len() + block.len() <= max_hours.max(1) => chunk.extend(block),
+            _ => out.push(block),
         }
     }
-    Scope::Hours { recompute, read }
+    out.into_iter()
+        .map(|recompute| {
+            let read = with_context(&recompute, gap);
+            Scope::Hours { recompute, read }
+        })
+        .collect()
+}
+
+fn longest_session_gap(catalog: &MetricCatalog) -> Millis {
+    catalog
+        .metrics
+        .iter()
+        .filter_map(|m| match &m.aggregation {
+            Aggregation::Sessions { gap, .. } => Some(gap.millis()),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// `hours` and, before each, the hours holding one session gap of predecessors.
+fn with_context(hours: &BTreeSet<Millis>, gap: Millis) -> BTreeSet<Millis> {
+    let mut read = hours.clone();
+    if gap > 0 {
+        for hour in hours {
+            read.extend(hours_overlapping(hour - gap, *hour));
+        }
+    }
+    read
 }
 
 #[cfg(test)]
@@ -335,6 +390,50 @@ bucket = "6h""#,
             digest_files([("x.parquet", 1), ("y.parquet", 2), ("z.parquet", 1)])
         );
         assert_ne!(a, digest_files([("x.parquet", 1)]));
+    }
+
+    #[test]
+    fn chunks_bound_hours_and_carry_session_context() {
+        let sessions = catalog(
+            r#"[[metric]]
+name = "sessions"
+aggregation = "sessions"
+field = "user_id"
+gap = "30m""#,
+        );
+        let hours: BTreeSet<Millis> = (0..5).map(|h| T0 + h * HOUR_MS).collect();
+        let chunks = chunks(&sessions, &hours, 2);
+        let shapes: Vec<(Vec<Millis>, Vec<Millis>)> =
+            chunks.iter().map(|c| self::hours(c)).collect();
+        assert_eq!(
+            shapes,
+            vec![
+                (vec![0, 1], vec![-1, 0, 1]),
+                (vec![2, 3], vec![1, 2, 3]),
+                (vec![4], vec![3, 4]),
+            ]
+        );
+    }
+
+    #[test]
+    fn chunks_never_split_a_bucket() {
+        let wide = catalog(
+            r#"[[metric]]
+name = "views"
+aggregation = "count"
+bucket = "6h""#,
+        );
+        let start = T0.div_euclid(6 * HOUR_MS) * 6 * HOUR_MS;
+        let hours: BTreeSet<Millis> = (0..12).map(|h| start + h * HOUR_MS).collect();
+        let chunks = chunks(&wide, &hours, 4);
+        let sizes: Vec<usize> = chunks
+            .iter()
+            .map(|c| match c {
+                Scope::Hours { recompute, .. } => recompute.len(),
+                Scope::Full => 0,
+            })
+            .collect();
+        assert_eq!(sizes, vec![6, 6]);
     }
 
     proptest! {

@@ -24,6 +24,7 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::functions_aggregate::expr_fn::{count, max, min, sum};
 use datafusion::logical_expr::cast as cast_expr;
 use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionConfig, SessionContext, col, lit};
+use indicatif::{ProgressBar, ProgressStyle};
 use shared_schema::config::PlatformConfig;
 use shared_schema::cutover::{LandedPartition, choose_cutover, lake_complete_until};
 use shared_schema::hll::Hll;
@@ -34,6 +35,7 @@ use shared_schema::time::{Millis, format_rfc3339, to_datetime};
 use shared_schema::view::{SUM_TYPE, VIEW_FILE, ViewRow, read_view, write_view};
 use sqlx::{Connection, PgConnection, PgPool};
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use tracing::Instrument;
 
@@ -148,15 +150,24 @@ pub async fn run_once(
         };
         tracing::info!(recomputed_hours = ?recomputed_hours, reused_rows = reused.len(), "scope");
 
-        let lake_paths: Vec<String> = snapshot
-            .files
-            .iter()
-            .filter(|f| scope.reads(f.hour))
-            .map(|f| config.lake_dir.join(&f.path).to_string_lossy().into_owned())
-            .collect();
-        let ctx = session_context(config)?;
-        let mut rows = compute_view(&ctx, &lake_paths, catalog, cutover).await?;
-        rows.retain(|r| scope.recomputes(r.row.bucket_start));
+        let hours = scope.recomputed_hours(&digests, cutover);
+        let chunks = incremental::chunks(catalog, &hours, config.batch.chunk_hours);
+        let mut progress = Progress::new(hours.len() as u64);
+        let mut rows = Vec::new();
+        for chunk in &chunks {
+            let lake_paths: Vec<String> = snapshot
+                .files
+                .iter()
+                .filter(|f| chunk.reads(f.hour))
+                .map(|f| config.lake_dir.join(&f.path).to_string_lossy().into_owned())
+                .collect();
+            let ctx = session_context(config)?;
+            let mut chunk_rows = compute_view(&ctx, &lake_paths, catalog, cutover).await?;
+            chunk_rows.retain(|r| chunk.recomputes(r.row.bucket_start));
+            rows.append(&mut chunk_rows);
+            progress.advance(chunk.recomputed_hours(&digests, cutover).len() as u64);
+        }
+        progress.finish();
         let reused_rows = reused.len();
         rows.append(&mut reused);
         let view_rows = rows.len();
@@ -657,6 +668,47 @@ async fn remove_old_versions(pool: &PgPool, config: &PlatformConfig) {
             }
         }
         Err(e) => tracing::warn!(error = %e, "could not list old view versions"),
+    }
+}
+
+/// Recomputed hours out of the run's total: a bar on a terminal, a log line per chunk otherwise.
+struct Progress {
+    bar: Option<ProgressBar>,
+    total: u64,
+    done: u64,
+}
+
+impl Progress {
+    fn new(total: u64) -> Progress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(total);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{elapsed_precise} [{bar:40}] {pos}/{len} hours ({eta} left)",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar
+        });
+        Progress {
+            bar,
+            total,
+            done: 0,
+        }
+    }
+
+    fn advance(&mut self, hours: u64) {
+        self.done += hours;
+        match &self.bar {
+            Some(bar) => bar.inc(hours),
+            None => tracing::info!(done = self.done, total = self.total, "recomputed hours"),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
     }
 }
 

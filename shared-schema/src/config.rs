@@ -79,6 +79,9 @@ pub struct BatchConfig {
     pub memory_limit_mb: Option<u64>,
     /// Where spilled data goes. Absent: the system's temporary directory.
     pub spill_dir: Option<PathBuf>,
+    /// A run recomputes at most this many lake hours at a time (more only when one bucket is
+    /// wider), which bounds its memory by the events of that many hours.
+    pub chunk_hours: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -123,6 +126,7 @@ impl Default for PlatformConfig {
                 keep_versions: 5,
                 memory_limit_mb: None,
                 spill_dir: None,
+                chunk_hours: 24,
             },
             serving: ServingConfig {
                 query_timeout: HumanDuration::from_millis(5 * SECOND_MS),

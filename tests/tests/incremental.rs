@@ -56,7 +56,12 @@ async fn answers(platform: &Platform, range: (Millis, Millis)) -> Result<Vec<ser
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn only_changed_hours_are_recomputed_and_the_answer_is_the_full_one() -> Result<()> {
-    let platform = Platform::new("incremental", PARTITIONS).await?;
+    let mut platform = Platform::new("incremental", PARTITIONS).await?;
+    // Three hours at a time: a run's chunks, and the session context across their edges, are
+    // exercised too.
+    platform
+        .extra_env
+        .push(("PLATFORM_BATCH__CHUNK_HOURS".into(), "3".into()));
     let _lander = platform.spawn("batch-layer", &["land"])?;
     let _serving = platform.spawn("serving-layer", &["run"])?;
     platform.wait_for_http().await?;
@@ -81,7 +86,9 @@ async fn only_changed_hours_are_recomputed_and_the_answer_is_the_full_one() -> R
     for partition in 0..PARTITIONS {
         let fence = Sent::random(&mut rng, format!("fence{partition}"), cutover + HOUR / 2);
         let payload: serde_json::Value = serde_json::from_slice(&fence.payload())?;
-        platform.send_tracked(partition, &payload, &mut ends).await?;
+        platform
+            .send_tracked(partition, &payload, &mut ends)
+            .await?;
     }
     platform.wait_caught_up("lake_progress", &ends).await?;
     let output = run(&platform, &["run", "--cutover", &format_rfc3339(cutover)]).await?;
