@@ -20,6 +20,7 @@ use arrow::compute::cast;
 use arrow::datatypes::Decimal128Type;
 use arrow::datatypes::{DataType, Int64Type};
 use chrono::{DateTime, Utc};
+use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::functions_aggregate::expr_fn::{count, max, min, sum};
 use datafusion::logical_expr::cast as cast_expr;
@@ -37,6 +38,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::Arc;
 use tracing::Instrument;
 
 /// Key of the advisory lock that serialises batch runs.
@@ -335,14 +337,20 @@ async fn read_promoted_rows(
 /// aggregations past it spill to `batch.spill_dir` instead of failing.
 pub fn session_context(config: &PlatformConfig) -> Result<SessionContext, BatchError> {
     let mut runtime = RuntimeEnvBuilder::new();
+    let mut session = SessionConfig::new();
     if let Some(mb) = config.batch.memory_limit_mb {
-        runtime = runtime.with_memory_limit(mb as usize * 1024 * 1024, 1.0);
+        let bytes = usize::try_from(mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
+        // Fair shares, so one spilling operator cannot starve the others of the whole pool.
+        runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(bytes)));
+        // The merge phase of a spilled sort reserves this up front; the 10 MB default is more
+        // than a small limit holds.
+        session = session.with_sort_spill_reservation_bytes((bytes / 16).min(10 * 1024 * 1024));
     }
     if let Some(dir) = &config.batch.spill_dir {
         runtime = runtime.with_temp_file_path(dir);
     }
     Ok(SessionContext::new_with_config_rt(
-        SessionConfig::new(),
+        session,
         runtime.build_arc()?,
     ))
 }
