@@ -17,17 +17,15 @@
 //! two, a changed catalogue or an unreadable view, makes the run a full one.
 
 use shared_schema::metrics::{Aggregation, MetricCatalog};
-use shared_schema::time::Millis;
+use shared_schema::time::{HOUR_MS, Millis, bucket_start};
 use std::collections::{BTreeMap, BTreeSet};
-
-pub const HOUR_MS: Millis = 3_600_000;
 
 /// A digest of the files of each lake hour, keyed by the hour's start.
 pub type HourDigests = BTreeMap<Millis, String>;
 
 /// The hour that holds `time`.
 pub fn hour_of(time: Millis) -> Millis {
-    time.div_euclid(HOUR_MS) * HOUR_MS
+    bucket_start(time, HOUR_MS)
 }
 
 /// Every hour that overlaps `[from, to)`.
