@@ -32,6 +32,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+pub mod replay;
+
 /// Name under which this layer records quarantined messages.
 const CONSUMER_NAME: &str = "speed-layer";
 /// How often state already covered by a promoted batch view is deleted.
@@ -73,7 +75,7 @@ impl SpeedLayer {
             .execute(&self.pool)
             .await?;
         let stored = load_positions(&self.pool, PositionTable::Speed, &topic).await?;
-        let mut source = EventSource::connect_group(
+        let source = EventSource::connect_group(
             &self.config.kafka_brokers,
             &self.config.speed.group_id,
             self.config.speed.session_timeout.as_std(),
@@ -83,10 +85,27 @@ impl SpeedLayer {
             self.config.max_event_skew.millis(),
         )
         .await?;
+        self.consume(source, &stored, shutdown, None).await?;
+        Ok(())
+    }
 
-        let mut clock = EventClock::new(&stored, &self.config);
+    /// The consume loop of `run` and `replay`. With a `replay`, each batch first waits for the
+    /// rate limit, and the loop ends, returning true, once the replay has swapped in.
+    pub(crate) async fn consume(
+        &self,
+        mut source: EventSource,
+        stored: &BTreeMap<i32, PartitionPosition>,
+        shutdown: impl Future<Output = ()>,
+        mut replay: Option<&mut replay::Replay>,
+    ) -> Result<bool, SpeedError> {
+        let topic = self.config.events_topic.clone();
+        let mut clock = EventClock::new(stored, &self.config);
         tokio::pin!(shutdown);
         let mut last_retention: Option<tokio::time::Instant> = None;
+        let max_events = match &replay {
+            Some(replay) => replay.max_batch(self.config.speed.batch_max_events),
+            None => self.config.speed.batch_max_events,
+        };
         loop {
             // Retention runs between batches, never by interrupting one.
             if last_retention.is_none_or(|at| at.elapsed() >= RETENTION_INTERVAL) {
@@ -98,10 +117,13 @@ impl SpeedLayer {
             let batch = tokio::select! {
                 _ = &mut shutdown => {
                     tracing::info!("shutting down");
-                    return Ok(());
+                    return Ok(false);
                 }
-                batch = source.next_batch(self.config.speed.batch_max_events, self.config.speed.batch_max_wait.as_std()) => batch?,
+                batch = source.next_batch(max_events, self.config.speed.batch_max_wait.as_std()) => batch?,
             };
+            if let Some(replay) = replay.as_deref_mut() {
+                replay.throttle(batch.events.len() + batch.bad.len()).await;
+            }
             // Lateness is judged against the watermark before this batch, which a restart
             // recomputes from the stored positions.
             let watermark = clock.watermark();
@@ -110,6 +132,11 @@ impl SpeedLayer {
                 let progress = clock.partition_watermarks(&batch);
                 self.commit_with_retry(&topic, &batch, watermark, &progress)
                     .await;
+            }
+            if let Some(replay) = replay.as_deref_mut()
+                && replay.try_swap(&batch).await?
+            {
+                return Ok(true);
             }
         }
     }

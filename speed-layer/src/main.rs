@@ -1,8 +1,9 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use shared_schema::kafka::ReplayStart;
 use shared_schema::service::{self, Started};
 use shared_schema::telemetry;
-use speed_layer::SpeedLayer;
+use speed_layer::{SpeedLayer, replay};
 
 #[derive(Parser)]
 #[command(
@@ -18,18 +19,55 @@ struct Cli {
 enum Command {
     /// Consume the events topic until SIGTERM.
     Run,
+    /// Rebuild the speed state from the bus into new tables, then swap them in atomically.
+    Replay {
+        /// Where to start every partition: `earliest`, an offset, or an RFC 3339 time (the
+        /// first message produced at or after it).
+        #[arg(long)]
+        from: ReplayStart,
+        /// Events per second at most, so that a replay cannot flood Postgres.
+        #[arg(long)]
+        max_rate: Option<f64>,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let Command::Run = Cli::parse().command;
+    let command = Cli::parse().command;
     let Started {
         config,
         catalog,
         pool,
     } = service::start().await.context("starting the speed layer")?;
-    SpeedLayer::new(pool, config, catalog)
-        .run(telemetry::shutdown_signal())
-        .await?;
+    match command {
+        Command::Run => {
+            SpeedLayer::new(pool, config, catalog)
+                .run(telemetry::shutdown_signal())
+                .await?
+        }
+        Command::Replay { from, max_rate } => {
+            let outcome = replay::replay(
+                pool,
+                config,
+                catalog,
+                from,
+                max_rate,
+                telemetry::shutdown_signal(),
+            )
+            .await?;
+            if !outcome.swapped {
+                anyhow::bail!(
+                    "stopped after replaying {} events; nothing was swapped in",
+                    outcome.events
+                );
+            }
+            println!(
+                "replayed {} events in {:.1}s ({:.0}/s) and swapped them in",
+                outcome.events,
+                outcome.seconds,
+                outcome.events as f64 / outcome.seconds.max(1e-9)
+            );
+        }
+    }
     Ok(())
 }
