@@ -234,13 +234,17 @@ impl Platform {
         Ok(Service { child, log_path })
     }
 
+    /// `binary args...` with this platform's environment, for a scenario that runs a command
+    /// while it does something else.
+    pub fn command(&self, binary: &str, args: &[&str]) -> Result<Command> {
+        let mut command = Command::new(bin_path(binary)?);
+        command.args(args).envs(self.env()).kill_on_drop(true);
+        Ok(command)
+    }
+
     /// Runs `binary args...` to completion and returns whether it succeeded, and its output.
     pub async fn run(&self, binary: &str, args: &[&str]) -> Result<(bool, String)> {
-        let output = Command::new(bin_path(binary)?)
-            .args(args)
-            .envs(self.env())
-            .output()
-            .await?;
+        let output = self.command(binary, args)?.output().await?;
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&output.stdout),
