@@ -8,6 +8,7 @@ pub mod config;
 pub mod cutover;
 pub mod db;
 pub mod event;
+pub mod fingerprint;
 pub mod hll;
 pub mod kafka;
 pub mod metrics;
