@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod positions;
 pub mod quarantine;
 pub mod query;
+pub mod registry;
 pub mod retry;
 pub mod service;
 pub mod sessions;
