@@ -3,6 +3,7 @@
 //! with its cutover in one Postgres transaction (`run`, `schedule`). Its output is the source of
 //! truth for every bucket before the cutover.
 
+pub mod definitions;
 pub mod lake;
 pub mod land;
 pub mod recompute;
@@ -36,6 +37,8 @@ pub enum BatchError {
     Lake(String),
     #[error("{0}")]
     Versions(String),
+    #[error(transparent)]
+    Registry(#[from] shared_schema::registry::RegistryError),
     #[error("cron expression `{expr}`: {message}")]
     Cron { expr: String, message: String },
     #[error("background task failed: {0}")]

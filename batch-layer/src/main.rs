@@ -1,8 +1,10 @@
 use anyhow::Context;
+use batch_layer::definitions::SERVICE;
 use batch_layer::land::Lander;
 use batch_layer::recompute::{RunOptions, describe, run_once};
 use batch_layer::schedule::{parse_cron, run_on_schedule};
 use clap::{Parser, Subcommand};
+use shared_schema::registry;
 use shared_schema::service::{self, Started};
 use shared_schema::telemetry;
 use shared_schema::time::{format_rfc3339, parse_rfc3339};
@@ -27,6 +29,10 @@ enum Command {
         /// boundary at which the lake is complete.
         #[arg(long, value_parser = parse_time)]
         cutover: Option<i64>,
+        /// Roll out changed metric definitions: recompute and promote with them even though
+        /// the promoted view was computed with others. Without it such a run is refused.
+        #[arg(long)]
+        accept_definitions: bool,
     },
     /// Serve an existing view version, and its cutover.
     Promote {
@@ -61,8 +67,18 @@ async fn main() -> anyhow::Result<()> {
                 .run(telemetry::shutdown_signal())
                 .await?
         }
-        Command::Run { cutover } => {
-            let outcome = run_once(&pool, &config, &catalog, &RunOptions { cutover }).await?;
+        Command::Run {
+            cutover,
+            accept_definitions,
+        } => {
+            registry::register_service(&pool, SERVICE, &catalog, accept_definitions)
+                .await
+                .context("starting the batch run")?;
+            let options = RunOptions {
+                cutover,
+                accept_definitions,
+            };
+            let outcome = run_once(&pool, &config, &catalog, &options).await?;
             println!("{}", describe(&outcome));
         }
         Command::Promote { version } => {
@@ -83,6 +99,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Schedule { cron } => {
             let schedule = parse_cron(&cron)?;
+            registry::register_service(&pool, "batch-layer schedule", &catalog, false)
+                .await
+                .context("starting the batch schedule")?;
             run_on_schedule(
                 &pool,
                 &config,

@@ -41,6 +41,8 @@ const RUN_LOCK_KEY: i64 = 0x6261_7463_685f_7275; // "batch_ru"
 pub struct RunOptions {
     /// The operator's `--cutover`; rounded down to a bucket boundary.
     pub cutover: Option<Millis>,
+    /// `--accept-definitions`: compute and promote even if the promoted view's definitions differ.
+    pub accept_definitions: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -70,6 +72,7 @@ pub async fn run_once(
     let span = tracing::info_span!("batch_run", run_id = %version);
     async {
         let lock = RunLock::acquire(config).await?;
+        let definitions = crate::definitions::check_for_run(pool, catalog, options.accept_definitions).await?;
         let started_at = Utc::now();
         remove_staging(config);
 
@@ -86,7 +89,7 @@ pub async fn run_once(
         let rows = compute_view(&lake_paths, catalog, cutover).await?;
         let view_rows = rows.len();
         let view_path = publish_view(config, &version, rows).await?;
-        promote(pool, &version, cutover, &view_path, &snapshot, view_rows, started_at).await?;
+        promote(pool, &version, cutover, &view_path, &snapshot, view_rows, started_at, &definitions).await?;
         tracing::info!(cutover = %format_rfc3339(cutover), rows = view_rows, "promoted");
         remove_old_versions(pool, config).await;
         lock.release().await?;
@@ -415,6 +418,7 @@ async fn promote(
     snapshot: &LakeSnapshot,
     view_rows: usize,
     started_at: DateTime<Utc>,
+    definitions: &crate::definitions::RunDefinitions,
 ) -> Result<(), BatchError> {
     let mut tx = pool.begin().await?;
     let current: Option<DateTime<Utc>> =
@@ -444,6 +448,7 @@ async fn promote(
     .bind(started_at)
     .execute(&mut *tx)
     .await?;
+    crate::definitions::record_view(&mut tx, version, definitions).await?;
     sqlx::query(
         "UPDATE serving_state SET version = $1, cutover = $2, promoted_at = now() WHERE id = 1",
     )

@@ -1,8 +1,9 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use shared_schema::registry;
 use shared_schema::service::{self, Started};
 use shared_schema::telemetry;
-use speed_layer::SpeedLayer;
+use speed_layer::{SERVICE, SpeedLayer};
 
 #[derive(Parser)]
 #[command(
@@ -28,6 +29,10 @@ async fn main() -> anyhow::Result<()> {
         catalog,
         pool,
     } = service::start().await.context("starting the speed layer")?;
+    // Refuses to start with definitions the promoted view was not computed with.
+    registry::register_service(&pool, SERVICE, &catalog, false)
+        .await
+        .context("starting the speed layer")?;
     SpeedLayer::new(pool, config, catalog)
         .run(telemetry::shutdown_signal())
         .await?;
