@@ -13,6 +13,7 @@ use crate::fingerprint::{CanonicalCatalog, Difference};
 use crate::metrics::MetricCatalog;
 use sqlx::{PgConnection, PgPool};
 use std::fmt;
+use std::time::Duration;
 use tracing::Instrument;
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +110,10 @@ pub struct Registration {
     pub outcome: Outcome,
 }
 
+/// How long a start waits out Postgres being away, as `db::connect` does: a service restarted
+/// while Postgres restarts waits for it instead of failing.
+const PATIENCE: Duration = Duration::from_secs(120);
+
 /// Records the start of `service` (e.g. `"speed-layer run"`) with `catalog`, after registering
 /// the event schema versions, and checks the definitions against the promoted view's. A
 /// disagreement refuses the start (recorded as such) unless `accept` is set.
@@ -122,54 +127,75 @@ pub async fn register_service(
     let fingerprint = canonical.fingerprint();
     let span = tracing::info_span!("register_service", service, fingerprint = %fingerprint);
     async {
-        register_schema_versions(pool).await?;
-        let mut conn = pool.acquire().await?;
-        record_definitions(&mut conn, &canonical).await?;
-        let promoted = promoted_definitions(&mut conn).await?;
-        let verdict = check(service, &canonical, promoted.as_ref());
-        let (outcome, detail) = match &verdict {
-            Ok(()) => (Outcome::Started, None),
-            Err(differ) if accept => (Outcome::Accepted, Some(differ.to_string())),
-            Err(differ) => (Outcome::Refused, Some(differ.to_string())),
-        };
-        let instance_id: i64 = sqlx::query_scalar(
-            "INSERT INTO service_instances (service, fingerprint, host, pid, outcome, detail)
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-        )
-        .bind(service)
-        .bind(&fingerprint)
-        .bind(host_name())
-        .bind(std::process::id() as i32)
-        .bind(outcome.as_str())
-        .bind(detail)
-        .fetch_one(&mut *conn)
-        .await?;
-        match (outcome, &promoted) {
-            (Outcome::Refused, _) => {}
-            (_, None) => tracing::info!("registered; no promoted view to compare definitions with"),
-            (_, Some(p)) if p.fingerprint.is_none() => tracing::info!(
-                view = %p.version,
-                "registered; the promoted view predates the registry, definitions not compared"
-            ),
-            (Outcome::Accepted, Some(p)) => tracing::warn!(
-                view = %p.version,
-                "registered with definitions that differ from the promoted view's, accepted"
-            ),
-            (_, Some(p)) => {
-                tracing::info!(view = %p.version, "registered; definitions agree with the promoted view")
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match try_register(pool, service, &canonical, accept).await {
+                Err(RegistryError::Sql(e)) if tokio::time::Instant::now() + backoff < deadline => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "could not register; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                other => return other,
             }
-        }
-        match verdict {
-            Err(differ) if !accept => Err(differ.into()),
-            _ => Ok(Registration {
-                instance_id,
-                fingerprint: fingerprint.clone(),
-                outcome,
-            }),
         }
     }
     .instrument(span)
     .await
+}
+
+async fn try_register(
+    pool: &PgPool,
+    service: &str,
+    canonical: &CanonicalCatalog,
+    accept: bool,
+) -> Result<Registration, RegistryError> {
+    let fingerprint = canonical.fingerprint();
+    register_schema_versions(pool).await?;
+    let mut conn = pool.acquire().await?;
+    record_definitions(&mut conn, canonical).await?;
+    let promoted = promoted_definitions(&mut conn).await?;
+    let verdict = check(service, canonical, promoted.as_ref());
+    let (outcome, detail) = match &verdict {
+        Ok(()) => (Outcome::Started, None),
+        Err(differ) if accept => (Outcome::Accepted, Some(differ.to_string())),
+        Err(differ) => (Outcome::Refused, Some(differ.to_string())),
+    };
+    let instance_id: i64 = sqlx::query_scalar(
+        "INSERT INTO service_instances (service, fingerprint, host, pid, outcome, detail)
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+    )
+    .bind(service)
+    .bind(&fingerprint)
+    .bind(host_name())
+    .bind(std::process::id() as i32)
+    .bind(outcome.as_str())
+    .bind(detail)
+    .fetch_one(&mut *conn)
+    .await?;
+    match (outcome, &promoted) {
+        (Outcome::Refused, _) => {}
+        (_, None) => tracing::info!("registered; no promoted view to compare definitions with"),
+        (_, Some(p)) if p.fingerprint.is_none() => tracing::info!(
+            view = %p.version,
+            "registered; the promoted view predates the registry, definitions not compared"
+        ),
+        (Outcome::Accepted, Some(p)) => tracing::warn!(
+            view = %p.version,
+            "registered with definitions that differ from the promoted view's, accepted"
+        ),
+        (_, Some(p)) => {
+            tracing::info!(view = %p.version, "registered; definitions agree with the promoted view")
+        }
+    }
+    match verdict {
+        Err(differ) if !accept => Err(differ.into()),
+        _ => Ok(Registration {
+            instance_id,
+            fingerprint,
+            outcome,
+        }),
+    }
 }
 
 /// Compares `canonical` with the promoted view's definitions; no view, or one without a
