@@ -2,8 +2,6 @@
 -- lake hours that changed since (batch-layer/src/incremental.rs).
 CREATE TABLE batch_version_lake (
     version          TEXT    PRIMARY KEY REFERENCES batch_versions (version) ON DELETE CASCADE,
-    -- Digest of the metric definitions: a view of other definitions has nothing to reuse.
-    definitions      TEXT    NOT NULL,
     -- Per lake hour (epoch ms of its start), a digest of the files the run saw.
     hours            BIGINT[] NOT NULL,
     digests          TEXT[]  NOT NULL,

@@ -3,6 +3,7 @@
 //! with its cutover in one Postgres transaction (`run`, `schedule`). Its output is the source of
 //! truth for every bucket before the cutover.
 
+pub mod definitions;
 pub mod incremental;
 pub mod lake;
 pub mod land;
@@ -37,6 +38,8 @@ pub enum BatchError {
     Lake(String),
     #[error("{0}")]
     Versions(String),
+    #[error(transparent)]
+    Registry(#[from] shared_schema::registry::RegistryError),
     #[error("cron expression `{expr}`: {message}")]
     Cron { expr: String, message: String },
     #[error("background task failed: {0}")]

@@ -1,9 +1,11 @@
 use anyhow::Context;
+use batch_layer::definitions::SERVICE;
 use batch_layer::incremental::Request;
 use batch_layer::land::Lander;
 use batch_layer::recompute::{RunOptions, describe, run_once};
 use batch_layer::schedule::{parse_cron, run_on_schedule};
 use clap::{Parser, Subcommand};
+use shared_schema::registry;
 use shared_schema::service::{self, Started};
 use shared_schema::telemetry;
 use shared_schema::time::{format_rfc3339, parse_rfc3339};
@@ -38,6 +40,10 @@ enum Command {
         /// ...up to this one, even if their files did not change.
         #[arg(long, value_parser = parse_time, requires = "from")]
         to: Option<i64>,
+        /// Roll out changed metric definitions: recompute and promote with them even though
+        /// the promoted view was computed with others. Without it such a run is refused.
+        #[arg(long)]
+        accept_definitions: bool,
     },
     /// Serve an existing view version, and its cutover.
     Promote {
@@ -77,13 +83,18 @@ async fn main() -> anyhow::Result<()> {
             full,
             from,
             to,
+            accept_definitions,
         } => {
+            registry::register_service(&pool, SERVICE, &catalog, accept_definitions)
+                .await
+                .context("starting the batch run")?;
             let options = RunOptions {
                 cutover,
                 request: Request {
                     full,
                     backfill: from.zip(to),
                 },
+                accept_definitions,
             };
             let outcome = run_once(&pool, &config, &catalog, &options).await?;
             println!("{}", describe(&outcome));
@@ -106,6 +117,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Schedule { cron } => {
             let schedule = parse_cron(&cron)?;
+            registry::register_service(&pool, "batch-layer schedule", &catalog, false)
+                .await
+                .context("starting the batch schedule")?;
             run_on_schedule(
                 &pool,
                 &config,

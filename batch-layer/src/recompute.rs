@@ -50,6 +50,8 @@ pub struct RunOptions {
     pub cutover: Option<Millis>,
     /// `--full`, `--from`/`--to`.
     pub request: incremental::Request,
+    /// `--accept-definitions`: compute and promote even if the promoted view's definitions differ.
+    pub accept_definitions: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -84,7 +86,9 @@ struct LakeSnapshot {
 
 struct PromotedView {
     view_path: String,
-    definitions: String,
+    /// The fingerprint of the definitions it was computed with: a view of other definitions
+    /// has no rows to reuse.
+    definitions: Option<String>,
     previous: incremental::Previous,
 }
 
@@ -104,12 +108,6 @@ impl LakeSnapshot {
     }
 }
 
-/// A digest of the metric definitions a view was computed with: a view computed with other
-/// definitions has no rows to reuse.
-fn definitions_digest(catalog: &MetricCatalog) -> String {
-    incremental::digest_files([(format!("{:?}", catalog.metrics).as_str(), 0)])
-}
-
 pub async fn run_once(
     pool: &PgPool,
     config: &PlatformConfig,
@@ -120,6 +118,7 @@ pub async fn run_once(
     let span = tracing::info_span!("batch_run", run_id = %version);
     async {
         let lock = RunLock::acquire(config).await?;
+        let definitions = crate::definitions::check_for_run(pool, catalog, options.accept_definitions).await?;
         let started_at = Utc::now();
         remove_staging(config);
 
@@ -129,11 +128,10 @@ pub async fn run_once(
         tracing::info!(cutover = %format_rfc3339(cutover), files = snapshot.files.len(), rows = snapshot.rows, "recomputing");
 
         let digests = snapshot.hour_digests();
-        let definitions = definitions_digest(catalog);
         let previous = snapshot
             .promoted
             .as_ref()
-            .filter(|p| p.definitions == definitions)
+            .filter(|p| p.definitions.as_deref() == Some(definitions.fingerprint.as_str()))
             .map(|p| &p.previous);
         let mut scope = incremental::plan(catalog, &options.request, &digests, previous, cutover);
         let mut reused = Vec::new();
@@ -274,15 +272,16 @@ async fn read_snapshot(pool: &PgPool, topic: &str) -> Result<LakeSnapshot, Batch
         sqlx::query_scalar("SELECT cutover FROM serving_state WHERE id = 1")
             .fetch_one(&mut *tx)
             .await?;
-    let promoted: Option<(String, DateTime<Utc>, String, Vec<i64>, Vec<String>)> = sqlx::query_as(
-        "SELECT v.view_path, v.cutover, l.definitions, l.hours, l.digests
+    let promoted: Option<(String, DateTime<Utc>, Option<String>, Vec<i64>, Vec<String>)> =
+        sqlx::query_as(
+            "SELECT v.view_path, v.cutover, v.definitions_fingerprint, l.hours, l.digests
          FROM serving_state s
          JOIN batch_versions v ON v.version = s.version
          JOIN batch_version_lake l ON l.version = s.version
          WHERE s.id = 1",
-    )
-    .fetch_optional(&mut *tx)
-    .await?;
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(LakeSnapshot {
         rows: files.iter().map(|(_, _, rows)| rows).sum(),
@@ -581,7 +580,7 @@ struct VersionRecord<'a> {
     view_path: &'a std::path::Path,
     view_rows: usize,
     started_at: DateTime<Utc>,
-    definitions: &'a str,
+    definitions: &'a crate::definitions::RunDefinitions,
     digests: &'a HourDigests,
     recomputed_hours: Option<usize>,
 }
@@ -626,12 +625,12 @@ async fn promote(
         .iter()
         .map(|(hour, digest)| (*hour, digest.as_str()))
         .unzip();
+    crate::definitions::record_view(&mut tx, version, record.definitions).await?;
     sqlx::query(
-        "INSERT INTO batch_version_lake (version, definitions, hours, digests, recomputed_hours)
-         VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO batch_version_lake (version, hours, digests, recomputed_hours)
+         VALUES ($1, $2, $3, $4)",
     )
     .bind(version)
-    .bind(record.definitions)
     .bind(&hours)
     .bind(&digests)
     .bind(record.recomputed_hours.map(|h| h as i32))

@@ -6,6 +6,7 @@ use chrono::Utc;
 use cron::Schedule;
 use shared_schema::config::PlatformConfig;
 use shared_schema::metrics::MetricCatalog;
+use shared_schema::registry::RegistryError;
 use sqlx::PgPool;
 use std::future::Future;
 use std::str::FromStr;
@@ -26,7 +27,8 @@ pub fn parse_cron(expr: &str) -> Result<Schedule, BatchError> {
 }
 
 /// Runs `batch-layer run` at every tick until `shutdown`. A failed run is logged and the next
-/// tick tries again; the previous view stays served meanwhile.
+/// tick tries again; the previous view stays served meanwhile. A run refused because the
+/// promoted view was computed with other definitions ends the schedule with that error.
 pub async fn run_on_schedule(
     pool: &PgPool,
     config: &PlatformConfig,
@@ -48,6 +50,9 @@ pub async fn run_on_schedule(
         }
         match run_once(pool, config, catalog, &RunOptions::default()).await {
             Ok(outcome) => tracing::info!("{}", describe(&outcome)),
+            // Another view became the reference: no later tick can succeed with these
+            // definitions, so the schedule stops rather than fail every tick.
+            Err(e @ BatchError::Registry(RegistryError::DefinitionsDiffer(_))) => return Err(e),
             Err(e) => {
                 tracing::error!(error = %e, "batch run failed; the previous view stays served")
             }

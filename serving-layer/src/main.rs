@@ -1,6 +1,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serving_layer::{AppState, alerts, router};
+use shared_schema::registry;
 use shared_schema::service::{self, Started};
 use shared_schema::telemetry;
 
@@ -28,6 +29,10 @@ async fn main() -> anyhow::Result<()> {
         catalog,
         pool,
     } = service::start()
+        .await
+        .context("starting the serving layer")?;
+    // Refuses to start with definitions the promoted view was not computed with.
+    registry::register_service(&pool, "serving-layer run", &catalog, false)
         .await
         .context("starting the serving layer")?;
     let listener = tokio::net::TcpListener::bind(&config.listen_addr)

@@ -172,6 +172,84 @@ pub fn micros_to_f64(micros: i128) -> f64 {
     micros as f64 / MICROS_PER_UNIT
 }
 
+/// One field of an event schema version, as the registry records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct SchemaField {
+    pub name: &'static str,
+    /// The JSON type(s) accepted.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub required: bool,
+}
+
+/// One event schema version the decoder accepts (CONTRACT §1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchemaVersion {
+    pub version: i32,
+    pub description: &'static str,
+    pub fields: &'static [SchemaField],
+}
+
+const fn field(name: &'static str, kind: &'static str, required: bool) -> SchemaField {
+    SchemaField {
+        name,
+        kind,
+        required,
+    }
+}
+
+/// Every version [`decode`] accepts, oldest first; the last is [`CURRENT_SCHEMA_VERSION`]. The
+/// registry records them at every service start, and refuses a binary that means something else
+/// by a version already recorded.
+pub const SCHEMA_VERSIONS: [SchemaVersion; 2] = [
+    SchemaVersion {
+        version: 1,
+        description: "`location` as \"City, CC\", upcast to `city` and `country` at its last comma; `schema_version` may be absent",
+        fields: &[
+            field("event_id", "string", true),
+            field("event_type", "string", true),
+            field("event_time", "string (RFC 3339) | integer (epoch ms)", true),
+            field("schema_version", "integer (1 or absent)", false),
+            field("user_id", "string", false),
+            field("product_id", "string", false),
+            field("amount", "number (0 to 1e12)", false),
+            field("location", "string (\"City, CC\")", false),
+        ],
+    },
+    SchemaVersion {
+        version: 2,
+        description: "`city` and `country` as separate fields",
+        fields: &[
+            field("event_id", "string", true),
+            field("event_type", "string", true),
+            field("event_time", "string (RFC 3339) | integer (epoch ms)", true),
+            field("schema_version", "integer (2)", true),
+            field("user_id", "string", false),
+            field("product_id", "string", false),
+            field("amount", "number (0 to 1e12)", false),
+            field("city", "string", false),
+            field("country", "string (ISO code)", false),
+        ],
+    },
+];
+
+impl SchemaVersion {
+    /// The fields as canonical JSON: sorted by name, so only what they are counts.
+    pub fn fields_json(&self) -> String {
+        let mut fields = self.fields.to_vec();
+        fields.sort_by_key(|f| f.name);
+        // Static strings and booleans only: serialisation cannot fail.
+        serde_json::to_string(&fields).unwrap_or_default()
+    }
+
+    /// A stable hash of the version number and its fields (the description is prose and is
+    /// not covered).
+    pub fn fingerprint(&self) -> String {
+        let text = format!("{}:{}", self.version, self.fields_json());
+        format!("{:032x}", xxhash_rust::xxh3::xxh3_128(text.as_bytes()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,6 +299,56 @@ mod tests {
             (Some("Washington, D.C.".into()), Some("US".into()))
         );
         assert_eq!(upcast_location("Nowhere"), (Some("Nowhere".into()), None));
+    }
+
+    #[test]
+    fn every_registered_schema_version_decodes_and_the_last_is_current() {
+        let last = SCHEMA_VERSIONS.last().map(|v| v.version);
+        assert_eq!(last, Some(CURRENT_SCHEMA_VERSION));
+        for (i, version) in SCHEMA_VERSIONS.iter().enumerate() {
+            assert_eq!(version.version, i as i32 + 1);
+            // An event with every listed field decodes, as that version.
+            let mut json = serde_json::Map::new();
+            for f in version.fields {
+                let value = match f.name {
+                    "schema_version" => serde_json::json!(version.version),
+                    "event_time" => serde_json::json!(1),
+                    "amount" => serde_json::json!(1.5),
+                    "location" => serde_json::json!("Berlin, DE"),
+                    other => serde_json::json!(other),
+                };
+                json.insert(f.name.to_string(), value);
+            }
+            let event = ok(&serde_json::Value::Object(json).to_string());
+            assert_eq!(event.schema_version, version.version);
+            assert!(event.country.is_some() && event.city.is_some());
+            // And one with only the required fields.
+            let required: serde_json::Map<String, serde_json::Value> = version
+                .fields
+                .iter()
+                .filter(|f| f.required)
+                .map(|f| {
+                    let value = match f.name {
+                        "schema_version" => serde_json::json!(version.version),
+                        "event_time" => serde_json::json!(1),
+                        other => serde_json::json!(other),
+                    };
+                    (f.name.to_string(), value)
+                })
+                .collect();
+            assert_eq!(
+                ok(&serde_json::Value::Object(required).to_string()).schema_version,
+                version.version
+            );
+        }
+        assert_ne!(
+            SCHEMA_VERSIONS[0].fingerprint(),
+            SCHEMA_VERSIONS[1].fingerprint()
+        );
+        assert_eq!(
+            SCHEMA_VERSIONS[1].fingerprint(),
+            SCHEMA_VERSIONS[1].fingerprint()
+        );
     }
 
     #[test]

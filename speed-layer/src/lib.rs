@@ -20,6 +20,7 @@ use shared_schema::metrics::{
     Aggregation, LatePolicy, MetricCatalog, MetricDef, Partial, PartialKey, encode_dims,
 };
 use shared_schema::positions::{PositionTable, load_positions, store_positions};
+use shared_schema::registry::{self, DefinitionsDiffer, RegistryError};
 use shared_schema::sessions;
 use shared_schema::time::Millis;
 use shared_schema::time::{bucket_start, to_datetime};
@@ -36,6 +37,8 @@ pub mod replay;
 
 /// Name under which this layer records quarantined messages.
 const CONSUMER_NAME: &str = "speed-layer";
+/// Name under which this layer registers its instances (`service_instances`).
+pub const SERVICE: &str = "speed-layer run";
 /// How often state already covered by a promoted batch view is deleted.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -49,6 +52,8 @@ pub enum SpeedError {
     Sql(#[from] sqlx::Error),
     #[error(transparent)]
     Source(#[from] SourceError),
+    #[error(transparent)]
+    Definitions(#[from] DefinitionsDiffer),
 }
 
 pub struct SpeedLayer {
@@ -100,6 +105,7 @@ impl SpeedLayer {
     ) -> Result<bool, SpeedError> {
         let topic = self.config.events_topic.clone();
         let mut clock = EventClock::new(stored, &self.config);
+        let definitions = self.catalog.canonical();
         tokio::pin!(shutdown);
         let mut last_retention: Option<tokio::time::Instant> = None;
         let max_events = match &replay {
@@ -109,6 +115,16 @@ impl SpeedLayer {
         loop {
             // Retention runs between batches, never by interrupting one.
             if last_retention.is_none_or(|at| at.elapsed() >= RETENTION_INTERVAL) {
+                // A view computed with other definitions was promoted while this instance ran:
+                // what it folds from now on would mean something else than the view, so it
+                // stops, and a restart with these definitions is refused, naming them.
+                match registry::check_promoted(&self.pool, SERVICE, &definitions).await {
+                    Ok(()) => {}
+                    Err(RegistryError::DefinitionsDiffer(differ)) => return Err(differ.into()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not check the promoted view's definitions; will retry")
+                    }
+                }
                 if let Err(e) = self.apply_retention().await {
                     tracing::warn!(error = %e, "retention failed; will retry");
                 }

@@ -1,9 +1,10 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use shared_schema::kafka::ReplayStart;
+use shared_schema::registry;
 use shared_schema::service::{self, Started};
 use shared_schema::telemetry;
-use speed_layer::{SpeedLayer, replay};
+use speed_layer::{SERVICE, SpeedLayer, replay};
 
 #[derive(Parser)]
 #[command(
@@ -39,6 +40,10 @@ async fn main() -> anyhow::Result<()> {
         catalog,
         pool,
     } = service::start().await.context("starting the speed layer")?;
+    // Refuses to start with definitions the promoted view was not computed with.
+    registry::register_service(&pool, SERVICE, &catalog, false)
+        .await
+        .context("starting the speed layer")?;
     match command {
         Command::Run => {
             SpeedLayer::new(pool, config, catalog)

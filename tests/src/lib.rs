@@ -387,6 +387,23 @@ impl Service {
         self.child.id()
     }
 
+    /// Waits up to `limit` for the process to exit on its own: its status, or `None` while it
+    /// still runs.
+    pub async fn exited_within(
+        &mut self,
+        limit: Duration,
+    ) -> Result<Option<std::process::ExitStatus>> {
+        match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(status) => Ok(Some(status?)),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Everything the process wrote so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
     /// Fails if the process already exited, with its log.
     pub fn assert_running(&mut self) -> Result<()> {
         if let Some(status) = self.child.try_wait()? {

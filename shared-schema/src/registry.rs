@@ -1,0 +1,403 @@
+//! The schema registry in Postgres (migration 0009): the event schema versions the platform
+//! knows, the metric definitions every service instance and batch view was computed with, and
+//! the start-up check that keeps them in agreement.
+//!
+//! The rule: the promoted batch view is the reference. A service whose definitions (see
+//! [`crate::fingerprint`]) differ from the promoted view's refuses to start, naming each
+//! difference; with no promoted view, or one promoted before the registry existed, there is
+//! nothing to disagree with. New definitions are rolled out by a batch run that accepts them
+//! (`batch-layer run --accept-definitions`), whose view then becomes the reference.
+
+use crate::event::SCHEMA_VERSIONS;
+use crate::fingerprint::{CanonicalCatalog, Difference};
+use crate::metrics::MetricCatalog;
+use sqlx::{PgConnection, PgPool};
+use std::fmt;
+use std::time::Duration;
+use tracing::Instrument;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("schema registry: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error(
+        "event schema version {version} is registered with fields {registered} (fingerprint {registered_fingerprint}), \
+         but this binary decodes it with fields {here} (fingerprint {fingerprint}): a recorded version must never change \
+         meaning, a new shape needs a new version"
+    )]
+    SchemaVersionChanged {
+        version: i32,
+        registered: String,
+        registered_fingerprint: String,
+        here: String,
+        fingerprint: String,
+    },
+    #[error(transparent)]
+    DefinitionsDiffer(#[from] DefinitionsDiffer),
+}
+
+/// A service's metric definitions disagree with the promoted view's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct DefinitionsDiffer {
+    pub service: String,
+    pub fingerprint: String,
+    pub view_version: String,
+    pub view_fingerprint: String,
+    /// Empty only when the stored definitions could not be read back.
+    pub differences: Vec<Difference>,
+}
+
+impl fmt::Display for DefinitionsDiffer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "the metric definitions of {} (fingerprint {}) differ from those of the promoted batch view {} (fingerprint {}):",
+            self.service, self.fingerprint, self.view_version, self.view_fingerprint
+        )?;
+        if self.differences.is_empty() {
+            writeln!(
+                f,
+                "  (the promoted view's definitions are stored in a form this binary cannot read)"
+            )?;
+        }
+        for difference in &self.differences {
+            writeln!(f, "  {difference}")?;
+        }
+        write!(
+            f,
+            "To roll these definitions out, run `batch-layer run --accept-definitions` with them first; \
+             to keep the promoted ones, start this service with the promoted view's definitions \
+             (docs/DESIGN.md, \"Changing metric definitions\")"
+        )
+    }
+}
+
+/// The definitions the promoted view was computed with.
+#[derive(Debug, Clone)]
+pub struct PromotedDefinitions {
+    pub version: String,
+    /// `None` for a view promoted before the registry existed.
+    pub fingerprint: Option<String>,
+    /// `None` when unknown, or stored in a form this binary cannot read.
+    pub canonical: Option<CanonicalCatalog>,
+}
+
+/// How a registered start went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The definitions agree with the promoted view's, or there is nothing to compare with.
+    Started,
+    /// They differ, and the service was told to accept them (a batch run rolling them out).
+    Accepted,
+    Refused,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Started => "started",
+            Outcome::Accepted => "accepted",
+            Outcome::Refused => "refused",
+        }
+    }
+}
+
+/// What a start recorded.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub instance_id: i64,
+    pub fingerprint: String,
+    pub outcome: Outcome,
+}
+
+/// How long a start waits out Postgres being away, as `db::connect` does: a service restarted
+/// while Postgres restarts waits for it instead of failing.
+const PATIENCE: Duration = Duration::from_secs(120);
+
+/// Records the start of `service` (e.g. `"speed-layer run"`) with `catalog`, after registering
+/// the event schema versions, and checks the definitions against the promoted view's. A
+/// disagreement refuses the start (recorded as such) unless `accept` is set.
+pub async fn register_service(
+    pool: &PgPool,
+    service: &str,
+    catalog: &MetricCatalog,
+    accept: bool,
+) -> Result<Registration, RegistryError> {
+    let canonical = catalog.canonical();
+    let fingerprint = canonical.fingerprint();
+    let span = tracing::info_span!("register_service", service, fingerprint = %fingerprint);
+    async {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match try_register(pool, service, &canonical, accept).await {
+                Err(RegistryError::Sql(e)) if tokio::time::Instant::now() + backoff < deadline => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "could not register; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                other => return other,
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn try_register(
+    pool: &PgPool,
+    service: &str,
+    canonical: &CanonicalCatalog,
+    accept: bool,
+) -> Result<Registration, RegistryError> {
+    let fingerprint = canonical.fingerprint();
+    register_schema_versions(pool).await?;
+    let mut conn = pool.acquire().await?;
+    record_definitions(&mut conn, canonical).await?;
+    let promoted = promoted_definitions(&mut conn).await?;
+    let verdict = check(service, canonical, promoted.as_ref());
+    let (outcome, detail) = match &verdict {
+        Ok(()) => (Outcome::Started, None),
+        Err(differ) if accept => (Outcome::Accepted, Some(differ.to_string())),
+        Err(differ) => (Outcome::Refused, Some(differ.to_string())),
+    };
+    let instance_id: i64 = sqlx::query_scalar(
+        "INSERT INTO service_instances (service, fingerprint, host, pid, outcome, detail)
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+    )
+    .bind(service)
+    .bind(&fingerprint)
+    .bind(host_name())
+    .bind(std::process::id() as i32)
+    .bind(outcome.as_str())
+    .bind(detail)
+    .fetch_one(&mut *conn)
+    .await?;
+    match (outcome, &promoted) {
+        (Outcome::Refused, _) => {}
+        (_, None) => tracing::info!("registered; no promoted view to compare definitions with"),
+        (_, Some(p)) if p.fingerprint.is_none() => tracing::info!(
+            view = %p.version,
+            "registered; the promoted view predates the registry, definitions not compared"
+        ),
+        (Outcome::Accepted, Some(p)) => tracing::warn!(
+            view = %p.version,
+            "registered with definitions that differ from the promoted view's, accepted"
+        ),
+        (_, Some(p)) => {
+            tracing::info!(view = %p.version, "registered; definitions agree with the promoted view")
+        }
+    }
+    match verdict {
+        Err(differ) if !accept => Err(differ.into()),
+        _ => Ok(Registration {
+            instance_id,
+            fingerprint,
+            outcome,
+        }),
+    }
+}
+
+/// Compares `canonical` with the promoted view's definitions; no view, or one without a
+/// recorded fingerprint, agrees with everything.
+pub fn check(
+    service: &str,
+    canonical: &CanonicalCatalog,
+    promoted: Option<&PromotedDefinitions>,
+) -> Result<(), DefinitionsDiffer> {
+    let Some(promoted) = promoted else {
+        return Ok(());
+    };
+    let Some(view_fingerprint) = &promoted.fingerprint else {
+        return Ok(());
+    };
+    let fingerprint = canonical.fingerprint();
+    if *view_fingerprint == fingerprint {
+        return Ok(());
+    }
+    Err(DefinitionsDiffer {
+        service: service.to_string(),
+        fingerprint,
+        view_version: promoted.version.clone(),
+        view_fingerprint: view_fingerprint.clone(),
+        differences: promoted
+            .canonical
+            .as_ref()
+            .map(|old| old.diff(canonical))
+            .unwrap_or_default(),
+    })
+}
+
+/// The check alone, against the view promoted now: for a running service to notice that
+/// another view became the reference.
+pub async fn check_promoted(
+    pool: &PgPool,
+    service: &str,
+    canonical: &CanonicalCatalog,
+) -> Result<(), RegistryError> {
+    let mut conn = pool.acquire().await?;
+    let promoted = promoted_definitions(&mut conn).await?;
+    Ok(check(service, canonical, promoted.as_ref())?)
+}
+
+/// Stores `canonical` under its fingerprint (once) and returns the fingerprint.
+pub async fn record_definitions(
+    conn: &mut PgConnection,
+    canonical: &CanonicalCatalog,
+) -> Result<String, sqlx::Error> {
+    let fingerprint = canonical.fingerprint();
+    sqlx::query(
+        "INSERT INTO metric_definitions (fingerprint, definitions) VALUES ($1, $2::jsonb)
+         ON CONFLICT (fingerprint) DO NOTHING",
+    )
+    .bind(&fingerprint)
+    .bind(canonical.to_json())
+    .execute(&mut *conn)
+    .await?;
+    Ok(fingerprint)
+}
+
+/// The promoted view and the definitions it was computed with; `None` before any promotion.
+pub async fn promoted_definitions(
+    conn: &mut PgConnection,
+) -> Result<Option<PromotedDefinitions>, sqlx::Error> {
+    let row: (Option<String>, Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT s.version, b.definitions_fingerprint, d.definitions::text
+         FROM serving_state s
+         LEFT JOIN batch_versions b ON b.version = s.version
+         LEFT JOIN metric_definitions d ON d.fingerprint = b.definitions_fingerprint
+         WHERE s.id = 1",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let (Some(version), fingerprint, definitions) = row else {
+        return Ok(None);
+    };
+    let canonical = definitions.and_then(|text| match CanonicalCatalog::from_json(&text) {
+        Ok(canonical) => Some(canonical),
+        Err(e) => {
+            tracing::warn!(view = %version, error = %e, "cannot read the promoted view's definitions");
+            None
+        }
+    });
+    Ok(Some(PromotedDefinitions {
+        version,
+        fingerprint,
+        canonical,
+    }))
+}
+
+/// Records every event schema version this binary decodes, and refuses if one was recorded
+/// with other fields. Versions recorded by newer binaries are only warned about: this one
+/// quarantines their events as unsupported.
+pub async fn register_schema_versions(pool: &PgPool) -> Result<(), RegistryError> {
+    for version in &SCHEMA_VERSIONS {
+        let fields = version.fields_json();
+        let fingerprint = version.fingerprint();
+        sqlx::query(
+            "INSERT INTO event_schema_versions (version, description, fields, fingerprint)
+             VALUES ($1, $2, $3::jsonb, $4) ON CONFLICT (version) DO NOTHING",
+        )
+        .bind(version.version)
+        .bind(version.description)
+        .bind(&fields)
+        .bind(&fingerprint)
+        .execute(pool)
+        .await?;
+        let (registered_fingerprint, registered): (String, String) = sqlx::query_as(
+            "SELECT fingerprint, fields::text FROM event_schema_versions WHERE version = $1",
+        )
+        .bind(version.version)
+        .fetch_one(pool)
+        .await?;
+        if registered_fingerprint != fingerprint {
+            return Err(RegistryError::SchemaVersionChanged {
+                version: version.version,
+                registered,
+                registered_fingerprint,
+                here: fields,
+                fingerprint,
+            });
+        }
+    }
+    let newest = SCHEMA_VERSIONS.iter().map(|v| v.version).max().unwrap_or(0);
+    let unknown: Vec<i32> = sqlx::query_scalar(
+        "SELECT version FROM event_schema_versions WHERE version > $1 ORDER BY version",
+    )
+    .bind(newest)
+    .fetch_all(pool)
+    .await?;
+    if !unknown.is_empty() {
+        tracing::warn!(
+            ?unknown,
+            newest,
+            "the registry knows event schema versions this binary does not decode; their events go to quarantine here"
+        );
+    }
+    Ok(())
+}
+
+/// This machine's name, for telling instances apart.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn promoted(catalog: &MetricCatalog) -> PromotedDefinitions {
+        PromotedDefinitions {
+            version: "v1".into(),
+            fingerprint: Some(catalog.fingerprint()),
+            canonical: Some(catalog.canonical()),
+        }
+    }
+
+    #[test]
+    fn no_view_or_a_view_before_the_registry_agrees_with_everything() {
+        let catalog = MetricCatalog::default();
+        assert!(check("speed-layer run", &catalog.canonical(), None).is_ok());
+        let old = PromotedDefinitions {
+            version: "v0".into(),
+            fingerprint: None,
+            canonical: None,
+        };
+        assert!(check("speed-layer run", &catalog.canonical(), Some(&old)).is_ok());
+        assert!(
+            check(
+                "speed-layer run",
+                &catalog.canonical(),
+                Some(&promoted(&catalog))
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_disagreement_names_service_view_metric_field_and_values() {
+        let view = MetricCatalog::default();
+        let here = MetricCatalog::from_toml(&crate::metrics::DEFAULT_METRICS.replace(
+            "dimensions = [\"country\"]\n\n[[metric]]\nname = \"page_views\"",
+            "dimensions = [\"city\"]\n\n[[metric]]\nname = \"page_views\"",
+        ))
+        .unwrap();
+        let err = check("speed-layer run", &here.canonical(), Some(&promoted(&view))).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("speed-layer run"), "{text}");
+        assert!(text.contains("promoted batch view v1"), "{text}");
+        assert!(
+            text.contains(
+                r#"metric `revenue`, field `dimensions`: ["country"] in the promoted view, ["city"] here"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains("--accept-definitions"), "{text}");
+        assert_eq!(err.differences.len(), 1);
+    }
+}
