@@ -62,6 +62,11 @@ async fn only_changed_hours_are_recomputed_and_the_answer_is_the_full_one() -> R
     platform
         .extra_env
         .push(("PLATFORM_BATCH__CHUNK_HOURS".into(), "3".into()));
+    // The memory limit and spill directory reach DataFusion from the environment.
+    // (`batch-layer/tests/memory_limit.rs` shows spilling at a limit the input exceeds.)
+    platform
+        .extra_env
+        .push(("PLATFORM_BATCH__MEMORY_LIMIT_MB".into(), "256".into()));
     let _lander = platform.spawn("batch-layer", &["land"])?;
     let _serving = platform.spawn("serving-layer", &["run"])?;
     platform.wait_for_http().await?;

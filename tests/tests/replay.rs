@@ -8,7 +8,7 @@ use platform_tests::Platform;
 use platform_tests::truth::{Sent, check_served, default_metrics};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use shared_schema::time::{MINUTE_MS, bucket_start, now_millis};
+use shared_schema::time::{MINUTE_MS, bucket_start, format_rfc3339, now_millis};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
@@ -37,6 +37,7 @@ async fn a_replay_rebuilds_damaged_state_at_its_rate_and_swaps_in() -> Result<()
     let _serving = platform.spawn("serving-layer", &["run"])?;
     platform.wait_for_http().await?;
 
+    let test_started = now_millis() - 1_000;
     let base = bucket_start(now_millis(), MINUTE_MS) - 30 * MINUTE_MS;
     let mut rng = StdRng::seed_from_u64(9);
     let mut sent: BTreeMap<String, Sent> = BTreeMap::new();
@@ -123,6 +124,27 @@ async fn a_replay_rebuilds_damaged_state_at_its_rate_and_swaps_in() -> Result<()
         &BTreeMap::new(),
     )
     .await?;
+
+    // From a time: Kafka's timestamp index finds where to start; everything was produced after
+    // `test_started`, so this replays it all again.
+    let from = format_rfc3339(test_started);
+    let (ok, text) = platform
+        .run("speed-layer", &["replay", "--from", from.as_str()])
+        .await?;
+    ensure!(
+        ok && text.contains("swapped them in"),
+        "replay from a time:\n{text}"
+    );
+    check_served(
+        &platform,
+        "after a replay from a time",
+        &metrics,
+        range,
+        &sent,
+        &BTreeMap::new(),
+    )
+    .await?;
+
     let previous: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'speed_previous'",
     )
