@@ -17,6 +17,7 @@ pub mod query;
 pub mod retry;
 pub mod service;
 pub mod sessions;
+pub mod speed_state;
 pub mod telemetry;
 pub mod time;
 pub mod view;
