@@ -3,6 +3,7 @@
 //! with its cutover in one Postgres transaction (`run`, `schedule`). Its output is the source of
 //! truth for every bucket before the cutover.
 
+pub mod divergence;
 pub mod lake;
 pub mod land;
 pub mod recompute;
@@ -18,6 +19,8 @@ pub enum BatchError {
     Db(#[from] shared_schema::db::DbError),
     #[error("Postgres: {0}")]
     Sql(#[from] sqlx::Error),
+    #[error(transparent)]
+    SpeedState(#[from] shared_schema::speed_state::SpeedStateError),
     #[error(transparent)]
     Source(#[from] shared_schema::kafka::SourceError),
     #[error("lake I/O: {0}")]

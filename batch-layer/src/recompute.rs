@@ -88,6 +88,9 @@ pub async fn run_once(
         let view_path = publish_view(config, &version, rows).await?;
         promote(pool, &version, cutover, &view_path, &snapshot, view_rows, started_at).await?;
         tracing::info!(cutover = %format_rfc3339(cutover), rows = view_rows, "promoted");
+        // The speed state of [previous T, T) is kept for the retention grace: compare it now.
+        let previous = snapshot.current_cutover;
+        crate::divergence::after_promotion(pool, config, catalog, &version, previous, cutover, &view_path).await;
         remove_old_versions(pool, config).await;
         lock.release().await?;
         Ok(RunOutcome {
