@@ -31,6 +31,7 @@
 //! already promoted.
 
 use crate::BatchError;
+use chrono::{DateTime, Utc};
 use shared_schema::config::PlatformConfig;
 use shared_schema::cutover::{LandedPartition, lake_complete_until};
 use shared_schema::metrics::{MetricCatalog, MetricDef};
@@ -243,7 +244,7 @@ async fn check(
         // The first promotion newly covers everything before T: start at the first bucket
         // either side holds.
         None => {
-            let speed_first: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+            let speed_first: Option<DateTime<Utc>> = sqlx::query_scalar(
                 "SELECT min(bucket_start) FROM speed_aggregates WHERE bucket_start < $1",
             )
             .bind(to_datetime(cutover))
@@ -261,18 +262,18 @@ async fn check(
         }
     };
     let covered_from = speed_state::read_covered_from(&mut tx, &config.events_topic).await?;
-    let speed_positions: Vec<(i32, Option<chrono::DateTime<chrono::Utc>>, bool)> = sqlx::query_as(
+    let speed_positions: Vec<(i32, Option<DateTime<Utc>>, bool)> = sqlx::query_as(
         "SELECT partition, max_event_time, caught_up FROM speed_offsets WHERE topic = $1",
     )
     .bind(&config.events_topic)
     .fetch_all(&mut *tx)
     .await?;
-    let lake_positions: Vec<(i32, Option<chrono::DateTime<chrono::Utc>>)> =
+    let lake_positions: Vec<(i32, Option<DateTime<Utc>>)> =
         sqlx::query_as("SELECT partition, max_event_time FROM lake_progress WHERE topic = $1")
             .bind(&config.events_topic)
             .fetch_all(&mut *tx)
             .await?;
-    let millis = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.timestamp_millis());
+    let millis = |t: Option<DateTime<Utc>>| t.map(|t| t.timestamp_millis());
     let complete_until = speed_complete_until(
         &speed_positions
             .iter()
@@ -297,9 +298,7 @@ async fn check(
         .map(|metric| {
             let comparison = match compared {
                 Some((start, end)) => {
-                    let parts = catalog
-                        .parts(metric)
-                        .map_err(|e| BatchError::Lake(e.to_string()))?;
+                    let parts = catalog.parts(metric)?;
                     let batch: HashMap<String, Vec<BucketRow>> = parts
                         .iter()
                         .map(|p| {

@@ -20,6 +20,8 @@ pub enum BatchError {
     #[error("Postgres: {0}")]
     Sql(#[from] sqlx::Error),
     #[error(transparent)]
+    Metrics(#[from] shared_schema::metrics::MetricError),
+    #[error(transparent)]
     SpeedState(#[from] shared_schema::speed_state::SpeedStateError),
     #[error(transparent)]
     Source(#[from] shared_schema::kafka::SourceError),
