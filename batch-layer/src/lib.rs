@@ -4,6 +4,7 @@
 //! truth for every bucket before the cutover.
 
 pub mod definitions;
+pub mod divergence;
 pub mod incremental;
 pub mod lake;
 pub mod land;
@@ -20,6 +21,10 @@ pub enum BatchError {
     Db(#[from] shared_schema::db::DbError),
     #[error("Postgres: {0}")]
     Sql(#[from] sqlx::Error),
+    #[error(transparent)]
+    Metrics(#[from] shared_schema::metrics::MetricError),
+    #[error(transparent)]
+    SpeedState(#[from] shared_schema::speed_state::SpeedStateError),
     #[error(transparent)]
     Source(#[from] shared_schema::kafka::SourceError),
     #[error("lake I/O: {0}")]

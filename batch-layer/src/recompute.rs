@@ -184,6 +184,9 @@ pub async fn run_once(
         };
         promote(pool, &record, &snapshot).await?;
         tracing::info!(cutover = %format_rfc3339(cutover), rows = view_rows, "promoted");
+        // The speed state of [previous T, T) is kept for the retention grace: compare it now.
+        let previous = snapshot.current_cutover;
+        crate::divergence::after_promotion(pool, config, catalog, &version, previous, cutover, &view_path).await;
         remove_old_versions(pool, config).await;
         lock.release().await?;
         Ok(RunOutcome {

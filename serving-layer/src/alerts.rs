@@ -65,6 +65,8 @@ pub async fn evaluate_once(state: &AppState) -> Result<Vec<Transition>, anyhow::
     if !leader {
         return Ok(transitions);
     }
+    // Divergence alerts follow the batch layer's comparisons, not the watermark.
+    transitions.extend(crate::divergence::evaluate(&mut tx, state).await?);
     // One watermark for every rule of this evaluation.
     let watermark: Option<DateTime<Utc>> =
         sqlx::query_scalar("SELECT min(watermark) FROM speed_offsets WHERE topic = $1")

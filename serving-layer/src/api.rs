@@ -1,6 +1,6 @@
 //! The HTTP API of CONTRACT §4.
 
-use crate::snapshot::{Snapshot, SnapshotError, ViewCache, read_snapshot, rows_in};
+use crate::snapshot::{Snapshot, SnapshotError, ViewCache, read_snapshot};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -12,8 +12,9 @@ use serde_json::{Map, Value, json};
 use shared_schema::config::PlatformConfig;
 use shared_schema::cutover::Source;
 use shared_schema::db::MIGRATOR;
-use shared_schema::metrics::{Aggregation, Dimension, MetricCatalog, MetricDef, finish_ratio};
-use shared_schema::query::{SeriesQuery, assemble, gaps};
+use shared_schema::metrics::{Dimension, MetricCatalog, MetricDef};
+pub use shared_schema::query::{Group, MergedPoint};
+use shared_schema::query::{SeriesQuery, finish_points, gaps, rows_in};
 use shared_schema::time::{HumanDuration, Millis, format_rfc3339, parse_rfc3339};
 use sqlx::PgPool;
 use std::collections::{BTreeMap, HashMap};
@@ -44,6 +45,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/metrics", get(list_metrics))
         .route("/v1/metrics/{name}", get(query_metric))
         .route("/v1/alerts", get(list_alerts))
+        .route("/v1/divergence", get(crate::divergence::get))
+        .route("/metrics", get(crate::divergence::prometheus))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(|| async {
@@ -68,10 +71,10 @@ impl ApiError {
             message: message.into(),
         }
     }
-    fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
-    fn unavailable(message: impl Into<String>) -> Self {
+    pub(crate) fn unavailable(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
 }
@@ -260,18 +263,6 @@ fn parse_query(
     })
 }
 
-/// A group's value (`None` without `group_by`; `Some(None)` for events lacking the field).
-pub type Group = Option<Option<String>>;
-
-/// One finished point of a merged query.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct MergedPoint {
-    pub value: f64,
-    pub source: Source,
-    /// For a ratio, the finished denominator.
-    pub denominator: Option<f64>,
-}
-
 /// The finished points of `metric` under `query`, read from one snapshot, and the snapshot.
 pub async fn merged_points(
     state: &AppState,
@@ -279,23 +270,10 @@ pub async fn merged_points(
     query: &SeriesQuery,
 ) -> Result<(Snapshot, BTreeMap<(Group, Millis), MergedPoint>), ApiError> {
     // A ratio is read as its two stored parts; anything else as itself.
-    let parts: Vec<&MetricDef> = match &metric.aggregation {
-        Aggregation::Ratio {
-            numerator,
-            denominator,
-        } => [numerator, denominator]
-            .into_iter()
-            .map(|name| {
-                state.catalog.get(name).map(|(_, m)| m).ok_or_else(|| {
-                    ApiError::unavailable(format!(
-                        "`{}` refers to the unknown metric `{name}`",
-                        metric.name
-                    ))
-                })
-            })
-            .collect::<Result<_, _>>()?,
-        _ => vec![metric],
-    };
+    let parts = state
+        .catalog
+        .parts(metric)
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
     let names: Vec<&str> = parts.iter().map(|m| m.name.as_str()).collect();
     let range = query.bucket_range();
     let mut snapshot =
@@ -307,71 +285,19 @@ pub async fn merged_points(
     let batch_end = snapshot
         .cutover
         .map_or(range.0, |t| t.clamp(range.0, range.1));
-    // Per part: (group, t) -> (finished value, source).
-    let mut finished: Vec<BTreeMap<(Group, Millis), (Option<f64>, Source)>> = Vec::new();
-    for part in &parts {
-        let batch_rows = view
-            .as_ref()
-            .and_then(|v| v.get(&part.name))
-            .map(|rows| rows_in(rows, range.0, batch_end))
-            .unwrap_or_default();
-        let speed_rows = snapshot.speed_rows.remove(&part.name).unwrap_or_default();
-        let series = assemble(
-            part,
-            query,
-            snapshot.cutover,
-            batch_rows.iter().cloned(),
-            speed_rows,
-        );
-        finished.push(
-            series
-                .into_iter()
-                .flat_map(|s| {
-                    let group = s.group;
-                    s.points.into_iter().map(move |p| {
-                        (
-                            (group.clone(), p.t),
-                            (p.partial.finish(&part.aggregation), p.source),
-                        )
-                    })
-                })
-                .collect(),
-        );
-    }
-    let points = match finished.as_slice() {
-        [single] => single
-            .iter()
-            .filter_map(|(k, (v, source))| {
-                v.map(|value| {
-                    (
-                        k.clone(),
-                        MergedPoint {
-                            value,
-                            source: *source,
-                            denominator: None,
-                        },
-                    )
-                })
-            })
-            .collect(),
-        [numerator, denominator] => denominator
-            .iter()
-            .filter_map(|(k, (den, source))| {
-                let num = numerator.get(k).and_then(|(v, _)| *v);
-                finish_ratio(num, *den).map(|value| {
-                    (
-                        k.clone(),
-                        MergedPoint {
-                            value,
-                            source: *source,
-                            denominator: *den,
-                        },
-                    )
-                })
-            })
-            .collect(),
-        _ => BTreeMap::new(),
-    };
+    let inputs = parts
+        .iter()
+        .map(|part| {
+            let batch_rows = view
+                .as_ref()
+                .and_then(|v| v.get(&part.name))
+                .map(|rows| rows_in(rows, range.0, batch_end))
+                .unwrap_or_default();
+            let speed_rows = snapshot.speed_rows.remove(&part.name).unwrap_or_default();
+            (*part, batch_rows.iter().cloned(), speed_rows)
+        })
+        .collect();
+    let points = finish_points(query, snapshot.cutover, inputs);
     Ok((snapshot, points))
 }
 

@@ -4,6 +4,7 @@
 
 pub mod alerts;
 mod api;
+mod divergence;
 mod snapshot;
 
 pub use api::{AppState, Group, MergedPoint, merged_points, router};

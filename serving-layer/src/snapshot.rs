@@ -5,11 +5,8 @@
 //! is immutable, so reading its file after the transaction cannot see anything newer.
 
 use chrono::{DateTime, Utc};
-use rust_decimal::Decimal;
-use shared_schema::event::AMOUNT_SCALE;
-use shared_schema::hll::Hll;
-use shared_schema::metrics::Partial;
 use shared_schema::query::BucketRow;
+use shared_schema::speed_state::{self, SpeedStateError};
 use shared_schema::time::{Millis, to_datetime};
 use shared_schema::view::{ViewError, read_view};
 use sqlx::PgPool;
@@ -27,6 +24,15 @@ pub enum SnapshotError {
     Sketch(#[from] shared_schema::hll::SketchError),
     #[error("batch view read was interrupted: {0}")]
     Join(#[from] tokio::task::JoinError),
+}
+
+impl From<SpeedStateError> for SnapshotError {
+    fn from(e: SpeedStateError) -> Self {
+        match e {
+            SpeedStateError::Db(e) => SnapshotError::Db(e),
+            SpeedStateError::Sketch(e) => SnapshotError::Sketch(e),
+        }
+    }
 }
 
 /// What one query sees.
@@ -68,26 +74,7 @@ pub async fn read_snapshot(
         .await?;
     let cutover = cutover.map(|t| t.timestamp_millis());
     let speed_from = cutover.map_or(range.0, |t| t.max(range.0));
-    type Row = (
-        String,
-        DateTime<Utc>,
-        String,
-        i64,
-        Decimal,
-        Option<i64>,
-        Option<i64>,
-        Option<Vec<u8>>,
-    );
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT metric, bucket_start, dims, event_count, sum_micros, min_micros, max_micros, sketch
-         FROM speed_aggregates
-         WHERE metric = ANY($1) AND bucket_start >= $2 AND bucket_start < $3",
-    )
-    .bind(metrics)
-    .bind(to_datetime(speed_from))
-    .bind(to_datetime(range.1))
-    .fetch_all(&mut *tx)
-    .await?;
+    let speed_rows = speed_state::read_rows(&mut tx, metrics, speed_from, range.1).await?;
     let watermark: Option<DateTime<Utc>> =
         sqlx::query_scalar("SELECT min(watermark) FROM speed_offsets WHERE topic = $1")
             .bind(topic)
@@ -103,27 +90,8 @@ pub async fn read_snapshot(
     .bind(to_datetime(range.1))
     .fetch_one(&mut *tx)
     .await?;
-    let coverage: Option<Option<DateTime<Utc>>> =
-        sqlx::query_scalar("SELECT covered_from FROM speed_coverage WHERE topic = $1")
-            .bind(topic)
-            .fetch_optional(&mut *tx)
-            .await?;
+    let speed_covered_from = speed_state::read_covered_from(&mut tx, topic).await?;
     tx.commit().await?;
-    let mut speed_rows: HashMap<String, Vec<BucketRow>> = HashMap::new();
-    for (metric, bucket, dims, count, sum, min_micros, max_micros, sketch) in rows {
-        let sketch = sketch.map(|bytes| Hll::from_bytes(&bytes)).transpose()?;
-        speed_rows.entry(metric).or_default().push(BucketRow {
-            bucket_start: bucket.timestamp_millis(),
-            dims,
-            partial: Partial {
-                count,
-                sum_micros: decimal_to_micros(sum),
-                min_micros,
-                max_micros,
-                sketch,
-            },
-        });
-    }
     Ok(Snapshot {
         cutover,
         batch_version: version,
@@ -132,17 +100,8 @@ pub async fn read_snapshot(
         speed_watermark: watermark.map(|t| t.timestamp_millis()),
         late_events,
         seen_events,
-        // No coverage row: the speed layer never started, so it covers nothing yet.
-        speed_covered_from: match coverage {
-            Some(from) => from.map(|t| t.timestamp_millis()),
-            None => Some(Millis::MAX),
-        },
+        speed_covered_from,
     })
-}
-
-fn decimal_to_micros(mut value: Decimal) -> i128 {
-    value.rescale(AMOUNT_SCALE);
-    value.mantissa()
 }
 
 type View = Arc<HashMap<String, Vec<BucketRow>>>;
@@ -193,11 +152,4 @@ impl ViewCache {
             .find(|(v, _)| v == version)
             .map(|(_, view)| view.clone())
     }
-}
-
-/// The rows of a sorted view that fall in `[start, end)`.
-pub fn rows_in(rows: &[BucketRow], start: Millis, end: Millis) -> &[BucketRow] {
-    let lo = rows.partition_point(|r| r.bucket_start < start);
-    let hi = rows.partition_point(|r| r.bucket_start < end);
-    &rows[lo..hi.max(lo)]
 }

@@ -72,7 +72,8 @@ pub struct LanderConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchConfig {
-    /// Promoted view versions kept on disk; older ones are deleted after a promotion.
+    /// Promoted view versions kept on disk; older ones are deleted after a promotion. The
+    /// divergence history keeps as many comparisons per metric.
     pub keep_versions: usize,
     /// Memory a recompute's DataFusion plans may hold, in MiB; past it sorts and aggregations
     /// spill to disk. Absent: no limit.
@@ -82,6 +83,13 @@ pub struct BatchConfig {
     /// A run recomputes at most this many lake hours at a time (more only when one bucket is
     /// wider), which bounds its memory by the events of that many hours.
     pub chunk_hours: usize,
+    /// After each promotion by `run`, every metric of the new view is compared with what the
+    /// speed layer held for the newly covered buckets. A relative difference
+    /// `|speed - batch| / max(|batch|, |speed|)` strictly above this is logged at warn and
+    /// raises the alert `divergence:<metric>` (`GET /v1/alerts`), which resolves when a later
+    /// comparison is at or below it. Read by the batch layer (warning) and the serving layer
+    /// (alert).
+    pub divergence_alert_ratio: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -127,6 +135,7 @@ impl Default for PlatformConfig {
                 memory_limit_mb: None,
                 spill_dir: None,
                 chunk_hours: 24,
+                divergence_alert_ratio: 0.01,
             },
             serving: ServingConfig {
                 query_timeout: HumanDuration::from_millis(5 * SECOND_MS),
@@ -213,6 +222,7 @@ mod tests {
             jail.set_env("KAFKA_BROKERS", "env:2");
             jail.set_env("DATABASE_URL", "postgres://x");
             jail.set_env("PLATFORM_SPEED__RETENTION_GRACE", "2h");
+            jail.set_env("PLATFORM_BATCH__DIVERGENCE_ALERT_RATIO", "0.05");
             let config = PlatformConfig::load().map_err(|e| e.to_string())?;
             assert_eq!(config.events_topic, "from-file");
             assert_eq!(config.kafka_brokers, "env:2");
@@ -220,6 +230,11 @@ mod tests {
             assert_eq!(config.speed.batch_max_events, 7);
             assert_eq!(config.speed.retention_grace.millis(), 2 * 3_600_000);
             assert_eq!(config.lake_dir, PathBuf::from("./data/lake"));
+            assert_eq!(config.batch.divergence_alert_ratio, 0.05);
+            assert_eq!(
+                config.batch.keep_versions, 5,
+                "a default survives the layers"
+            );
             Ok(())
         });
     }

@@ -19,6 +19,7 @@ pub mod registry;
 pub mod retry;
 pub mod service;
 pub mod sessions;
+pub mod speed_state;
 pub mod telemetry;
 pub mod time;
 pub mod view;

@@ -468,6 +468,25 @@ impl MetricCatalog {
             .find(|(_, m)| m.name == name)
     }
 
+    /// The stored metrics `metric` is computed from: a ratio's numerator and denominator, in
+    /// that order, or the metric itself.
+    pub fn parts<'a>(&'a self, metric: &'a MetricDef) -> Result<Vec<&'a MetricDef>, MetricError> {
+        match &metric.aggregation {
+            Aggregation::Ratio {
+                numerator,
+                denominator,
+            } => [("numerator", numerator), ("denominator", denominator)]
+                .into_iter()
+                .map(|(field, name)| {
+                    self.get(name).map(|(_, m)| m).ok_or_else(|| {
+                        field_error(metric, field, format!("no metric named `{name}`"))
+                    })
+                })
+                .collect(),
+            _ => Ok(vec![metric]),
+        }
+    }
+
     /// The metrics whose partials the layers store.
     pub fn stored(&self) -> impl Iterator<Item = (usize, &MetricDef)> {
         self.metrics

@@ -4,7 +4,7 @@
 //! trusted to the callers: batch rows at or after T and speed rows before T are dropped.
 
 use crate::cutover::Source;
-use crate::metrics::{MetricDef, Partial, decode_dims};
+use crate::metrics::{MetricDef, Partial, decode_dims, finish_ratio};
 use crate::time::{Millis, bucket_ceil, bucket_start};
 use std::collections::BTreeMap;
 
@@ -136,6 +136,93 @@ pub fn assemble(
                 .collect(),
         })
         .collect()
+}
+
+/// A group's value (`None` without `group_by`; `Some(None)` for events lacking the field).
+pub type Group = Option<Option<String>>;
+
+/// One finished point of a merged query.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MergedPoint {
+    pub value: f64,
+    pub source: Source,
+    /// For a ratio, the finished denominator.
+    pub denominator: Option<f64>,
+}
+
+/// The finished points of a metric under `query`. `parts` are the stored metrics it is computed
+/// from (see `MetricCatalog::parts`: the metric itself, or a ratio's numerator and denominator),
+/// each with its batch and speed rows. Each part is merged by [`assemble`] and finished on its
+/// own; a ratio is divided last. Both the serving layer's answers and the batch layer's
+/// divergence check go through here, so they cannot finish a metric differently.
+pub fn finish_points<B, S>(
+    query: &SeriesQuery,
+    cutover: Option<Millis>,
+    parts: Vec<(&MetricDef, B, S)>,
+) -> BTreeMap<(Group, Millis), MergedPoint>
+where
+    B: IntoIterator<Item = BucketRow>,
+    S: IntoIterator<Item = BucketRow>,
+{
+    // Per part: (group, t) -> (finished value, source).
+    let finished: Vec<BTreeMap<(Group, Millis), (Option<f64>, Source)>> = parts
+        .into_iter()
+        .map(|(part, batch, speed)| {
+            assemble(part, query, cutover, batch, speed)
+                .into_iter()
+                .flat_map(|s| {
+                    let group = s.group;
+                    s.points.into_iter().map(move |p| {
+                        (
+                            (group.clone(), p.t),
+                            (p.partial.finish(&part.aggregation), p.source),
+                        )
+                    })
+                })
+                .collect()
+        })
+        .collect();
+    match finished.as_slice() {
+        [single] => single
+            .iter()
+            .filter_map(|(k, (v, source))| {
+                v.map(|value| {
+                    (
+                        k.clone(),
+                        MergedPoint {
+                            value,
+                            source: *source,
+                            denominator: None,
+                        },
+                    )
+                })
+            })
+            .collect(),
+        [numerator, denominator] => denominator
+            .iter()
+            .filter_map(|(k, (den, source))| {
+                let num = numerator.get(k).and_then(|(v, _)| *v);
+                finish_ratio(num, *den).map(|value| {
+                    (
+                        k.clone(),
+                        MergedPoint {
+                            value,
+                            source: *source,
+                            denominator: *den,
+                        },
+                    )
+                })
+            })
+            .collect(),
+        _ => BTreeMap::new(),
+    }
+}
+
+/// The rows of a slice sorted by bucket that fall in `[start, end)`.
+pub fn rows_in(rows: &[BucketRow], start: Millis, end: Millis) -> &[BucketRow] {
+    let lo = rows.partition_point(|r| r.bucket_start < start);
+    let hi = rows.partition_point(|r| r.bucket_start < end);
+    &rows[lo..hi.max(lo)]
 }
 
 /// The parts of `[from, to)` that neither side covers. The batch view covers everything before

@@ -1,0 +1,393 @@
+//! What the batch layer found when it compared each promoted view with the speed layer (see
+//! `batch_layer::divergence` for what is compared and how): `GET /v1/divergence`, the
+//! `lambda_divergence_ratio` gauges of `GET /metrics`, and one alert per metric,
+//! `divergence:<metric>`, raised and resolved by the alert evaluator.
+
+use crate::alerts::Transition;
+use crate::api::{ApiError, AppState};
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use shared_schema::metrics::encode_dims;
+use shared_schema::time::format_rfc3339;
+use sqlx::{PgConnection, PgExecutor};
+use std::collections::{BTreeSet, HashMap};
+use std::fmt::Write;
+
+/// Alerts of this module are named `divergence:<metric>`.
+pub const RULE_PREFIX: &str = "divergence:";
+
+/// Most comparisons `?limit=` may ask for per metric (the table keeps fewer anyway).
+const MAX_LIMIT: i64 = 1000;
+
+/// One stored comparison.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub version: String,
+    pub computed_at: DateTime<Utc>,
+    pub range: (DateTime<Utc>, DateTime<Utc>),
+    pub compared: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    pub batch_total: Option<f64>,
+    pub speed_total: Option<f64>,
+    pub difference: Option<f64>,
+    /// `None` when nothing was compared.
+    pub ratio: Option<f64>,
+    pub buckets: i64,
+    pub differing_buckets: i64,
+}
+
+impl Entry {
+    fn to_json(&self) -> Value {
+        let interval = |(from, to): (DateTime<Utc>, DateTime<Utc>)| json!({"from": rfc3339(from), "to": rfc3339(to)});
+        // The parts of the range left out because the speed layer did not cover them.
+        let uncovered: Vec<Value> = match self.compared {
+            None => vec![interval(self.range)],
+            Some((start, end)) => [(self.range.0, start), (end, self.range.1)]
+                .into_iter()
+                .filter(|(from, to)| from < to)
+                .map(interval)
+                .collect(),
+        };
+        json!({
+            "version": self.version,
+            "computed_at": rfc3339(self.computed_at),
+            "range": interval(self.range),
+            "compared": self.compared.map(interval),
+            "uncovered": uncovered,
+            "batch_total": self.batch_total,
+            "speed_total": self.speed_total,
+            "difference": self.difference,
+            "ratio": self.ratio,
+            "buckets": self.buckets,
+            "differing_buckets": self.differing_buckets,
+        })
+    }
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    format_rfc3339(t.timestamp_millis())
+}
+
+/// The newest `limit` comparisons of every metric, newest first.
+pub async fn read<'e>(
+    db: impl PgExecutor<'e>,
+    limit: i64,
+) -> Result<HashMap<String, Vec<Entry>>, sqlx::Error> {
+    type Row = (
+        String,
+        String,
+        DateTime<Utc>,
+        DateTime<Utc>,
+        Option<DateTime<Utc>>,
+        Option<DateTime<Utc>>,
+        Option<f64>,
+        Option<f64>,
+        Option<f64>,
+        Option<f64>,
+        i64,
+        i64,
+        DateTime<Utc>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT version, metric, range_start, range_end, compared_start, compared_end, batch_total,
+                speed_total, difference, ratio, buckets, differing_buckets, computed_at
+         FROM (SELECT *, row_number() OVER (PARTITION BY metric ORDER BY computed_at DESC, version DESC) AS n
+               FROM divergence) ranked
+         WHERE n <= $1 ORDER BY metric, n",
+    )
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    let mut by_metric: HashMap<String, Vec<Entry>> = HashMap::new();
+    for (
+        version,
+        metric,
+        start,
+        end,
+        c_start,
+        c_end,
+        batch,
+        speed,
+        difference,
+        ratio,
+        buckets,
+        differing,
+        at,
+    ) in rows
+    {
+        by_metric.entry(metric).or_default().push(Entry {
+            version,
+            computed_at: at,
+            range: (start, end),
+            compared: c_start.zip(c_end),
+            batch_total: batch,
+            speed_total: speed,
+            difference,
+            ratio,
+            buckets,
+            differing_buckets: differing,
+        });
+    }
+    Ok(by_metric)
+}
+
+/// Whether `entry` is above the alert threshold (`batch.divergence_alert_ratio`).
+fn above(entry: &Entry, threshold: f64) -> bool {
+    entry.ratio.is_some_and(|r| r > threshold)
+}
+
+/// `GET /v1/divergence[?limit=N]`: per metric of the catalogue, the latest comparison and the
+/// newest `N` (default: all kept), newest first.
+pub async fn get(
+    State(state): State<AppState>,
+    params: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let limit = match params.get("limit") {
+        None => MAX_LIMIT,
+        Some(text) => text
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "`limit` = `{text}` is not a whole number from 1 to {MAX_LIMIT}"
+                ))
+            })?,
+    };
+    let mut entries = read(&state.pool, limit)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("divergence unavailable: {e}")))?;
+    let threshold = state.config.batch.divergence_alert_ratio;
+    let metrics: Vec<Value> = state
+        .catalog
+        .metrics
+        .iter()
+        .map(|metric| {
+            let history = entries.remove(&metric.name).unwrap_or_default();
+            json!({
+                "metric": metric.name,
+                "above_threshold": history.first().is_some_and(|e| above(e, threshold)),
+                "latest": history.first().map(Entry::to_json),
+                "history": history.iter().map(Entry::to_json).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({"threshold": threshold, "metrics": metrics})))
+}
+
+/// `GET /metrics`: Prometheus text format, one gauge per metric whose latest comparison compared
+/// something.
+pub async fn prometheus(State(state): State<AppState>) -> Response {
+    let latest = match read(&state.pool, 1).await {
+        Ok(latest) => latest,
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics unavailable");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("divergence unavailable: {e}\n"),
+            )
+                .into_response();
+        }
+    };
+    let mut text = String::from(
+        "# HELP lambda_divergence_ratio |speed - batch| / max(|batch|, |speed|) over the buckets the latest promotion newly covered.\n\
+         # TYPE lambda_divergence_ratio gauge\n",
+    );
+    for metric in &state.catalog.metrics {
+        if let Some(ratio) = latest
+            .get(&metric.name)
+            .and_then(|entries| entries.first())
+            .and_then(|e| e.ratio)
+        {
+            let _ = writeln!(
+                text,
+                "lambda_divergence_ratio{{metric=\"{}\"}} {ratio}",
+                label_value(&metric.name)
+            );
+        }
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// A label value in the text format: backslash, double quote and newline escaped.
+fn label_value(text: &str) -> String {
+    text.replace('\\', r"\\")
+        .replace('"', "\\\"")
+        .replace('\n', r"\n")
+}
+
+/// Raises `divergence:<metric>` while the metric's latest comparison is above the threshold,
+/// and resolves it once a later one is at or below it (or the metric left the catalogue). A
+/// comparison that compared nothing changes nothing. Runs inside the evaluator's transaction.
+pub async fn evaluate(
+    connection: &mut PgConnection,
+    state: &AppState,
+) -> Result<Vec<Transition>, sqlx::Error> {
+    let threshold = state.config.batch.divergence_alert_ratio;
+    let latest = read(&mut *connection, 1).await?;
+    let firing: BTreeSet<String> = sqlx::query_scalar(
+        "SELECT rule FROM alerts WHERE starts_with(rule, $1) AND state = 'firing'",
+    )
+    .bind(RULE_PREFIX)
+    .fetch_all(&mut *connection)
+    .await?
+    .into_iter()
+    .collect();
+    let group_key = encode_dims(&[]);
+    let mut transitions = Vec::new();
+    let describe =
+        |metric: &str, state: &str, value: Option<f64>, window: (String, String)| Transition {
+            body: json!({
+                "rule": format!("{RULE_PREFIX}{metric}"),
+                "metric": metric,
+                "group": {},
+                "state": state,
+                "value": value,
+                "threshold": threshold,
+                "window": {"from": window.0, "to": window.1},
+            }),
+        };
+    for metric in &state.catalog.metrics {
+        let rule = format!("{RULE_PREFIX}{}", metric.name);
+        let Some(entry) = latest.get(&metric.name).and_then(|e| e.first()) else {
+            continue;
+        };
+        let (Some(ratio), Some((start, end))) = (entry.ratio, entry.compared) else {
+            continue;
+        };
+        let window = (rfc3339(start), rfc3339(end));
+        if ratio > threshold {
+            if firing.contains(&rule) {
+                sqlx::query(
+                    "UPDATE alerts SET value = $3, window_start = $4, window_end = $5
+                     WHERE rule = $1 AND group_key = $2 AND state = 'firing'",
+                )
+                .bind(&rule)
+                .bind(&group_key)
+                .bind(ratio)
+                .bind(start)
+                .bind(end)
+                .execute(&mut *connection)
+                .await?;
+            } else {
+                sqlx::query(
+                    "INSERT INTO alerts (rule, metric, group_key, state, value, threshold, window_start, window_end)
+                     VALUES ($1, $2, $3, 'firing', $4, $5, $6, $7)",
+                )
+                .bind(&rule)
+                .bind(&metric.name)
+                .bind(&group_key)
+                .bind(ratio)
+                .bind(threshold)
+                .bind(start)
+                .bind(end)
+                .execute(&mut *connection)
+                .await?;
+                tracing::warn!(metric = %metric.name, ratio, threshold, version = %entry.version,
+                    "the speed layer diverged from the batch view");
+                transitions.push(describe(&metric.name, "firing", Some(ratio), window));
+            }
+        } else if firing.contains(&rule) {
+            sqlx::query(
+                "UPDATE alerts SET state = 'resolved', resolved_at = now(), window_start = $3, window_end = $4
+                 WHERE rule = $1 AND group_key = $2 AND state = 'firing'",
+            )
+            .bind(&rule)
+            .bind(&group_key)
+            .bind(start)
+            .bind(end)
+            .execute(&mut *connection)
+            .await?;
+            transitions.push(describe(&metric.name, "resolved", None, window));
+        }
+    }
+    // A metric that left the catalogue has no comparison to clear its alert any more.
+    for rule in &firing {
+        let metric = &rule[RULE_PREFIX.len()..];
+        if state.catalog.get(metric).is_some() {
+            continue;
+        }
+        let window: (DateTime<Utc>, DateTime<Utc>) = sqlx::query_as(
+            "UPDATE alerts SET state = 'resolved', resolved_at = now()
+             WHERE rule = $1 AND state = 'firing' RETURNING window_start, window_end",
+        )
+        .bind(rule)
+        .fetch_one(&mut *connection)
+        .await?;
+        transitions.push(describe(
+            metric,
+            "resolved",
+            None,
+            (rfc3339(window.0), rfc3339(window.1)),
+        ));
+    }
+    Ok(transitions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(minute: i64) -> DateTime<Utc> {
+        shared_schema::time::to_datetime(minute * 60_000)
+    }
+
+    fn entry(compared: Option<(i64, i64)>, ratio: Option<f64>) -> Entry {
+        Entry {
+            version: "v".into(),
+            computed_at: at(100),
+            range: (at(10), at(20)),
+            compared: compared.map(|(a, b)| (at(a), at(b))),
+            batch_total: Some(1.0),
+            speed_total: Some(1.0),
+            difference: Some(0.0),
+            ratio,
+            buckets: 1,
+            differing_buckets: 0,
+        }
+    }
+
+    #[test]
+    fn uncovered_is_the_range_outside_the_compared_part() {
+        let json = entry(Some((12, 15)), Some(0.0)).to_json();
+        assert_eq!(
+            json["uncovered"],
+            json!([
+                {"from": "1970-01-01T00:10:00Z", "to": "1970-01-01T00:12:00Z"},
+                {"from": "1970-01-01T00:15:00Z", "to": "1970-01-01T00:20:00Z"}
+            ])
+        );
+        assert_eq!(
+            entry(Some((10, 20)), Some(0.0)).to_json()["uncovered"],
+            json!([])
+        );
+        let nothing = entry(None, None).to_json();
+        assert_eq!(nothing["compared"], Value::Null);
+        assert_eq!(nothing["uncovered"], json!([nothing["range"].clone()]));
+    }
+
+    #[test]
+    fn the_threshold_is_strict_and_nothing_compared_is_never_above() {
+        assert!(above(&entry(Some((10, 20)), Some(0.02)), 0.01));
+        assert!(!above(&entry(Some((10, 20)), Some(0.01)), 0.01));
+        assert!(!above(&entry(None, None), 0.0));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label_value(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(label_value("purchases"), "purchases");
+    }
+}

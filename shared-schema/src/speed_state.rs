@@ -1,0 +1,103 @@
+//! Reading the speed layer's state back: its partials and how far back it covers. The serving
+//! layer answers from it, and the batch layer compares a new view with it (divergence); both
+//! read it through here, so both see the same rows and the same coverage.
+
+use crate::event::AMOUNT_SCALE;
+use crate::hll::{Hll, SketchError};
+use crate::metrics::Partial;
+use crate::query::BucketRow;
+use crate::time::{Millis, to_datetime};
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use sqlx::PgConnection;
+use std::collections::HashMap;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpeedStateError {
+    #[error("Postgres: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("speed layer sketch: {0}")]
+    Sketch(#[from] SketchError),
+}
+
+/// The speed rows of `metrics` with a bucket in `[from, to)`, per metric, one per Kafka
+/// partition (a merge sums them). Call it inside the transaction that reads whatever the rows
+/// must be consistent with.
+pub async fn read_rows(
+    connection: &mut PgConnection,
+    metrics: &[&str],
+    from: Millis,
+    to: Millis,
+) -> Result<HashMap<String, Vec<BucketRow>>, SpeedStateError> {
+    type Row = (
+        String,
+        DateTime<Utc>,
+        String,
+        i64,
+        Decimal,
+        Option<i64>,
+        Option<i64>,
+        Option<Vec<u8>>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT metric, bucket_start, dims, event_count, sum_micros, min_micros, max_micros, sketch
+         FROM speed_aggregates
+         WHERE metric = ANY($1) AND bucket_start >= $2 AND bucket_start < $3",
+    )
+    .bind(metrics)
+    .bind(to_datetime(from))
+    .bind(to_datetime(to))
+    .fetch_all(&mut *connection)
+    .await?;
+    let mut by_metric: HashMap<String, Vec<BucketRow>> = HashMap::new();
+    for (metric, bucket, dims, count, sum, min_micros, max_micros, sketch) in rows {
+        let sketch = sketch.map(|bytes| Hll::from_bytes(&bytes)).transpose()?;
+        by_metric.entry(metric).or_default().push(BucketRow {
+            bucket_start: bucket.timestamp_millis(),
+            dims,
+            partial: Partial {
+                count,
+                sum_micros: decimal_to_micros(sum),
+                min_micros,
+                max_micros,
+                sketch,
+            },
+        });
+    }
+    Ok(by_metric)
+}
+
+/// From when the speed layer's state is complete: `None` from the start of the topic, `Some(t)`
+/// from `t` on (retention removed what was before). Without a coverage row the speed layer never
+/// started, so it covers nothing: `Some(Millis::MAX)`.
+pub async fn read_covered_from(
+    connection: &mut PgConnection,
+    topic: &str,
+) -> Result<Option<Millis>, sqlx::Error> {
+    let coverage: Option<Option<DateTime<Utc>>> =
+        sqlx::query_scalar("SELECT covered_from FROM speed_coverage WHERE topic = $1")
+            .bind(topic)
+            .fetch_optional(&mut *connection)
+            .await?;
+    Ok(match coverage {
+        Some(from) => from.map(|t| t.timestamp_millis()),
+        None => Some(Millis::MAX),
+    })
+}
+
+fn decimal_to_micros(mut value: Decimal) -> i128 {
+    value.rescale(AMOUNT_SCALE);
+    value.mantissa()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_come_back_in_micro_units() {
+        assert_eq!(decimal_to_micros(Decimal::new(1_999_990, 6)), 1_999_990);
+        assert_eq!(decimal_to_micros(Decimal::new(2, 0)), 2_000_000);
+        assert_eq!(decimal_to_micros(Decimal::new(15, 1)), 1_500_000);
+    }
+}
