@@ -35,6 +35,21 @@ async fn send_all(
     Ok(())
 }
 
+/// `text` without the terminal colour codes of the services' logs.
+fn without_colours(text: &str) -> String {
+    let mut plain = String::with_capacity(text.len());
+    let mut in_escape = false;
+    for c in text.chars() {
+        match (in_escape, c) {
+            (false, '\u{1b}') => in_escape = true,
+            (true, 'm') => in_escape = false,
+            (true, _) => {}
+            (false, c) => plain.push(c),
+        }
+    }
+    plain
+}
+
 /// Every default metric's answer over `range`, as served.
 async fn answers(platform: &Platform, range: (Millis, Millis)) -> Result<Vec<serde_json::Value>> {
     let mut out = Vec::new();
@@ -98,6 +113,12 @@ async fn only_changed_hours_are_recomputed_and_the_answer_is_the_full_one() -> R
     platform.wait_caught_up("lake_progress", &ends).await?;
     let output = run(&platform, &["run", "--cutover", &format_rfc3339(cutover)]).await?;
     ensure!(output.contains("full recompute"), "first run: {output}");
+    // Without a terminal, progress is a log line per chunk: 10 hours in chunks of 3.
+    let plain = without_colours(&output);
+    ensure!(
+        plain.matches("recomputed hours").count() == 4 && plain.contains("done=10 total=10"),
+        "first run logs no progress per chunk: {plain}"
+    );
     check_served(&platform, "first run", &metrics, range, &sent, &sent).await?;
 
     // Late events in hour 2; copies of events already counted in hour 6.
