@@ -16,7 +16,7 @@
 //! Every other row is copied from the promoted view. Anything that breaks the link between the
 //! two, a changed catalogue or an unreadable view, makes the run a full one.
 
-use shared_schema::metrics::{Aggregation, MetricCatalog};
+use shared_schema::metrics::MetricCatalog;
 use shared_schema::time::{HOUR_MS, Millis, bucket_start};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -144,7 +144,7 @@ pub fn plan(
         changed.extend(hours_overlapping(from, to));
     }
 
-    let longest_gap = longest_session_gap(catalog);
+    let longest_gap = catalog.max_session_gap();
 
     let mut recompute = changed.clone();
     for hour in &changed {
@@ -181,7 +181,7 @@ pub fn chunks(
     max_hours: usize,
 ) -> Vec<Scope> {
     let align = catalog.cutover_alignment().max(HOUR_MS);
-    let gap = longest_session_gap(catalog);
+    let gap = catalog.max_session_gap();
     let mut blocks: BTreeMap<Millis, BTreeSet<Millis>> = BTreeMap::new();
     for hour in recompute {
         blocks
@@ -202,18 +202,6 @@ pub fn chunks(
             Scope::Hours { recompute, read }
         })
         .collect()
-}
-
-fn longest_session_gap(catalog: &MetricCatalog) -> Millis {
-    catalog
-        .metrics
-        .iter()
-        .filter_map(|m| match &m.aggregation {
-            Aggregation::Sessions { gap, .. } => Some(gap.millis()),
-            _ => None,
-        })
-        .max()
-        .unwrap_or(0)
 }
 
 /// `hours` and, before each, the hours holding one session gap of predecessors.
