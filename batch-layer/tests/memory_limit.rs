@@ -98,6 +98,12 @@ fn a_recompute_larger_than_its_memory_limit_spills_and_completes() {
     config.batch.memory_limit_mb = Some(LIMIT_MB);
     config.batch.spill_dir = Some(spill.clone());
     let limited = session_context(&config).expect("limited context");
+    // A real limit holds many 8192-row batches per operator; this small one holds many of
+    // these, so that whether a sort fits never hangs on how the partitions interleave.
+    let limited = SessionContext::new_with_config_rt(
+        limited.copied_config().with_batch_size(1024),
+        limited.runtime_env(),
+    );
     let spilled = runtime
         .block_on(compute_view(&limited, &paths, &catalog, cutover))
         .expect("a limited recompute completes by spilling");
