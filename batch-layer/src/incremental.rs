@@ -61,6 +61,18 @@ fn fnv1a_128(bytes: &[u8]) -> u128 {
     })
 }
 
+/// The digest of every hour of a lake, from its files as (hour, path, rows).
+pub fn hour_digests<'a>(files: impl IntoIterator<Item = (Millis, &'a str, i64)>) -> HourDigests {
+    let mut by_hour: BTreeMap<Millis, Vec<(&str, i64)>> = BTreeMap::new();
+    for (hour, path, rows) in files {
+        by_hour.entry(hour).or_default().push((path, rows));
+    }
+    by_hour
+        .into_iter()
+        .map(|(hour, files)| (hour, digest_files(files)))
+        .collect()
+}
+
 /// What the run was asked for, beside the lake itself.
 #[derive(Debug, Clone, Default)]
 pub struct Request {

@@ -35,7 +35,6 @@ use shared_schema::query::BucketRow;
 use shared_schema::time::{Millis, format_rfc3339, to_datetime};
 use shared_schema::view::{SUM_TYPE, VIEW_FILE, ViewRow, read_view, write_view};
 use sqlx::{Connection, PgConnection, PgPool};
-use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -94,17 +93,7 @@ struct PromotedView {
 
 impl LakeSnapshot {
     fn hour_digests(&self) -> HourDigests {
-        let mut by_hour: BTreeMap<Millis, Vec<(&str, i64)>> = BTreeMap::new();
-        for file in &self.files {
-            by_hour
-                .entry(file.hour)
-                .or_default()
-                .push((&file.path, file.rows));
-        }
-        by_hour
-            .into_iter()
-            .map(|(hour, files)| (hour, incremental::digest_files(files)))
-            .collect()
+        incremental::hour_digests(self.files.iter().map(|f| (f.hour, f.path.as_str(), f.rows)))
     }
 }
 

@@ -5,7 +5,7 @@
 use crate::load::{COUNTRIES, KINDS};
 use crate::report::Figure;
 use anyhow::{Context, Result, ensure};
-use batch_layer::incremental::{HourDigests, Previous, Request, Scope, digest_files, plan};
+use batch_layer::incremental::{Previous, Request, Scope, hour_digests, plan};
 use batch_layer::lake::{events_to_batch, partition_of, write_parquet_atomically};
 use batch_layer::recompute::{compute_view, session_context};
 use rand::rngs::StdRng;
@@ -120,23 +120,16 @@ async fn incremental_after_late_data(
     let promoted = lake.join("views/promoted/view.parquet");
     std::fs::create_dir_all(promoted.parent().context("view dir")?)?;
     write_view(&promoted, full_view)?;
-    let digests = |files: &[LakeFile]| -> HourDigests {
-        let mut by_hour: BTreeMap<i64, Vec<(String, i64)>> = BTreeMap::new();
-        for f in files {
-            by_hour
-                .entry(f.hour)
-                .or_default()
-                .push((f.path.to_string_lossy().into_owned(), f.rows));
-        }
-        by_hour
-            .into_iter()
-            .map(|(hour, files)| {
-                (
-                    hour,
-                    digest_files(files.iter().map(|(p, r)| (p.as_str(), *r))),
-                )
-            })
-            .collect()
+    let digests = |files: &[LakeFile]| {
+        let paths: Vec<(i64, String, i64)> = files
+            .iter()
+            .map(|f| (f.hour, f.path.to_string_lossy().into_owned(), f.rows))
+            .collect();
+        hour_digests(
+            paths
+                .iter()
+                .map(|(hour, path, rows)| (*hour, path.as_str(), *rows)),
+        )
     };
     let previous = Previous {
         cutover: end,
