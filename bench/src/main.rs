@@ -13,6 +13,11 @@ use anyhow::Result;
 use clap::Parser;
 use std::path::PathBuf;
 
+// DataFusion's sorts and merges allocate per row; mimalloc is faster at it than glibc's malloc
+// (BENCHMARKS.md, the batch profile).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "bench", about = "Benchmarks against baselines run beside them")]
 struct Args {

@@ -72,6 +72,16 @@ pub struct ViewRow {
 /// directory it is in).
 pub fn write_view(path: &Path, rows: &[ViewRow]) -> Result<(), ViewError> {
     let schema = view_schema();
+    // Written in the order `read_view` returns, so reading back needs no sort.
+    let mut order: Vec<&ViewRow> = rows.iter().collect();
+    order.sort_unstable_by(|a, b| {
+        (&a.metric, a.row.bucket_start, &a.row.dims).cmp(&(
+            &b.metric,
+            b.row.bucket_start,
+            &b.row.dims,
+        ))
+    });
+    let rows = order;
     let partials = || rows.iter().map(|r| &r.row.partial);
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(
@@ -152,24 +162,31 @@ pub fn read_view(path: &Path) -> Result<HashMap<String, Vec<BucketRow>>, ViewErr
             } else {
                 Some(Hll::from_bytes(sketch.value(i))?)
             };
-            by_metric
-                .entry(metric.value(i).to_string())
-                .or_default()
-                .push(BucketRow {
-                    bucket_start: bucket.value(i),
-                    dims: dims.value(i).to_string(),
-                    partial: Partial {
-                        count: count.value(i),
-                        sum_micros: sum.value(i),
-                        min_micros: (!min.is_null(i)).then(|| min.value(i)),
-                        max_micros: (!max.is_null(i)).then(|| max.value(i)),
-                        sketch,
-                    },
-                });
+            // Looked up before inserting, so the metric's name is not copied for every row.
+            let name = metric.value(i);
+            if !by_metric.contains_key(name) {
+                by_metric.insert(name.to_string(), Vec::new());
+            }
+            let Some(rows) = by_metric.get_mut(name) else {
+                continue;
+            };
+            rows.push(BucketRow {
+                bucket_start: bucket.value(i),
+                dims: dims.value(i).to_string(),
+                partial: Partial {
+                    count: count.value(i),
+                    sum_micros: sum.value(i),
+                    min_micros: (!min.is_null(i)).then(|| min.value(i)),
+                    max_micros: (!max.is_null(i)).then(|| max.value(i)),
+                    sketch,
+                },
+            });
         }
     }
     for rows in by_metric.values_mut() {
-        rows.sort_by(|a, b| (a.bucket_start, &a.dims).cmp(&(b.bucket_start, &b.dims)));
+        if !rows.is_sorted_by(|a, b| (a.bucket_start, &a.dims) <= (b.bucket_start, &b.dims)) {
+            rows.sort_unstable_by(|a, b| (a.bucket_start, &a.dims).cmp(&(b.bucket_start, &b.dims)));
+        }
     }
     Ok(by_metric)
 }
