@@ -10,6 +10,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 use shared_schema::time::{MINUTE_MS, Millis};
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
 /// Event types in the shares a storefront sees; every default metric gets input.
@@ -46,21 +47,23 @@ impl EventMaker {
         self.end - self.rng.random_range(0..60 * MINUTE_MS)
     }
 
-    pub fn payload(&mut self, id: &str, time: Millis) -> Vec<u8> {
+    /// The payload and its message key, the user id (CONTRACT §1).
+    pub fn payload(&mut self, id: &str, time: Millis) -> (String, Vec<u8>) {
         let kind = KINDS[self.rng.random_range(0..KINDS.len())];
+        let user = format!("u{}", self.rng.random_range(0..self.users));
         let mut event = json!({
             "event_id": id,
             "event_type": kind,
             "event_time": time,
             "schema_version": 2,
-            "user_id": format!("u{}", self.rng.random_range(0..self.users)),
+            "user_id": user,
             "product_id": format!("p{}", self.rng.random_range(0..200)),
             "country": COUNTRIES[self.rng.random_range(0..COUNTRIES.len())],
         });
         if kind == "purchase" {
             event["amount"] = json!(self.rng.random_range(100..50_000) as f64 / 100.0);
         }
-        event.to_string().into_bytes()
+        (user, event.to_string().into_bytes())
     }
 }
 
@@ -75,8 +78,9 @@ pub fn bulk_producer(brokers: &str) -> Result<FutureProducer> {
         .create()?)
 }
 
-/// Produces `count` events round-robin over `partitions`, ids `{prefix}{i}`, and returns the
-/// end offset of every partition.
+/// Produces `count` events keyed by user id, each user's on one partition as a key-hashing
+/// producer places them (CONTRACT §1), ids `{prefix}{i}`, and returns the end offset of every
+/// partition.
 pub async fn preload(
     brokers: &str,
     topic: &str,
@@ -91,10 +95,13 @@ pub async fn preload(
     for i in 0..count {
         let id = format!("{prefix}{i}");
         let time = maker.time();
-        let payload = maker.payload(&id, time);
-        let partition = (i % partitions as u64) as i32;
-        let record = FutureRecord::<(), _>::to(topic)
+        let (user, payload) = maker.payload(&id, time);
+        let mut hasher = std::hash::DefaultHasher::new();
+        user.hash(&mut hasher);
+        let partition = (hasher.finish() % partitions as u64) as i32;
+        let record = FutureRecord::to(topic)
             .partition(partition)
+            .key(&user)
             .payload(&payload);
         match producer.send_result(record) {
             Ok(delivery) => pending.push(delivery),

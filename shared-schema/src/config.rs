@@ -48,6 +48,11 @@ pub struct SpeedConfig {
     pub batch_max_events: usize,
     /// ...or when its first message is this old, whichever comes first.
     pub batch_max_wait: HumanDuration,
+    /// Transactions one batch is committed in at once, each holding whole partitions, as two
+    /// instances sharing the topic would. A Postgres backend runs a transaction on one core,
+    /// and a single one was the speed layer's bound (BENCHMARKS.md). Needs as many database
+    /// connections, within `database_max_connections`.
+    pub commit_parallelism: usize,
     /// Speed state for a bucket is deleted once a promoted batch view has covered it for this long.
     pub retention_grace: HumanDuration,
     /// How far behind the newest event time of a partition its events may still arrive in
@@ -121,6 +126,7 @@ impl Default for PlatformConfig {
                 session_timeout: HumanDuration::from_millis(10 * SECOND_MS),
                 batch_max_events: 20_000,
                 batch_max_wait: HumanDuration::from_millis(200),
+                commit_parallelism: 2,
                 retention_grace: HumanDuration::from_millis(10 * MINUTE_MS),
                 out_of_orderness: HumanDuration::from_millis(5 * SECOND_MS),
                 idle_timeout: HumanDuration::from_millis(30 * SECOND_MS),

@@ -144,13 +144,30 @@ impl SpeedLayer {
             // recomputes from the stored positions.
             let watermark = clock.watermark();
             clock.observe(&batch);
+            let positions = batch.positions.clone();
             if batch.advanced {
                 let progress = clock.partition_watermarks(&batch);
-                self.commit_with_retry(&topic, &batch, watermark, &progress)
-                    .await;
+                let commits = batch
+                    .split_by_partition(self.config.speed.commit_parallelism)
+                    .into_iter()
+                    .map(|part| {
+                        // Each transaction updates only its own partitions' rows, so two never
+                        // wait on each other's.
+                        let progress: Vec<(i32, Option<Millis>)> = progress
+                            .iter()
+                            .filter(|(p, _)| part.positions.contains_key(p))
+                            .copied()
+                            .collect();
+                        let topic = &topic;
+                        async move {
+                            self.commit_with_retry(topic, &part, watermark, &progress)
+                                .await
+                        }
+                    });
+                futures::future::join_all(commits).await;
             }
             if let Some(replay) = replay.as_deref_mut()
-                && replay.try_swap(&batch).await?
+                && replay.try_swap(&positions).await?
             {
                 return Ok(true);
             }

@@ -12,11 +12,12 @@
 
 use crate::{SpeedError, SpeedLayer};
 use shared_schema::config::PlatformConfig;
-use shared_schema::kafka::{Batch, EventSource, ReplayStart, replay_positions};
+use shared_schema::kafka::{EventSource, PartitionPosition, ReplayStart, replay_positions};
 use shared_schema::metrics::MetricCatalog;
 use shared_schema::time::to_datetime;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Executor, PgPool};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -103,8 +104,11 @@ impl Replay {
 
     /// Swaps the replayed tables in if every partition was read to its end and none is behind
     /// the live offsets; otherwise leaves everything as it is and returns false.
-    pub(crate) async fn try_swap(&mut self, batch: &Batch) -> Result<bool, SpeedError> {
-        if batch.positions.is_empty() || !batch.positions.values().all(|p| p.caught_up) {
+    pub(crate) async fn try_swap(
+        &mut self,
+        positions: &BTreeMap<i32, PartitionPosition>,
+    ) -> Result<bool, SpeedError> {
+        if positions.is_empty() || !positions.values().all(|p| p.caught_up) {
             return Ok(false);
         }
         match swap(&self.live, &self.topic).await {
