@@ -29,6 +29,12 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import duckdb" 2>/dev
   "$VENV/bin/pip" install -q duckdb
 fi
 
+if ! command -v wrk >/dev/null 2>&1; then
+  log "installing wrk from Debian's packages"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+fi
+
 log "building (release)"
 cargo build --release -p platform-bench -p speed-layer -p batch-layer -p serving-layer
 

@@ -27,11 +27,12 @@ pub const KINDS: [&str; 8] = [
 pub const COUNTRIES: [&str; 6] = ["DE", "FR", "ES", "US", "JP", "BR"];
 
 /// Generates the `index`-th event deterministically: `users` distinct users, event times spread
-/// over the hour before `end`.
+/// over the hour before `end` (or `with_span`).
 pub struct EventMaker {
     rng: StdRng,
     pub users: u64,
     pub end: Millis,
+    span: Millis,
 }
 
 impl EventMaker {
@@ -40,11 +41,18 @@ impl EventMaker {
             rng: StdRng::seed_from_u64(seed),
             users,
             end,
+            span: 60 * MINUTE_MS,
         }
     }
 
+    /// Event times spread over `span` before `end` instead of one hour.
+    pub fn with_span(mut self, span: Millis) -> EventMaker {
+        self.span = span;
+        self
+    }
+
     pub fn time(&mut self) -> Millis {
-        self.end - self.rng.random_range(0..60 * MINUTE_MS)
+        self.end - self.rng.random_range(0..self.span)
     }
 
     /// The payload and its message key, the user id (CONTRACT §1).

@@ -7,6 +7,7 @@ mod load;
 mod memory;
 mod pg_write;
 mod report;
+mod serving;
 mod throughput;
 
 use anyhow::Result;
@@ -21,7 +22,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(name = "bench", about = "Benchmarks against baselines run beside them")]
 struct Args {
-    /// Run only these benchmarks: throughput, freshness, batch, memory, pg-write.
+    /// Run only these benchmarks: throughput, freshness, batch, memory, pg-write, serving.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Events preloaded for the throughput figure.
@@ -50,6 +51,13 @@ struct Args {
     pg_rows: usize,
     #[arg(long, default_value_t = 20)]
     pg_batches: usize,
+    /// Events (over 25 hours) behind the query-speed figure, and wrk's paced rate and duration.
+    #[arg(long, default_value_t = 500_000)]
+    serving_events: u64,
+    #[arg(long, default_value_t = 2_000.0)]
+    serving_rate: f64,
+    #[arg(long, default_value_t = 15)]
+    serving_seconds: u64,
     /// Where the JSON report goes.
     #[arg(long, default_value = "bench/results/latest.json")]
     out: PathBuf,
@@ -85,6 +93,12 @@ async fn main() -> Result<()> {
     }
     if wanted("memory") {
         keep("memory", memory::run(&args.memory_checkpoints).await);
+    }
+    if wanted("serving") {
+        keep(
+            "serving",
+            serving::run(args.serving_events, args.serving_rate, args.serving_seconds).await,
+        );
     }
     report::print_table(&figures);
     if let Some(dir) = args.out.parent() {
