@@ -327,7 +327,11 @@ async fn every_service_exports_its_families_and_serving_logs_carry_request_ids()
     check_consumer(&platform, &lander_addr, "batch-lander", &sent).await?;
 
     // The batch scheduler: a promoted run, its duration and rows.
-    let mut scheduler = platform.spawn("batch-layer", &["schedule", "--cron", "*/5 * * * * *"])?;
+    let mut scheduler = platform.spawn_as(
+        "batch-layer-schedule",
+        "batch-layer",
+        &["schedule", "--cron", "*/5 * * * * *"],
+    )?;
     let samples = scrape_until(&platform, &batch_addr, "a promoted scheduled run", |s| {
         total(
             s,
