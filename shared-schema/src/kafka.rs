@@ -12,7 +12,7 @@ use crate::time::{Millis, now_millis};
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
@@ -92,6 +92,16 @@ enum AssignmentChange {
 const STATISTICS_INTERVAL_MS: &str = "1000";
 
 impl ClientContext for SourceContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        // With `enable.partition.eof` every partition end also arrives here; it is no error,
+        // and `next_batch` handles it.
+        if matches!(error, KafkaError::Global(RDKafkaErrorCode::PartitionEOF)) {
+            tracing::trace!(reason, "partition end");
+            return;
+        }
+        tracing::error!(%error, reason, "librdkafka");
+    }
+
     fn stats(&self, statistics: Statistics) {
         let Ok(mut high) = self.high_watermarks.lock() else {
             return;

@@ -523,6 +523,15 @@ async fn every_service_exports_its_families_and_serving_logs_carry_request_ids()
 
     for service in [&mut speed, &mut lander, &mut serving] {
         service.assert_running()?;
+        // Reaching a partition's end is no error.
+        let eof_errors = log_lines(service)
+            .into_iter()
+            .filter(|l| l["level"] == "ERROR" && l.to_string().contains("PartitionEOF"))
+            .count();
+        ensure!(
+            eof_errors == 0,
+            "{eof_errors} partition ends logged as errors"
+        );
     }
     Ok(())
 }
