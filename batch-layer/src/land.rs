@@ -13,7 +13,7 @@ use shared_schema::config::PlatformConfig;
 use shared_schema::kafka::{Batch, EventSource, SourcedEvent};
 use shared_schema::positions::{PositionTable, load_positions, store_positions};
 use shared_schema::time::to_datetime;
-use shared_schema::{quarantine, retry};
+use shared_schema::{observe, quarantine, retry};
 use sqlx::PgPool;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -53,6 +53,7 @@ impl Lander {
             self.config.max_event_skew.millis(),
         )
         .await?;
+        observe::consumer().start(CONSUMER_NAME);
         tokio::pin!(shutdown);
         loop {
             let batch = tokio::select! {
@@ -62,6 +63,7 @@ impl Lander {
                 }
                 batch = source.next_batch(self.config.lander.flush_max_events, self.config.lander.flush_interval.as_std()) => batch?,
             };
+            observe::consumer().record_batch(CONSUMER_NAME, &batch, &source.lag());
             if !batch.advanced {
                 continue;
             }

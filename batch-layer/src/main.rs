@@ -5,10 +5,10 @@ use batch_layer::land::Lander;
 use batch_layer::recompute::{RunOptions, describe, run_once};
 use batch_layer::schedule::{parse_cron, run_on_schedule};
 use clap::{Parser, Subcommand};
-use shared_schema::registry;
 use shared_schema::service::{self, Started};
 use shared_schema::telemetry;
 use shared_schema::time::{format_rfc3339, parse_rfc3339};
+use shared_schema::{observe, registry};
 
 // DataFusion's sorts and merges allocate per row; mimalloc is faster at it than glibc's malloc
 // (BENCHMARKS.md, the batch profile).
@@ -79,6 +79,9 @@ async fn main() -> anyhow::Result<()> {
     } = service::start().await.context("starting the batch layer")?;
     match cli.command {
         Command::Land => {
+            observe::serve(&config.lander.metrics_addr)
+                .await
+                .context("starting the lander")?;
             Lander::new(pool, config)
                 .run(telemetry::shutdown_signal())
                 .await?
@@ -123,6 +126,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Schedule { cron } => {
             let schedule = parse_cron(&cron)?;
             registry::register_service(&pool, "batch-layer schedule", &catalog, false)
+                .await
+                .context("starting the batch schedule")?;
+            observe::serve(&config.batch.metrics_addr)
                 .await
                 .context("starting the batch schedule")?;
             run_on_schedule(

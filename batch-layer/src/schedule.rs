@@ -6,6 +6,7 @@ use chrono::Utc;
 use cron::Schedule;
 use shared_schema::config::PlatformConfig;
 use shared_schema::metrics::MetricCatalog;
+use shared_schema::observe::{self, RunRows};
 use shared_schema::registry::RegistryError;
 use sqlx::PgPool;
 use std::future::Future;
@@ -37,6 +38,8 @@ pub async fn run_on_schedule(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BatchError> {
     tokio::pin!(shutdown);
+    // The families show on /metrics before the first tick.
+    let metrics = observe::batch();
     loop {
         let Some(next) = schedule.upcoming(Utc).next() else {
             tracing::info!("the cron schedule has no further ticks");
@@ -48,7 +51,21 @@ pub async fn run_on_schedule(
             _ = &mut shutdown => return Ok(()),
             _ = tokio::time::sleep(wait) => {}
         }
-        match run_once(pool, config, catalog, &RunOptions::default()).await {
+        let started = std::time::Instant::now();
+        let result = run_once(pool, config, catalog, &RunOptions::default()).await;
+        let seconds = started.elapsed().as_secs_f64();
+        match &result {
+            Ok(outcome) => metrics.promoted(
+                seconds,
+                RunRows {
+                    view: outcome.view_rows as i64,
+                    reused: outcome.reused_rows as i64,
+                    lake: outcome.lake_rows,
+                },
+            ),
+            Err(_) => metrics.failed(seconds),
+        }
+        match result {
             Ok(outcome) => tracing::info!("{}", describe(&outcome)),
             // Another view became the reference: no later tick can succeed with these
             // definitions, so the schedule stops rather than fail every tick.

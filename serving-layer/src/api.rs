@@ -46,7 +46,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/metrics/{name}", get(query_metric))
         .route("/v1/alerts", get(list_alerts))
         .route("/v1/divergence", get(crate::divergence::get))
-        .route("/metrics", get(crate::divergence::prometheus))
+        .route("/metrics", get(crate::http_metrics::metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(|| async {

@@ -8,15 +8,13 @@ use crate::api::{ApiError, AppState};
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use shared_schema::metrics::encode_dims;
+use shared_schema::observe;
 use shared_schema::time::format_rfc3339;
 use sqlx::{PgConnection, PgExecutor};
 use std::collections::{BTreeSet, HashMap};
-use std::fmt::Write;
 
 /// Alerts of this module are named `divergence:<metric>`.
 pub const RULE_PREFIX: &str = "divergence:";
@@ -180,52 +178,15 @@ pub async fn get(
     Ok(Json(json!({"threshold": threshold, "metrics": metrics})))
 }
 
-/// `GET /metrics`: Prometheus text format, one gauge per metric whose latest comparison compared
-/// something.
-pub async fn prometheus(State(state): State<AppState>) -> Response {
-    let latest = match read(&state.pool, 1).await {
-        Ok(latest) => latest,
-        Err(e) => {
-            tracing::warn!(error = %e, "metrics unavailable");
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("divergence unavailable: {e}\n"),
-            )
-                .into_response();
-        }
-    };
-    let mut text = String::from(
-        "# HELP lambda_divergence_ratio |speed - batch| / max(|batch|, |speed|) over the buckets the latest promotion newly covered.\n\
-         # TYPE lambda_divergence_ratio gauge\n",
-    );
-    for metric in &state.catalog.metrics {
-        if let Some(ratio) = latest
-            .get(&metric.name)
-            .and_then(|entries| entries.first())
-            .and_then(|e| e.ratio)
-        {
-            let _ = writeln!(
-                text,
-                "lambda_divergence_ratio{{metric=\"{}\"}} {ratio}",
-                label_value(&metric.name)
-            );
-        }
-    }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
-}
-
-/// A label value in the text format: backslash, double quote and newline escaped.
-fn label_value(text: &str) -> String {
-    text.replace('\\', r"\\")
-        .replace('"', "\\\"")
-        .replace('\n', r"\n")
+/// Sets the `lambda_divergence_ratio` gauges of `GET /metrics`: one per metric whose latest
+/// comparison compared something.
+pub async fn refresh_gauges(state: &AppState) -> Result<(), sqlx::Error> {
+    let latest = read(&state.pool, 1).await?;
+    observe::serving().set_divergence(state.catalog.metrics.iter().filter_map(|metric| {
+        let ratio = latest.get(&metric.name)?.first()?.ratio?;
+        Some((metric.name.as_str(), ratio))
+    }));
+    Ok(())
 }
 
 /// Raises `divergence:<metric>` while the metric's latest comparison is above the threshold,
@@ -383,11 +344,5 @@ mod tests {
         assert!(above(&entry(Some((10, 20)), Some(0.02)), 0.01));
         assert!(!above(&entry(Some((10, 20)), Some(0.01)), 0.01));
         assert!(!above(&entry(None, None), 0.0));
-    }
-
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(label_value(r#"a"b\c"#), r#"a\"b\\c"#);
-        assert_eq!(label_value("purchases"), "purchases");
     }
 }

@@ -5,6 +5,7 @@
 pub mod alerts;
 mod api;
 mod divergence;
+pub mod http_metrics;
 mod snapshot;
 
 pub use api::{AppState, Group, MergedPoint, merged_points, router};

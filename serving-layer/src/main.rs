@@ -1,6 +1,6 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use serving_layer::{AppState, alerts, router};
+use serving_layer::{AppState, alerts, http_metrics, router};
 use shared_schema::registry;
 use shared_schema::service::{self, Started};
 use shared_schema::telemetry;
@@ -44,7 +44,7 @@ async fn main() -> anyhow::Result<()> {
         state.clone(),
         telemetry::shutdown_signal(),
     ));
-    axum::serve(listener, router(state))
+    axum::serve(listener, http_metrics::instrument(router(state)))
         .with_graceful_shutdown(telemetry::shutdown_signal())
         .await?;
     evaluator.abort();

@@ -30,6 +30,10 @@ pub struct PlatformConfig {
     pub database_max_connections: u32,
     /// The metric definitions (TOML, see config/metrics.toml); absent: the compiled-in default.
     pub metrics_file: Option<PathBuf>,
+    /// Log lines on stderr: `text` for people, `json` (one object a line, with the fields of
+    /// the enclosing spans, e.g. the serving layer's `request_id`) for log shippers. Also set by
+    /// `LOG_FORMAT`. The level comes from `RUST_LOG` (default info).
+    pub log_format: LogFormat,
     pub speed: SpeedConfig,
     pub lander: LanderConfig,
     pub batch: BatchConfig,
@@ -61,6 +65,10 @@ pub struct SpeedConfig {
     /// A partition read to its end with no message for this long stops holding the watermark
     /// back.
     pub idle_timeout: HumanDuration,
+    /// Where `speed-layer run` serves Prometheus `GET /metrics` (consumer lag, events read,
+    /// quarantined and late events, watermark delay). Empty: no listener. Each instance on one
+    /// host needs its own address. `speed-layer replay` serves none.
+    pub metrics_addr: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -72,6 +80,9 @@ pub struct LanderConfig {
     pub flush_max_events: usize,
     /// ...or when its oldest event has waited this long.
     pub flush_interval: HumanDuration,
+    /// Where `batch-layer land` serves Prometheus `GET /metrics` (consumer lag, events read,
+    /// quarantined events). Empty: no listener.
+    pub metrics_addr: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,6 +106,11 @@ pub struct BatchConfig {
     /// comparison is at or below it. Read by the batch layer (warning) and the serving layer
     /// (alert).
     pub divergence_alert_ratio: f64,
+    /// Where `batch-layer schedule` serves Prometheus `GET /metrics` (run durations by outcome,
+    /// rows of the latest promoted run). Empty: no listener. A one-shot `batch-layer run` (from
+    /// cron) serves and pushes nothing: what it promoted is in Postgres, and the serving layer's
+    /// `/metrics` exports the served version's age, rows and run time from there.
+    pub metrics_addr: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -121,6 +137,7 @@ impl Default for PlatformConfig {
             max_event_skew: HumanDuration::from_millis(10 * MINUTE_MS),
             database_max_connections: 8,
             metrics_file: None,
+            log_format: LogFormat::Text,
             speed: SpeedConfig {
                 group_id: "speed-layer".into(),
                 session_timeout: HumanDuration::from_millis(10 * SECOND_MS),
@@ -130,11 +147,13 @@ impl Default for PlatformConfig {
                 retention_grace: HumanDuration::from_millis(10 * MINUTE_MS),
                 out_of_orderness: HumanDuration::from_millis(5 * SECOND_MS),
                 idle_timeout: HumanDuration::from_millis(30 * SECOND_MS),
+                metrics_addr: "127.0.0.1:9101".into(),
             },
             lander: LanderConfig {
                 group_id: "batch-lander".into(),
                 flush_max_events: 200_000,
                 flush_interval: HumanDuration::from_millis(5 * SECOND_MS),
+                metrics_addr: "127.0.0.1:9102".into(),
             },
             batch: BatchConfig {
                 keep_versions: 5,
@@ -142,6 +161,7 @@ impl Default for PlatformConfig {
                 spill_dir: None,
                 chunk_hours: 24,
                 divergence_alert_ratio: 0.01,
+                metrics_addr: "127.0.0.1:9103".into(),
             },
             serving: ServingConfig {
                 query_timeout: HumanDuration::from_millis(5 * SECOND_MS),
@@ -151,6 +171,14 @@ impl Default for PlatformConfig {
             },
         }
     }
+}
+
+/// The format of log lines, see [`PlatformConfig::log_format`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +216,12 @@ impl PlatformConfig {
                 Env::raw()
                     .only(&CONTRACT_VARIABLES)
                     .map(|k| k.as_str().to_lowercase().into()),
+            )
+            // The name the services read before the key existed.
+            .merge(
+                Env::raw()
+                    .only(&["LOG_FORMAT"])
+                    .map(|_| "log_format".into()),
             )
             .merge(Env::prefixed("PLATFORM_").ignore(&["CONFIG"]).split("__"))
     }
@@ -240,6 +274,35 @@ mod tests {
             assert_eq!(
                 config.batch.keep_versions, 5,
                 "a default survives the layers"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn log_format_and_metrics_addresses() {
+        let defaults = PlatformConfig::default();
+        let addrs = [
+            &defaults.speed.metrics_addr,
+            &defaults.lander.metrics_addr,
+            &defaults.batch.metrics_addr,
+            &defaults.listen_addr,
+        ];
+        let distinct: std::collections::BTreeSet<_> = addrs.iter().collect();
+        assert_eq!(distinct.len(), 4, "defaults collide: {addrs:?}");
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("LOG_FORMAT", "json");
+            jail.set_env("PLATFORM_LANDER__METRICS_ADDR", "");
+            let config = PlatformConfig::load().map_err(|e| e.to_string())?;
+            assert_eq!(config.log_format, LogFormat::Json);
+            assert_eq!(config.lander.metrics_addr, "");
+            jail.set_env("PLATFORM_LOG_FORMAT", "text");
+            let config = PlatformConfig::load().map_err(|e| e.to_string())?;
+            assert_eq!(config.log_format, LogFormat::Text, "the prefixed key wins");
+            jail.set_env("PLATFORM_LOG_FORMAT", "xml");
+            assert!(
+                PlatformConfig::load().is_err(),
+                "an unknown format is refused"
             );
             Ok(())
         });

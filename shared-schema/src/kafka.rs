@@ -12,8 +12,9 @@ use crate::time::{Millis, now_millis};
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap};
@@ -97,6 +98,17 @@ pub enum SourceError {
 /// between instances with its offset; the instance then drops what it held of revoked ones.
 pub struct SourceContext {
     group: Option<GroupAssigner>,
+    /// The high watermark of each (topic, partition), from librdkafka's statistics.
+    high_watermarks: Mutex<BTreeMap<(String, i32), i64>>,
+}
+
+impl SourceContext {
+    fn new(group: Option<GroupAssigner>) -> Self {
+        SourceContext {
+            group,
+            high_watermarks: Mutex::new(BTreeMap::new()),
+        }
+    }
 }
 
 struct GroupAssigner {
@@ -112,7 +124,34 @@ enum AssignmentChange {
     Revoked(Vec<i32>),
 }
 
-impl ClientContext for SourceContext {}
+/// How often librdkafka reports the high watermarks behind [`EventSource::lag`].
+const STATISTICS_INTERVAL_MS: &str = "1000";
+
+impl ClientContext for SourceContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        // With `enable.partition.eof` every partition end also arrives here; it is no error,
+        // and `next_batch` handles it.
+        if matches!(error, KafkaError::Global(RDKafkaErrorCode::PartitionEOF)) {
+            tracing::trace!(reason, "partition end");
+            return;
+        }
+        tracing::error!(%error, reason, "librdkafka");
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        let Ok(mut high) = self.high_watermarks.lock() else {
+            return;
+        };
+        for (name, topic) in statistics.topics {
+            // Partition -1 is librdkafka's internal one; -1 offsets are "not known yet".
+            for (partition, stats) in topic.partitions {
+                if partition >= 0 && stats.hi_offset >= 0 {
+                    high.insert((name.clone(), partition), stats.hi_offset);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for SourceContext {
     fn rebalance(
@@ -206,8 +245,8 @@ impl EventSource {
         stored: &BTreeMap<i32, PartitionPosition>,
         max_skew_ms: Millis,
     ) -> Result<Self, SourceError> {
-        let consumer = consumer_config(brokers, group_id)
-            .create_with_context(SourceContext { group: None })?;
+        let consumer =
+            consumer_config(brokers, group_id).create_with_context(SourceContext::new(None))?;
         let partitions = wait_for_partitions(&consumer, topic).await?;
         let mut assignment = TopicPartitionList::new();
         let mut positions = BTreeMap::new();
@@ -248,15 +287,13 @@ impl EventSource {
         table: PositionTable,
         max_skew_ms: Millis,
     ) -> Result<Self, SourceError> {
-        let context = SourceContext {
-            group: Some(GroupAssigner {
-                pool,
-                table,
-                topic: topic.to_string(),
-                runtime: tokio::runtime::Handle::current(),
-                changes: Mutex::new(Vec::new()),
-            }),
-        };
+        let context = SourceContext::new(Some(GroupAssigner {
+            pool,
+            table,
+            topic: topic.to_string(),
+            runtime: tokio::runtime::Handle::current(),
+            changes: Mutex::new(Vec::new()),
+        }));
         let consumer: StreamConsumer<SourceContext> = consumer_config(brokers, group_id)
             .set(
                 "session.timeout.ms",
@@ -331,6 +368,22 @@ impl EventSource {
 
     pub fn topic(&self) -> &str {
         &self.topic
+    }
+
+    /// Messages not yet read, per owned partition: the high watermark librdkafka last reported
+    /// in its statistics (from its fetch responses, so no request to the broker), minus the
+    /// next offset. A partition with no reported watermark yet is left out.
+    pub fn lag(&self) -> BTreeMap<i32, i64> {
+        let Ok(high) = self.consumer.context().high_watermarks.lock() else {
+            return BTreeMap::new();
+        };
+        self.positions
+            .iter()
+            .filter_map(|(partition, position)| {
+                let high = high.get(&(self.topic.clone(), *partition))?;
+                Some((*partition, (high - position.next_offset).max(0)))
+            })
+            .collect()
     }
 
     /// Reads until `max_messages` messages are in hand or `max_wait` has passed, whichever is
@@ -432,7 +485,8 @@ fn consumer_config(brokers: &str, group_id: &str) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
-        .set("allow.auto.create.topics", "false");
+        .set("allow.auto.create.topics", "false")
+        .set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
     config
 }
 
@@ -510,7 +564,7 @@ pub async fn replay_positions(
     start: ReplayStart,
 ) -> Result<BTreeMap<i32, PartitionPosition>, SourceError> {
     let consumer = consumer_config(brokers, "replay-positions")
-        .create_with_context(SourceContext { group: None })?;
+        .create_with_context(SourceContext::new(None))?;
     let partitions = wait_for_partitions(&consumer, topic).await?;
     let offsets: Vec<(i32, i64)> = match start {
         // An absent partition starts at its beginning.

@@ -12,6 +12,7 @@ pub mod fingerprint;
 pub mod hll;
 pub mod kafka;
 pub mod metrics;
+pub mod observe;
 pub mod positions;
 pub mod quarantine;
 pub mod query;

@@ -23,8 +23,9 @@ pub struct Started {
 }
 
 pub async fn start() -> Result<Started, StartError> {
-    crate::telemetry::init_tracing();
+    // The configuration says how to log, so a broken one is reported by the caller's error.
     let config = PlatformConfig::load()?;
+    crate::telemetry::init_tracing(config.log_format);
     let catalog = config.metric_catalog()?;
     let pool = connect_and_migrate(config.database_url()?, config.database_max_connections).await?;
     Ok(Started {

@@ -1,17 +1,23 @@
 //! Logging and process lifecycle helpers for the binaries.
 
+use crate::config::LogFormat;
 use tracing_subscriber::EnvFilter;
 
-/// Logs to stderr; JSON when `LOG_FORMAT=json`. The level comes from `RUST_LOG` (default info).
-pub fn init_tracing() {
+/// Logs to stderr in `format`; a JSON line carries the fields of its enclosing spans (`span`,
+/// `spans`), so e.g. every line of a serving request has its `request_id`. The level comes from
+/// `RUST_LOG` (default info).
+pub fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json") {
-        builder.json().init();
-    } else {
-        builder.init();
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+        LogFormat::Text => builder.init(),
     }
 }
 

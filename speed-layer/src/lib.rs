@@ -25,7 +25,7 @@ use shared_schema::sessions;
 use shared_schema::time::Millis;
 use shared_schema::time::{bucket_start, to_datetime};
 use shared_schema::watermark::{self, PartitionTime};
-use shared_schema::{quarantine, retry};
+use shared_schema::{observe, quarantine, retry};
 use sqlx::PgPool;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -80,6 +80,10 @@ impl SpeedLayer {
             .execute(&self.pool)
             .await?;
         let stored = load_positions(&self.pool, PositionTable::Speed, &topic).await?;
+        observe::consumer().start(CONSUMER_NAME);
+        for (_, metric) in self.catalog.stored() {
+            observe::speed().count_late(&metric.name, 0);
+        }
         let source = EventSource::connect_group(
             &self.config.kafka_brokers,
             &self.config.speed.group_id,
@@ -137,6 +141,7 @@ impl SpeedLayer {
                 }
                 batch = source.next_batch(max_events, self.config.speed.batch_max_wait.as_std()) => batch?,
             };
+            observe::consumer().record_batch(CONSUMER_NAME, &batch, &source.lag());
             if let Some(replay) = replay.as_deref_mut() {
                 replay.throttle(batch.events.len() + batch.bad.len()).await;
             }
@@ -144,6 +149,7 @@ impl SpeedLayer {
             // recomputes from the stored positions.
             let watermark = clock.watermark();
             clock.observe(&batch);
+            observe::speed().set_watermark(&topic, clock.watermark());
             let positions = batch.positions.clone();
             if batch.advanced {
                 let progress = clock.partition_watermarks(&batch);
@@ -284,6 +290,7 @@ impl SpeedLayer {
             store_watermarks(&mut tx, topic, progress).await?;
             quarantine::record(&mut tx, topic, CONSUMER_NAME, &batch.bad).await?;
             tx.commit().await?;
+            late.count(&self.catalog);
             phases.lap("commit");
             tracing::debug!(
                 claimed = claimed.len(),
@@ -606,6 +613,17 @@ impl<'a> LateEvents<'a> {
         counts.1 += 1;
         if metric.late_policy == LatePolicy::SideOutput {
             self.side_output.push((index, sourced));
+        }
+    }
+
+    /// Counts the late events of a committed batch on `/metrics`.
+    fn count(&self, catalog: &MetricCatalog) {
+        let mut per_metric: BTreeMap<usize, i64> = BTreeMap::new();
+        for ((metric, _, _), (_, late)) in &self.counts {
+            *per_metric.entry(*metric).or_default() += late;
+        }
+        for (metric, late) in per_metric.into_iter().filter(|(_, late)| *late > 0) {
+            observe::speed().count_late(&catalog.metrics[metric].name, late.unsigned_abs());
         }
     }
 

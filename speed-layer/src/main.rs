@@ -1,9 +1,9 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use shared_schema::kafka::ReplayStart;
-use shared_schema::registry;
 use shared_schema::service::{self, Started};
 use shared_schema::telemetry;
+use shared_schema::{observe, registry};
 use speed_layer::{SERVICE, SpeedLayer, replay};
 
 #[derive(Parser)]
@@ -46,6 +46,9 @@ async fn main() -> anyhow::Result<()> {
         .context("starting the speed layer")?;
     match command {
         Command::Run => {
+            observe::serve(&config.speed.metrics_addr)
+                .await
+                .context("starting the speed layer")?;
             SpeedLayer::new(pool, config, catalog)
                 .run(telemetry::shutdown_signal())
                 .await?

@@ -160,9 +160,7 @@ impl Platform {
         create_topic(&cluster.brokers, &topic, partitions).await?;
         let lake_dir = target_dir()?.join("e2e").join(&unique).join("lake");
         std::fs::create_dir_all(&lake_dir)?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let listen_addr = free_local_addr()?;
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(4)
             .connect(&database_url)
@@ -175,7 +173,7 @@ impl Platform {
             topic,
             partitions,
             lake_dir,
-            listen_addr: format!("127.0.0.1:{port}"),
+            listen_addr,
             pool,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
@@ -202,6 +200,11 @@ impl Platform {
             // One consumer group per scenario, so scenarios never rebalance one another.
             ("PLATFORM_SPEED__GROUP_ID", format!("speed-{}", self.name)),
             ("RUST_LOG", "info".into()),
+            // Each instance serves /metrics on a port of its own; a scenario that scrapes them
+            // sets fixed ones (free_local_addr).
+            ("PLATFORM_SPEED__METRICS_ADDR", "127.0.0.1:0".into()),
+            ("PLATFORM_LANDER__METRICS_ADDR", "127.0.0.1:0".into()),
+            ("PLATFORM_BATCH__METRICS_ADDR", "127.0.0.1:0".into()),
         ];
         base.into_iter()
             .map(|(k, v)| (k.to_string(), v))
@@ -436,6 +439,14 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     bail!("timed out after {timeout:?} waiting for {what}")
+}
+
+/// A loopback address with a port that was free a moment ago.
+pub fn free_local_addr() -> Result<String> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    Ok(format!("127.0.0.1:{port}"))
 }
 
 fn replace_database(url: &str, database: &str) -> Result<String> {

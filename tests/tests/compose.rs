@@ -623,3 +623,235 @@ fn dockerfile_builds_the_four_binaries_with_the_migrations() {
         );
     }
 }
+
+/// Where each service that exports metrics (`shared_schema::observe::FAMILIES`) serves them.
+const METRICS_ADDRESSES: [(&str, &str); 4] = [
+    ("speed-layer", "PLATFORM_SPEED__METRICS_ADDR"),
+    ("lander", "PLATFORM_LANDER__METRICS_ADDR"),
+    ("batch-scheduler", "PLATFORM_BATCH__METRICS_ADDR"),
+    ("serving-layer", "LISTEN_ADDR"),
+];
+
+/// The bind mount of `service` at `target`: its source, as a path in the workspace, which must
+/// exist.
+fn bind_source(doc: &Value, service: &str, target: &str) -> PathBuf {
+    let (source, _) = mounts(doc, service)
+        .into_iter()
+        .find(|(_, t)| t.trim_end_matches('/') == target)
+        .unwrap_or_else(|| panic!("service `{service}` mounts nothing at {target}"));
+    assert!(
+        source.starts_with("./"),
+        "service `{service}`: {target} must be a file of the repository, mounted from `./...`, not `{source}`"
+    );
+    let path = workspace_root().join(source.trim_start_matches("./"));
+    assert!(
+        path.exists(),
+        "service `{service}` mounts {}, which does not exist",
+        path.display()
+    );
+    path
+}
+
+fn read_yaml(path: &Path) -> Value {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yml" || e == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// The `lambda_*` names a PromQL expression refers to.
+fn metric_names(expr: &str) -> Vec<String> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .filter(|word| word.starts_with("lambda_"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Every PromQL expression of a Grafana dashboard, with the datasource uid of its target.
+fn dashboard_targets(dashboard: &serde_json::Value) -> Vec<(String, Option<String>)> {
+    let mut targets = Vec::new();
+    let mut panels: Vec<&serde_json::Value> = dashboard["panels"]
+        .as_array()
+        .map(|p| p.iter().collect())
+        .unwrap_or_default();
+    while let Some(panel) = panels.pop() {
+        // Collapsed rows hold their panels.
+        panels.extend(panel["panels"].as_array().into_iter().flatten());
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap_or_default().to_string();
+            let uid = target["datasource"]["uid"]
+                .as_str()
+                .or_else(|| panel["datasource"]["uid"].as_str())
+                .map(str::to_string);
+            targets.push((expr, uid));
+        }
+    }
+    targets
+}
+
+#[test]
+fn prometheus_scrapes_every_exporter_and_grafana_provisions_the_dashboard() {
+    use shared_schema::observe::{FAMILIES, Kind};
+    let doc = compose();
+    let names = service_names(&doc);
+    for expected in ["prometheus", "grafana"] {
+        assert!(
+            names.contains(expected),
+            "docker-compose.yml lacks service `{expected}`"
+        );
+    }
+
+    // Every exporting service listens on all interfaces, and Prometheus scrapes it there.
+    let config = read_yaml(&bind_source(
+        &doc,
+        "prometheus",
+        "/etc/prometheus/prometheus.yml",
+    ));
+    let scraped: BTreeSet<String> = config
+        .get("scrape_configs")
+        .and_then(Value::as_sequence)
+        .expect("prometheus.yml has `scrape_configs`")
+        .iter()
+        .flat_map(|job| {
+            job.get("static_configs")
+                .and_then(Value::as_sequence)
+                .into_iter()
+                .flatten()
+        })
+        .flat_map(|c| {
+            c.get("targets")
+                .and_then(Value::as_sequence)
+                .into_iter()
+                .flatten()
+        })
+        .map(scalar_text)
+        .collect();
+    let exporters: BTreeSet<&str> = FAMILIES
+        .iter()
+        .flat_map(|f| f.exported_by.iter().copied())
+        .collect();
+    for exporter in &exporters {
+        let (_, key) = METRICS_ADDRESSES
+            .iter()
+            .find(|(service, _)| service == exporter)
+            .unwrap_or_else(|| panic!("no metrics address known for `{exporter}`"));
+        let addr = environment(&doc, exporter)
+            .get(*key)
+            .cloned()
+            .unwrap_or_else(|| panic!("service `{exporter}` does not set {key}"));
+        let (host, port) = addr.rsplit_once(':').expect("host:port");
+        assert_eq!(
+            host, "0.0.0.0",
+            "service `{exporter}`: {key} `{addr}` must listen on all interfaces"
+        );
+        let target = format!("{exporter}:{port}");
+        assert!(
+            scraped.contains(&target),
+            "prometheus.yml does not scrape {target}; it scrapes {scraped:?}"
+        );
+    }
+
+    // Grafana: the provisioned datasources, and the dashboards the provider loads.
+    let provisioning = bind_source(&doc, "grafana", "/etc/grafana/provisioning");
+    let uids: BTreeSet<String> = yaml_files(&provisioning.join("datasources"))
+        .iter()
+        .flat_map(|file| {
+            read_yaml(file)
+                .get("datasources")
+                .and_then(Value::as_sequence)
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter(|d| d.get("type").and_then(Value::as_str) == Some("prometheus"))
+        .filter_map(|d| d.get("uid").and_then(Value::as_str).map(str::to_string))
+        .collect();
+    assert!(
+        !uids.is_empty(),
+        "no Prometheus datasource with a uid is provisioned"
+    );
+    let providers = yaml_files(&provisioning.join("dashboards"));
+    assert!(
+        !providers.is_empty(),
+        "no dashboard provider is provisioned"
+    );
+    let mut dashboards = Vec::new();
+    for provider in providers.iter().flat_map(|file| {
+        read_yaml(file)
+            .get("providers")
+            .and_then(Value::as_sequence)
+            .cloned()
+            .unwrap_or_default()
+    }) {
+        let path = provider
+            .get("options")
+            .and_then(|o| o.get("path"))
+            .and_then(Value::as_str)
+            .expect("a dashboard provider has options.path");
+        let dir = bind_source(&doc, "grafana", path.trim_end_matches('/'));
+        for entry in std::fs::read_dir(&dir).expect("the dashboards directory") {
+            let file = entry.expect("a directory entry").path();
+            if file.extension().is_some_and(|e| e == "json") {
+                dashboards.push(file);
+            }
+        }
+    }
+    assert!(
+        !dashboards.is_empty(),
+        "the provider finds no dashboard JSON"
+    );
+
+    // Each dashboard parses and refers only to families the services export, through a
+    // provisioned datasource; together they show every family.
+    let mut shown = BTreeSet::new();
+    for file in &dashboards {
+        let text = std::fs::read_to_string(file).expect("a readable dashboard");
+        let dashboard: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{}: not JSON: {e}", file.display()));
+        let targets = dashboard_targets(&dashboard);
+        assert!(!targets.is_empty(), "{}: no queries", file.display());
+        for (expr, uid) in targets {
+            assert!(
+                uid.as_ref().is_some_and(|u| uids.contains(u)),
+                "{}: `{expr}` uses datasource {uid:?}, provisioned are {uids:?}",
+                file.display()
+            );
+            let used = metric_names(&expr);
+            assert!(
+                !used.is_empty(),
+                "{}: `{expr}` shows no platform metric",
+                file.display()
+            );
+            for name in used {
+                let family = FAMILIES.iter().find(|f| {
+                    name == f.name
+                        || (f.kind == Kind::Histogram
+                            && ["_bucket", "_sum", "_count"]
+                                .iter()
+                                .any(|suffix| name == format!("{}{suffix}", f.name)))
+                });
+                let family = family.unwrap_or_else(|| {
+                    panic!(
+                        "{}: `{expr}` refers to {name}, which no service exports",
+                        file.display()
+                    )
+                });
+                shown.insert(family.name);
+            }
+        }
+    }
+    let missing: Vec<&str> = FAMILIES
+        .iter()
+        .map(|f| f.name)
+        .filter(|n| !shown.contains(n))
+        .collect();
+    assert!(missing.is_empty(), "no dashboard panel shows {missing:?}");
+}
