@@ -2,9 +2,17 @@
 //! cutover T, the promoted batch view and the speed layer's rows, merged by
 //! `shared_schema::query::assemble`, which enforces the split.
 
+mod admin;
 pub mod alerts;
 mod api;
+mod auth;
+mod cors;
 mod divergence;
+#[cfg(test)]
+mod http_tests;
+mod limits;
+pub mod openapi;
+pub mod reader;
 mod snapshot;
 
 pub use api::{AppState, Group, MergedPoint, merged_points, router};
