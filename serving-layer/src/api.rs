@@ -64,7 +64,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/admin/runs/{id}", get(crate::admin::get_run))
         .route_layer(from_fn_with_state(state.clone(), crate::auth::require_admin));
-    Router::new()
+    let router = Router::new()
         .route("/v1/metrics", get(list_metrics))
         .route("/v1/metrics/{name}", get(query_metric))
         .route("/v1/alerts", get(list_alerts))
@@ -78,10 +78,13 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
-        })
-        // Outermost, so a preflight is answered before authentication.
-        .layer(crate::cors::layer(&state.config.serving))
-        .with_state(state)
+        });
+    // Outermost, so a preflight is answered before authentication.
+    match crate::cors::layer(&state.config.serving) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+    .with_state(state)
 }
 
 /// `{"error":{"code":"...","message":"..."}}` with a 4xx or 503 status.

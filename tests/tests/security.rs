@@ -30,7 +30,10 @@ async fn call(
     url.path_segments_mut()
         .map_err(|()| anyhow::anyhow!("base URL"))?
         .extend(path.trim_start_matches('/').split('/'));
-    let mut request = platform.http.request(method, url).query(query);
+    if !query.is_empty() {
+        url.query_pairs_mut().extend_pairs(query);
+    }
+    let mut request = platform.http.request(method, url);
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
@@ -47,9 +50,10 @@ async fn send_purchases(platform: &Platform, prefix: &str) -> Result<(Millis, Ha
     let base = bucket_start(now_millis(), MINUTE_MS) - 20 * MINUTE_MS;
     let mut ends = HashMap::new();
     for i in 0..60i64 {
+        let country = ["DE", "FR", "US"][(i % 3) as usize];
         let event = json!({"event_id": format!("{prefix}{i}"), "event_type": "purchase",
                            "event_time": base + i * 20_000, "amount": 1.0, "schema_version": 2,
-                           "country": ["DE", "FR", "US"][(i % 3) as usize]});
+                           "country": country});
         platform
             .send_tracked((i % PARTITIONS as i64) as i32, &event, &mut ends)
             .await?;
