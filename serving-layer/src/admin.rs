@@ -95,7 +95,9 @@ pub struct Runs(Arc<Mutex<VecDeque<RunStatus>>>);
 impl Runs {
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<RunStatus>> {
         // A panic while holding the lock leaves plain data behind; it stays usable.
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Records a new running run, unless one is running already.
@@ -237,7 +239,9 @@ pub(crate) async fn start_run(
         .cutover
         .map(|text| {
             parse_rfc3339(&text).ok_or_else(|| {
-                ApiError::bad_request(format!("`cutover` = `{text}` is not RFC 3339 with an offset"))
+                ApiError::bad_request(format!(
+                    "`cutover` = `{text}` is not RFC 3339 with an offset"
+                ))
             })
         })
         .transpose()?;
@@ -250,12 +254,17 @@ pub(crate) async fn start_run(
         };
         let outcome = run_once(&state.writer, &state.config, &state.catalog, &options).await;
         match &outcome {
-            Ok(o) => tracing::info!(id, version = %o.version, "batch run started over HTTP promoted"),
+            Ok(o) => {
+                tracing::info!(id, version = %o.version, "batch run started over HTTP promoted")
+            }
             Err(e) => tracing::error!(id, error = %e, "batch run started over HTTP failed"),
         }
-        state
-            .runs
-            .finish(id, outcome.map(|o| (o.version, o.cutover)).map_err(|e| e.to_string()));
+        state.runs.finish(
+            id,
+            outcome
+                .map(|o| (o.version, o.cutover))
+                .map_err(|e| e.to_string()),
+        );
     });
     Ok((StatusCode::ACCEPTED, Json(status)))
 }
@@ -325,11 +334,15 @@ mod tests {
 
     #[test]
     fn bodies_are_json_and_an_empty_run_request_is_the_default() {
-        let empty: RunRequest = parse_body(&Bytes::from_static(b" "), Some(RunRequest::default())).unwrap();
+        let empty: RunRequest =
+            parse_body(&Bytes::from_static(b" "), Some(RunRequest::default())).unwrap();
         assert!(empty.cutover.is_none());
         assert!(parse_body::<PromoteRequest>(&Bytes::from_static(b""), None).is_err());
-        assert!(parse_body::<PromoteRequest>(&Bytes::from_static(b"{\"versio\":1}"), None).is_err());
-        let ok: PromoteRequest = parse_body(&Bytes::from_static(b"{\"version\":\"v1\"}"), None).unwrap();
+        assert!(
+            parse_body::<PromoteRequest>(&Bytes::from_static(b"{\"versio\":1}"), None).is_err()
+        );
+        let ok: PromoteRequest =
+            parse_body(&Bytes::from_static(b"{\"version\":\"v1\"}"), None).unwrap();
         assert_eq!(ok.version, "v1");
     }
 }

@@ -1,5 +1,6 @@
 //! The HTTP API of CONTRACT §4.
 
+use crate::openapi::ErrorBody;
 use crate::snapshot::{Snapshot, SnapshotError, ViewCache, read_snapshot};
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -20,7 +21,6 @@ use shared_schema::time::{HumanDuration, Millis, format_rfc3339, parse_rfc3339};
 use sqlx::PgPool;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use crate::openapi::ErrorBody;
 use utoipa::ToSchema;
 
 #[derive(Clone)]
@@ -63,7 +63,10 @@ pub fn router(state: AppState) -> Router {
             post(crate::admin::start_run).get(crate::admin::list_runs),
         )
         .route("/v1/admin/runs/{id}", get(crate::admin::get_run))
-        .route_layer(from_fn_with_state(state.clone(), crate::auth::require_admin));
+        .route_layer(from_fn_with_state(
+            state.clone(),
+            crate::auth::require_admin,
+        ));
     let router = Router::new()
         .route("/v1/metrics", get(list_metrics))
         .route("/v1/metrics/{name}", get(query_metric))
@@ -314,7 +317,8 @@ pub(crate) async fn query_metric(
     params: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<MetricAnswer>, ApiError> {
     // A name that does not decode (not UTF-8) names no metric either.
-    let Path(name) = name.map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "unknown_metric", e.body_text()))?;
+    let Path(name) =
+        name.map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "unknown_metric", e.body_text()))?;
     let Some((_, metric)) = state.catalog.get(&name) else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

@@ -10,7 +10,11 @@ use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
 /// Admin endpoints: 403 when no admin token is configured (disabled), 401 without the token.
-pub async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn require_admin(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let Some(admin) = state.config.serving.admin_token.as_deref() else {
         return ApiError::new(
             StatusCode::FORBIDDEN,
@@ -67,9 +71,10 @@ fn token_matches(given: &[u8], expected: &str) -> bool {
 fn unauthorized(message: &str) -> Response {
     let mut response =
         ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
-    response
-        .headers_mut()
-        .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
     response
 }
 

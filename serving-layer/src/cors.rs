@@ -20,7 +20,10 @@ pub fn layer(config: &ServingConfig) -> Option<CorsLayer> {
             .filter_map(|origin| match HeaderValue::from_str(origin) {
                 Ok(value) => Some(value),
                 Err(_) => {
-                    tracing::warn!(origin, "serving.cors_allowed_origins: not a valid origin, ignored");
+                    tracing::warn!(
+                        origin,
+                        "serving.cors_allowed_origins: not a valid origin, ignored"
+                    );
                     None
                 }
             })

@@ -21,7 +21,11 @@ async fn call(
     let status = response.status();
     let headers = response.headers().clone();
     let bytes = to_bytes(response.into_body(), 1 << 22).await.unwrap();
-    (status, headers, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        headers,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 fn request(method: Method, path: &str, token: Option<&str>) -> Request<Body> {
@@ -51,9 +55,17 @@ async fn admin_endpoints_need_the_admin_token() {
     let mut config = serving();
     config.admin_token = Some("admin-s3cret".into());
     config.read_token = Some("read-s3cret".into());
-    for token in [None, Some("read-s3cret"), Some("admin-s3cre"), Some("admin-s3cret2")] {
-        let (status, headers, body) =
-            call(config.clone(), request(Method::POST, "/v1/admin/rollback", token)).await;
+    for token in [
+        None,
+        Some("read-s3cret"),
+        Some("admin-s3cre"),
+        Some("admin-s3cret2"),
+    ] {
+        let (status, headers, body) = call(
+            config.clone(),
+            request(Method::POST, "/v1/admin/rollback", token),
+        )
+        .await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{token:?}");
         assert_eq!(body["error"]["code"], "unauthorized");
         assert_eq!(headers[header::WWW_AUTHENTICATE], "Bearer");
@@ -150,7 +162,11 @@ async fn cors_admits_only_the_configured_origins() {
 async fn the_description_names_every_endpoint_parameter_and_status() {
     let (status, _, doc) = call(serving(), request(Method::GET, "/openapi.json", None)).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{}", doc["openapi"]);
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3."),
+        "{}",
+        doc["openapi"]
+    );
     let statuses = |path: &str, method: &str| -> Vec<String> {
         let mut codes: Vec<String> = doc["paths"][path][method]["responses"]
             .as_object()
@@ -169,11 +185,16 @@ async fn the_description_names_every_endpoint_parameter_and_status() {
     assert_eq!(statuses("/v1/alerts", "get"), ["200", "401", "503"]);
     assert_eq!(statuses("/healthz", "get"), ["200"]);
     assert_eq!(statuses("/readyz", "get"), ["200", "503"]);
-    assert_eq!(statuses("/v1/divergence", "get"), ["200", "400", "401", "503"]);
+    assert_eq!(
+        statuses("/v1/divergence", "get"),
+        ["200", "400", "401", "503"]
+    );
     for path in ["/v1/admin/promote", "/v1/admin/rollback", "/v1/admin/runs"] {
         let codes = statuses(path, "post");
         assert!(
-            ["401", "403", "409"].iter().all(|c| codes.iter().any(|x| x == c)),
+            ["401", "403", "409"]
+                .iter()
+                .all(|c| codes.iter().any(|x| x == c)),
             "{path}: {codes:?}"
         );
     }

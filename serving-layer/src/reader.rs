@@ -22,8 +22,8 @@ pub async fn connect(config: &PlatformConfig) -> Result<PgPool, ReaderError> {
         Some(url) => url,
         None => config.database_url()?,
     };
-    let options = PgConnectOptions::from_str(url)?
-        .options([("default_transaction_read_only", "on")]);
+    let options =
+        PgConnectOptions::from_str(url)?.options([("default_transaction_read_only", "on")]);
     let pool = PgPoolOptions::new()
         .max_connections(config.database_max_connections)
         .acquire_timeout(Duration::from_secs(5))

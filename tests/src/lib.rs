@@ -464,7 +464,9 @@ pub const READER_ROLE: &str = "lambda_reader";
 
 /// `url` with the user `user` and no password.
 fn replace_user(url: &str, user: &str) -> Result<String> {
-    let (scheme, rest) = url.split_once("://").context("database URL has no scheme")?;
+    let (scheme, rest) = url
+        .split_once("://")
+        .context("database URL has no scheme")?;
     let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
     Ok(format!("{scheme}://{user}@{host}"))
 }

@@ -45,6 +45,19 @@ async fn call(
     Ok((status, response.json().await.unwrap_or(Value::Null)))
 }
 
+/// `GET /v1/metrics/purchases?query` without a token.
+async fn purchases(platform: &Platform, query: &[(&str, &str)]) -> Result<(u16, Value)> {
+    call(
+        platform,
+        Method::GET,
+        "/v1/metrics/purchases",
+        query,
+        None,
+        None,
+    )
+    .await
+}
+
 /// Purchases every 20 s over the 20 minutes before now, in three countries.
 async fn send_purchases(platform: &Platform, prefix: &str) -> Result<(Millis, HashMap<i32, i64>)> {
     let base = bucket_start(now_millis(), MINUTE_MS) - 20 * MINUTE_MS;
@@ -88,7 +101,7 @@ async fn read_only_role_sql_looking_input_and_limits() -> Result<()> {
 
     // One country is within every limit.
     let filtered = [range[0], range[1], ("filter", "country:DE")];
-    let (status, body) = call(&platform, Method::GET, "/v1/metrics/purchases", &filtered, None, None).await?;
+    let (status, body) = purchases(&platform, &filtered).await?;
     ensure!(status == 200, "{status} {body}");
     ensure!(
         platform_tests::first_series_total(&body) == 20.0,
@@ -102,7 +115,10 @@ async fn read_only_role_sql_looking_input_and_limits() -> Result<()> {
     .bind(READER_ROLE)
     .fetch_one(&platform.pool)
     .await?;
-    ensure!(readers > 0, "the serving layer holds no connection as {READER_ROLE}");
+    ensure!(
+        readers > 0,
+        "the serving layer holds no connection as {READER_ROLE}"
+    );
     // ...which reads everything and writes nothing.
     let mut reader = sqlx::PgConnection::connect(&platform.reader_database_url).await?;
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM speed_aggregates")
@@ -134,7 +150,15 @@ async fn read_only_role_sql_looking_input_and_limits() -> Result<()> {
         "purchases' UNION SELECT * FROM serving_state --",
     ];
     for name in injections {
-        let (status, body) = call(&platform, Method::GET, &format!("/v1/metrics/{name}"), &range, None, None).await?;
+        let (status, body) = call(
+            &platform,
+            Method::GET,
+            &format!("/v1/metrics/{name}"),
+            &range,
+            None,
+            None,
+        )
+        .await?;
         ensure!(
             status == 404 && body["error"]["code"] == "unknown_metric",
             "{name}: {status} {body}"
@@ -148,24 +172,18 @@ async fn read_only_role_sql_looking_input_and_limits() -> Result<()> {
         ("window", "1m' --"),
         ("from", "2026-11-21T12:00:00Z' OR '1'='1"),
     ] {
-        let mut query: Vec<(&str, &str)> = range.iter().filter(|(k, _)| *k != key).copied().collect();
+        let mut query: Vec<(&str, &str)> =
+            range.iter().filter(|(k, _)| *k != key).copied().collect();
         query.push((key, value));
-        let (status, body) = call(&platform, Method::GET, "/v1/metrics/purchases", &query, None, None).await?;
+        let (status, body) = purchases(&platform, &query).await?;
         ensure!(
             status == 400 && body["error"]["code"] == "bad_request",
             "{key}={value}: {status} {body}"
         );
     }
     // A filter value is data, bound as a parameter: it matches no event.
-    let (status, body) = call(
-        &platform,
-        Method::GET,
-        "/v1/metrics/purchases",
-        &[range[0], range[1], ("filter", "country:DE' OR '1'='1")],
-        None,
-        None,
-    )
-    .await?;
+    let injected = [range[0], range[1], ("filter", "country:DE' OR '1'='1")];
+    let (status, body) = purchases(&platform, &injected).await?;
     ensure!(
         status == 200 && platform_tests::first_series_total(&body) == 0.0,
         "{status} {body}"
@@ -173,23 +191,40 @@ async fn read_only_role_sql_looking_input_and_limits() -> Result<()> {
     let after: i64 = sqlx::query_scalar("SELECT count(*) FROM speed_aggregates")
         .fetch_one(&platform.pool)
         .await?;
-    ensure!(after == rows, "the speed rows are untouched: {rows} then {after}");
+    ensure!(
+        after == rows,
+        "the speed rows are untouched: {rows} then {after}"
+    );
 
     // Each limit answers 400 naming its key.
     let day_ago = format_rfc3339(base - 2 * 24 * 60 * MINUTE_MS);
     let four_hours_ago = format_rfc3339(base - 4 * 60 * MINUTE_MS);
     for (query, limit) in [
-        (vec![("from", day_ago.as_str()), range[1]], "serving.max_range"),
-        (vec![("from", four_hours_ago.as_str()), range[1]], "serving.max_points"),
-        (vec![range[0], range[1], ("window", "2d")], "serving.max_range"),
-        (vec![range[0], range[1], ("group_by", "country")], "serving.max_groups"),
+        (
+            vec![("from", day_ago.as_str()), range[1]],
+            "serving.max_range",
+        ),
+        (
+            vec![("from", four_hours_ago.as_str()), range[1]],
+            "serving.max_points",
+        ),
+        (
+            vec![range[0], range[1], ("window", "2d")],
+            "serving.max_range",
+        ),
+        (
+            vec![range[0], range[1], ("group_by", "country")],
+            "serving.max_groups",
+        ),
     ] {
-        let (status, body) = call(&platform, Method::GET, "/v1/metrics/purchases", &query, None, None).await?;
+        let (status, body) = purchases(&platform, &query).await?;
         ensure!(
             status == 400
                 && body["error"]["code"] == "limit_exceeded"
                 && body["error"]["limit"] == limit
-                && body["error"]["message"].as_str().is_some_and(|m| m.contains(limit)),
+                && body["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(limit)),
             "{query:?}: {status} {body}"
         );
     }
@@ -205,7 +240,10 @@ async fn admin_post(platform: &Platform, path: &str, body: Option<Value>) -> Res
 async fn run_over_http(platform: &Platform, cutover: Millis) -> Result<Value> {
     let body = json!({"cutover": format_rfc3339(cutover)});
     let (status, started) = admin_post(platform, "/v1/admin/runs", Some(body)).await?;
-    ensure!(status == 202 && started["state"] == "running", "{status} {started}");
+    ensure!(
+        status == 202 && started["state"] == "running",
+        "{status} {started}"
+    );
     let id = started["id"].as_u64().context("a run id")?.to_string();
     let path = format!("/v1/admin/runs/{id}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
@@ -213,10 +251,17 @@ async fn run_over_http(platform: &Platform, cutover: Millis) -> Result<Value> {
         let (status, run) = call(platform, Method::GET, &path, &[], Some(ADMIN), None).await?;
         ensure!(status == 200, "{path}: {status} {run}");
         if run["state"] != "running" {
-            ensure!(run["state"] == "succeeded", "run {id}: {run}\n{}", platform.log_tails(30));
+            ensure!(
+                run["state"] == "succeeded",
+                "run {id}: {run}\n{}",
+                platform.log_tails(30)
+            );
             return Ok(run);
         }
-        ensure!(tokio::time::Instant::now() < deadline, "run {id} still running: {run}");
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "run {id} still running: {run}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -224,8 +269,12 @@ async fn run_over_http(platform: &Platform, cutover: Millis) -> Result<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn admin_endpoints_need_the_token_then_run_promote_and_roll_back() -> Result<()> {
     let mut platform = Platform::new("admin", PARTITIONS).await?;
-    platform.extra_env.push(("PLATFORM_SERVING__ADMIN_TOKEN".into(), ADMIN.into()));
-    platform.extra_env.push(("PLATFORM_SERVING__READ_TOKEN".into(), READ.into()));
+    platform
+        .extra_env
+        .push(("PLATFORM_SERVING__ADMIN_TOKEN".into(), ADMIN.into()));
+    platform
+        .extra_env
+        .push(("PLATFORM_SERVING__READ_TOKEN".into(), READ.into()));
     let _speed = platform.spawn("speed-layer", &["run"])?;
     let _lander = platform.spawn("batch-layer", &["land"])?;
     let _serving = platform.spawn("serving-layer", &["run"])?;
@@ -234,7 +283,12 @@ async fn admin_endpoints_need_the_token_then_run_promote_and_roll_back() -> Resu
     platform.wait_both_caught_up(&ends).await?;
 
     // Reads need the read (or admin) token; probes do not.
-    for (token, expected) in [(None, 401), (Some("wrong"), 401), (Some(READ), 200), (Some(ADMIN), 200)] {
+    for (token, expected) in [
+        (None, 401),
+        (Some("wrong"), 401),
+        (Some(READ), 200),
+        (Some(ADMIN), 200),
+    ] {
         let (status, body) = call(&platform, Method::GET, "/v1/metrics", &[], token, None).await?;
         ensure!(status == expected, "{token:?}: {status} {body}");
     }
@@ -243,7 +297,15 @@ async fn admin_endpoints_need_the_token_then_run_promote_and_roll_back() -> Resu
 
     // Admin endpoints need the admin token; the read token is not enough.
     for token in [None, Some(READ), Some("e2e-admin-token-")] {
-        let (status, body) = call(&platform, Method::POST, "/v1/admin/rollback", &[], token, None).await?;
+        let (status, body) = call(
+            &platform,
+            Method::POST,
+            "/v1/admin/rollback",
+            &[],
+            token,
+            None,
+        )
+        .await?;
         ensure!(
             status == 401 && body["error"]["code"] == "unauthorized",
             "{token:?}: {status} {body}"
@@ -251,41 +313,72 @@ async fn admin_endpoints_need_the_token_then_run_promote_and_roll_back() -> Resu
     }
     let (status, body) = admin_post(&platform, "/v1/admin/rollback", None).await?;
     ensure!(status == 409, "nothing to roll back yet: {status} {body}");
-    let (status, body) = admin_post(&platform, "/v1/admin/runs", Some(json!({"cutover": "yesterday"}))).await?;
+    let (status, body) = admin_post(
+        &platform,
+        "/v1/admin/runs",
+        Some(json!({"cutover": "yesterday"})),
+    )
+    .await?;
     ensure!(status == 400, "a bad cutover: {status} {body}");
 
     let (t1, t2) = (base + 5 * MINUTE_MS, base + 10 * MINUTE_MS);
     let first = run_over_http(&platform, t1).await?;
     let v1 = first["version"].as_str().context("version")?.to_string();
     ensure!(first["cutover"] == format_rfc3339(t1), "{first}");
-    ensure!(platform.served().await? == (v1.clone(), t1), "run 1 is served");
+    ensure!(
+        platform.served().await? == (v1.clone(), t1),
+        "run 1 is served"
+    );
     let second = run_over_http(&platform, t2).await?;
     let v2 = second["version"].as_str().context("version")?.to_string();
-    ensure!(platform.served().await? == (v2.clone(), t2), "run 2 is served");
-    let (status, runs) = call(&platform, Method::GET, "/v1/admin/runs", &[], Some(ADMIN), None).await?;
     ensure!(
-        status == 200 && runs["runs"][0]["version"] == v2.as_str() && runs["runs"][1]["version"] == v1.as_str(),
+        platform.served().await? == (v2.clone(), t2),
+        "run 2 is served"
+    );
+    let (status, runs) = call(
+        &platform,
+        Method::GET,
+        "/v1/admin/runs",
+        &[],
+        Some(ADMIN),
+        None,
+    )
+    .await?;
+    ensure!(
+        status == 200
+            && runs["runs"][0]["version"] == v2.as_str()
+            && runs["runs"][1]["version"] == v1.as_str(),
         "{status} {runs}"
     );
 
-    let (status, body) = admin_post(&platform, "/v1/admin/promote", Some(json!({"version": v1}))).await?;
+    let (status, body) =
+        admin_post(&platform, "/v1/admin/promote", Some(json!({"version": v1}))).await?;
     ensure!(
         status == 200 && body["version"] == v1.as_str() && body["cutover"] == format_rfc3339(t1),
         "{status} {body}"
     );
-    ensure!(platform.served().await? == (v1.clone(), t1), "v1 is served again");
+    ensure!(
+        platform.served().await? == (v1.clone(), t1),
+        "v1 is served again"
+    );
     let (status, body) = admin_post(
         &platform,
         "/v1/admin/promote",
         Some(json!({"version": "no-such-version"})),
     )
     .await?;
-    ensure!(status == 409 && body["error"]["code"] == "refused", "{status} {body}");
+    ensure!(
+        status == 409 && body["error"]["code"] == "refused",
+        "{status} {body}"
+    );
     let (status, body) = admin_post(&platform, "/v1/admin/rollback", None).await?;
     ensure!(
         status == 200 && body["version"] == v2.as_str(),
         "the rollback undoes the promotion of v1: {status} {body}"
     );
-    ensure!(platform.served().await? == (v2, t2), "v2 is served after the rollback");
+    ensure!(
+        platform.served().await? == (v2, t2),
+        "v2 is served after the rollback"
+    );
     Ok(())
 }
