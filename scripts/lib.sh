@@ -48,6 +48,26 @@ ensure_tansu() {
   fi
 }
 
+# ensure_schemathesis: the API fuzzer the OpenAPI test (tests/tests/openapi.rs) runs, from PyPI
+# into .local/schemathesis-venv; sets SCHEMATHESIS to its executable.
+SCHEMATHESIS_VERSION=4.32
+ensure_schemathesis() {
+  local venv="$STATE/schemathesis-venv"
+  SCHEMATHESIS="$venv/bin/schemathesis"
+  if [ -x "$SCHEMATHESIS" ] && "$SCHEMATHESIS" --version >/dev/null 2>&1; then
+    return 0
+  fi
+  if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+    log "installing Python's venv from Debian's packages"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
+  fi
+  log "installing schemathesis from PyPI into $venv"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q "schemathesis~=$SCHEMATHESIS_VERSION"
+}
+
 # The server refuses to run as root, so as root it runs as the postgres user.
 pg_run() {
   if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi

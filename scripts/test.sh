@@ -11,6 +11,7 @@ KAFKA_PORT=${E2E_KAFKA_PORT:-19092}
 
 ensure_postgres
 ensure_tansu
+ensure_schemathesis
 start_postgres test-pg "$PG_PORT"
 start_tansu test-broker "$KAFKA_PORT" fresh
 cleanup() {
@@ -25,6 +26,8 @@ export E2E_KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
 # The outage and chaos scenarios restart Postgres and the broker through these.
 export E2E_STACK_LIB="$ROOT/scripts/lib.sh" E2E_PG_NAME=test-pg E2E_PG_PORT="$PG_PORT"
 export E2E_BROKER_NAME=test-broker E2E_KAFKA_PORT="$KAFKA_PORT"
+# The OpenAPI scenario runs it against the serving layer.
+export E2E_SCHEMATHESIS="$SCHEMATHESIS"
 
 log "building"
 cargo build --workspace --all-targets

@@ -57,7 +57,8 @@ fn window_at(rule: &AlertRule, bucket: Millis, watermark: Millis) -> (Millis, Mi
 
 pub async fn evaluate_once(state: &AppState) -> Result<Vec<Transition>, anyhow::Error> {
     let mut transitions = Vec::new();
-    let mut tx = state.pool.begin().await?;
+    // Alert state is written, so not through the read-only request pool.
+    let mut tx = state.writer.begin().await?;
     let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
         .bind(EVALUATOR_LOCK_KEY)
         .fetch_one(&mut *tx)

@@ -1,15 +1,17 @@
 //! The HTTP API of CONTRACT §4.
 
+use crate::openapi::ErrorBody;
 use crate::snapshot::{Snapshot, SnapshotError, ViewCache, read_snapshot};
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
-use shared_schema::config::PlatformConfig;
+use shared_schema::config::{PlatformConfig, ServingConfig};
 use shared_schema::cutover::Source;
 use shared_schema::db::MIGRATOR;
 use shared_schema::metrics::{Dimension, MetricCatalog, MetricDef};
@@ -19,40 +21,73 @@ use shared_schema::time::{HumanDuration, Millis, format_rfc3339, parse_rfc3339};
 use sqlx::PgPool;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use utoipa::ToSchema;
 
 #[derive(Clone)]
 pub struct AppState {
+    /// What HTTP requests read through: `serving.database_url`, read-only (see `reader`).
     pub pool: PgPool,
+    /// `DATABASE_URL`: the alert evaluator's writes and the admin endpoints.
+    pub writer: PgPool,
     pub config: Arc<PlatformConfig>,
     pub catalog: Arc<MetricCatalog>,
     pub views: ViewCache,
+    pub runs: crate::admin::Runs,
 }
 
 impl AppState {
-    pub fn new(pool: PgPool, config: PlatformConfig, catalog: MetricCatalog) -> Self {
+    pub fn new(
+        pool: PgPool,
+        writer: PgPool,
+        config: PlatformConfig,
+        catalog: MetricCatalog,
+    ) -> Self {
         let views = ViewCache::new(&config.lake_dir);
         AppState {
             pool,
+            writer,
             config: Arc::new(config),
             catalog: Arc::new(catalog),
             views,
+            runs: Default::default(),
         }
     }
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let admin = Router::new()
+        .route("/v1/admin/promote", post(crate::admin::promote))
+        .route("/v1/admin/rollback", post(crate::admin::rollback))
+        .route(
+            "/v1/admin/runs",
+            post(crate::admin::start_run).get(crate::admin::list_runs),
+        )
+        .route("/v1/admin/runs/{id}", get(crate::admin::get_run))
+        .route_layer(from_fn_with_state(
+            state.clone(),
+            crate::auth::require_admin,
+        ));
+    let router = Router::new()
         .route("/v1/metrics", get(list_metrics))
         .route("/v1/metrics/{name}", get(query_metric))
         .route("/v1/alerts", get(list_alerts))
         .route("/v1/divergence", get(crate::divergence::get))
+        // Everything above: behind `serving.read_token` when one is set.
+        .route_layer(from_fn_with_state(state.clone(), crate::auth::require_read))
+        .merge(admin)
+        .route("/openapi.json", get(crate::openapi::serve))
         .route("/metrics", get(crate::http_metrics::metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
-        })
-        .with_state(state)
+        });
+    // Outermost, so a preflight is answered before authentication.
+    match crate::cors::layer(&state.config.serving) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+    .with_state(state)
 }
 
 /// `{"error":{"code":"...","message":"..."}}` with a 4xx or 503 status.
@@ -61,15 +96,32 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// The configuration key of the limit a request went beyond.
+    limit: Option<&'static str>,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
             message: message.into(),
+            limit: None,
         }
+    }
+    pub(crate) fn limit_exceeded(limit: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            limit: Some(limit),
+            ..ApiError::new(StatusCode::BAD_REQUEST, "limit_exceeded", message)
+        }
+    }
+    #[cfg(test)]
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
+    }
+    #[cfg(test)]
+    pub(crate) fn limit(&self) -> Option<&'static str> {
+        self.limit
     }
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
@@ -81,7 +133,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let mut error = json!({"code": self.code, "message": self.message});
+        if let Some(limit) = self.limit {
+            error["limit"] = json!(limit);
+        }
+        let body = json!({ "error": error });
         (self.status, Json(body)).into_response()
     }
 }
@@ -93,36 +149,75 @@ impl From<SnapshotError> for ApiError {
     }
 }
 
-async fn list_metrics(State(state): State<AppState>) -> Json<Value> {
-    let metrics: Vec<Value> = state
+#[derive(Serialize, ToSchema)]
+pub(crate) struct MetricList {
+    metrics: Vec<MetricInfo>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct MetricInfo {
+    #[schema(example = "revenue")]
+    name: String,
+    description: String,
+    #[schema(example = "sum")]
+    aggregation: String,
+    #[schema(example = "1m")]
+    bucket: String,
+    dimensions: Vec<String>,
+}
+
+/// The metric definitions.
+#[utoipa::path(get, path = "/v1/metrics", tag = "metrics",
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "Every metric of the catalogue", body = MetricList),
+        (status = 401, description = "serving.read_token is set and was not presented", body = ErrorBody),
+    ))]
+pub(crate) async fn list_metrics(State(state): State<AppState>) -> Json<MetricList> {
+    let metrics = state
         .catalog
         .metrics
         .iter()
-        .map(|m| {
-            json!({
-                "name": m.name,
-                "description": m.description,
-                "aggregation": m.aggregation.name(),
-                "bucket": m.bucket.to_string(),
-                "dimensions": m.dimensions.iter().map(|d| d.name()).collect::<Vec<_>>(),
-            })
+        .map(|m| MetricInfo {
+            name: m.name.clone(),
+            description: m.description.clone(),
+            aggregation: m.aggregation.name().to_string(),
+            bucket: m.bucket.to_string(),
+            dimensions: m.dimensions.iter().map(|d| d.name().to_string()).collect(),
         })
         .collect();
-    Json(json!({ "metrics": metrics }))
+    Json(MetricList { metrics })
 }
 
-async fn list_alerts(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// The alerts: firing, and resolved in the last 24 hours.
+#[utoipa::path(get, path = "/v1/alerts", tag = "metrics",
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "Alerts, newest first", body = crate::openapi::AlertList),
+        (status = 401, description = "serving.read_token is set and was not presented", body = ErrorBody),
+        (status = 503, description = "Postgres unavailable", body = ErrorBody),
+    ))]
+pub(crate) async fn list_alerts(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     crate::alerts::list(&state)
         .await
         .map(Json)
         .map_err(|e| ApiError::unavailable(format!("alerts unavailable: {e}")))
 }
 
-async fn healthz() -> Json<Value> {
+/// Alive.
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "The process answers", body = crate::openapi::Status)))]
+pub(crate) async fn healthz() -> Json<Value> {
     Json(json!({"status": "alive"}))
 }
 
-async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// Database reachable and migrated.
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses(
+        (status = 200, description = "Ready", body = crate::openapi::Status),
+        (status = 503, description = "Postgres unreachable or not migrated", body = ErrorBody),
+    ))]
+pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
         .fetch_one(&state.pool)
         .await
@@ -138,24 +233,92 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
     Ok(Json(json!({"status": "ready"})))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct PointOut {
+    /// The point's start.
+    #[schema(format = DateTime)]
     t: String,
     value: f64,
+    #[schema(value_type = crate::openapi::PointSource)]
     source: Source,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct SeriesOut {
+    /// `{}` without `group_by`; else the grouped dimension and its value (`null`: absent).
+    #[schema(value_type = HashMap<String, Option<String>>)]
     group: Map<String, Value>,
     points: Vec<PointOut>,
 }
 
-async fn query_metric(
+/// A range `[from, to)`.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Interval {
+    #[schema(format = DateTime)]
+    from: String,
+    #[schema(format = DateTime)]
+    to: String,
+}
+
+/// One metric over a range, merged across the cutover (CONTRACT §4).
+#[derive(Serialize, ToSchema)]
+pub(crate) struct MetricAnswer {
+    metric: String,
+    #[schema(format = DateTime)]
+    from: String,
+    #[schema(format = DateTime)]
+    to: String,
+    #[schema(example = "1m")]
+    step: String,
+    #[schema(example = "1m")]
+    window: String,
+    /// `null` before the first promotion.
+    #[schema(format = DateTime, required = true)]
+    cutover: Option<String>,
+    /// `null` before the first promotion.
+    #[schema(required = true)]
+    batch_version: Option<String>,
+    #[schema(format = DateTime, required = true)]
+    speed_watermark: Option<String>,
+    /// Events the speed layer saw after their bucket closed, over the range.
+    late_events: i64,
+    /// `late_events` over the events counted; `null` when none were.
+    #[schema(required = true)]
+    late_rate: Option<f64>,
+    /// `false` when part of the range is covered by neither side; the parts are in `gaps`.
+    complete: bool,
+    gaps: Vec<Interval>,
+    series: Vec<SeriesOut>,
+}
+
+/// One metric over `[from, to)`: buckets before the cutover from the batch view, from it on
+/// from the speed layer, read as one snapshot.
+#[utoipa::path(get, path = "/v1/metrics/{name}", tag = "metrics",
+    params(
+        ("name" = String, Path, description = "A metric of `GET /v1/metrics`", example = "revenue"),
+        ("from" = String, Query, format = DateTime, description = "Range start (RFC 3339 with offset), inclusive", example = "2026-11-21T12:00:00Z"),
+        ("to" = String, Query, format = DateTime, description = "Range end (RFC 3339 with offset), exclusive", example = "2026-11-21T13:00:00Z"),
+        ("group_by" = Option<String>, Query, description = "One series per value of this dimension", example = "country"),
+        ("filter" = Option<String>, Query, description = "`<dimension>:<value>`: only events with that value", example = "country:DE"),
+        ("step" = Option<String>, Query, description = "Distance between points, a multiple of the bucket (`1m`, `15m`, `1h`, `1d`); default the bucket", example = "1m"),
+        ("window" = Option<String>, Query, description = "What a point at `t` aggregates: `[t + step - window, t + step)`, a multiple of the bucket; default `step`", example = "1m"),
+    ),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The series", body = MetricAnswer),
+        (status = 400, description = "Bad parameters, or beyond serving.max_range, serving.max_points or serving.max_groups (named in `error.limit`)", body = ErrorBody),
+        (status = 401, description = "serving.read_token is set and was not presented", body = ErrorBody),
+        (status = 404, description = "Unknown metric", body = ErrorBody),
+        (status = 503, description = "Postgres or the batch view unavailable, or the query took longer than serving.query_timeout", body = ErrorBody),
+    ))]
+pub(crate) async fn query_metric(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
     params: Result<Query<HashMap<String, String>>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MetricAnswer>, ApiError> {
+    // A name that does not decode (not UTF-8) names no metric either.
+    let Path(name) =
+        name.map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "unknown_metric", e.body_text()))?;
     let Some((_, metric)) = state.catalog.get(&name) else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -164,7 +327,7 @@ async fn query_metric(
         ));
     };
     let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let request = parse_query(metric, &params, state.config.serving.max_points)?;
+    let request = parse_query(metric, &params, &state.config.serving)?;
     let timeout = state.config.serving.query_timeout.as_std();
     match tokio::time::timeout(timeout, answer(&state, metric, &request)).await {
         Ok(answer) => answer.map(Json),
@@ -185,7 +348,7 @@ struct Request {
 fn parse_query(
     metric: &MetricDef,
     params: &HashMap<String, String>,
-    max_points: i64,
+    limits: &ServingConfig,
 ) -> Result<Request, ApiError> {
     let time = |key: &str| -> Result<Millis, ApiError> {
         let text = params
@@ -249,12 +412,7 @@ fn parse_query(
         group_by: group_by.map(|(_, i)| i),
         filter,
     };
-    if query.point_count() > max_points {
-        return Err(ApiError::bad_request(format!(
-            "the range holds {} points at step {step}; at most {max_points} are allowed",
-            query.point_count()
-        )));
-    }
+    crate::limits::check_query(&query, step, limits)?;
     Ok(Request {
         query,
         step,
@@ -305,7 +463,7 @@ async fn answer(
     state: &AppState,
     metric: &MetricDef,
     request: &Request,
-) -> Result<Value, ApiError> {
+) -> Result<MetricAnswer, ApiError> {
     let (snapshot, points) = merged_points(state, metric, &request.query).await?;
     let mut series: BTreeMap<Option<Option<String>>, Vec<PointOut>> = BTreeMap::new();
     if request.group_by.is_none() {
@@ -319,6 +477,7 @@ async fn answer(
             source: point.source,
         });
     }
+    crate::limits::check_groups(series.len(), &state.config.serving)?;
     let series: Vec<SeriesOut> = series
         .into_iter()
         .map(|(group, points)| {
@@ -341,21 +500,41 @@ async fn answer(
         snapshot.cutover,
         snapshot.speed_covered_from,
     );
-    Ok(json!({
-        "metric": metric.name,
-        "from": format_rfc3339(request.query.from),
-        "to": format_rfc3339(request.query.to),
-        "step": request.step.to_string(),
-        "window": request.window.to_string(),
-        "cutover": snapshot.cutover.map(format_rfc3339),
-        "batch_version": snapshot.batch_version,
-        "speed_watermark": snapshot.speed_watermark.map(format_rfc3339),
-        "late_events": snapshot.late_events,
-        "late_rate": (snapshot.seen_events > 0).then(|| snapshot.late_events as f64 / snapshot.seen_events as f64),
-        "complete": gaps.is_empty(),
-        "gaps": gaps.iter().map(|(from, to)| json!({"from": format_rfc3339(*from), "to": format_rfc3339(*to)})).collect::<Vec<_>>(),
-        "series": series,
-    }))
+    Ok(MetricAnswer {
+        metric: metric.name.clone(),
+        from: format_rfc3339(request.query.from),
+        to: format_rfc3339(request.query.to),
+        step: request.step.to_string(),
+        window: request.window.to_string(),
+        cutover: snapshot.cutover.map(format_rfc3339),
+        batch_version: snapshot.batch_version,
+        speed_watermark: snapshot.speed_watermark.map(format_rfc3339),
+        late_events: snapshot.late_events,
+        late_rate: (snapshot.seen_events > 0)
+            .then(|| snapshot.late_events as f64 / snapshot.seen_events as f64),
+        complete: gaps.is_empty(),
+        gaps: gaps
+            .iter()
+            .map(|(from, to)| Interval {
+                from: format_rfc3339(*from),
+                to: format_rfc3339(*to),
+            })
+            .collect(),
+        series,
+    })
+}
+
+/// A state over a pool that never connects, for tests of what answers before any query.
+#[cfg(test)]
+pub(crate) fn test_state(serving: ServingConfig) -> AppState {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+        .expect("a well-formed URL");
+    let config = PlatformConfig {
+        serving,
+        ..PlatformConfig::default()
+    };
+    AppState::new(pool.clone(), pool, config, MetricCatalog::default())
 }
 
 #[cfg(test)]
@@ -383,7 +562,9 @@ mod tests {
             ("from", "2026-11-21T12:00:00Z"),
             ("to", "2026-11-21T13:00:00Z"),
         ];
-        let request = parse_query(&m, &params(&ok), 1000).unwrap();
+        let mut limits = PlatformConfig::default().serving;
+        limits.max_points = 1000;
+        let request = parse_query(&m, &params(&ok), &limits).unwrap();
         assert_eq!(request.query.step, 60_000);
         assert_eq!(request.query.point_count(), 60);
         for bad in [
@@ -397,14 +578,16 @@ mod tests {
             vec![ok[0], ok[1], ("filter", "country")],
             vec![ok[0], ok[1], ("filter", "product_id:1")],
         ] {
-            let err = parse_query(&m, &params(&bad), 1000)
+            let err = parse_query(&m, &params(&bad), &limits)
                 .err()
                 .expect("should be refused");
             assert_eq!(err.status, StatusCode::BAD_REQUEST, "{bad:?}");
         }
-        let too_many = parse_query(&m, &params(&ok), 59)
+        limits.max_points = 59;
+        let too_many = parse_query(&m, &params(&ok), &limits)
             .err()
             .expect("60 points over a limit of 59");
         assert_eq!(too_many.status, StatusCode::BAD_REQUEST);
+        assert_eq!(too_many.limit, Some("serving.max_points"));
     }
 }

@@ -140,6 +140,15 @@ fn above(entry: &Entry, threshold: f64) -> bool {
 
 /// `GET /v1/divergence[?limit=N]`: per metric of the catalogue, the latest comparison and the
 /// newest `N` (default: all kept), newest first.
+#[utoipa::path(get, path = "/v1/divergence", tag = "metrics",
+    params(("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "Comparisons per metric, newest first; default all kept")),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "Every metric's latest comparison and history", body = crate::openapi::DivergenceList),
+        (status = 400, description = "Bad `limit`", body = crate::openapi::ErrorBody),
+        (status = 401, description = "serving.read_token is set and was not presented", body = crate::openapi::ErrorBody),
+        (status = 503, description = "Postgres unavailable", body = crate::openapi::ErrorBody),
+    ))]
 pub async fn get(
     State(state): State<AppState>,
     params: Result<Query<HashMap<String, String>>, QueryRejection>,

@@ -55,6 +55,10 @@ async fn track(request: Request, next: Next) -> Response {
 /// `GET /metrics`: this process's families, with the gauges read from Postgres refreshed
 /// first. When Postgres cannot tell, those gauges are left out rather than kept stale, and the
 /// rest is still served.
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses(
+        (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
+    ))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     if let Err(e) = crate::divergence::refresh_gauges(&state).await {
         tracing::warn!(error = %e, "divergence gauges unavailable");

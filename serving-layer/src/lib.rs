@@ -2,10 +2,18 @@
 //! cutover T, the promoted batch view and the speed layer's rows, merged by
 //! `shared_schema::query::assemble`, which enforces the split.
 
+mod admin;
 pub mod alerts;
 mod api;
+mod auth;
+mod cors;
 mod divergence;
 pub mod http_metrics;
+#[cfg(test)]
+mod http_tests;
+mod limits;
+pub mod openapi;
+pub mod reader;
 mod snapshot;
 
 pub use api::{AppState, Group, MergedPoint, merged_points, router};

@@ -1,6 +1,6 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use serving_layer::{AppState, alerts, http_metrics, router};
+use serving_layer::{AppState, alerts, http_metrics, reader, router};
 use shared_schema::registry;
 use shared_schema::service::{self, Started};
 use shared_schema::telemetry;
@@ -39,7 +39,11 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", config.listen_addr))?;
     tracing::info!(addr = %config.listen_addr, "serving");
-    let state = AppState::new(pool, config, catalog);
+    // Requests read through their own read-only pool; `pool` keeps the service's own writes.
+    let reader = reader::connect(&config)
+        .await
+        .context("connecting the read-only pool for requests")?;
+    let state = AppState::new(reader, pool, config, catalog);
     let evaluator = tokio::spawn(alerts::run_evaluator(
         state.clone(),
         telemetry::shutdown_signal(),

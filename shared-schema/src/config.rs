@@ -5,7 +5,7 @@
 //! `LISTEN_ADDR`) set the top-level keys of the same name. Every other key is set from the
 //! environment as `PLATFORM_<SECTION>__<KEY>`, e.g. `PLATFORM_SPEED__BATCH_MAX_EVENTS=5000`.
 
-use crate::time::{HumanDuration, MINUTE_MS, SECOND_MS};
+use crate::time::{DAY_MS, HumanDuration, MINUTE_MS, SECOND_MS};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
@@ -124,6 +124,25 @@ pub struct ServingConfig {
     pub alert_interval: HumanDuration,
     /// Called with a JSON POST on every alert transition (fired, resolved); retried with backoff.
     pub webhook_url: Option<String>,
+    /// The Postgres URL every HTTP request reads through. Migration 0011 creates the role
+    /// `lambda_reader` for it (LOGIN, SELECT only, no password: set one with `ALTER ROLE`, or
+    /// rely on the server's host rules). Absent: `DATABASE_URL`. Sessions on it are read-only
+    /// either way. The serving layer's own writes (migrations, alert state, admin endpoints)
+    /// use `DATABASE_URL`.
+    pub database_url: Option<String>,
+    /// Bearer token the admin endpoints (`/v1/admin/...`) require. Absent: they are disabled
+    /// and answer 403, so an unconfigured server cannot be promoted or rolled back over HTTP.
+    pub admin_token: Option<String>,
+    /// Bearer token the read endpoints under `/v1/` require (the admin token is accepted too).
+    /// Absent: they are open. `/healthz`, `/readyz`, `/metrics` and `/openapi.json` stay open.
+    pub read_token: Option<String>,
+    /// Longest `[from, to)` a metric query may ask for; longer answers 400.
+    pub max_range: HumanDuration,
+    /// Most series (groups) one answer may hold; more answers 400.
+    pub max_groups: usize,
+    /// Origins a browser may call the API from (CORS), e.g. `["https://dash.example.com"]`;
+    /// `["*"]` allows any. Empty: no CORS headers, so browsers allow only same-origin calls.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 impl Default for PlatformConfig {
@@ -168,6 +187,12 @@ impl Default for PlatformConfig {
                 max_points: 100_000,
                 alert_interval: HumanDuration::from_millis(10 * SECOND_MS),
                 webhook_url: None,
+                database_url: None,
+                admin_token: None,
+                read_token: None,
+                max_range: HumanDuration::from_millis(31 * DAY_MS),
+                max_groups: 1_000,
+                cors_allowed_origins: Vec::new(),
             },
         }
     }
@@ -263,6 +288,10 @@ mod tests {
             jail.set_env("DATABASE_URL", "postgres://x");
             jail.set_env("PLATFORM_SPEED__RETENTION_GRACE", "2h");
             jail.set_env("PLATFORM_BATCH__DIVERGENCE_ALERT_RATIO", "0.05");
+            jail.set_env(
+                "PLATFORM_SERVING__CORS_ALLOWED_ORIGINS",
+                r#"["https://a.example", "https://b.example"]"#,
+            );
             let config = PlatformConfig::load().map_err(|e| e.to_string())?;
             assert_eq!(config.events_topic, "from-file");
             assert_eq!(config.kafka_brokers, "env:2");
@@ -271,6 +300,10 @@ mod tests {
             assert_eq!(config.speed.retention_grace.millis(), 2 * 3_600_000);
             assert_eq!(config.lake_dir, PathBuf::from("./data/lake"));
             assert_eq!(config.batch.divergence_alert_ratio, 0.05);
+            assert_eq!(
+                config.serving.cors_allowed_origins,
+                ["https://a.example", "https://b.example"]
+            );
             assert_eq!(
                 config.batch.keep_versions, 5,
                 "a default survives the layers"

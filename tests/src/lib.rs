@@ -127,6 +127,8 @@ pub fn stack(command: &str) -> Result<()> {
 pub struct Platform {
     pub name: String,
     pub database_url: String,
+    /// What the serving layer answers requests through: the read-only role of migration 0011.
+    pub reader_database_url: String,
     pub brokers: String,
     pub topic: String,
     pub partitions: i32,
@@ -156,6 +158,7 @@ impl Platform {
             .await?;
         admin.close().await?;
         let database_url = replace_database(&cluster.admin_database_url, &unique)?;
+        let reader_database_url = replace_user(&database_url, READER_ROLE)?;
         let topic = format!("events_{unique}");
         create_topic(&cluster.brokers, &topic, partitions).await?;
         let lake_dir = target_dir()?.join("e2e").join(&unique).join("lake");
@@ -168,6 +171,7 @@ impl Platform {
         Ok(Platform {
             name: unique,
             database_url,
+            reader_database_url,
             producer: producer(&cluster.brokers)?,
             brokers: cluster.brokers,
             topic,
@@ -185,6 +189,11 @@ impl Platform {
     fn env(&self) -> Vec<(String, String)> {
         let base: Vec<(&str, String)> = vec![
             ("DATABASE_URL", self.database_url.clone()),
+            // Only the serving layer reads it: its requests go through the read-only role.
+            (
+                "PLATFORM_SERVING__DATABASE_URL",
+                self.reader_database_url.clone(),
+            ),
             ("KAFKA_BROKERS", self.brokers.clone()),
             ("EVENTS_TOPIC", self.topic.clone()),
             ("LAKE_DIR", self.lake_dir.to_string_lossy().into_owned()),
@@ -283,6 +292,18 @@ impl Platform {
         let status = response.status().as_u16();
         let body = response.json().await.unwrap_or(serde_json::Value::Null);
         Ok((status, body))
+    }
+
+    /// The view version served and its cutover T, which a scenario expects to exist.
+    pub async fn served(&self) -> Result<(String, i64)> {
+        let (version, cutover): (Option<String>, Option<chrono::DateTime<chrono::Utc>>) =
+            sqlx::query_as("SELECT version, cutover FROM serving_state")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok((
+            version.context("a version is served")?,
+            cutover.context("a cutover is served")?.timestamp_millis(),
+        ))
     }
 
     pub async fn wait_for_http(&self) -> Result<()> {
@@ -447,6 +468,18 @@ pub fn free_local_addr() -> Result<String> {
         .local_addr()?
         .port();
     Ok(format!("127.0.0.1:{port}"))
+}
+
+/// The read-only role migration 0011 creates; the test cluster admits it without a password.
+pub const READER_ROLE: &str = "lambda_reader";
+
+/// `url` with the user `user` and no password.
+fn replace_user(url: &str, user: &str) -> Result<String> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .context("database URL has no scheme")?;
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    Ok(format!("{scheme}://{user}@{host}"))
 }
 
 fn replace_database(url: &str, database: &str) -> Result<String> {

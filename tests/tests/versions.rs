@@ -5,22 +5,11 @@
 use anyhow::{Context, Result, ensure};
 use platform_tests::{Platform, first_series_total, wait_until};
 use serde_json::json;
-use shared_schema::time::{MINUTE_MS, Millis, bucket_start, format_rfc3339, now_millis};
+use shared_schema::time::{MINUTE_MS, bucket_start, format_rfc3339, now_millis};
 use std::collections::HashMap;
 use std::time::Duration;
 
 const PARTITIONS: i32 = 2;
-
-async fn served(platform: &Platform) -> Result<(String, Millis)> {
-    let (version, cutover): (Option<String>, Option<chrono::DateTime<chrono::Utc>>) =
-        sqlx::query_as("SELECT version, cutover FROM serving_state")
-            .fetch_one(&platform.pool)
-            .await?;
-    Ok((
-        version.context("a version is served")?,
-        cutover.context("a cutover is served")?.timestamp_millis(),
-    ))
-}
 
 async fn run(platform: &Platform, args: &[&str]) -> Result<String> {
     let (ok, output) = platform.run("batch-layer", args).await?;
@@ -49,12 +38,12 @@ async fn pin_rollback_staging_cleanup_and_gaps_after_retention() -> Result<()> {
 
     let (t1, t2) = (base + 3 * MINUTE_MS, base + 20 * MINUTE_MS);
     run(&platform, &["run", "--cutover", &format_rfc3339(t1)]).await?;
-    let (v1, _) = served(&platform).await?;
+    let (v1, _) = platform.served().await?;
     // A killed run's staging output is removed by the next run.
     let staging = platform.lake_dir.join("views/.staging-killed-run");
     std::fs::create_dir_all(&staging)?;
     run(&platform, &["run", "--cutover", &format_rfc3339(t2)]).await?;
-    let (v2, cutover) = served(&platform).await?;
+    let (v2, cutover) = platform.served().await?;
     ensure!(
         cutover == t2 && v2 != v1,
         "second run serves {v2} at {cutover}"
@@ -82,7 +71,7 @@ async fn pin_rollback_staging_cleanup_and_gaps_after_retention() -> Result<()> {
     // Rollback serves v1 and T1 again; [T1, T2 - grace) is covered by neither side.
     let output = run(&platform, &["rollback"]).await?;
     ensure!(
-        served(&platform).await? == (v1.clone(), t1),
+        platform.served().await? == (v1.clone(), t1),
         "rollback should serve {v1}: {output}"
     );
     let url = format!(
@@ -114,7 +103,7 @@ async fn pin_rollback_staging_cleanup_and_gaps_after_retention() -> Result<()> {
     // Pinning v2 brings T2 back, and the answer is complete again.
     run(&platform, &["promote", "--version", &v2]).await?;
     ensure!(
-        served(&platform).await? == (v2.clone(), t2),
+        platform.served().await? == (v2.clone(), t2),
         "pin should serve {v2}"
     );
     let (_, body) = platform.get(&url).await?;
