@@ -46,9 +46,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/metrics/{name}", get(query_metric))
         .route("/v1/alerts", get(list_alerts))
         .route("/v1/divergence", get(crate::divergence::get))
+        .route("/v1/freshness", get(crate::freshness::get))
         .route("/metrics", get(crate::divergence::prometheus))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .merge(crate::dashboard::routes())
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })

@@ -4,7 +4,9 @@
 
 pub mod alerts;
 mod api;
+mod dashboard;
 mod divergence;
+mod freshness;
 mod snapshot;
 
 pub use api::{AppState, Group, MergedPoint, merged_points, router};
