@@ -326,26 +326,33 @@ async fn check_chart(
 async fn the_dashboard_draws_the_merged_answer_and_the_side_panels() -> Result<()> {
     let mut platform = Platform::new("dashboard", PARTITIONS).await?;
     let browser = Browser::from_env(platform.lake_dir.with_file_name("chromium"))?;
-    platform
-        .extra_env
-        .push(("PLATFORM_SERVING__ALERT_INTERVAL".into(), "300ms".into()));
+    platform.extra_env.extend([
+        ("PLATFORM_SERVING__ALERT_INTERVAL".into(), "300ms".into()),
+        // No partition may go idle and stop holding the watermark before the late purchase
+        // is judged against it, however slow the machine.
+        ("PLATFORM_SPEED__IDLE_TIMEOUT".into(), "1h".into()),
+    ]);
     let _speed = platform.spawn("speed-layer", &["run"])?;
     let _lander = platform.spawn("batch-layer", &["land"])?;
     let _serving = platform.spawn("serving-layer", &["run"])?;
     platform.wait_for_http().await?;
 
-    // Every minute a purchase from DE; every second minute one from FR; every fifth one
-    // without a country.
+    // Every minute one to three purchases from DE; every second minute one from FR; every
+    // fifth one without a country.
     let base = bucket_start(now_millis(), MINUTE_MS) - 30 * MINUTE_MS;
     let at = |minute: i64| base + minute * MINUTE_MS;
     let mut ends: HashMap<i32, i64> = HashMap::new();
     for minute in 0..MINUTES {
         let partition = (minute % PARTITIONS as i64) as i32;
-        let mut events = vec![purchase(
-            format!("de{minute}"),
-            at(minute) + 10_000,
-            Some("DE"),
-        )];
+        let mut events: Vec<Value> = (0..=minute % 3)
+            .map(|n| {
+                purchase(
+                    format!("de{minute}-{n}"),
+                    at(minute) + 10_000 + n,
+                    Some("DE"),
+                )
+            })
+            .collect();
         if minute % 2 == 0 {
             events.push(purchase(
                 format!("fr{minute}"),
