@@ -197,11 +197,18 @@
     return entries.map(([k, v]) => `${k}=${v == null ? "(none)" : v}`).join(", ");
   }
 
-  function niceMax(value) {
-    if (value <= 0) return 1;
-    const magnitude = 10 ** Math.floor(Math.log10(value));
-    const step = [1, 2, 2.5, 5, 10].find((f) => f * magnitude >= value);
-    return step * magnitude;
+  // A round grid step giving about four lines over `span`.
+  function gridStep(span) {
+    const raw = span > 0 ? span / 4 : 0.25;
+    const magnitude = 10 ** Math.floor(Math.log10(raw));
+    return [1, 2, 2.5, 5, 10].find((f) => f * magnitude >= raw) * magnitude;
+  }
+
+  // "12:20 – 12:35", the date too when the interval does not sit within one day.
+  function formatInterval(interval) {
+    const from = Date.parse(interval.from), to = Date.parse(interval.to);
+    const sameDay = new Date(from).toISOString().slice(0, 10) === new Date(to).toISOString().slice(0, 10);
+    return sameDay ? `${formatTime(from, false)} – ${formatTime(to, false)}` : `${formatInstant(interval.from)} – ${formatInstant(interval.to)}`;
   }
 
   function drawPoint(parent, x, y, colour, point, label) {
@@ -230,8 +237,11 @@
     const x = (t) => m.left + ((t - from) / (to - from)) * (width - m.left - m.right);
     const values = answer.series.flatMap((s) => s.points.map((p) => p.value));
     // Not Math.min(...values): a long range has more points than a call takes arguments.
-    const low = values.reduce((a, v) => Math.min(a, v), 0);
-    const high = niceMax(values.reduce((a, v) => Math.max(a, v), 0) - low) + low;
+    const min = values.reduce((a, v) => Math.min(a, v), 0);
+    const max = values.reduce((a, v) => Math.max(a, v), 0);
+    const grid = gridStep(max - min);
+    const low = Math.floor(min / grid) * grid;
+    const high = (Math.floor(max / grid) + 1) * grid;
     const y = (v) => height - m.bottom - ((v - low) / (high - low)) * (height - m.top - m.bottom);
     const root = svg("svg", {
       viewBox: `0 0 ${width} ${height}`, role: "img",
@@ -256,8 +266,8 @@
     }
 
     // Axes and grid.
-    for (let i = 0; i <= 4; i++) {
-      const v = low + ((high - low) * i) / 4;
+    for (let i = 0; low + i * grid <= high + grid / 1e6; i++) {
+      const v = low + i * grid;
       svg("line", { class: "grid", x1: m.left, x2: width - m.right, y1: y(v), y2: y(v) }, root);
       svg("text", { class: "tick-label", x: m.left - 6, y: y(v) + 4, "text-anchor": "end" }, root).textContent = formatNumber(v);
     }
@@ -393,9 +403,9 @@
         ["Promoted at", "promoted-at", formatInstant(batch.promoted_at), batch.promoted_at],
         ["Lake complete until", "lake-complete-until", formatInstant(lake.complete_until), lake.complete_until],
       ]),
-      el("table", {},
+      el("div", { class: "scroll" }, el("table", {},
         el("thead", {}, el("tr", {}, ...["partition", "speed offset", "speed watermark", "lake offset", "lake newest event"].map((h) => el("th", {}, h)))),
-        el("tbody", {}, ...rows)),
+        el("tbody", {}, ...rows))),
     );
   }
 
@@ -408,15 +418,15 @@
         el("td", { class: "num" }, latest ? percent(latest.ratio) : "—"),
         el("td", { class: "num" }, latest ? formatNumber(latest.difference) : "—"),
         el("td", { class: "num" }, latest ? `${formatNumber(latest.differing_buckets)} / ${formatNumber(latest.buckets)}` : "—"),
-        el("td", {}, latest && latest.compared ? `${formatInstant(latest.compared.from)} – ${formatTime(Date.parse(latest.compared.to), false)}` : "—"),
+        el("td", { title: latest && latest.compared ? `${latest.compared.from} – ${latest.compared.to}` : null }, latest && latest.compared ? formatInterval(latest.compared) : "—"),
         el("td", {}, m.above_threshold ? el("span", { class: "badge bad" }, "above") : el("span", { class: "badge ok" }, "ok")));
     });
     const above = body.metrics.filter((m) => m.above_threshold).length;
     settle($("divergence"), "ready",
       figures([["Above threshold", "divergence-above", `${above} of ${body.metrics.length} metrics (threshold ${percent(body.threshold)})`, above]]),
-      el("table", {},
+      el("div", { class: "scroll" }, el("table", {},
         el("thead", {}, el("tr", {}, ...["metric", "ratio", "speed − batch", "differing buckets", "compared", ""].map((h) => el("th", {}, h)))),
-        el("tbody", {}, ...rows)),
+        el("tbody", {}, ...rows))),
     );
   }
 
@@ -430,8 +440,8 @@
         el("td", {}, a.metric),
         el("td", {}, groupLabel(a.group)),
         el("td", { class: "num" }, `${formatNumber(a.value)} > ${formatNumber(a.threshold)}`),
-        el("td", {}, `${formatInstant(a.window.from)} – ${formatTime(Date.parse(a.window.to), false)}`),
-        el("td", {}, a.state === "firing" ? `since ${formatInstant(a.fired_at)}` : `resolved ${formatInstant(a.resolved_at)}`)));
+        el("td", { title: `${a.window.from} – ${a.window.to}` }, formatInterval(a.window)),
+        el("td", {}, a.state === "firing" ? `since ${formatTime(Date.parse(a.fired_at), false)}` : `resolved ${formatTime(Date.parse(a.resolved_at), false)}`)));
     settle($("alerts"), "ready",
       figures([
         ["Firing", "alerts-firing", String(firing), firing],
@@ -439,9 +449,9 @@
       ]),
       alerts.length === 0
         ? el("p", { class: "muted" }, "No alert fired in the last 24 hours.")
-        : el("table", {},
+        : el("div", { class: "scroll" }, el("table", {},
           el("thead", {}, el("tr", {}, ...["state", "rule", "metric", "group", "value", "window", ""].map((h) => el("th", {}, h)))),
-          el("tbody", {}, ...rows)),
+          el("tbody", {}, ...rows))),
     );
   }
 
