@@ -68,6 +68,18 @@ ensure_schemathesis() {
   "$venv/bin/pip" install -q "schemathesis~=$SCHEMATHESIS_VERSION"
 }
 
+# Headless Chromium from Debian's packages, for the dashboard scenario; exports its path as
+# E2E_CHROMIUM. fonts-liberation gives the screenshot legible text on a bare machine.
+ensure_chromium() {
+  if ! command -v chromium >/dev/null 2>&1 || [ ! -d /usr/share/fonts/truetype/liberation ]; then
+    log "installing Chromium from Debian's packages"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-liberation >/dev/null
+  fi
+  E2E_CHROMIUM=$(command -v chromium)
+  export E2E_CHROMIUM
+}
+
 # The server refuses to run as root, so as root it runs as the postgres user.
 pg_run() {
   if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi

@@ -72,6 +72,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/metrics/{name}", get(query_metric))
         .route("/v1/alerts", get(list_alerts))
         .route("/v1/divergence", get(crate::divergence::get))
+        .route("/v1/freshness", get(crate::freshness::get))
         // Everything above: behind `serving.read_token` when one is set.
         .route_layer(from_fn_with_state(state.clone(), crate::auth::require_read))
         .merge(admin)
@@ -79,6 +80,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(crate::http_metrics::metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .merge(crate::dashboard::routes())
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         });

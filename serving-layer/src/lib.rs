@@ -7,7 +7,9 @@ pub mod alerts;
 mod api;
 mod auth;
 mod cors;
+mod dashboard;
 mod divergence;
+mod freshness;
 pub mod http_metrics;
 #[cfg(test)]
 mod http_tests;

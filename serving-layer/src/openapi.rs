@@ -22,6 +22,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
         crate::api::query_metric,
         crate::api::list_alerts,
         crate::divergence::get,
+        crate::freshness::get,
         crate::admin::promote,
         crate::admin::rollback,
         crate::admin::start_run,
