@@ -129,8 +129,18 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() -> Result<
         );
     }
     // It reached every operation, and the query answered with data at least once.
+    let operations: usize = doc["paths"]
+        .as_object()
+        .map(|paths| {
+            paths
+                .values()
+                .filter_map(|p| p.as_object())
+                .map(|p| p.len())
+                .sum()
+        })
+        .unwrap_or(0);
     ensure!(
-        report.contains("Tested: 13"),
+        operations >= 14 && report.contains(&format!("Tested: {operations}\n")),
         "schemathesis did not test every operation:\n{report}"
     );
     let har: Value = serde_json::from_slice(&std::fs::read(&har).context("the HAR report")?)?;
