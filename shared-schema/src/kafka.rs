@@ -387,6 +387,14 @@ impl EventSource {
     }
 }
 
+/// A consumer outside any group, for a reader that assigns partitions itself.
+pub(crate) fn plain_consumer(
+    brokers: &str,
+    group_id: &str,
+) -> Result<StreamConsumer<SourceContext>, KafkaError> {
+    consumer_config(brokers, group_id).create_with_context(SourceContext { group: None })
+}
+
 fn consumer_config(brokers: &str, group_id: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
@@ -400,7 +408,7 @@ fn consumer_config(brokers: &str, group_id: &str) -> ClientConfig {
     config
 }
 
-async fn wait_for_partitions(
+pub(crate) async fn wait_for_partitions(
     consumer: &StreamConsumer<SourceContext>,
     topic: &str,
 ) -> Result<Vec<i32>, SourceError> {
