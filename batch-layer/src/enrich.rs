@@ -68,13 +68,20 @@ mod tests {
                 schema.clone(),
                 vec![
                     Arc::new(StringArray::from_iter_values(events.iter().map(|e| &e.0))),
-                    Arc::new(events.iter().map(|e| e.1.as_deref()).collect::<StringArray>()),
+                    Arc::new(
+                        events
+                            .iter()
+                            .map(|e| e.1.as_deref())
+                            .collect::<StringArray>(),
+                    ),
                     Arc::new(Int64Array::from_iter_values(events.iter().map(|e| e.2))),
                 ],
             )
             .unwrap();
             let events = ctx
-                .read_table(Arc::new(MemTable::try_new(schema, vec![vec![batch]]).unwrap()))
+                .read_table(Arc::new(
+                    MemTable::try_new(schema, vec![vec![batch]]).unwrap(),
+                ))
                 .unwrap();
             // The versions through a Parquet file, as the lander writes them.
             let dir = std::env::temp_dir().join(format!("enrich-{}", uuid::Uuid::new_v4()));

@@ -32,12 +32,21 @@ struct ChangelogFile {
 pub async fn run(pool: PgPool, config: PlatformConfig) {
     let topic = config.cdc.topic.clone();
     let mut reader = retry::until_success("connecting to the profile changelog", || {
-        ChangelogReader::connect(&pool, &config.kafka_brokers, &config.cdc.group_id, &topic, CONSUMER)
+        ChangelogReader::connect(
+            &pool,
+            &config.kafka_brokers,
+            &config.cdc.group_id,
+            &topic,
+            CONSUMER,
+        )
     })
     .await;
     loop {
         let batch = match reader
-            .next_batch(config.lander.flush_max_events, config.lander.flush_interval.as_std())
+            .next_batch(
+                config.lander.flush_max_events,
+                config.lander.flush_interval.as_std(),
+            )
             .await
         {
             Ok(batch) => batch,
@@ -50,7 +59,8 @@ pub async fn run(pool: PgPool, config: PlatformConfig) {
         if !batch.advanced {
             continue;
         }
-        let file = retry::until_success("writing a changelog file", || write_file(&config, &batch)).await;
+        let file =
+            retry::until_success("writing a changelog file", || write_file(&config, &batch)).await;
         retry::until_success("changelog manifest commit", || {
             commit(&pool, &topic, &batch, file.as_ref())
         })
@@ -89,8 +99,10 @@ async fn commit(
     if let Some(file) = file {
         // The manifest's partition columns hold the hour of the earliest version.
         let partition = partition_of(file.min_valid_from);
-        let (lo, hi): (DateTime<Utc>, DateTime<Utc>) =
-            (to_datetime(file.min_valid_from), to_datetime(file.max_valid_from));
+        let (lo, hi): (DateTime<Utc>, DateTime<Utc>) = (
+            to_datetime(file.min_valid_from),
+            to_datetime(file.max_valid_from),
+        );
         sqlx::query(
             "INSERT INTO lake_files (path, topic, dt, hour, row_count, min_event_time, max_event_time)
              VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (path) DO NOTHING",

@@ -276,12 +276,11 @@ async fn read_snapshot(
     .bind(topic)
     .fetch_all(&mut *tx)
     .await?;
-    let changelog: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT path, row_count FROM lake_files WHERE topic = $1 ORDER BY path",
-    )
-    .bind(changelog_topic)
-    .fetch_all(&mut *tx)
-    .await?;
+    let changelog: Vec<(String, i64)> =
+        sqlx::query_as("SELECT path, row_count FROM lake_files WHERE topic = $1 ORDER BY path")
+            .bind(changelog_topic)
+            .fetch_all(&mut *tx)
+            .await?;
     let landed: Vec<(i32, Option<DateTime<Utc>>, bool)> = sqlx::query_as(
         "SELECT partition, max_event_time, caught_up FROM lake_progress WHERE topic = $1",
     )
@@ -312,7 +311,11 @@ async fn read_snapshot(
             .collect(),
         changelog: changelog
             .into_iter()
-            .map(|(path, rows)| LakeFile { path, hour: 0, rows })
+            .map(|(path, rows)| LakeFile {
+                path,
+                hour: 0,
+                rows,
+            })
             .collect(),
         landed: landed
             .into_iter()

@@ -156,11 +156,12 @@ impl Publisher {
 
     async fn ensure_slot(&self) -> Result<(), CdcError> {
         let slot = &self.config.cdc.slot;
-        let existing: Option<Option<String>> =
-            sqlx::query_scalar("SELECT database::text FROM pg_replication_slots WHERE slot_name = $1")
-                .bind(slot)
-                .fetch_optional(&self.pool)
-                .await?;
+        let existing: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT database::text FROM pg_replication_slots WHERE slot_name = $1",
+        )
+        .bind(slot)
+        .fetch_optional(&self.pool)
+        .await?;
         match existing {
             Some(Some(database)) if database == self.database => Ok(()),
             Some(other) => Err(CdcError::ForeignSlot(
@@ -184,10 +185,11 @@ impl Publisher {
     /// because it was written before the slot existed.
     async fn snapshot_once(&self) -> Result<(), CdcError> {
         let slot = &self.config.cdc.slot;
-        let done: Option<i64> = sqlx::query_scalar("SELECT rows FROM cdc_snapshots WHERE slot = $1")
-            .bind(slot)
-            .fetch_optional(&self.pool)
-            .await?;
+        let done: Option<i64> =
+            sqlx::query_scalar("SELECT rows FROM cdc_snapshots WHERE slot = $1")
+                .bind(slot)
+                .fetch_optional(&self.pool)
+                .await?;
         if done.is_some() {
             return Ok(());
         }
@@ -229,7 +231,11 @@ impl Publisher {
             .bind(envelopes.len() as i64)
             .execute(&self.pool)
             .await?;
-        tracing::info!(rows = envelopes.len(), lsn = lsn_text, "published the initial snapshot");
+        tracing::info!(
+            rows = envelopes.len(),
+            lsn = lsn_text,
+            "published the initial snapshot"
+        );
         Ok(())
     }
 
@@ -274,7 +280,10 @@ impl Publisher {
                     read.confirm = Some(row_lsn);
                 }
                 "I" | "U" | "D" if row.table.as_deref() == Some(SOURCE_TABLE) => {
-                    pending.push(self.envelope(&row, xid).map_err(|e| CdcError::Decode(data.clone(), e))?);
+                    pending.push(
+                        self.envelope(&row, xid)
+                            .map_err(|e| CdcError::Decode(data.clone(), e))?,
+                    );
                 }
                 // Messages, truncates and other tables carry no profile version.
                 _ => {}

@@ -58,7 +58,11 @@ impl ChangelogReader {
         for partition in partitions {
             let offset = stored.get(&partition).copied();
             assignment
-                .add_partition_offset(topic, partition, offset.map_or(Offset::Beginning, Offset::Offset))
+                .add_partition_offset(
+                    topic,
+                    partition,
+                    offset.map_or(Offset::Beginning, Offset::Offset),
+                )
                 .map_err(SourceError::from)?;
             positions.insert(partition, offset.unwrap_or(0));
         }

@@ -67,12 +67,7 @@ impl Dimension {
             Dimension::ProductId => event.product_id.as_deref(),
             Dimension::City => event.city.as_deref(),
             Dimension::Country => event.country.as_deref(),
-            Dimension::Tier => Some(
-                event
-                    .profile
-                    .as_ref()
-                    .map_or(UNKNOWN, |p| p.tier.as_str()),
-            ),
+            Dimension::Tier => Some(event.profile.as_ref().map_or(UNKNOWN, |p| p.tier.as_str())),
             Dimension::SignupCountry => match &event.profile {
                 Some(profile) => profile.signup_country.as_deref(),
                 None => Some(UNKNOWN),
@@ -232,7 +227,10 @@ impl MetricDef {
             Aggregation::Distinct(d) | Aggregation::Sessions { key: d, .. } => Some(*d),
             _ => None,
         };
-        self.dimensions.iter().chain(&counted).any(|d| d.is_enriched())
+        self.dimensions
+            .iter()
+            .chain(&counted)
+            .any(|d| d.is_enriched())
     }
 
     /// Position of `dimension` in this metric's dims key.

@@ -52,10 +52,7 @@ pub fn version_at(versions: &[ProfileVersion], t: Millis) -> Option<&ProfileVers
 }
 
 /// The profile an event of `user_id` at `t` sees: `None` for none (its fields are `unknown`).
-pub fn profile_at<'a>(
-    versions: &'a [ProfileVersion],
-    t: Millis,
-) -> Option<&'a Profile> {
+pub fn profile_at<'a>(versions: &'a [ProfileVersion], t: Millis) -> Option<&'a Profile> {
     version_at(versions, t).and_then(|v| v.profile.as_ref())
 }
 
@@ -238,7 +235,8 @@ impl ChangeEnvelope {
     /// valid from the commit time, or from the deleted version's `updated_at` if that is later.
     pub fn version(&self) -> Result<ProfileVersion, ChangeError> {
         let parse = |row: &ProfileRow| {
-            parse_rfc3339(&row.updated_at).ok_or_else(|| ChangeError::BadTime(row.updated_at.clone()))
+            parse_rfc3339(&row.updated_at)
+                .ok_or_else(|| ChangeError::BadTime(row.updated_at.clone()))
         };
         match self.op.as_str() {
             "c" | "u" | "r" => {
@@ -274,7 +272,12 @@ impl ChangeEnvelope {
 }
 
 impl ProfileRow {
-    pub fn new(user_id: &str, tier: &str, signup_country: Option<&str>, updated_at: Millis) -> Self {
+    pub fn new(
+        user_id: &str,
+        tier: &str,
+        signup_country: Option<&str>,
+        updated_at: Millis,
+    ) -> Self {
         ProfileRow {
             user_id: user_id.into(),
             tier: tier.into(),
@@ -324,7 +327,11 @@ mod tests {
         assert_eq!(tier(-1), None, "before the first version");
         assert_eq!(tier(0), Some("bronze"));
         assert_eq!(tier(99), Some("bronze"));
-        assert_eq!(tier(100), Some("silver"), "the later write of the same time");
+        assert_eq!(
+            tier(100),
+            Some("silver"),
+            "the later write of the same time"
+        );
         assert_eq!(tier(199), Some("silver"));
         assert_eq!(tier(200), None, "deleted");
     }
@@ -335,7 +342,10 @@ mod tests {
         assert!(history.apply(version(0, 1, Some("bronze"))));
         assert!(!history.apply(version(0, 1, Some("bronze"))));
         assert_eq!(history.len(), 1);
-        assert_eq!(history.at(Some("u1"), 5).map(|p| p.tier.as_str()), Some("bronze"));
+        assert_eq!(
+            history.at(Some("u1"), 5).map(|p| p.tier.as_str()),
+            Some("bronze")
+        );
         assert_eq!(history.at(None, 5), None);
         assert_eq!(history.at(Some("u2"), 5), None);
     }
@@ -364,7 +374,10 @@ mod tests {
         let text = serde_json::to_vec(&update).unwrap();
         let version = ChangeEnvelope::decode(&text).unwrap().version().unwrap();
         assert_eq!((version.valid_from, version.lsn), (1_000, 42));
-        assert_eq!(version.profile.unwrap().signup_country.as_deref(), Some("DE"));
+        assert_eq!(
+            version.profile.unwrap().signup_country.as_deref(),
+            Some("DE")
+        );
         let delete = ChangeEnvelope {
             before: Some(row),
             after: None,

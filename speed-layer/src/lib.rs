@@ -20,6 +20,7 @@ use shared_schema::metrics::{
     Aggregation, LatePolicy, MetricCatalog, MetricDef, Partial, PartialKey, encode_dims,
 };
 use shared_schema::positions::{PositionTable, load_positions, store_positions};
+use shared_schema::profiles::ProfileHistory;
 use shared_schema::registry::{self, DefinitionsDiffer, RegistryError};
 use shared_schema::sessions;
 use shared_schema::time::Millis;
@@ -28,7 +29,6 @@ use shared_schema::watermark::{self, PartitionTime};
 use shared_schema::{quarantine, retry};
 use sqlx::PgPool;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use shared_schema::profiles::ProfileHistory;
 use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;

@@ -56,7 +56,13 @@ pub async fn load(pool: &PgPool) -> Result<ProfileHistory, sqlx::Error> {
 pub async fn follow(pool: PgPool, config: PlatformConfig, history: Arc<RwLock<ProfileHistory>>) {
     let topic = config.cdc.topic.clone();
     let mut reader = retry::until_success("connecting to the profile changelog", || {
-        ChangelogReader::connect(&pool, &config.kafka_brokers, &config.cdc.group_id, &topic, CONSUMER)
+        ChangelogReader::connect(
+            &pool,
+            &config.kafka_brokers,
+            &config.cdc.group_id,
+            &topic,
+            CONSUMER,
+        )
     })
     .await;
     loop {
@@ -82,7 +88,11 @@ pub async fn follow(pool: PgPool, config: PlatformConfig, history: Arc<RwLock<Pr
                 .count()
         };
         retry::until_success("profile changelog commit", || commit(&pool, &topic, &batch)).await;
-        tracing::info!(records = batch.versions.len(), applied, "applied profile changes");
+        tracing::info!(
+            records = batch.versions.len(),
+            applied,
+            "applied profile changes"
+        );
     }
 }
 
