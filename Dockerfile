@@ -23,6 +23,7 @@ COPY shared-schema shared-schema
 COPY speed-layer speed-layer
 COPY batch-layer batch-layer
 COPY serving-layer serving-layer
+COPY cdc-publisher cdc-publisher
 COPY tests tests
 COPY migrations migrations
 COPY config config
@@ -37,6 +38,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && cp target/release/speed-layer \
           target/release/batch-layer \
           target/release/serving-layer \
+          target/release/cdc-publisher \
           target/release/event-generator \
           /out/
 
@@ -50,7 +52,7 @@ RUN apt-get update \
     && mkdir -p /data/lake \
     && chown -R platform:platform /data
 
-COPY --from=builder /out/speed-layer /out/batch-layer /out/serving-layer /out/event-generator /usr/local/bin/
+COPY --from=builder /out/speed-layer /out/batch-layer /out/serving-layer /out/cdc-publisher /out/event-generator /usr/local/bin/
 
 USER platform
 WORKDIR /home/platform

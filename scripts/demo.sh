@@ -11,11 +11,15 @@ KAFKA_PORT=${DEMO_KAFKA_PORT:-9092}
 HTTP=${LISTEN_ADDR:-127.0.0.1:8080}
 
 ensure_postgres
+ensure_wal2json
 ensure_tansu
 start_postgres demo-pg "$PG_PORT"
 start_tansu demo-broker "$KAFKA_PORT" fresh
 # Every demo starts from empty state: a fresh broker log (above), database and lake, so the
 # stored offsets match the new topic.
+# The CDC publisher's slot holds the old database; it goes with it.
+pg_run "$(pg_bin)/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -qAt -c \
+  "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = 'platform_cdc'" >/dev/null
 pg_run "$(pg_bin)/dropdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres --if-exists platform
 pg_run "$(pg_bin)/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres platform
 rm -rf "$STATE/demo-lake"
@@ -46,6 +50,7 @@ trap stop EXIT INT TERM
 "$BIN/event-generator" --create-topic --partitions 4 --rate "${RATE:-200}" \
   --duplicates "${DUPLICATES:-0.05}" --late "${LATE:-0.05}" --bad "${BAD:-0.01}" >"$LOGS/generator.log" 2>&1 &
 pids+=($!)
+"$BIN/cdc-publisher" run >"$LOGS/cdc-publisher.log" 2>&1 & pids+=($!)
 "$BIN/speed-layer" run >"$LOGS/speed-layer.log" 2>&1 & pids+=($!)
 "$BIN/batch-layer" land >"$LOGS/lander.log" 2>&1 & pids+=($!)
 "$BIN/batch-layer" schedule --cron "*/1 * * * *" >"$LOGS/batch.log" 2>&1 & pids+=($!)

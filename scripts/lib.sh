@@ -25,6 +25,17 @@ ensure_postgres() {
   fi
 }
 
+# The CDC publisher decodes the WAL with the wal2json output plugin.
+ensure_wal2json() {
+  if [ ! -f "$(dirname "$(pg_bin)")/lib/wal2json.so" ]; then
+    log "installing wal2json from Debian's packages"
+    local major
+    major=$(basename "$(dirname "$(pg_bin)")")
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "postgresql-$major-wal2json" >/dev/null
+  fi
+}
+
 # `libsql` gives the broker its durable sqlite:// log, which survives the restarts of the chaos
 # test; `dynostore` its memory:// one; `postgres` an engine whose schema must exist beforehand.
 TANSU_FEATURES=dynostore,postgres,libsql
@@ -115,7 +126,7 @@ start_postgres() {
   fi
   log "starting Postgres on 127.0.0.1:$port"
   pg_run "$bin/pg_ctl" -D "$data" -l "$dir/postgres.log" -w -t 60 start \
-    -o "-p $port -k $run -c listen_addresses=127.0.0.1 -c max_connections=400" >/dev/null
+    -o "-p $port -k $run -c listen_addresses=127.0.0.1 -c max_connections=400 -c wal_level=logical -c max_replication_slots=64" >/dev/null
 }
 
 stop_postgres() {

@@ -10,6 +10,7 @@ PG_PORT=${E2E_PG_PORT:-55432}
 KAFKA_PORT=${E2E_KAFKA_PORT:-19092}
 
 ensure_postgres
+ensure_wal2json
 ensure_tansu
 ensure_schemathesis
 ensure_chromium # exports E2E_CHROMIUM for tests/tests/dashboard.rs

@@ -43,6 +43,17 @@ impl Lander {
     }
 
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), BatchError> {
+        // The profile changelog lands beside the events, for the batch layer's temporal join.
+        let changelog = tokio::spawn(crate::land_changelog::run(
+            self.pool.clone(),
+            self.config.clone(),
+        ));
+        let landed = self.land_events(shutdown).await;
+        changelog.abort();
+        landed
+    }
+
+    async fn land_events(&self, shutdown: impl Future<Output = ()>) -> Result<(), BatchError> {
         let topic = self.config.events_topic.clone();
         let stored = load_positions(&self.pool, PositionTable::Lake, &topic).await?;
         let mut source = EventSource::connect(

@@ -5,9 +5,11 @@
 
 pub mod definitions;
 pub mod divergence;
+pub mod enrich;
 pub mod incremental;
 pub mod lake;
 pub mod land;
+pub mod land_changelog;
 pub mod recompute;
 pub mod schedule;
 pub mod sketch_udaf;

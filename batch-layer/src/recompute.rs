@@ -76,6 +76,8 @@ struct LakeFile {
 /// What one snapshot of the metadata says about the lake and the promoted view.
 struct LakeSnapshot {
     files: Vec<LakeFile>,
+    /// The profile changelog's files, for the temporal join.
+    changelog: Vec<LakeFile>,
     rows: i64,
     landed: Vec<LandedPartition>,
     current_cutover: Option<Millis>,
@@ -88,12 +90,18 @@ struct PromotedView {
     /// The fingerprint of the definitions it was computed with: a view of other definitions
     /// has no rows to reuse.
     definitions: Option<String>,
+    /// The digest of the changelog files it was joined with.
+    changelog: Option<String>,
     previous: incremental::Previous,
 }
 
 impl LakeSnapshot {
     fn hour_digests(&self) -> HourDigests {
         incremental::hour_digests(self.files.iter().map(|f| (f.hour, f.path.as_str(), f.rows)))
+    }
+
+    fn changelog_digest(&self) -> String {
+        incremental::digest_files(self.changelog.iter().map(|f| (f.path.as_str(), f.rows)))
     }
 }
 
@@ -111,16 +119,19 @@ pub async fn run_once(
         let started_at = Utc::now();
         remove_staging(config);
 
-        let snapshot = read_snapshot(pool, &config.events_topic).await?;
+        let snapshot = read_snapshot(pool, &config.events_topic, &config.cdc.topic).await?;
         let complete_until = lake_complete_until(&snapshot.landed, catalog.max_allowed_lateness());
         let cutover = choose_cutover(options.cutover, complete_until, snapshot.current_cutover, catalog.cutover_alignment())?;
         tracing::info!(cutover = %format_rfc3339(cutover), files = snapshot.files.len(), rows = snapshot.rows, "recomputing");
 
         let digests = snapshot.hour_digests();
+        let changelog_digest = snapshot.changelog_digest();
+        // A changed profile history can change any enriched bucket: recompute everything.
         let previous = snapshot
             .promoted
             .as_ref()
             .filter(|p| p.definitions.as_deref() == Some(definitions.fingerprint.as_str()))
+            .filter(|p| !catalog.needs_profiles() || p.changelog.as_deref() == Some(changelog_digest.as_str()))
             .map(|p| &p.previous);
         let mut scope = incremental::plan(catalog, &options.request, &digests, previous, cutover);
         let mut reused = Vec::new();
@@ -151,7 +162,13 @@ pub async fn run_once(
                 .map(|f| config.lake_dir.join(&f.path).to_string_lossy().into_owned())
                 .collect();
             let ctx = session_context(config)?;
-            let mut chunk_rows = compute_view(&ctx, &lake_paths, catalog, cutover).await?;
+            let changelog_paths: Vec<String> = snapshot
+                .changelog
+                .iter()
+                .map(|f| config.lake_dir.join(&f.path).to_string_lossy().into_owned())
+                .collect();
+            let mut chunk_rows =
+                compute_enriched_view(&ctx, &lake_paths, &changelog_paths, catalog, cutover).await?;
             chunk_rows.retain(|r| chunk.recomputes(r.row.bucket_start));
             rows.append(&mut chunk_rows);
             progress.advance(chunk.recomputed_hours(&digests, cutover).len() as u64);
@@ -169,6 +186,7 @@ pub async fn run_once(
             started_at,
             definitions: &definitions,
             digests: &digests,
+            changelog_digest: &changelog_digest,
             recomputed_hours,
         };
         promote(pool, &record, &snapshot).await?;
@@ -241,7 +259,11 @@ fn new_version_id() -> String {
     format!("{}-{}", Utc::now().format("%Y%m%dT%H%M%SZ"), &uuid[..8])
 }
 
-async fn read_snapshot(pool: &PgPool, topic: &str) -> Result<LakeSnapshot, BatchError> {
+async fn read_snapshot(
+    pool: &PgPool,
+    topic: &str,
+    changelog_topic: &str,
+) -> Result<LakeSnapshot, BatchError> {
     let mut tx = pool.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .execute(&mut *tx)
@@ -254,6 +276,11 @@ async fn read_snapshot(pool: &PgPool, topic: &str) -> Result<LakeSnapshot, Batch
     .bind(topic)
     .fetch_all(&mut *tx)
     .await?;
+    let changelog: Vec<(String, i64)> =
+        sqlx::query_as("SELECT path, row_count FROM lake_files WHERE topic = $1 ORDER BY path")
+            .bind(changelog_topic)
+            .fetch_all(&mut *tx)
+            .await?;
     let landed: Vec<(i32, Option<DateTime<Utc>>, bool)> = sqlx::query_as(
         "SELECT partition, max_event_time, caught_up FROM lake_progress WHERE topic = $1",
     )
@@ -264,9 +291,10 @@ async fn read_snapshot(pool: &PgPool, topic: &str) -> Result<LakeSnapshot, Batch
         sqlx::query_scalar("SELECT cutover FROM serving_state WHERE id = 1")
             .fetch_one(&mut *tx)
             .await?;
-    let promoted: Option<(String, DateTime<Utc>, Option<String>, Vec<i64>, Vec<String>)> =
+    #[allow(clippy::type_complexity)]
+    let promoted: Option<(String, DateTime<Utc>, Option<String>, Vec<i64>, Vec<String>, Option<String>)> =
         sqlx::query_as(
-            "SELECT v.view_path, v.cutover, v.definitions_fingerprint, l.hours, l.digests
+            "SELECT v.view_path, v.cutover, v.definitions_fingerprint, l.hours, l.digests, l.changelog_digest
          FROM serving_state s
          JOIN batch_versions v ON v.version = s.version
          JOIN batch_version_lake l ON l.version = s.version
@@ -281,6 +309,14 @@ async fn read_snapshot(pool: &PgPool, topic: &str) -> Result<LakeSnapshot, Batch
             .into_iter()
             .map(|(path, hour, rows)| LakeFile { path, hour, rows })
             .collect(),
+        changelog: changelog
+            .into_iter()
+            .map(|(path, rows)| LakeFile {
+                path,
+                hour: 0,
+                rows,
+            })
+            .collect(),
         landed: landed
             .into_iter()
             .map(|(partition, max, caught_up)| LandedPartition {
@@ -291,9 +327,10 @@ async fn read_snapshot(pool: &PgPool, topic: &str) -> Result<LakeSnapshot, Batch
             .collect(),
         current_cutover: current_cutover.map(|t| t.timestamp_millis()),
         promoted: promoted.map(
-            |(view_path, cutover, definitions, hours, digests)| PromotedView {
+            |(view_path, cutover, definitions, hours, digests, changelog)| PromotedView {
                 view_path,
                 definitions,
+                changelog,
                 previous: incremental::Previous {
                     cutover: cutover.timestamp_millis(),
                     hours: hours.into_iter().zip(digests).collect(),
@@ -352,10 +389,23 @@ fn copy_position(table: &str) -> String {
     format!("(CAST({table}kafka_partition AS BIGINT) * 1099511627776 + {table}kafka_offset)")
 }
 
-/// Every metric's partials for every bucket before `cutover`, from the deduplicated lake.
+/// Every metric's partials for every bucket before `cutover`, from the deduplicated lake, with
+/// no profile history (every enriched field is `unknown`).
 pub async fn compute_view(
     ctx: &SessionContext,
     lake_paths: &[String],
+    catalog: &MetricCatalog,
+    cutover: Millis,
+) -> Result<Vec<ViewRow>, BatchError> {
+    compute_enriched_view(ctx, lake_paths, &[], catalog, cutover).await
+}
+
+/// Every metric's partials for every bucket before `cutover`, from the deduplicated lake; the
+/// metrics that read the buyer's profile join it from the changelog files `changelog_paths`.
+pub async fn compute_enriched_view(
+    ctx: &SessionContext,
+    lake_paths: &[String],
+    changelog_paths: &[String],
     catalog: &MetricCatalog,
     cutover: Millis,
 ) -> Result<Vec<ViewRow>, BatchError> {
@@ -392,14 +442,27 @@ pub async fn compute_view(
         .filter(col("event_time_ms").lt(lit(cutover)))?
         .cache()
         .await?;
+    let enriched = match catalog.needs_profiles() {
+        true => Some(
+            crate::enrich::enrich(ctx, deduped.clone(), changelog_paths)
+                .await?
+                .cache()
+                .await?,
+        ),
+        false => None,
+    };
 
     let mut rows = Vec::new();
     for (_, metric) in catalog.stored() {
+        let events = match (&enriched, metric.needs_profile()) {
+            (Some(enriched), true) => enriched.clone(),
+            _ => deduped.clone(),
+        };
         let plan = match &metric.aggregation {
             Aggregation::Sessions { key, gap } => {
-                sessions_plan(ctx, deduped.clone(), metric, *key, gap.millis()).await?
+                sessions_plan(ctx, events, metric, *key, gap.millis()).await?
             }
-            _ => metric_plan(deduped.clone(), metric)?,
+            _ => metric_plan(events, metric)?,
         };
         let batches = plan.collect().await?;
         for batch in &batches {
@@ -588,6 +651,7 @@ struct VersionRecord<'a> {
     started_at: DateTime<Utc>,
     definitions: &'a crate::definitions::RunDefinitions,
     digests: &'a HourDigests,
+    changelog_digest: &'a str,
     recomputed_hours: Option<usize>,
 }
 
@@ -633,13 +697,14 @@ async fn promote(
         .unzip();
     crate::definitions::record_view(&mut tx, version, record.definitions).await?;
     sqlx::query(
-        "INSERT INTO batch_version_lake (version, hours, digests, recomputed_hours)
-         VALUES ($1, $2, $3, $4)",
+        "INSERT INTO batch_version_lake (version, hours, digests, recomputed_hours, changelog_digest)
+         VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(version)
     .bind(&hours)
     .bind(&digests)
     .bind(record.recomputed_hours.map(|h| h as i32))
+    .bind(record.changelog_digest)
     .execute(&mut *tx)
     .await?;
     sqlx::query(

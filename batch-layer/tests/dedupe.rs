@@ -26,6 +26,7 @@ fn purchase(id: &str, partition: i32, offset: i64, amount_micros: i64) -> Source
             amount_micros: Some(amount_micros),
             city: None,
             country: Some("DE".into()),
+            profile: None,
         },
     }
 }

@@ -47,6 +47,7 @@ fn lake(dir: &std::path::Path) -> Vec<String> {
                     amount_micros: Some((id as i64 % 1_000) * 10_000),
                     city: Some("Berlin".into()),
                     country: Some(["DE", "FR", "US"][id % 3].into()),
+                    profile: None,
                 },
             }
         })

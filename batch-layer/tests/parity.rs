@@ -97,6 +97,7 @@ fn generated() -> impl Strategy<Value = Generated> {
                     amount_micros: amount,
                     city: place.map(|c| ["Berlin", "Paris", "Lyon"][c as usize].to_string()),
                     country: place.map(|c| ["DE", "FR", "FR"][c as usize].to_string()),
+                    profile: None,
                 },
                 duplicate_of,
                 partition,

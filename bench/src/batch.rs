@@ -152,6 +152,7 @@ async fn incremental_after_late_data(
                 amount_micros: None,
                 city: None,
                 country: Some("DE".into()),
+                profile: None,
             },
         })
         .collect();
@@ -251,6 +252,7 @@ fn generate_lake(lake: &Path, events: u64, end: i64) -> Result<Vec<LakeFile>> {
                         .then(|| rng.random_range(1..50_000) * 10_000),
                     city: None,
                     country: Some(COUNTRIES[rng.random_range(0..COUNTRIES.len())].into()),
+                    profile: None,
                 },
             });
         }

@@ -36,6 +36,7 @@ pub async fn run(rows_per_batch: usize, batches: usize) -> Result<Vec<Figure>> {
                 amount_micros: None,
                 city: None,
                 country: None,
+                profile: None,
             };
             let table = per_partition.entry(row as i32 % PARTITIONS).or_default();
             MetricCatalog::fold_one(index, metric, &event, table);

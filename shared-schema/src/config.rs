@@ -38,6 +38,7 @@ pub struct PlatformConfig {
     pub lander: LanderConfig,
     pub batch: BatchConfig,
     pub serving: ServingConfig,
+    pub cdc: CdcConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -145,6 +146,25 @@ pub struct ServingConfig {
     pub cors_allowed_origins: Vec<String>,
 }
 
+/// Change data capture of the `user_profiles` dimension (see `profiles`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CdcConfig {
+    /// The changelog topic: `cdc-publisher run` writes the table's changes to it, the speed
+    /// layer and the lander read them. Created by the publisher (one partition) if missing.
+    pub topic: String,
+    /// The publisher's logical replication slot (wal2json) in the database of `DATABASE_URL`.
+    /// Slot names are unique per Postgres cluster: two platforms sharing a cluster need two.
+    pub slot: String,
+    /// How often the publisher reads the slot when the last read found nothing.
+    pub poll_interval: HumanDuration,
+    /// The publisher reads whole transactions until at least this many changes are in hand.
+    pub batch_max_changes: usize,
+    /// Consumer group id under which the speed layer and the lander read the changelog (every
+    /// instance reads every partition; positions are kept in Postgres).
+    pub group_id: String,
+}
+
 impl Default for PlatformConfig {
     fn default() -> Self {
         PlatformConfig {
@@ -193,6 +213,13 @@ impl Default for PlatformConfig {
                 max_range: HumanDuration::from_millis(31 * DAY_MS),
                 max_groups: 1_000,
                 cors_allowed_origins: Vec::new(),
+            },
+            cdc: CdcConfig {
+                topic: "user_profiles.cdc".into(),
+                slot: "platform_cdc".into(),
+                poll_interval: HumanDuration::from_millis(200),
+                batch_max_changes: 1000,
+                group_id: "profile-changelog".into(),
             },
         }
     }

@@ -33,6 +33,9 @@ pub struct Event {
     pub amount_micros: Option<i64>,
     pub city: Option<String>,
     pub country: Option<String>,
+    /// The buyer's profile valid at `event_time`, set by the layers' temporal join (see
+    /// `profiles`), never by the decoder; `None` when there is none.
+    pub profile: Option<crate::profiles::Profile>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -146,6 +149,7 @@ pub fn decode(
         amount_micros,
         city,
         country,
+        profile: None,
     })
 }
 

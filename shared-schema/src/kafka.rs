@@ -476,6 +476,14 @@ impl EventSource {
     }
 }
 
+/// A consumer outside any group, for a reader that assigns partitions itself.
+pub(crate) fn plain_consumer(
+    brokers: &str,
+    group_id: &str,
+) -> Result<StreamConsumer<SourceContext>, KafkaError> {
+    consumer_config(brokers, group_id).create_with_context(SourceContext::new(None))
+}
+
 fn consumer_config(brokers: &str, group_id: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
@@ -490,7 +498,7 @@ fn consumer_config(brokers: &str, group_id: &str) -> ClientConfig {
     config
 }
 
-async fn wait_for_partitions(
+pub(crate) async fn wait_for_partitions(
     consumer: &StreamConsumer<SourceContext>,
     topic: &str,
 ) -> Result<Vec<i32>, SourceError> {
@@ -633,6 +641,7 @@ mod tests {
                 amount_micros: None,
                 city: None,
                 country: None,
+                profile: None,
             },
         }
     }

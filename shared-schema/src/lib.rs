@@ -4,6 +4,7 @@
 //! paths from drifting apart.
 
 pub mod alerts;
+pub mod changelog;
 pub mod config;
 pub mod cutover;
 pub mod db;
@@ -14,6 +15,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod observe;
 pub mod positions;
+pub mod profiles;
 pub mod quarantine;
 pub mod query;
 pub mod registry;

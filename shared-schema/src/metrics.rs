@@ -9,6 +9,7 @@
 
 use crate::event::{Event, micros_to_f64};
 use crate::hll::Hll;
+use crate::profiles::UNKNOWN;
 use crate::time::{HumanDuration, MINUTE_MS, Millis, bucket_start};
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -25,15 +26,21 @@ pub enum Dimension {
     ProductId,
     City,
     Country,
+    /// The buyer's tier from the profile valid at event time (`unknown` without one).
+    Tier,
+    /// The buyer's signup country from the profile valid at event time (`unknown` without one).
+    SignupCountry,
 }
 
 impl Dimension {
-    pub const ALL: [Dimension; 5] = [
+    pub const ALL: [Dimension; 7] = [
         Dimension::EventType,
         Dimension::UserId,
         Dimension::ProductId,
         Dimension::City,
         Dimension::Country,
+        Dimension::Tier,
+        Dimension::SignupCountry,
     ];
 
     /// The name in definitions and the HTTP API, and the column name in the lake.
@@ -44,6 +51,8 @@ impl Dimension {
             Dimension::ProductId => "product_id",
             Dimension::City => "city",
             Dimension::Country => "country",
+            Dimension::Tier => "tier",
+            Dimension::SignupCountry => "signup_country",
         }
     }
 
@@ -58,7 +67,17 @@ impl Dimension {
             Dimension::ProductId => event.product_id.as_deref(),
             Dimension::City => event.city.as_deref(),
             Dimension::Country => event.country.as_deref(),
+            Dimension::Tier => Some(event.profile.as_ref().map_or(UNKNOWN, |p| p.tier.as_str())),
+            Dimension::SignupCountry => match &event.profile {
+                Some(profile) => profile.signup_country.as_deref(),
+                None => Some(UNKNOWN),
+            },
         }
+    }
+
+    /// Whether the value comes from the joined profile rather than the event.
+    pub fn is_enriched(self) -> bool {
+        matches!(self, Dimension::Tier | Dimension::SignupCountry)
     }
 }
 
@@ -200,6 +219,18 @@ impl MetricDef {
     pub fn dims_key(&self, event: &Event) -> String {
         let values: Vec<Option<&str>> = self.dimensions.iter().map(|d| d.value(event)).collect();
         encode_dims(&values)
+    }
+
+    /// Whether the metric reads the joined profile: it groups by, or counts, an enriched field.
+    pub fn needs_profile(&self) -> bool {
+        let counted = match &self.aggregation {
+            Aggregation::Distinct(d) | Aggregation::Sessions { key: d, .. } => Some(*d),
+            _ => None,
+        };
+        self.dimensions
+            .iter()
+            .chain(&counted)
+            .any(|d| d.is_enriched())
     }
 
     /// Position of `dimension` in this metric's dims key.
@@ -523,6 +554,11 @@ impl MetricCatalog {
             .merge(&Partial::of_event(metric, event));
     }
 
+    /// Whether any metric reads the joined profile.
+    pub fn needs_profiles(&self) -> bool {
+        self.metrics.iter().any(MetricDef::needs_profile)
+    }
+
     /// The widest bucket; the cutover is aligned to it so it is a boundary for every metric.
     pub fn cutover_alignment(&self) -> Millis {
         self.metrics
@@ -699,6 +735,7 @@ mod tests {
             amount_micros: Some(micros),
             city: None,
             country: country.map(str::to_string),
+            profile: None,
         }
     }
 
@@ -716,7 +753,8 @@ mod tests {
                 "error_rate",
                 "active_users",
                 "failed_logins",
-                "sessions"
+                "sessions",
+                "revenue_by_tier"
             ]
         );
         assert!(

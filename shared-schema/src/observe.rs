@@ -518,6 +518,7 @@ mod tests {
                 amount_micros: None,
                 city: None,
                 country: None,
+                profile: None,
             },
         }
     }

@@ -20,6 +20,7 @@ use shared_schema::metrics::{
     Aggregation, LatePolicy, MetricCatalog, MetricDef, Partial, PartialKey, encode_dims,
 };
 use shared_schema::positions::{PositionTable, load_positions, store_positions};
+use shared_schema::profiles::ProfileHistory;
 use shared_schema::registry::{self, DefinitionsDiffer, RegistryError};
 use shared_schema::sessions;
 use shared_schema::time::Millis;
@@ -29,11 +30,22 @@ use shared_schema::{observe, quarantine, retry};
 use sqlx::PgPool;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+mod profiles;
 pub mod replay;
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// Name under which this layer records quarantined messages.
 const CONSUMER_NAME: &str = "speed-layer";
@@ -60,6 +72,8 @@ pub struct SpeedLayer {
     pool: PgPool,
     config: PlatformConfig,
     catalog: MetricCatalog,
+    /// The profile changelog, for the temporal join (see `profiles`).
+    profiles: Arc<RwLock<ProfileHistory>>,
 }
 
 impl SpeedLayer {
@@ -68,6 +82,7 @@ impl SpeedLayer {
             pool,
             config,
             catalog,
+            profiles: Arc::default(),
         }
     }
 
@@ -110,6 +125,19 @@ impl SpeedLayer {
         let topic = self.config.events_topic.clone();
         let mut clock = EventClock::new(stored, &self.config);
         let definitions = self.catalog.canonical();
+        // Follows the profile changelog while this loop runs (the guard stops it on return).
+        let _follower = if self.catalog.needs_profiles() {
+            let history = profiles::load(&self.pool).await?;
+            tracing::info!(versions = history.len(), "loaded the profile changelog");
+            *self.profiles.write().unwrap_or_else(|e| e.into_inner()) = history;
+            Some(AbortOnDrop(tokio::spawn(profiles::follow(
+                self.pool.clone(),
+                self.config.clone(),
+                self.profiles.clone(),
+            ))))
+        } else {
+            None
+        };
         tokio::pin!(shutdown);
         let mut last_retention: Option<tokio::time::Instant> = None;
         let max_events = match &replay {
@@ -134,7 +162,7 @@ impl SpeedLayer {
                 }
                 last_retention = Some(tokio::time::Instant::now());
             }
-            let batch = tokio::select! {
+            let mut batch = tokio::select! {
                 _ = &mut shutdown => {
                     tracing::info!("shutting down");
                     return Ok(false);
@@ -142,6 +170,10 @@ impl SpeedLayer {
                 batch = source.next_batch(max_events, self.config.speed.batch_max_wait.as_std()) => batch?,
             };
             observe::consumer().record_batch(CONSUMER_NAME, &batch, &source.lag());
+            if self.catalog.needs_profiles() {
+                let history = self.profiles.read().unwrap_or_else(|e| e.into_inner());
+                profiles::enrich(&history, &mut batch.events);
+            }
             if let Some(replay) = replay.as_deref_mut() {
                 replay.throttle(batch.events.len() + batch.bad.len()).await;
             }

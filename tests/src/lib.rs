@@ -208,6 +208,9 @@ impl Platform {
             ),
             // One consumer group per scenario, so scenarios never rebalance one another.
             ("PLATFORM_SPEED__GROUP_ID", format!("speed-{}", self.name)),
+            // One profile changelog and replication slot per scenario, likewise.
+            ("PLATFORM_CDC__TOPIC", self.cdc_topic()),
+            ("PLATFORM_CDC__SLOT", self.cdc_slot()),
             ("RUST_LOG", "info".into()),
             // Each instance serves /metrics on a port of its own; a scenario that scrapes them
             // sets fixed ones (free_local_addr).
@@ -219,6 +222,28 @@ impl Platform {
             .map(|(k, v)| (k.to_string(), v))
             .chain(self.extra_env.iter().cloned())
             .collect()
+    }
+
+    /// This scenario's profile changelog topic.
+    pub fn cdc_topic(&self) -> String {
+        format!("profiles_{}", self.name)
+    }
+
+    /// This scenario's replication slot (slot names are unique per Postgres cluster).
+    pub fn cdc_slot(&self) -> String {
+        format!("cdc_{}", self.name)
+    }
+
+    /// Drops this scenario's replication slot, which would otherwise keep WAL forever. The
+    /// publisher must be stopped.
+    pub async fn drop_cdc_slot(&self) -> Result<()> {
+        sqlx::query(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+        )
+        .bind(self.cdc_slot())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Starts `binary args...` with this platform's environment; output goes to a log file

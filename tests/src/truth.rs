@@ -97,6 +97,16 @@ pub fn truth(metric: &str, events: &[&Sent]) -> BTreeMap<Key, f64> {
                 })
                 .collect()
         }
+        // These scenarios keep no profiles, so every purchase is of an `unknown` tier
+        // (tests/tests/enrichment.rs checks the join itself).
+        "revenue_by_tier" => {
+            let mut out: BTreeMap<Key, f64> = BTreeMap::new();
+            for e in purchases_with_amount() {
+                *out.entry((minute(e), Some("unknown".into()))).or_default() +=
+                    micros(e) as f64 / 1e6;
+            }
+            out
+        }
         "error_rate" => {
             let errors = count_by("error", |e| e.product.clone());
             count_by("page_view", |e| e.product.clone())
@@ -145,6 +155,7 @@ pub fn group_by(metric: &str) -> Option<&'static str> {
     match metric {
         "page_views" | "errors" | "error_rate" => Some("product_id"),
         "failed_logins" => Some("user_id"),
+        "revenue_by_tier" => Some("tier"),
         "active_users" | "sessions" => None,
         _ => Some("country"),
     }

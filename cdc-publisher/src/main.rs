@@ -1,0 +1,35 @@
+use anyhow::Context;
+use cdc_publisher::Publisher;
+use clap::{Parser, Subcommand};
+use shared_schema::service::{self, Started};
+use shared_schema::telemetry;
+
+#[derive(Parser)]
+#[command(
+    name = "cdc-publisher",
+    about = "Publishes the changes of user_profiles, read by logical decoding, to the changelog topic"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Publish changes until SIGTERM, resuming from the slot's confirmed LSN.
+    Run,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let Command::Run = Cli::parse().command;
+    let Started { config, pool, .. } = service::start()
+        .await
+        .context("starting the CDC publisher")?;
+    Publisher::new(pool, config)
+        .await
+        .context("starting the CDC publisher")?
+        .run(telemetry::shutdown_signal())
+        .await?;
+    Ok(())
+}
