@@ -5,6 +5,11 @@ use shared_schema::registry;
 use shared_schema::service::{self, Started};
 use shared_schema::telemetry;
 
+// Every answer allocates its points and their JSON; glibc's malloc and free were 45% of a
+// profile under load (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "serving-layer",
