@@ -31,16 +31,7 @@ struct ChangelogFile {
 /// Lands the changelog until aborted.
 pub async fn run(pool: PgPool, config: PlatformConfig) {
     let topic = config.cdc.topic.clone();
-    let mut reader = retry::until_success("connecting to the profile changelog", || {
-        ChangelogReader::connect(
-            &pool,
-            &config.kafka_brokers,
-            &config.cdc.group_id,
-            &topic,
-            CONSUMER,
-        )
-    })
-    .await;
+    let mut reader = ChangelogReader::connect_until_success(&pool, &config, CONSUMER).await;
     loop {
         let batch = match reader
             .next_batch(

@@ -36,6 +36,25 @@ pub struct ChangelogReader {
 impl ChangelogReader {
     /// Waits for `topic` to exist, then assigns all its partitions at `consumer`'s stored
     /// positions (the beginning where none is stored).
+    /// [`ChangelogReader::connect`] to the configured changelog topic as `consumer`, retried
+    /// until the broker and Postgres answer.
+    pub async fn connect_until_success(
+        pool: &PgPool,
+        config: &crate::config::PlatformConfig,
+        consumer: &str,
+    ) -> ChangelogReader {
+        crate::retry::until_success("connecting to the profile changelog", || {
+            ChangelogReader::connect(
+                pool,
+                &config.kafka_brokers,
+                &config.cdc.group_id,
+                &config.cdc.topic,
+                consumer,
+            )
+        })
+        .await
+    }
+
     pub async fn connect(
         pool: &PgPool,
         brokers: &str,

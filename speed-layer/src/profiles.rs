@@ -55,16 +55,7 @@ pub async fn load(pool: &PgPool) -> Result<ProfileHistory, sqlx::Error> {
 /// reader's positions in one transaction.
 pub async fn follow(pool: PgPool, config: PlatformConfig, history: Arc<RwLock<ProfileHistory>>) {
     let topic = config.cdc.topic.clone();
-    let mut reader = retry::until_success("connecting to the profile changelog", || {
-        ChangelogReader::connect(
-            &pool,
-            &config.kafka_brokers,
-            &config.cdc.group_id,
-            &topic,
-            CONSUMER,
-        )
-    })
-    .await;
+    let mut reader = ChangelogReader::connect_until_success(&pool, &config, CONSUMER).await;
     loop {
         let batch = match reader.next_batch(1000, Duration::from_millis(100)).await {
             Ok(batch) => batch,
