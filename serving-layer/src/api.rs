@@ -1,7 +1,9 @@
 //! The HTTP API of CONTRACT §4.
 
+use crate::answer_cache::{AnswerCache, CHUNK_POINTS, ChunkKey, PointOut, RenderedSeries, render};
 use crate::openapi::ErrorBody;
-use crate::snapshot::{Snapshot, SnapshotError, ViewCache, read_snapshot};
+use crate::snapshot::{Snapshot, SnapshotCache, SnapshotError, ViewCache, read_snapshot};
+use crate::state_changes::StateGeneration;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -12,12 +14,11 @@ use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use shared_schema::config::{PlatformConfig, ServingConfig};
-use shared_schema::cutover::Source;
 use shared_schema::db::MIGRATOR;
 use shared_schema::metrics::{Dimension, MetricCatalog, MetricDef};
+use shared_schema::query::{BucketRow, SeriesQuery, finish_points, gaps, rows_in};
 pub use shared_schema::query::{Group, MergedPoint};
-use shared_schema::query::{SeriesQuery, finish_points, gaps, rows_in};
-use shared_schema::time::{HumanDuration, Millis, format_rfc3339, parse_rfc3339};
+use shared_schema::time::{HumanDuration, Millis, bucket_start, format_rfc3339, parse_rfc3339};
 use sqlx::PgPool;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -32,6 +33,8 @@ pub struct AppState {
     pub config: Arc<PlatformConfig>,
     pub catalog: Arc<MetricCatalog>,
     pub views: ViewCache,
+    pub snapshots: SnapshotCache,
+    pub answers: AnswerCache,
     pub runs: crate::admin::Runs,
 }
 
@@ -41,14 +44,19 @@ impl AppState {
         writer: PgPool,
         config: PlatformConfig,
         catalog: MetricCatalog,
+        changes: StateGeneration,
     ) -> Self {
         let views = ViewCache::new(&config.lake_dir);
+        let snapshots = SnapshotCache::new(changes, config.serving.snapshot_cache_max_age.as_std());
+        let answers = AnswerCache::new(config.serving.answer_cache_mb);
         AppState {
             pool,
             writer,
             config: Arc::new(config),
             catalog: Arc::new(catalog),
             views,
+            snapshots,
+            answers,
             runs: Default::default(),
         }
     }
@@ -236,16 +244,6 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<Value>,
 }
 
 #[derive(Serialize, ToSchema)]
-struct PointOut {
-    /// The point's start.
-    #[schema(format = DateTime)]
-    t: String,
-    value: f64,
-    #[schema(value_type = crate::openapi::PointSource)]
-    source: Source,
-}
-
-#[derive(Serialize, ToSchema)]
 struct SeriesOut {
     /// `{}` without `group_by`; else the grouped dimension and its value (`null`: absent).
     #[schema(value_type = HashMap<String, Option<String>>)]
@@ -317,7 +315,7 @@ pub(crate) async fn query_metric(
     State(state): State<AppState>,
     name: Result<Path<String>, PathRejection>,
     params: Result<Query<HashMap<String, String>>, QueryRejection>,
-) -> Result<Json<MetricAnswer>, ApiError> {
+) -> Result<Response, ApiError> {
     // A name that does not decode (not UTF-8) names no metric either.
     let Path(name) =
         name.map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "unknown_metric", e.body_text()))?;
@@ -332,7 +330,13 @@ pub(crate) async fn query_metric(
     let request = parse_query(metric, &params, &state.config.serving)?;
     let timeout = state.config.serving.query_timeout.as_std();
     match tokio::time::timeout(timeout, answer(&state, metric, &request)).await {
-        Ok(answer) => answer.map(Json),
+        Ok(answer) => answer.map(|body| {
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response()
+        }),
         Err(_) => Err(ApiError::unavailable(format!(
             "query took longer than {}",
             state.config.serving.query_timeout
@@ -465,65 +469,272 @@ async fn answer(
     state: &AppState,
     metric: &MetricDef,
     request: &Request,
-) -> Result<MetricAnswer, ApiError> {
-    let (snapshot, points) = merged_points(state, metric, &request.query).await?;
-    let mut series: BTreeMap<Option<Option<String>>, Vec<PointOut>> = BTreeMap::new();
-    if request.group_by.is_none() {
-        // Without group_by there is always exactly one series, even an empty one.
-        series.insert(None, Vec::new());
+) -> Result<Vec<u8>, ApiError> {
+    let parts = state
+        .catalog
+        .parts(metric)
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let names: Vec<&str> = parts.iter().map(|m| m.name.as_str()).collect();
+    let snapshot = state
+        .snapshots
+        .read(
+            &state.pool,
+            &state.config.events_topic,
+            &names,
+            request.query.bucket_range(),
+        )
+        .await?;
+    let view = match (&snapshot.batch_version, &snapshot.view_path) {
+        (Some(version), Some(path)) => Some(state.views.get(version, path).await?),
+        _ => None,
+    };
+    let answer = AnswerInputs {
+        metric,
+        parts: &parts,
+        request,
+        snapshot: &snapshot,
+        view: view.as_deref(),
+    };
+    answer.render(&state.answers, &state.config.serving)
+}
+
+/// What one answer is made of, once read.
+struct AnswerInputs<'a> {
+    metric: &'a MetricDef,
+    /// The stored metrics it is finished from (see `MetricCatalog::parts`).
+    parts: &'a [&'a MetricDef],
+    request: &'a Request,
+    snapshot: &'a Snapshot,
+    view: Option<&'a HashMap<String, Vec<BucketRow>>>,
+}
+
+/// Without `group_by` there is always exactly one series, under this group, even an empty one.
+const WHOLE: Group = None;
+
+impl AnswerInputs<'_> {
+    fn batch_rows(&self, part: &MetricDef, (start, end): (Millis, Millis)) -> &[BucketRow] {
+        self.view
+            .and_then(|view| view.get(&part.name))
+            .map(|rows| rows_in(rows, start, end))
+            .unwrap_or_default()
     }
-    for ((group, t), point) in points {
-        series.entry(group).or_default().push(PointOut {
-            t: format_rfc3339(t),
-            value: point.value,
-            source: point.source,
+
+    /// The answer's JSON. Points whose window ends by T come from rendered chunks of the batch
+    /// view (`answer_cache`); the rest are merged and rendered here.
+    fn render(&self, answers: &AnswerCache, limits: &ServingConfig) -> Result<Vec<u8>, ApiError> {
+        let query = &self.request.query;
+        let cutover = self.snapshot.cutover;
+        let batch_points_end = cutover.map_or(query.from, |t| {
+            bucket_start(t, query.step).clamp(query.from, query.to)
         });
+        let span = CHUNK_POINTS * query.step;
+        let mut chunks: Vec<(Millis, Arc<RenderedSeries>)> = Vec::new();
+        if let (Some(version), Some(t)) = (&self.snapshot.batch_version, cutover) {
+            let mut start = bucket_start(query.from, span);
+            while start < batch_points_end {
+                let key = ChunkKey {
+                    version: version.clone(),
+                    cutover: t,
+                    metric: self.metric.name.clone(),
+                    step: query.step,
+                    window: query.window,
+                    group_by: query.group_by,
+                    filter: query.filter.clone(),
+                    start,
+                };
+                let chunk = answers.get_or_render(key, || {
+                    let chunk_query = SeriesQuery {
+                        from: start,
+                        to: (start + span).min(bucket_start(t, query.step)),
+                        ..query.clone()
+                    };
+                    let range = chunk_query.bucket_range();
+                    let inputs = self
+                        .parts
+                        .iter()
+                        .map(|part| {
+                            let rows = self.batch_rows(part, (range.0, t.min(range.1)));
+                            (*part, rows.iter().cloned(), std::iter::empty())
+                        })
+                        .collect();
+                    render(&finish_points(&chunk_query, Some(t), inputs))
+                });
+                chunks.push((start, chunk));
+                start += span;
+            }
+        }
+        let fresh = if batch_points_end < query.to {
+            let fresh_query = SeriesQuery {
+                from: batch_points_end,
+                ..query.clone()
+            };
+            let range = fresh_query.bucket_range();
+            let batch_end = cutover.map_or(range.0, |t| t.clamp(range.0, range.1));
+            let inputs = self
+                .parts
+                .iter()
+                .map(|part| {
+                    let speed = self
+                        .snapshot
+                        .speed_rows
+                        .get(&part.name)
+                        .into_iter()
+                        .flatten();
+                    let batch = self.batch_rows(part, (range.0, batch_end));
+                    (*part, batch.iter().cloned(), speed.cloned())
+                })
+                .collect();
+            render(&finish_points(&fresh_query, cutover, inputs))
+        } else {
+            RenderedSeries::new()
+        };
+
+        let mut series: BTreeMap<&Group, Vec<&[u8]>> = BTreeMap::new();
+        if self.request.group_by.is_none() {
+            series.insert(&WHOLE, Vec::new());
+        }
+        for (start, chunk) in &chunks {
+            let (from, to) = (query.from.max(*start), batch_points_end.min(start + span));
+            for (group, points) in chunk.iter() {
+                let slice = points.slice(from, to);
+                if !slice.is_empty() {
+                    series.entry(group).or_default().push(slice);
+                }
+            }
+        }
+        for (group, points) in &fresh {
+            series
+                .entry(group)
+                .or_default()
+                .push(points.slice(Millis::MIN, Millis::MAX));
+        }
+        crate::limits::check_groups(series.len(), limits)?;
+
+        // The head is the answer with no series; the series are spliced in from their pieces.
+        let head = self.answer_with(Vec::new());
+        let mut body = serde_json::to_vec(&head).map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })?;
+        if !body.ends_with(b"[]}") {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "an answer's series are not last",
+            ));
+        }
+        body.truncate(body.len() - 3);
+        let points_bytes: usize = series.values().flatten().map(|p| p.len() + 1).sum();
+        body.reserve(points_bytes + series.len() * 64 + 4);
+        body.push(b'[');
+        for (i, (group, pieces)) in series.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(b"{\"group\":");
+            serde_json::to_writer(&mut body, &self.group_json(group)).map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })?;
+            body.extend_from_slice(b",\"points\":[");
+            for (j, piece) in pieces.iter().enumerate() {
+                if j > 0 {
+                    body.push(b',');
+                }
+                body.extend_from_slice(piece);
+            }
+            body.extend_from_slice(b"]}");
+        }
+        body.extend_from_slice(b"]}");
+        Ok(body)
     }
-    crate::limits::check_groups(series.len(), &state.config.serving)?;
-    let series: Vec<SeriesOut> = series
-        .into_iter()
-        .map(|(group, points)| {
-            let mut group_json = Map::new();
-            if let (Some(dimension), Some(value)) = (request.group_by, group) {
-                group_json.insert(
-                    dimension.name().to_string(),
-                    value.map_or(Value::Null, Value::String),
-                );
-            }
-            SeriesOut {
-                group: group_json,
-                points,
-            }
-        })
-        .collect();
-    let gaps = gaps(
-        request.query.from,
-        request.query.to,
-        snapshot.cutover,
-        snapshot.speed_covered_from,
-    );
-    Ok(MetricAnswer {
-        metric: metric.name.clone(),
-        from: format_rfc3339(request.query.from),
-        to: format_rfc3339(request.query.to),
-        step: request.step.to_string(),
-        window: request.window.to_string(),
-        cutover: snapshot.cutover.map(format_rfc3339),
-        batch_version: snapshot.batch_version,
-        speed_watermark: snapshot.speed_watermark.map(format_rfc3339),
-        late_events: snapshot.late_events,
-        late_rate: (snapshot.seen_events > 0)
-            .then(|| snapshot.late_events as f64 / snapshot.seen_events as f64),
-        complete: gaps.is_empty(),
-        gaps: gaps
+
+    fn group_json(&self, group: &Group) -> Map<String, Value> {
+        let mut json = Map::new();
+        if let (Some(dimension), Some(value)) = (self.request.group_by, group) {
+            json.insert(
+                dimension.name().to_string(),
+                value.clone().map_or(Value::Null, Value::String),
+            );
+        }
+        json
+    }
+
+    fn answer_with(&self, series: Vec<SeriesOut>) -> MetricAnswer {
+        let (query, snapshot) = (&self.request.query, self.snapshot);
+        let gaps = gaps(
+            query.from,
+            query.to,
+            snapshot.cutover,
+            snapshot.speed_covered_from,
+        );
+        MetricAnswer {
+            metric: self.metric.name.clone(),
+            from: format_rfc3339(query.from),
+            to: format_rfc3339(query.to),
+            step: self.request.step.to_string(),
+            window: self.request.window.to_string(),
+            cutover: snapshot.cutover.map(format_rfc3339),
+            batch_version: snapshot.batch_version.clone(),
+            speed_watermark: snapshot.speed_watermark.map(format_rfc3339),
+            late_events: snapshot.late_events,
+            late_rate: (snapshot.seen_events > 0)
+                .then(|| snapshot.late_events as f64 / snapshot.seen_events as f64),
+            complete: gaps.is_empty(),
+            gaps: gaps
+                .iter()
+                .map(|(from, to)| Interval {
+                    from: format_rfc3339(*from),
+                    to: format_rfc3339(*to),
+                })
+                .collect(),
+            series,
+        }
+    }
+
+    /// The answer rendered point by point from one merge over the whole range: what `render`
+    /// must equal.
+    #[cfg(test)]
+    fn reference(&self) -> MetricAnswer {
+        let query = &self.request.query;
+        let range = query.bucket_range();
+        let batch_end = self
+            .snapshot
+            .cutover
+            .map_or(range.0, |t| t.clamp(range.0, range.1));
+        let inputs = self
+            .parts
             .iter()
-            .map(|(from, to)| Interval {
-                from: format_rfc3339(*from),
-                to: format_rfc3339(*to),
+            .map(|part| {
+                let speed = self
+                    .snapshot
+                    .speed_rows
+                    .get(&part.name)
+                    .into_iter()
+                    .flatten();
+                let batch = self.batch_rows(part, (range.0, batch_end));
+                (*part, batch.iter().cloned(), speed.cloned())
             })
-            .collect(),
-        series,
-    })
+            .collect();
+        let points = finish_points(query, self.snapshot.cutover, inputs);
+        let mut series: BTreeMap<Group, Vec<PointOut>> = BTreeMap::new();
+        if self.request.group_by.is_none() {
+            series.insert(None, Vec::new());
+        }
+        for ((group, t), point) in points {
+            series.entry(group).or_default().push(PointOut {
+                t: format_rfc3339(t),
+                value: point.value,
+                source: point.source,
+            });
+        }
+        let series = series
+            .into_iter()
+            .map(|(group, points)| SeriesOut {
+                group: self.group_json(&group),
+                points,
+            })
+            .collect();
+        self.answer_with(series)
+    }
 }
 
 /// A state over a pool that never connects, for tests of what answers before any query.
@@ -536,12 +747,21 @@ pub(crate) fn test_state(serving: ServingConfig) -> AppState {
         serving,
         ..PlatformConfig::default()
     };
-    AppState::new(pool.clone(), pool, config, MetricCatalog::default())
+    AppState::new(
+        pool.clone(),
+        pool,
+        config,
+        MetricCatalog::default(),
+        StateGeneration::default(),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use shared_schema::metrics::{Partial, encode_dims};
+    use shared_schema::time::MINUTE_MS;
 
     fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs
@@ -555,6 +775,93 @@ mod tests {
             .get("revenue")
             .map(|(_, m)| m.clone())
             .unwrap()
+    }
+
+    fn rows_strategy() -> impl Strategy<Value = Vec<(i64, usize, i64)>> {
+        // (minute, dimension value index, count)
+        proptest::collection::vec((0i64..200, 0usize..3, 0i64..4), 0..120)
+    }
+
+    fn to_rows(rows: &[(i64, usize, i64)], sum_micros: bool) -> Vec<BucketRow> {
+        let values = [Some("a"), Some("b"), None];
+        let mut rows: Vec<BucketRow> = rows
+            .iter()
+            .map(|&(minute, value, count)| BucketRow {
+                bucket_start: minute * MINUTE_MS,
+                dims: encode_dims(&[values[value]]),
+                partial: Partial {
+                    count,
+                    sum_micros: if sum_micros { count as i128 * 7 } else { 0 },
+                    ..Partial::default()
+                },
+            })
+            .collect();
+        rows.sort_by_key(|r| r.bucket_start);
+        rows
+    }
+
+    proptest! {
+        /// Splicing cached chunks of batch points with freshly merged ones gives the answer a
+        /// single merge over the whole range gives, for any T, range, step, window and grouping,
+        /// cold or from a warm cache.
+        #[test]
+        fn rendered_answers_equal_one_merge_over_the_range(
+            batch in rows_strategy(),
+            speed in rows_strategy(),
+            cutover in proptest::option::of(0i64..220),
+            from in 0i64..200,
+            length in 1i64..200,
+            step in 1i64..4,
+            window_steps in 1i64..3,
+            grouping in 0usize..3,
+            ratio in any::<bool>(),
+        ) {
+            let catalog = MetricCatalog::default();
+            let name = if ratio { "error_rate" } else { "purchases" };
+            let metric = catalog.get(name).unwrap().1.clone();
+            let parts = catalog.parts(&metric).unwrap();
+            let dimension = metric.dimensions[0].name();
+            let step = if step == 3 { 5 } else { step };
+            let mut pairs = vec![
+                ("from", format_rfc3339(from * MINUTE_MS)),
+                ("to", format_rfc3339((from + length) * MINUTE_MS)),
+                ("step", format!("{step}m")),
+                ("window", format!("{}m", step * window_steps)),
+            ];
+            match grouping {
+                1 => pairs.push(("group_by", dimension.to_string())),
+                2 => pairs.push(("filter", format!("{dimension}:a"))),
+                _ => {}
+            }
+            let params: HashMap<String, String> =
+                pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+            let request = parse_query(&metric, &params, &PlatformConfig::default().serving).unwrap();
+            let mut view = HashMap::new();
+            let mut snapshot = Snapshot {
+                cutover: cutover.map(|t| t * MINUTE_MS),
+                batch_version: cutover.map(|_| "v1".to_string()),
+                ..Snapshot::default()
+            };
+            for (i, part) in parts.iter().enumerate() {
+                view.insert(part.name.clone(), to_rows(&batch, i == 0));
+                snapshot.speed_rows.insert(part.name.clone(), to_rows(&speed, i == 1));
+            }
+            let inputs = AnswerInputs {
+                metric: &metric,
+                parts: &parts,
+                request: &request,
+                snapshot: &snapshot,
+                view: Some(&view),
+            };
+            let expected = serde_json::to_value(inputs.reference()).unwrap();
+            let cache = AnswerCache::new(16);
+            let limits = PlatformConfig::default().serving;
+            for attempt in ["cold", "warm"] {
+                let body = inputs.render(&cache, &limits).unwrap();
+                let rendered: Value = serde_json::from_slice(&body).unwrap();
+                prop_assert_eq!(&rendered, &expected, "{}", attempt);
+            }
+        }
     }
 
     #[test]

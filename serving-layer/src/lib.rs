@@ -4,6 +4,7 @@
 
 mod admin;
 pub mod alerts;
+mod answer_cache;
 mod api;
 mod auth;
 mod cors;
@@ -17,6 +18,8 @@ mod limits;
 pub mod openapi;
 pub mod reader;
 mod snapshot;
+mod state_changes;
 
 pub use api::{AppState, Group, MergedPoint, merged_points, router};
 pub use snapshot::ViewCache;
+pub use state_changes::StateGeneration;

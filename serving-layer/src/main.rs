@@ -1,6 +1,6 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use serving_layer::{AppState, alerts, http_metrics, reader, router};
+use serving_layer::{AppState, StateGeneration, alerts, http_metrics, reader, router};
 use shared_schema::registry;
 use shared_schema::service::{self, Started};
 use shared_schema::telemetry;
@@ -48,7 +48,9 @@ async fn main() -> anyhow::Result<()> {
     let reader = reader::connect(&config)
         .await
         .context("connecting the read-only pool for requests")?;
-    let state = AppState::new(reader, pool, config, catalog);
+    // Cached query snapshots are dropped on every change Postgres notifies.
+    let changes = StateGeneration::listen(reader.clone());
+    let state = AppState::new(reader, pool, config, catalog, changes);
     let evaluator = tokio::spawn(alerts::run_evaluator(
         state.clone(),
         telemetry::shutdown_signal(),

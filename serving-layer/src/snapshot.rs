@@ -13,6 +13,9 @@ use sqlx::PgPool;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::state_changes::StateGeneration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -102,6 +105,100 @@ pub async fn read_snapshot(
         seen_events,
         speed_covered_from,
     })
+}
+
+/// Snapshots by the state generation they were read under (see `state_changes`), reused
+/// until a change is heard or `max_age` passes.
+#[derive(Clone)]
+pub struct SnapshotCache {
+    generation: StateGeneration,
+    max_age: Duration,
+    entries: Arc<Mutex<SnapshotEntries>>,
+}
+
+#[derive(Default)]
+struct SnapshotEntries {
+    generation: u64,
+    by_query: HashMap<SnapshotKey, (Instant, Arc<Snapshot>)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct SnapshotKey {
+    metrics: Vec<String>,
+    range: (Millis, Millis),
+}
+
+/// Distinct queries kept per generation; beyond it the cache starts over.
+const CACHED_SNAPSHOTS: usize = 1024;
+
+impl SnapshotCache {
+    pub fn new(generation: StateGeneration, max_age: Duration) -> Self {
+        SnapshotCache {
+            generation,
+            max_age,
+            entries: Arc::default(),
+        }
+    }
+
+    /// `read_snapshot`, or a snapshot read since the last change to what it holds.
+    pub async fn read(
+        &self,
+        pool: &PgPool,
+        topic: &str,
+        metrics: &[&str],
+        range: (Millis, Millis),
+    ) -> Result<Arc<Snapshot>, SnapshotError> {
+        // Taken before reading: a change committed meanwhile files the snapshot under a
+        // generation no later query asks for.
+        let generation = self
+            .generation
+            .current()
+            .filter(|_| !self.max_age.is_zero());
+        let key = SnapshotKey {
+            metrics: metrics.iter().map(|m| m.to_string()).collect(),
+            range,
+        };
+        if let Some(generation) = generation
+            && let Some(snapshot) = self.lookup(generation, &key)
+        {
+            return Ok(snapshot);
+        }
+        let snapshot = Arc::new(read_snapshot(pool, topic, metrics, range).await?);
+        if let Some(generation) = generation {
+            self.insert(generation, key, snapshot.clone());
+        }
+        Ok(snapshot)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SnapshotEntries> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn lookup(&self, generation: u64, key: &SnapshotKey) -> Option<Arc<Snapshot>> {
+        let entries = self.lock();
+        if entries.generation != generation {
+            return None;
+        }
+        entries
+            .by_query
+            .get(key)
+            .filter(|(read_at, _)| read_at.elapsed() < self.max_age)
+            .map(|(_, snapshot)| snapshot.clone())
+    }
+
+    fn insert(&self, generation: u64, key: SnapshotKey, snapshot: Arc<Snapshot>) {
+        let mut entries = self.lock();
+        if entries.generation > generation {
+            return; // read before a change that a newer generation already reflects
+        }
+        if entries.generation < generation || entries.by_query.len() >= CACHED_SNAPSHOTS {
+            entries.generation = generation;
+            entries.by_query.clear();
+        }
+        entries.by_query.insert(key, (Instant::now(), snapshot));
+    }
 }
 
 type View = Arc<HashMap<String, Vec<BucketRow>>>;

@@ -144,6 +144,13 @@ pub struct ServingConfig {
     /// Origins a browser may call the API from (CORS), e.g. `["https://dash.example.com"]`;
     /// `["*"]` allows any. Empty: no CORS headers, so browsers allow only same-origin calls.
     pub cors_allowed_origins: Vec<String>,
+    /// Longest a cached query snapshot (T, version, speed rows) is reused. Changes are pushed
+    /// by Postgres notifications, which drop the cache at once; this bounds the staleness only
+    /// if the notification connection fails without the serving layer noticing. `0s`: no cache.
+    pub snapshot_cache_max_age: HumanDuration,
+    /// Memory for the batch side of answers, already rendered as JSON, per promoted version
+    /// (least recently used evicted first). `0`: render every answer afresh.
+    pub answer_cache_mb: usize,
 }
 
 /// Change data capture of the `user_profiles` dimension (see `profiles`).
@@ -213,6 +220,8 @@ impl Default for PlatformConfig {
                 max_range: HumanDuration::from_millis(31 * DAY_MS),
                 max_groups: 1_000,
                 cors_allowed_origins: Vec::new(),
+                snapshot_cache_max_age: HumanDuration::from_millis(5 * SECOND_MS),
+                answer_cache_mb: 256,
             },
             cdc: CdcConfig {
                 topic: "user_profiles.cdc".into(),

@@ -262,6 +262,10 @@ async fn swap(live: &PgPool, topic: &str) -> Result<bool, sqlx::Error> {
     }
     tx.execute(format!("DROP SCHEMA {REPLAY_SCHEMA}").as_str())
         .await?;
+    // The swapped-in tables were created without the triggers that tell the serving layer its
+    // cached snapshots are stale (migration 0013); this also notifies of the swap itself.
+    tx.execute("SELECT lambda_watch_served_state(); NOTIFY lambda_served_state")
+        .await?;
     tx.commit().await?;
     tracing::info!("replayed state swapped in; the replaced tables are in {PREVIOUS_SCHEMA}");
     Ok(true)
