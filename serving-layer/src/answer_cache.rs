@@ -9,6 +9,7 @@
 
 use serde::Serialize;
 use shared_schema::cutover::Source;
+use shared_schema::observe;
 use shared_schema::query::{Group, MergedPoint};
 use shared_schema::time::{Millis, format_rfc3339};
 use std::collections::{BTreeMap, HashMap};
@@ -131,8 +132,10 @@ impl AnswerCache {
         build: impl FnOnce() -> RenderedSeries,
     ) -> Arc<RenderedSeries> {
         if let Some(series) = self.lookup(&key) {
+            observe::serving().cache_lookup("answer", true);
             return series;
         }
+        observe::serving().cache_lookup("answer", false);
         let series = Arc::new(build());
         let bytes: usize = series.values().map(RenderedPoints::size).sum();
         if bytes <= self.budget_bytes {

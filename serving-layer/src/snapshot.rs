@@ -5,6 +5,7 @@
 //! is immutable, so reading its file after the transaction cannot see anything newer.
 
 use chrono::{DateTime, Utc};
+use shared_schema::observe;
 use shared_schema::query::BucketRow;
 use shared_schema::speed_state::{self, SpeedStateError};
 use shared_schema::time::{Millis, to_datetime};
@@ -161,8 +162,10 @@ impl SnapshotCache {
         if let Some(generation) = generation
             && let Some(snapshot) = self.lookup(generation, &key)
         {
+            observe::serving().cache_lookup("snapshot", true);
             return Ok(snapshot);
         }
+        observe::serving().cache_lookup("snapshot", false);
         let snapshot = Arc::new(read_snapshot(pool, topic, metrics, range).await?);
         if let Some(generation) = generation {
             self.insert(generation, key, snapshot.clone());

@@ -129,6 +129,14 @@ pub const HTTP_DURATION: Family = Family {
     exported_by: &["serving-layer"],
 };
 
+pub const CACHE_LOOKUPS: Family = Family {
+    name: "lambda_serving_cache_lookups_total",
+    help: "Serving-layer cache lookups: `snapshot` (a query's snapshot, reused until Postgres notifies a change) and `answer` (a chunk of rendered batch points), by hit or miss.",
+    kind: Kind::Counter,
+    labels: &["cache", "outcome"],
+    exported_by: &["serving-layer"],
+};
+
 /// Every family of the platform.
 pub const FAMILIES: &[Family] = &[
     CONSUMER_EVENTS,
@@ -144,6 +152,7 @@ pub const FAMILIES: &[Family] = &[
     CUTOVER_AGE,
     DIVERGENCE_RATIO,
     HTTP_DURATION,
+    CACHE_LOOKUPS,
 ];
 
 /// Batch runs take seconds to tens of minutes.
@@ -351,6 +360,7 @@ pub struct ServingMetrics {
     promoted_rows: GaugeVec,
     promoted_run: GaugeVec,
     cutover_age: GaugeVec,
+    cache_lookups: IntCounterVec,
 }
 
 impl ServingMetrics {
@@ -362,7 +372,24 @@ impl ServingMetrics {
             promoted_rows: gauge(registry, &PROMOTED_ROWS)?,
             promoted_run: gauge(registry, &PROMOTED_RUN_SECONDS)?,
             cutover_age: gauge(registry, &CUTOVER_AGE)?,
+            cache_lookups: {
+                let lookups = counter(registry, &CACHE_LOOKUPS)?;
+                // Exported from the start, so a hit ratio is defined before the first query.
+                for cache in ["snapshot", "answer"] {
+                    for outcome in ["hit", "miss"] {
+                        lookups.with_label_values(&[cache, outcome]);
+                    }
+                }
+                lookups
+            },
         })
+    }
+
+    /// `cache` is `snapshot` or `answer`.
+    pub fn cache_lookup(&self, cache: &str, hit: bool) {
+        self.cache_lookups
+            .with_label_values(&[cache, if hit { "hit" } else { "miss" }])
+            .inc();
     }
 
     /// `route` is the route template (`/v1/metrics/{name}`), never the raw path, so that the
