@@ -519,6 +519,28 @@ impl AnswerInputs<'_> {
             .unwrap_or_default()
     }
 
+    /// Both sides' rows under `query`, merged and finished, with the split at T.
+    fn merge(&self, query: &SeriesQuery) -> BTreeMap<(Group, Millis), MergedPoint> {
+        let range = query.bucket_range();
+        let cutover = self.snapshot.cutover;
+        let batch_end = cutover.map_or(range.0, |t| t.clamp(range.0, range.1));
+        let inputs = self
+            .parts
+            .iter()
+            .map(|part| {
+                let speed = self
+                    .snapshot
+                    .speed_rows
+                    .get(&part.name)
+                    .into_iter()
+                    .flatten();
+                let batch = self.batch_rows(part, (range.0, batch_end));
+                (*part, batch.iter().cloned(), speed.cloned())
+            })
+            .collect();
+        finish_points(query, cutover, inputs)
+    }
+
     /// The answer's JSON. Points whose window ends by T come from rendered chunks of the batch
     /// view (`answer_cache`); the rest are merged and rendered here.
     fn render(&self, answers: &AnswerCache, limits: &ServingConfig) -> Result<Vec<u8>, ApiError> {
@@ -568,23 +590,7 @@ impl AnswerInputs<'_> {
                 from: batch_points_end,
                 ..query.clone()
             };
-            let range = fresh_query.bucket_range();
-            let batch_end = cutover.map_or(range.0, |t| t.clamp(range.0, range.1));
-            let inputs = self
-                .parts
-                .iter()
-                .map(|part| {
-                    let speed = self
-                        .snapshot
-                        .speed_rows
-                        .get(&part.name)
-                        .into_iter()
-                        .flatten();
-                    let batch = self.batch_rows(part, (range.0, batch_end));
-                    (*part, batch.iter().cloned(), speed.cloned())
-                })
-                .collect();
-            render(&finish_points(&fresh_query, cutover, inputs))
+            render(&self.merge(&fresh_query))
         } else {
             RenderedSeries::new()
         };
@@ -694,27 +700,7 @@ impl AnswerInputs<'_> {
     /// must equal.
     #[cfg(test)]
     fn reference(&self) -> MetricAnswer {
-        let query = &self.request.query;
-        let range = query.bucket_range();
-        let batch_end = self
-            .snapshot
-            .cutover
-            .map_or(range.0, |t| t.clamp(range.0, range.1));
-        let inputs = self
-            .parts
-            .iter()
-            .map(|part| {
-                let speed = self
-                    .snapshot
-                    .speed_rows
-                    .get(&part.name)
-                    .into_iter()
-                    .flatten();
-                let batch = self.batch_rows(part, (range.0, batch_end));
-                (*part, batch.iter().cloned(), speed.cloned())
-            })
-            .collect();
-        let points = finish_points(query, self.snapshot.cutover, inputs);
+        let points = self.merge(&self.request.query);
         let mut series: BTreeMap<Group, Vec<PointOut>> = BTreeMap::new();
         if self.request.group_by.is_none() {
             series.insert(None, Vec::new());
