@@ -2,8 +2,12 @@
 
 use crate::answer_cache::{AnswerCache, CHUNK_POINTS, ChunkKey, PointOut, RenderedSeries, render};
 use crate::openapi::ErrorBody;
-use crate::snapshot::{Snapshot, SnapshotCache, SnapshotError, ViewCache, read_snapshot};
+use crate::snapshot::{
+    GenerationCache, Snapshot, SnapshotError, SnapshotKey, ViewCache, read_snapshot,
+    read_snapshot_cached,
+};
 use crate::state_changes::StateGeneration;
+use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -24,6 +28,22 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use utoipa::ToSchema;
 
+/// Distinct query snapshots, and whole answers, kept per state generation.
+const CACHED_SNAPSHOTS: usize = 1024;
+const CACHED_BODIES: usize = 64;
+/// Larger answers are not kept whole (their batch points still are, in `answers`).
+const MAX_CACHED_BODY: usize = 16 << 20;
+
+/// What a whole answer depends on besides the state generation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AnswerKey {
+    metric: String,
+    query: SeriesQuery,
+    /// As the answer spells them.
+    step: String,
+    window: String,
+}
+
 #[derive(Clone)]
 pub struct AppState {
     /// What HTTP requests read through: `serving.database_url`, read-only (see `reader`).
@@ -33,7 +53,11 @@ pub struct AppState {
     pub config: Arc<PlatformConfig>,
     pub catalog: Arc<MetricCatalog>,
     pub views: ViewCache,
-    pub snapshots: SnapshotCache,
+    /// Tells when what Postgres holds changed, for the two caches below.
+    pub changes: StateGeneration,
+    pub snapshots: Arc<GenerationCache<SnapshotKey, Arc<Snapshot>>>,
+    /// Whole answers of the latest state generation, by request.
+    pub bodies: Arc<GenerationCache<AnswerKey, Bytes>>,
     pub answers: AnswerCache,
     pub runs: crate::admin::Runs,
 }
@@ -47,7 +71,9 @@ impl AppState {
         changes: StateGeneration,
     ) -> Self {
         let views = ViewCache::new(&config.lake_dir);
-        let snapshots = SnapshotCache::new(changes, config.serving.snapshot_cache_max_age.as_std());
+        let max_age = config.serving.snapshot_cache_max_age.as_std();
+        let snapshots = Arc::new(GenerationCache::new("snapshot", max_age, CACHED_SNAPSHOTS));
+        let bodies = Arc::new(GenerationCache::new("body", max_age, CACHED_BODIES));
         let answers = AnswerCache::new(config.serving.answer_cache_mb);
         AppState {
             pool,
@@ -55,7 +81,9 @@ impl AppState {
             config: Arc::new(config),
             catalog: Arc::new(catalog),
             views,
+            changes,
             snapshots,
+            bodies,
             answers,
             runs: Default::default(),
         }
@@ -469,21 +497,46 @@ async fn answer(
     state: &AppState,
     metric: &MetricDef,
     request: &Request,
+) -> Result<Bytes, ApiError> {
+    // Read before anything the answer is made of: a change committed meanwhile files it under
+    // a generation no later request asks for.
+    let generation = state.changes.current();
+    let key = AnswerKey {
+        metric: metric.name.clone(),
+        query: request.query.clone(),
+        step: request.step.to_string(),
+        window: request.window.to_string(),
+    };
+    if let Some(body) = state.bodies.lookup(generation, &key) {
+        return Ok(body);
+    }
+    let body = Bytes::from(render_answer(state, generation, metric, request).await?);
+    if body.len() <= MAX_CACHED_BODY {
+        state.bodies.insert(generation, key, body.clone());
+    }
+    Ok(body)
+}
+
+async fn render_answer(
+    state: &AppState,
+    generation: Option<u64>,
+    metric: &MetricDef,
+    request: &Request,
 ) -> Result<Vec<u8>, ApiError> {
     let parts = state
         .catalog
         .parts(metric)
         .map_err(|e| ApiError::unavailable(e.to_string()))?;
     let names: Vec<&str> = parts.iter().map(|m| m.name.as_str()).collect();
-    let snapshot = state
-        .snapshots
-        .read(
-            &state.pool,
-            &state.config.events_topic,
-            &names,
-            request.query.bucket_range(),
-        )
-        .await?;
+    let snapshot = read_snapshot_cached(
+        &state.snapshots,
+        generation,
+        &state.pool,
+        &state.config.events_topic,
+        &names,
+        request.query.bucket_range(),
+    )
+    .await?;
     let view = match (&snapshot.batch_version, &snapshot.view_path) {
         (Some(version), Some(path)) => Some(state.views.get(version, path).await?),
         _ => None,

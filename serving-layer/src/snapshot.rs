@@ -12,11 +12,10 @@ use shared_schema::time::{Millis, to_datetime};
 use shared_schema::view::{ViewError, read_view};
 use sqlx::PgPool;
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-use crate::state_changes::StateGeneration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -108,100 +107,99 @@ pub async fn read_snapshot(
     })
 }
 
-/// Snapshots by the state generation they were read under (see `state_changes`), reused
-/// until a change is heard or `max_age` passes.
-#[derive(Clone)]
-pub struct SnapshotCache {
-    generation: StateGeneration,
+/// Values computed from what Postgres held under one state generation (see `state_changes`):
+/// reused until a change is heard or `max_age` passes. Query snapshots, and whole answers, which
+/// are a function of their snapshot and the immutable view it names.
+pub struct GenerationCache<K, V> {
+    /// Which cache this is, for `lambda_serving_cache_lookups_total`.
+    name: &'static str,
     max_age: Duration,
-    entries: Arc<Mutex<SnapshotEntries>>,
+    /// Most entries of one generation; beyond it the cache starts over.
+    capacity: usize,
+    entries: Mutex<GenerationEntries<K, V>>,
 }
 
-#[derive(Default)]
-struct SnapshotEntries {
+struct GenerationEntries<K, V> {
     generation: u64,
-    by_query: HashMap<SnapshotKey, (Instant, Arc<Snapshot>)>,
+    by_key: HashMap<K, (Instant, V)>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct SnapshotKey {
-    metrics: Vec<String>,
-    range: (Millis, Millis),
-}
-
-/// Distinct queries kept per generation; beyond it the cache starts over.
-const CACHED_SNAPSHOTS: usize = 1024;
-
-impl SnapshotCache {
-    pub fn new(generation: StateGeneration, max_age: Duration) -> Self {
-        SnapshotCache {
-            generation,
+impl<K: Eq + Hash, V: Clone> GenerationCache<K, V> {
+    pub fn new(name: &'static str, max_age: Duration, capacity: usize) -> Self {
+        GenerationCache {
+            name,
             max_age,
-            entries: Arc::default(),
+            capacity,
+            entries: Mutex::new(GenerationEntries {
+                generation: 0,
+                by_key: HashMap::new(),
+            }),
         }
     }
 
-    /// `read_snapshot`, or a snapshot read since the last change to what it holds.
-    pub async fn read(
-        &self,
-        pool: &PgPool,
-        topic: &str,
-        metrics: &[&str],
-        range: (Millis, Millis),
-    ) -> Result<Arc<Snapshot>, SnapshotError> {
-        // Taken before reading: a change committed meanwhile files the snapshot under a
-        // generation no later query asks for.
-        let generation = self
-            .generation
-            .current()
-            .filter(|_| !self.max_age.is_zero());
-        let key = SnapshotKey {
-            metrics: metrics.iter().map(|m| m.to_string()).collect(),
-            range,
-        };
-        if let Some(generation) = generation
-            && let Some(snapshot) = self.lookup(generation, &key)
-        {
-            observe::serving().cache_lookup("snapshot", true);
-            return Ok(snapshot);
-        }
-        observe::serving().cache_lookup("snapshot", false);
-        let snapshot = Arc::new(read_snapshot(pool, topic, metrics, range).await?);
-        if let Some(generation) = generation {
-            self.insert(generation, key, snapshot.clone());
-        }
-        Ok(snapshot)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, SnapshotEntries> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GenerationEntries<K, V>> {
         self.entries
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn lookup(&self, generation: u64, key: &SnapshotKey) -> Option<Arc<Snapshot>> {
-        let entries = self.lock();
-        if entries.generation != generation {
-            return None;
-        }
-        entries
-            .by_query
-            .get(key)
-            .filter(|(read_at, _)| read_at.elapsed() < self.max_age)
-            .map(|(_, snapshot)| snapshot.clone())
+    /// `generation` is `StateGeneration::current`, read before whatever the value is computed
+    /// from; `None` finds nothing.
+    pub fn lookup(&self, generation: Option<u64>, key: &K) -> Option<V> {
+        let generation = generation.filter(|_| !self.max_age.is_zero());
+        let found = generation.and_then(|generation| {
+            let entries = self.lock();
+            (entries.generation == generation)
+                .then(|| entries.by_key.get(key))
+                .flatten()
+                .filter(|(computed_at, _)| computed_at.elapsed() < self.max_age)
+                .map(|(_, value)| value.clone())
+        });
+        observe::serving().cache_lookup(self.name, found.is_some());
+        found
     }
 
-    fn insert(&self, generation: u64, key: SnapshotKey, snapshot: Arc<Snapshot>) {
+    pub fn insert(&self, generation: Option<u64>, key: K, value: V) {
+        let Some(generation) = generation.filter(|_| !self.max_age.is_zero()) else {
+            return;
+        };
         let mut entries = self.lock();
         if entries.generation > generation {
-            return; // read before a change that a newer generation already reflects
+            return; // computed before a change that a newer generation already reflects
         }
-        if entries.generation < generation || entries.by_query.len() >= CACHED_SNAPSHOTS {
+        if entries.generation < generation || entries.by_key.len() >= self.capacity {
             entries.generation = generation;
-            entries.by_query.clear();
+            entries.by_key.clear();
         }
-        entries.by_query.insert(key, (Instant::now(), snapshot));
+        entries.by_key.insert(key, (Instant::now(), value));
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SnapshotKey {
+    pub metrics: Vec<String>,
+    pub range: (Millis, Millis),
+}
+
+/// `read_snapshot` through `cache`.
+pub async fn read_snapshot_cached(
+    cache: &GenerationCache<SnapshotKey, Arc<Snapshot>>,
+    generation: Option<u64>,
+    pool: &PgPool,
+    topic: &str,
+    metrics: &[&str],
+    range: (Millis, Millis),
+) -> Result<Arc<Snapshot>, SnapshotError> {
+    let key = SnapshotKey {
+        metrics: metrics.iter().map(|m| m.to_string()).collect(),
+        range,
+    };
+    if let Some(snapshot) = cache.lookup(generation, &key) {
+        return Ok(snapshot);
+    }
+    let snapshot = Arc::new(read_snapshot(pool, topic, metrics, range).await?);
+    cache.insert(generation, key, snapshot.clone());
+    Ok(snapshot)
 }
 
 type View = Arc<HashMap<String, Vec<BucketRow>>>;

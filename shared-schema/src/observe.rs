@@ -131,7 +131,7 @@ pub const HTTP_DURATION: Family = Family {
 
 pub const CACHE_LOOKUPS: Family = Family {
     name: "lambda_serving_cache_lookups_total",
-    help: "Serving-layer cache lookups: `snapshot` (a query's snapshot, reused until Postgres notifies a change) and `answer` (a chunk of rendered batch points), by hit or miss.",
+    help: "Serving-layer cache lookups: `snapshot` (a query's snapshot) and `body` (a whole answer), both reused until Postgres notifies a change, and `answer` (a chunk of rendered batch points), by hit or miss.",
     kind: Kind::Counter,
     labels: &["cache", "outcome"],
     exported_by: &["serving-layer"],
@@ -375,7 +375,7 @@ impl ServingMetrics {
             cache_lookups: {
                 let lookups = counter(registry, &CACHE_LOOKUPS)?;
                 // Exported from the start, so a hit ratio is defined before the first query.
-                for cache in ["snapshot", "answer"] {
+                for cache in ["snapshot", "body", "answer"] {
                     for outcome in ["hit", "miss"] {
                         lookups.with_label_values(&[cache, outcome]);
                     }
@@ -385,7 +385,7 @@ impl ServingMetrics {
         })
     }
 
-    /// `cache` is `snapshot` or `answer`.
+    /// `cache` is `snapshot`, `body` or `answer`.
     pub fn cache_lookup(&self, cache: &str, hit: bool) {
         self.cache_lookups
             .with_label_values(&[cache, if hit { "hit" } else { "miss" }])

@@ -17,7 +17,7 @@ pub struct BucketRow {
 }
 
 /// A validated query over one metric.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SeriesQuery {
     pub from: Millis,
     pub to: Millis,
