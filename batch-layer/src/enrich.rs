@@ -4,10 +4,10 @@
 //! `shared_schema::profiles::version_at`. The tests below check that the two agree.
 
 use crate::BatchError;
-use datafusion::datasource::MemTable;
-use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
+use arrow::datatypes::Schema;
+use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext, lit};
+use datafusion::scalar::ScalarValue;
 use shared_schema::profiles::{changelog_schema, temporal_join_sql};
-use std::sync::Arc;
 
 const EVENTS_TABLE: &str = "events_for_join";
 const VERSIONS_TABLE: &str = "profile_versions";
@@ -22,8 +22,7 @@ pub async fn enrich(
     ctx.register_table(EVENTS_TABLE, events.into_view())?;
     let schema = changelog_schema();
     if changelog_paths.is_empty() {
-        let empty = MemTable::try_new(schema, vec![Vec::new()])?;
-        ctx.register_table(VERSIONS_TABLE, Arc::new(empty))?;
+        ctx.register_table(VERSIONS_TABLE, no_versions(ctx, &schema)?.into_view())?;
     } else {
         let versions = ctx
             .read_parquet(
@@ -38,16 +37,30 @@ pub async fn enrich(
         .await?)
 }
 
+/// No change records: one row of nulls, which joins no event (its `user_id` is null). Not an
+/// empty table, because a Ballista cluster receives plans as protobuf, which has no form for an
+/// in-memory table and drops the columns of an empty relation.
+fn no_versions(ctx: &SessionContext, schema: &Schema) -> Result<DataFrame, BatchError> {
+    let nulls = schema
+        .fields()
+        .iter()
+        .map(|f| Ok(lit(ScalarValue::try_from(f.data_type())?).alias(f.name())))
+        .collect::<Result<Vec<_>, BatchError>>()?;
+    Ok(ctx.read_empty()?.select(nulls)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use arrow::array::{Array, AsArray, Int64Array, RecordBatch, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::datasource::MemTable;
     use proptest::prelude::*;
     use shared_schema::profiles::{
         Profile, ProfileHistory, ProfileVersion, SourcedVersion, UNKNOWN, versions_to_batch,
     };
     use std::collections::BTreeMap;
+    use std::sync::Arc;
 
     /// What the SQL gives per event id: (tier, signup_country).
     fn joined(
