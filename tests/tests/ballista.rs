@@ -176,6 +176,21 @@ async fn send_all(
     Ok(())
 }
 
+/// An event past T in every partition tells the batch layer the lake is complete up to T.
+async fn send_fences(
+    platform: &Platform,
+    cutover: Millis,
+    rng: &mut StdRng,
+    ends: &mut HashMap<i32, i64>,
+) -> Result<()> {
+    for partition in 0..PARTITIONS {
+        let fence = Sent::random(rng, format!("fence{partition}"), cutover + HOUR / 2);
+        let payload: serde_json::Value = serde_json::from_slice(&fence.payload())?;
+        platform.send_tracked(partition, &payload, ends).await?;
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ballista_runs_write_the_local_engines_views() -> Result<()> {
     let mut platform = Platform::new("ballista", PARTITIONS).await?;
@@ -206,14 +221,7 @@ async fn ballista_runs_write_the_local_engines_views() -> Result<()> {
     let copies: Vec<Sent> = sent.values().step_by(7).cloned().collect();
     let first: Vec<&Sent> = sent.values().chain(copies.iter()).collect();
     send_all(&platform, &first, &mut rng, &mut ends).await?;
-    // An event past T in every partition tells the batch layer the lake is complete up to T.
-    for partition in 0..PARTITIONS {
-        let fence = Sent::random(&mut rng, format!("fence{partition}"), cutover + HOUR / 2);
-        let payload: serde_json::Value = serde_json::from_slice(&fence.payload())?;
-        platform
-            .send_tracked(partition, &payload, &mut ends)
-            .await?;
-    }
+    send_fences(&platform, cutover, &mut rng, &mut ends).await?;
     platform.wait_caught_up("lake_progress", &ends).await?;
 
     // The same lake through both engines, each a full recompute.
@@ -309,13 +317,6 @@ async fn an_unreachable_scheduler_fails_the_run_and_promotes_nothing() -> Result
         let time = base + rng.random_range(0..HOUR);
         events.push(Sent::random(&mut rng, format!("d{i}"), time));
     }
-    for p in 0..PARTITIONS {
-        events.push(Sent::random(
-            &mut rng,
-            format!("fence{p}"),
-            cutover + HOUR / 2,
-        ));
-    }
     send_all(
         &platform,
         &events.iter().collect::<Vec<_>>(),
@@ -323,6 +324,7 @@ async fn an_unreachable_scheduler_fails_the_run_and_promotes_nothing() -> Result
         &mut ends,
     )
     .await?;
+    send_fences(&platform, cutover, &mut rng, &mut ends).await?;
     platform.wait_caught_up("lake_progress", &ends).await?;
     run_ok(&platform, None, &["run", "--cutover", &t]).await?;
     let served = platform.served().await?;
