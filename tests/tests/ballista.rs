@@ -6,7 +6,7 @@
 //! nothing.
 
 use anyhow::{Context, Result, ensure};
-use platform_tests::truth::{Sent, check_served, default_metrics};
+use platform_tests::truth::{Sent, check_served, default_metrics, send_all};
 use platform_tests::{Platform, Service, free_local_addr, wait_until};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -158,20 +158,6 @@ fn ensure_same_view(
         if let Some((a, b)) = rows.iter().zip(theirs).find(|(a, b)| a != b) {
             anyhow::bail!("{step}: {metric} differs:\nBallista {a:?}\nlocal    {b:?}");
         }
-    }
-    Ok(())
-}
-
-async fn send_all(
-    platform: &Platform,
-    events: &[&Sent],
-    rng: &mut StdRng,
-    ends: &mut HashMap<i32, i64>,
-) -> Result<()> {
-    for event in events {
-        let partition = rng.random_range(0..PARTITIONS);
-        let payload: serde_json::Value = serde_json::from_slice(&event.payload())?;
-        platform.send_tracked(partition, &payload, ends).await?;
     }
     Ok(())
 }
