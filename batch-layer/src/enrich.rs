@@ -4,10 +4,8 @@
 //! `shared_schema::profiles::version_at`. The tests below check that the two agree.
 
 use crate::BatchError;
-use datafusion::datasource::MemTable;
-use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
-use shared_schema::profiles::{changelog_schema, temporal_join_sql};
-use std::sync::Arc;
+use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext, lit};
+use shared_schema::profiles::{UNKNOWN, changelog_schema, temporal_join_sql};
 
 const EVENTS_TABLE: &str = "events_for_join";
 const VERSIONS_TABLE: &str = "profile_versions";
@@ -19,20 +17,22 @@ pub async fn enrich(
     events: DataFrame,
     changelog_paths: &[String],
 ) -> Result<DataFrame, BatchError> {
-    ctx.register_table(EVENTS_TABLE, events.into_view())?;
-    let schema = changelog_schema();
     if changelog_paths.is_empty() {
-        let empty = MemTable::try_new(schema, vec![Vec::new()])?;
-        ctx.register_table(VERSIONS_TABLE, Arc::new(empty))?;
-    } else {
-        let versions = ctx
-            .read_parquet(
-                changelog_paths.to_vec(),
-                ParquetReadOptions::default().schema(&schema),
-            )
-            .await?;
-        ctx.register_table(VERSIONS_TABLE, versions.into_view())?;
+        // What the join gives an event without a version, without joining an empty table: a
+        // Ballista cluster receives plans as protobuf, which has no form for an in-memory table
+        // and drops the columns of an empty relation.
+        return Ok(events
+            .with_column("tier", lit(UNKNOWN))?
+            .with_column("signup_country", lit(UNKNOWN))?);
     }
+    ctx.register_table(EVENTS_TABLE, events.into_view())?;
+    let versions = ctx
+        .read_parquet(
+            changelog_paths.to_vec(),
+            ParquetReadOptions::default().schema(&changelog_schema()),
+        )
+        .await?;
+    ctx.register_table(VERSIONS_TABLE, versions.into_view())?;
     Ok(ctx
         .sql(&temporal_join_sql(EVENTS_TABLE, VERSIONS_TABLE))
         .await?)
@@ -43,11 +43,13 @@ mod tests {
     use super::*;
     use arrow::array::{Array, AsArray, Int64Array, RecordBatch, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::datasource::MemTable;
     use proptest::prelude::*;
     use shared_schema::profiles::{
         Profile, ProfileHistory, ProfileVersion, SourcedVersion, UNKNOWN, versions_to_batch,
     };
     use std::collections::BTreeMap;
+    use std::sync::Arc;
 
     /// What the SQL gives per event id: (tier, signup_country).
     fn joined(

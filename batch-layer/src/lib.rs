@@ -3,8 +3,10 @@
 //! with its cutover in one Postgres transaction (`run`, `schedule`). Its output is the source of
 //! truth for every bucket before the cutover.
 
+pub mod cluster;
 pub mod definitions;
 pub mod divergence;
+pub mod engine;
 pub mod enrich;
 pub mod incremental;
 pub mod lake;
@@ -37,6 +39,17 @@ pub enum BatchError {
     Arrow(#[from] arrow::error::ArrowError),
     #[error("DataFusion: {0}")]
     DataFusion(#[from] datafusion::error::DataFusionError),
+    /// `batch.engine` (`BATCH_ENGINE`) names no engine.
+    #[error("batch engine {0}")]
+    Engine(String),
+    /// A run's plans failed on the Ballista cluster, or could not reach it.
+    #[error("on the Ballista cluster at {engine}: {cause}")]
+    Distributed {
+        engine: String,
+        cause: Box<BatchError>,
+    },
+    #[error("Ballista: {0}")]
+    Ballista(#[from] ballista_core::error::BallistaError),
     #[error(transparent)]
     View(#[from] shared_schema::view::ViewError),
     #[error("cannot promote: {0}")]

@@ -1,10 +1,12 @@
 use anyhow::Context;
+use batch_layer::cluster;
 use batch_layer::definitions::SERVICE;
 use batch_layer::incremental::Request;
 use batch_layer::land::Lander;
 use batch_layer::recompute::{RunOptions, describe, run_once};
 use batch_layer::schedule::{parse_cron, run_on_schedule};
 use clap::{Parser, Subcommand};
+use shared_schema::config::PlatformConfig;
 use shared_schema::service::{self, Started};
 use shared_schema::telemetry;
 use shared_schema::time::{format_rfc3339, parse_rfc3339};
@@ -63,6 +65,39 @@ enum Command {
         #[arg(long)]
         cron: String,
     },
+    /// A Ballista scheduler for `BATCH_ENGINE=ballista://host:port`, knowing the platform's
+    /// functions. Needs no database. Runs until SIGTERM.
+    BallistaScheduler {
+        /// The address it listens on (gRPC).
+        #[arg(long, default_value = "127.0.0.1:50050")]
+        bind: std::net::SocketAddr,
+        /// The name others reach it by; default: the bound address.
+        #[arg(long)]
+        external_host: Option<String>,
+    },
+    /// A Ballista executor serving that scheduler, knowing the platform's functions. It reads
+    /// the lake at the paths the batch run sees. Needs no database. Runs until SIGTERM.
+    BallistaExecutor {
+        /// The scheduler's `host:port`.
+        #[arg(long, default_value = "127.0.0.1:50050")]
+        scheduler: String,
+        #[arg(long, default_value = "127.0.0.1")]
+        bind_host: String,
+        /// The name the batch run and other executors reach it by; default: `--bind-host`.
+        #[arg(long)]
+        external_host: Option<String>,
+        /// Arrow Flight port: results and shuffle data are fetched from it.
+        #[arg(long, default_value_t = 50051)]
+        flight_port: u16,
+        #[arg(long, default_value_t = 50052)]
+        grpc_port: u16,
+        /// Tasks run at once; default: the number of cores.
+        #[arg(long)]
+        vcores: Option<usize>,
+        /// Where shuffle files go; default: a temporary directory.
+        #[arg(long)]
+        work_dir: Option<String>,
+    },
 }
 
 fn parse_time(text: &str) -> Result<i64, String> {
@@ -72,6 +107,9 @@ fn parse_time(text: &str) -> Result<i64, String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(result) = run_cluster_process(&cli.command).await {
+        return result;
+    }
     let Started {
         config,
         catalog,
@@ -140,6 +178,69 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?;
         }
+        Command::BallistaScheduler { .. } | Command::BallistaExecutor { .. } => {}
     }
     Ok(())
+}
+
+/// The Ballista processes, which need the configuration but no database; `None` for the other
+/// commands.
+async fn run_cluster_process(command: &Command) -> Option<anyhow::Result<()>> {
+    let config = || -> anyhow::Result<PlatformConfig> {
+        let config = PlatformConfig::load().context("loading the configuration")?;
+        telemetry::init_tracing(config.log_format);
+        Ok(config)
+    };
+    let result = match command {
+        Command::BallistaScheduler {
+            bind,
+            external_host,
+        } => {
+            let run = async {
+                let config = config()?;
+                cluster::run_scheduler(
+                    config,
+                    *bind,
+                    external_host.clone(),
+                    telemetry::shutdown_signal(),
+                )
+                .await
+                .context("running the Ballista scheduler")
+            };
+            run.await
+        }
+        Command::BallistaExecutor {
+            scheduler,
+            bind_host,
+            external_host,
+            flight_port,
+            grpc_port,
+            vcores,
+            work_dir,
+        } => {
+            let run = async {
+                let config = config()?;
+                let (host, port) = scheduler
+                    .rsplit_once(':')
+                    .and_then(|(host, port)| Some((host.to_string(), port.parse().ok()?)))
+                    .with_context(|| format!("--scheduler `{scheduler}` is not host:port"))?;
+                let options = cluster::ExecutorOptions {
+                    scheduler_host: host,
+                    scheduler_port: port,
+                    bind_host: bind_host.clone(),
+                    external_host: external_host.clone(),
+                    flight_port: *flight_port,
+                    grpc_port: *grpc_port,
+                    vcores: *vcores,
+                    work_dir: work_dir.clone(),
+                };
+                cluster::run_executor(config, options, telemetry::shutdown_signal())
+                    .await
+                    .context("running the Ballista executor")
+            };
+            run.await
+        }
+        _ => return None,
+    };
+    Some(result)
 }

@@ -11,6 +11,7 @@
 //!    and T stay served; a run killed at any earlier step changes nothing that is served.
 
 use crate::BatchError;
+use crate::engine::Engine;
 use crate::incremental::{self, HourDigests, Scope};
 use crate::lake::lake_schema;
 use crate::sketch_udaf::hll_sketch;
@@ -20,11 +21,9 @@ use arrow::compute::cast;
 use arrow::datatypes::Decimal128Type;
 use arrow::datatypes::{DataType, Int64Type};
 use chrono::{DateTime, Utc};
-use datafusion::execution::memory_pool::FairSpillPool;
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::functions_aggregate::expr_fn::{count, max, min, sum};
 use datafusion::logical_expr::cast as cast_expr;
-use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionConfig, SessionContext, col, lit};
+use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext, col, lit};
 use indicatif::{ProgressBar, ProgressStyle};
 use shared_schema::config::PlatformConfig;
 use shared_schema::cutover::{LandedPartition, choose_cutover, lake_complete_until};
@@ -37,7 +36,6 @@ use shared_schema::view::{SUM_TYPE, VIEW_FILE, ViewRow, read_view, write_view};
 use sqlx::{Connection, PgConnection, PgPool};
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::Arc;
 use tracing::Instrument;
 
 /// Key of the advisory lock that serialises batch runs.
@@ -114,6 +112,7 @@ pub async fn run_once(
     let version = new_version_id();
     let span = tracing::info_span!("batch_run", run_id = %version);
     async {
+        let engine = Engine::from_config(config)?;
         let lock = RunLock::acquire(config).await?;
         let definitions = crate::definitions::check_for_run(pool, catalog, options.accept_definitions).await?;
         let started_at = Utc::now();
@@ -122,7 +121,7 @@ pub async fn run_once(
         let snapshot = read_snapshot(pool, &config.events_topic, &config.cdc.topic).await?;
         let complete_until = lake_complete_until(&snapshot.landed, catalog.max_allowed_lateness());
         let cutover = choose_cutover(options.cutover, complete_until, snapshot.current_cutover, catalog.cutover_alignment())?;
-        tracing::info!(cutover = %format_rfc3339(cutover), files = snapshot.files.len(), rows = snapshot.rows, "recomputing");
+        tracing::info!(cutover = %format_rfc3339(cutover), files = snapshot.files.len(), rows = snapshot.rows, %engine, "recomputing");
 
         let digests = snapshot.hour_digests();
         let changelog_digest = snapshot.changelog_digest();
@@ -161,14 +160,22 @@ pub async fn run_once(
                 .filter(|f| chunk.reads(f.hour))
                 .map(|f| config.lake_dir.join(&f.path).to_string_lossy().into_owned())
                 .collect();
-            let ctx = session_context(config)?;
+            let ctx = engine.context(config).await?;
             let changelog_paths: Vec<String> = snapshot
                 .changelog
                 .iter()
                 .map(|f| config.lake_dir.join(&f.path).to_string_lossy().into_owned())
                 .collect();
             let mut chunk_rows =
-                compute_enriched_view(&ctx, &lake_paths, &changelog_paths, catalog, cutover).await?;
+                compute_enriched_view(&ctx, &lake_paths, &changelog_paths, catalog, cutover)
+                    .await
+                    .map_err(|e| match &engine {
+                        Engine::Local => e,
+                        Engine::Ballista { .. } => BatchError::Distributed {
+                            engine: engine.to_string(),
+                            cause: Box::new(e),
+                        },
+                    })?;
             chunk_rows.retain(|r| chunk.recomputes(r.row.bucket_start));
             rows.append(&mut chunk_rows);
             progress.advance(chunk.recomputed_hours(&digests, cutover).len() as u64);
@@ -361,25 +368,10 @@ async fn read_promoted_rows(
         .collect())
 }
 
-/// A DataFusion context whose memory is capped by `batch.memory_limit_mb`, if set: sorts and
-/// aggregations past it spill to `batch.spill_dir` instead of failing.
+/// A local DataFusion context of the batch run's configuration (`engine::session_state`).
 pub fn session_context(config: &PlatformConfig) -> Result<SessionContext, BatchError> {
-    let mut runtime = RuntimeEnvBuilder::new();
-    let mut session = SessionConfig::new();
-    if let Some(mb) = config.batch.memory_limit_mb {
-        let bytes = usize::try_from(mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
-        // Fair shares, so one spilling operator cannot starve the others of the whole pool.
-        runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(bytes)));
-        // The merge phase of a spilled sort reserves this up front; the 10 MB default is more
-        // than a small limit holds.
-        session = session.with_sort_spill_reservation_bytes((bytes / 16).min(10 * 1024 * 1024));
-    }
-    if let Some(dir) = &config.batch.spill_dir {
-        runtime = runtime.with_temp_file_path(dir);
-    }
-    Ok(SessionContext::new_with_config_rt(
-        session,
-        runtime.build_arc()?,
+    Ok(SessionContext::new_with_state(
+        crate::engine::session_state(config)?,
     ))
 }
 

@@ -112,6 +112,12 @@ pub struct BatchConfig {
     /// cron) serves and pushes nothing: what it promoted is in Postgres, and the serving layer's
     /// `/metrics` exports the served version's age, rows and run time from there.
     pub metrics_addr: String,
+    /// Where a run's DataFusion plans execute: `local` (in the run's process), or
+    /// `ballista://host:port`, an Apache DataFusion Ballista scheduler (started with
+    /// `batch-layer ballista-scheduler`, its executors with `batch-layer ballista-executor`,
+    /// which share the lake's filesystem). The rows come back to the run, which writes and
+    /// promotes the view either way. Also set by `BATCH_ENGINE`.
+    pub engine: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -208,6 +214,7 @@ impl Default for PlatformConfig {
                 chunk_hours: 24,
                 divergence_alert_ratio: 0.01,
                 metrics_addr: "127.0.0.1:9103".into(),
+                engine: "local".into(),
             },
             serving: ServingConfig {
                 query_timeout: HumanDuration::from_millis(5 * SECOND_MS),
@@ -284,6 +291,12 @@ impl PlatformConfig {
                     .only(&["LOG_FORMAT"])
                     .map(|_| "log_format".into()),
             )
+            // The name the issue gave it.
+            .merge(
+                Env::raw()
+                    .only(&["BATCH_ENGINE"])
+                    .map(|_| "batch.engine".into()),
+            )
             .merge(Env::prefixed("PLATFORM_").ignore(&["CONFIG"]).split("__"))
     }
 
@@ -344,6 +357,17 @@ mod tests {
                 config.batch.keep_versions, 5,
                 "a default survives the layers"
             );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn batch_engine_is_local_unless_set() {
+        assert_eq!(PlatformConfig::default().batch.engine, "local");
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("BATCH_ENGINE", "ballista://scheduler:50050");
+            let config = PlatformConfig::load().map_err(|e| e.to_string())?;
+            assert_eq!(config.batch.engine, "ballista://scheduler:50050");
             Ok(())
         });
     }

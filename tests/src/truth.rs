@@ -7,7 +7,7 @@ use rand::Rng;
 use serde_json::json;
 use shared_schema::metrics::MetricCatalog;
 use shared_schema::time::{MINUTE_MS, Millis, bucket_start, format_rfc3339, parse_rfc3339};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// The names of the default catalogue's metrics (`config/metrics.toml`). [`truth`] panics for a
 /// metric it has no truth for, so a new default metric cannot go unchecked.
@@ -195,6 +195,22 @@ impl Sent {
 /// before the promoted cutover T must equal the truth over `batch_saw` (what the last batch run
 /// saw) and be served by the batch view; buckets from T on must equal the truth over `sent` and
 /// be served by the speed layer.
+/// Sends `events` to random partitions of the platform's topic, raising `ends` (see
+/// [`Platform::wait_caught_up`]).
+pub async fn send_all(
+    platform: &Platform,
+    events: &[&Sent],
+    rng: &mut impl Rng,
+    ends: &mut HashMap<i32, i64>,
+) -> Result<()> {
+    for event in events {
+        let partition = rng.random_range(0..platform.partitions);
+        let payload: serde_json::Value = serde_json::from_slice(&event.payload())?;
+        platform.send_tracked(partition, &payload, ends).await?;
+    }
+    Ok(())
+}
+
 pub async fn check_served(
     platform: &Platform,
     step: &str,

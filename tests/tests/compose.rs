@@ -9,7 +9,13 @@ use std::path::{Path, PathBuf};
 /// The contract's environment, which every platform service needs.
 const PLATFORM_VARIABLES: [&str; 4] = ["DATABASE_URL", "KAFKA_BROKERS", "EVENTS_TOPIC", "LAKE_DIR"];
 /// The services that read or write the lake.
-const LAKE_SERVICES: [&str; 3] = ["lander", "batch-scheduler", "serving-layer"];
+const LAKE_SERVICES: [&str; 5] = [
+    "lander",
+    "batch-scheduler",
+    "serving-layer",
+    "ballista-scheduler",
+    "ballista-executor",
+];
 /// The binaries the image must ship, with the package directory each one is built from.
 const BINARIES: [(&str, &str); 4] = [
     ("speed-layer", "speed-layer"),
@@ -449,6 +455,64 @@ fn platform_services_share_the_contract_configuration_and_commands() {
     assert!(
         published.iter().any(|p| p == port),
         "serving-layer listens on {port} but publishes {published:?}"
+    );
+}
+
+#[test]
+fn an_optional_ballista_cluster_serves_the_batch_runs() {
+    let doc = compose();
+    let profiles = |name: &str| -> Vec<String> {
+        service(&doc, name)
+            .get("profiles")
+            .and_then(Value::as_sequence)
+            .map(|p| p.iter().map(scalar_text).collect())
+            .unwrap_or_default()
+    };
+    for name in ["ballista-scheduler", "ballista-executor"] {
+        assert_eq!(
+            profiles(name),
+            ["ballista"],
+            "service `{name}` must be optional, in the profile `ballista`"
+        );
+    }
+    // Our subcommands, not Ballista's binaries, which lack the platform's functions.
+    let scheduler = command(&doc, "ballista-scheduler");
+    assert_eq!(scheduler[..2], ["batch-layer", "ballista-scheduler"]);
+    let flag = |args: &[String], name: &str| -> String {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+            .unwrap_or_else(|| panic!("{args:?} lacks {name}"))
+    };
+    let bind = flag(&scheduler, "--bind");
+    assert!(bind.starts_with("0.0.0.0:"), "the scheduler binds {bind}");
+    let port = bind.rsplit(':').next().unwrap_or_default();
+    let executor = command(&doc, "ballista-executor");
+    assert_eq!(executor[..2], ["batch-layer", "ballista-executor"]);
+    assert_eq!(
+        flag(&executor, "--scheduler"),
+        format!("ballista-scheduler:{port}"),
+        "the executor must serve the scheduler service"
+    );
+    assert_eq!(
+        flag(&executor, "--external-host"),
+        "ballista-executor",
+        "the batch run fetches results by the name the executor advertises"
+    );
+
+    // The batch runs stay local unless BATCH_ENGINE names that scheduler.
+    let engine = environment(&doc, "batch-scheduler")
+        .get("BATCH_ENGINE")
+        .cloned()
+        .expect("batch-scheduler must pass BATCH_ENGINE through");
+    assert_eq!(engine, "${BATCH_ENGINE:-local}");
+    let header = read_root_file("docker-compose.yml");
+    assert!(
+        header.contains(&format!(
+            "BATCH_ENGINE=ballista://ballista-scheduler:{port} docker compose --profile ballista up"
+        )),
+        "docker-compose.yml must say how to start the cluster and point the batch runs at it"
     );
 }
 

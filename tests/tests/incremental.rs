@@ -5,7 +5,7 @@
 
 use anyhow::{Result, ensure};
 use platform_tests::Platform;
-use platform_tests::truth::{Sent, check_served, default_metrics, group_by};
+use platform_tests::truth::{Sent, check_served, default_metrics, group_by, send_all};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use shared_schema::time::{Millis, format_rfc3339, now_millis};
@@ -19,20 +19,6 @@ async fn run(platform: &Platform, args: &[&str]) -> Result<String> {
     let (ok, output) = platform.run("batch-layer", args).await?;
     ensure!(ok, "batch-layer {args:?} failed:\n{output}");
     Ok(output)
-}
-
-async fn send_all(
-    platform: &Platform,
-    events: &[&Sent],
-    rng: &mut StdRng,
-    ends: &mut HashMap<i32, i64>,
-) -> Result<()> {
-    for event in events {
-        let partition = rng.random_range(0..PARTITIONS);
-        let payload: serde_json::Value = serde_json::from_slice(&event.payload())?;
-        platform.send_tracked(partition, &payload, ends).await?;
-    }
-    Ok(())
 }
 
 /// `text` without the terminal colour codes of the services' logs.
