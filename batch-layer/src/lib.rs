@@ -39,6 +39,8 @@ pub enum BatchError {
     DataFusion(#[from] datafusion::error::DataFusionError),
     #[error(transparent)]
     View(#[from] shared_schema::view::ViewError),
+    #[error(transparent)]
+    Storage(#[from] shared_schema::storage::StorageError),
     #[error("cannot promote: {0}")]
     Cutover(#[from] shared_schema::cutover::CutoverError),
     #[error("lake: {0}")]
