@@ -68,15 +68,38 @@ ensure_schemathesis() {
   if [ -x "$SCHEMATHESIS" ] && "$SCHEMATHESIS" --version >/dev/null 2>&1; then
     return 0
   fi
+  ensure_python_venv
+  log "installing schemathesis from PyPI into $venv"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q "schemathesis~=$SCHEMATHESIS_VERSION"
+}
+
+# ensure_moto: the S3-compatible server the object-store scenario (tests/tests/object_store.rs)
+# keeps its lake in, moto's server mode from PyPI, into .local/moto-venv; exports its executable
+# as E2E_MOTO_SERVER.
+MOTO_VERSION=5.1
+ensure_moto() {
+  local venv="$STATE/moto-venv"
+  E2E_MOTO_SERVER="$venv/bin/moto_server"
+  export E2E_MOTO_SERVER
+  if [ -x "$E2E_MOTO_SERVER" ] && "$venv/bin/python" -c 'import moto.server' 2>/dev/null; then
+    return 0
+  fi
+  ensure_python_venv
+  log "installing moto's S3 server from PyPI into $venv"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q "moto[server]~=$MOTO_VERSION"
+}
+
+# Python's venv module, from Debian's packages if missing.
+ensure_python_venv() {
   if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
     log "installing Python's venv from Debian's packages"
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
   fi
-  log "installing schemathesis from PyPI into $venv"
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q "schemathesis~=$SCHEMATHESIS_VERSION"
 }
 
 # Headless Chromium from Debian's packages, for the dashboard scenario; exports its path as

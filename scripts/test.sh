@@ -13,6 +13,7 @@ ensure_postgres
 ensure_wal2json
 ensure_tansu
 ensure_schemathesis
+ensure_moto # exports E2E_MOTO_SERVER for tests/tests/object_store.rs
 ensure_chromium # exports E2E_CHROMIUM for tests/tests/dashboard.rs
 start_postgres test-pg "$PG_PORT"
 start_tansu test-broker "$KAFKA_PORT" fresh

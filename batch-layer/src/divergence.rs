@@ -37,8 +37,9 @@ use shared_schema::cutover::{LandedPartition, lake_complete_until};
 use shared_schema::metrics::{MetricCatalog, MetricDef};
 use shared_schema::query::{BucketRow, Group, MergedPoint, SeriesQuery, finish_points, rows_in};
 use shared_schema::speed_state;
+use shared_schema::storage::Lake;
 use shared_schema::time::{Millis, bucket_ceil, bucket_start, format_rfc3339, to_datetime};
-use shared_schema::view::read_view;
+use shared_schema::view::read_lake_view;
 use sqlx::PgPool;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -228,8 +229,8 @@ async fn check(
         tracing::debug!("T did not move: no newly covered buckets to compare");
         return Ok(());
     }
-    let path = config.lake_dir.join(view_path);
-    let view = tokio::task::spawn_blocking(move || read_view(&path)).await??;
+    let lake = Lake::open(&config.lake_dir)?;
+    let view = read_lake_view(&lake, &view_path.to_string_lossy()).await?;
     let alignment = catalog.cutover_alignment();
     let stored: Vec<&str> = catalog.stored().map(|(_, m)| m.name.as_str()).collect();
 

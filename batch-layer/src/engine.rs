@@ -11,14 +11,16 @@
 use crate::BatchError;
 use crate::sketch_udaf::hll_sketch;
 use ballista::prelude::SessionContextExt;
-use datafusion::error::Result as DfResult;
+use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::registry::FunctionRegistry;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::session_state::SessionState;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use shared_schema::config::PlatformConfig;
+use shared_schema::storage::Lake;
 use std::fmt;
 use std::sync::Arc;
 
@@ -88,7 +90,8 @@ pub fn register_functions(registry: &mut dyn FunctionRegistry) -> DfResult<()> {
 }
 
 /// The runtime of every session: memory capped by `batch.memory_limit_mb`, if set, so sorts
-/// and aggregations past it spill to `batch.spill_dir` instead of failing. (A Ballista executor
+/// and aggregations past it spill to `batch.spill_dir` instead of failing, and the lake's
+/// object store. (A Ballista executor
 /// replaces the pool with its own, sized from the same limit.)
 pub fn runtime_env(config: &PlatformConfig) -> DfResult<Arc<RuntimeEnv>> {
     let mut runtime = RuntimeEnvBuilder::new();
@@ -99,7 +102,14 @@ pub fn runtime_env(config: &PlatformConfig) -> DfResult<Arc<RuntimeEnv>> {
     if let Some(dir) = &config.batch.spill_dir {
         runtime = runtime.with_temp_file_path(dir);
     }
-    runtime.build_arc()
+    let runtime = runtime.build_arc()?;
+    // An `s3://` lake's store, so that every session (the run's, the scheduler's and the
+    // executors') reads its locations; a local lake needs none.
+    let lake = Lake::open(&config.lake_dir).map_err(|e| DataFusionError::External(Box::new(e)))?;
+    if let Some((url, store)) = lake.object_store() {
+        runtime.register_object_store(ObjectStoreUrl::parse(url)?.as_ref(), store);
+    }
+    Ok(runtime)
 }
 
 pub fn memory_limit_bytes(config: &PlatformConfig) -> Option<usize> {

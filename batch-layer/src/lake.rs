@@ -12,8 +12,9 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use shared_schema::event::AMOUNT_SCALE;
 use shared_schema::kafka::SourcedEvent;
+use shared_schema::storage::write_file_atomically;
 use shared_schema::time::{Millis, to_datetime};
-use std::fs::File;
+use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -104,31 +105,24 @@ pub fn events_to_batch(events: &[&SourcedEvent]) -> Result<RecordBatch, arrow::e
     RecordBatch::try_new(lake_schema(), columns)
 }
 
-/// Writes `batch` to `final_path` atomically: a temporary file in the same directory, synced,
-/// then renamed, then the directory synced. A reader never sees a partial file.
+/// Writes `batch` to the local `final_path` atomically (see `write_file_atomically`).
 pub fn write_parquet_atomically(
     final_path: &Path,
     batch: &RecordBatch,
 ) -> Result<(), crate::BatchError> {
-    let dir = final_path.parent().ok_or_else(|| {
-        crate::BatchError::Lake(format!("{} has no parent", final_path.display()))
-    })?;
-    std::fs::create_dir_all(dir)?;
-    let tmp = final_path.with_extension("parquet.tmp");
+    write_file_atomically(final_path, |out| write_parquet(out, batch))
+}
+
+/// Writes `batch` as one Parquet file to `out`.
+pub fn write_parquet(
+    out: &mut (dyn Write + Send),
+    batch: &RecordBatch,
+) -> Result<(), crate::BatchError> {
     let properties = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .build();
-    let mut writer = ArrowWriter::try_new(File::create(&tmp)?, batch.schema(), Some(properties))?;
+    let mut writer = ArrowWriter::try_new(out, batch.schema(), Some(properties))?;
     writer.write(batch)?;
     writer.finish()?;
-    writer.inner().sync_all()?;
-    drop(writer);
-    std::fs::rename(&tmp, final_path)?;
-    sync_dir(dir)?;
     Ok(())
-}
-
-/// Makes a rename durable.
-pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
 }

@@ -7,11 +7,12 @@
 //! again from the stored offsets: nothing is lost and nothing lands twice.
 
 use crate::BatchError;
-use crate::lake::{LakePartition, events_to_batch, partition_of, write_parquet_atomically};
+use crate::lake::{LakePartition, events_to_batch, partition_of, write_parquet};
 use chrono::{DateTime, NaiveDate, Utc};
 use shared_schema::config::PlatformConfig;
 use shared_schema::kafka::{Batch, EventSource, SourcedEvent};
 use shared_schema::positions::{PositionTable, load_positions, store_positions};
+use shared_schema::storage::Lake;
 use shared_schema::time::to_datetime;
 use shared_schema::{observe, quarantine, retry};
 use sqlx::PgPool;
@@ -109,16 +110,16 @@ pub async fn write_files(
             .or_default()
             .push(sourced);
     }
+    let lake = Lake::open(&config.lake_dir)?;
     let mut files = Vec::with_capacity(by_partition.len());
     for (partition, events) in by_partition {
         let record_batch = events_to_batch(&events)?;
         let relative = format!("{}/part-{}.parquet", partition.dir(), uuid::Uuid::now_v7());
-        let path = config.lake_dir.join(&relative);
         let span = tracing::debug_span!("write_lake_file", path = %relative, rows = events.len());
-        tokio::task::spawn_blocking(move || {
-            span.in_scope(|| write_parquet_atomically(&path, &record_batch))
+        lake.publish(&relative, move |out| {
+            span.in_scope(|| write_parquet(out, &record_batch))
         })
-        .await??;
+        .await?;
         files.push(LakeFile {
             path: relative,
             partition,

@@ -5,11 +5,12 @@
 //! share its LSN, and the batch layer's join keeps one version per LSN.
 
 use crate::BatchError;
-use crate::lake::{partition_of, write_parquet_atomically};
+use crate::lake::{partition_of, write_parquet};
 use chrono::{DateTime, Utc};
 use shared_schema::changelog::{ChangelogBatch, ChangelogReader, store_positions};
 use shared_schema::config::PlatformConfig;
 use shared_schema::profiles::versions_to_batch;
+use shared_schema::storage::Lake;
 use shared_schema::time::to_datetime;
 use shared_schema::{quarantine, retry};
 use sqlx::PgPool;
@@ -69,8 +70,9 @@ async fn write_file(
     }
     let record_batch = versions_to_batch(&batch.versions)?;
     let path = format!("{CHANGELOG_DIR}/part-{}.parquet", uuid::Uuid::now_v7());
-    let full = config.lake_dir.join(&path);
-    tokio::task::spawn_blocking(move || write_parquet_atomically(&full, &record_batch)).await??;
+    Lake::open(&config.lake_dir)?
+        .publish(&path, move |out| write_parquet(out, &record_batch))
+        .await?;
     let times = batch.versions.iter().map(|v| v.version.valid_from);
     Ok(Some(ChangelogFile {
         path,

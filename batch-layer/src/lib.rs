@@ -52,6 +52,8 @@ pub enum BatchError {
     Ballista(#[from] ballista_core::error::BallistaError),
     #[error(transparent)]
     View(#[from] shared_schema::view::ViewError),
+    #[error(transparent)]
+    Storage(#[from] shared_schema::storage::StorageError),
     #[error("cannot promote: {0}")]
     Cutover(#[from] shared_schema::cutover::CutoverError),
     #[error("lake: {0}")]

@@ -6,7 +6,8 @@
 //!    the other (a killed run's lock dies with its connection);
 //! 2. one snapshot reads the manifest, the lander's progress and the promoted T;
 //! 3. T is chosen and checked against the lake's completeness before any work;
-//! 4. the view is written under a staging name and published by renaming its directory;
+//! 4. the view is published under a version-unique name: locally written under a staging name
+//!    and renamed, on S3 one PUT of a new key (`shared_schema::storage`);
 //! 5. one transaction records the version and moves T. Until it commits, the previous view
 //!    and T stay served; a run killed at any earlier step changes nothing that is served.
 
@@ -31,8 +32,9 @@ use shared_schema::hll::Hll;
 use shared_schema::metrics::{Aggregation, Dimension, ValueField};
 use shared_schema::metrics::{MetricCatalog, MetricDef, Partial, encode_dims};
 use shared_schema::query::BucketRow;
+use shared_schema::storage::Lake;
 use shared_schema::time::{Millis, format_rfc3339, to_datetime};
-use shared_schema::view::{SUM_TYPE, VIEW_FILE, ViewRow, read_view, write_view};
+use shared_schema::view::{SUM_TYPE, VIEW_FILE, VIEWS_DIR, ViewRow, read_lake_view, write_view_to};
 use sqlx::{Connection, PgConnection, PgPool};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -116,7 +118,8 @@ pub async fn run_once(
         let lock = RunLock::acquire(config).await?;
         let definitions = crate::definitions::check_for_run(pool, catalog, options.accept_definitions).await?;
         let started_at = Utc::now();
-        remove_staging(config);
+        let lake = Lake::open(&config.lake_dir)?;
+        remove_unpublished(pool, &lake).await;
 
         let snapshot = read_snapshot(pool, &config.events_topic, &config.cdc.topic).await?;
         let complete_until = lake_complete_until(&snapshot.landed, catalog.max_allowed_lateness());
@@ -158,13 +161,13 @@ pub async fn run_once(
                 .files
                 .iter()
                 .filter(|f| chunk.reads(f.hour))
-                .map(|f| config.lake_dir.join(&f.path).to_string_lossy().into_owned())
+                .map(|f| lake.location(&f.path))
                 .collect();
             let ctx = engine.context(config).await?;
             let changelog_paths: Vec<String> = snapshot
                 .changelog
                 .iter()
-                .map(|f| config.lake_dir.join(&f.path).to_string_lossy().into_owned())
+                .map(|f| lake.location(&f.path))
                 .collect();
             let mut chunk_rows =
                 compute_enriched_view(&ctx, &lake_paths, &changelog_paths, catalog, cutover)
@@ -184,7 +187,7 @@ pub async fn run_once(
         let reused_rows = reused.len();
         rows.append(&mut reused);
         let view_rows = rows.len();
-        let view_path = publish_view(config, &version, rows).await?;
+        let view_path = publish_view(&lake, &version, rows).await?;
         let record = VersionRecord {
             version: &version,
             cutover,
@@ -201,7 +204,7 @@ pub async fn run_once(
         // The speed state of [previous T, T) is kept for the retention grace: compare it now.
         let previous = snapshot.current_cutover;
         crate::divergence::after_promotion(pool, config, catalog, &version, previous, cutover, &view_path).await;
-        remove_old_versions(pool, config).await;
+        remove_old_versions(pool, config, &lake).await;
         lock.release().await?;
         Ok(RunOutcome {
             version: version.clone(),
@@ -240,22 +243,25 @@ impl RunLock {
     }
 }
 
-/// Removes what killed runs left under a staging name. Only called under the run lock, so no
-/// run is writing one.
-fn remove_staging(config: &PlatformConfig) {
-    let Ok(entries) = std::fs::read_dir(config.views_dir()) else {
-        return;
+/// Removes what killed runs left: staging directories, and view versions Postgres never listed
+/// (on S3 a run writes its view under its final name, unlisted until it promotes). Only called
+/// under the run lock, so no run is writing one. Best effort.
+async fn remove_unpublished(pool: &PgPool, lake: &Lake) {
+    let listed: Result<Vec<String>, sqlx::Error> =
+        sqlx::query_scalar("SELECT version FROM batch_versions")
+            .fetch_all(pool)
+            .await;
+    let dirs = lake.list_dirs(VIEWS_DIR).await;
+    let (listed, dirs) = match (listed, dirs) {
+        (Ok(listed), Ok(dirs)) => (listed, dirs),
+        (Err(e), _) => return tracing::warn!(error = %e, "could not list view versions"),
+        (_, Err(e)) => return tracing::warn!(error = %e, "could not list the views directory"),
     };
-    for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with(".staging-") {
-            match std::fs::remove_dir_all(entry.path()) {
-                Ok(()) => {
-                    tracing::info!(path = %entry.path().display(), "removed a killed run's staging output")
-                }
-                Err(e) => {
-                    tracing::warn!(path = %entry.path().display(), error = %e, "could not remove staging output")
-                }
-            }
+    for dir in dirs.into_iter().filter(|d| !listed.contains(d)) {
+        let path = format!("{VIEWS_DIR}/{dir}");
+        match lake.remove_dir(&path).await {
+            Ok(()) => tracing::info!(path, "removed a killed run's unpublished view"),
+            Err(e) => tracing::warn!(path, error = %e, "could not remove an unpublished view"),
         }
     }
 }
@@ -354,8 +360,7 @@ async fn read_promoted_rows(
     scope: &Scope,
     cutover: Millis,
 ) -> Result<Vec<ViewRow>, BatchError> {
-    let path = config.lake_dir.join(view_path);
-    let by_metric = tokio::task::spawn_blocking(move || read_view(&path)).await??;
+    let by_metric = read_lake_view(&Lake::open(&config.lake_dir)?, view_path).await?;
     Ok(by_metric
         .into_iter()
         .flat_map(|(metric, rows)| {
@@ -613,25 +618,19 @@ fn append_rows(
     Ok(())
 }
 
-/// Writes the view under a staging directory and publishes it by renaming the directory.
-/// Returns the view file's path relative to `LAKE_DIR`.
+/// Publishes the view as `views/<version>/view.parquet`. Returns that path, relative to
+/// `LAKE_DIR`.
 async fn publish_view(
-    config: &PlatformConfig,
+    lake: &Lake,
     version: &str,
     rows: Vec<ViewRow>,
 ) -> Result<PathBuf, BatchError> {
-    let views = config.views_dir();
-    let staging = views.join(format!(".staging-{version}"));
-    let published = views.join(version);
-    let version_dir = version.to_string();
-    tokio::task::spawn_blocking(move || -> Result<PathBuf, BatchError> {
-        std::fs::create_dir_all(&staging)?;
-        write_view(&staging.join(VIEW_FILE), &rows)?;
-        std::fs::rename(&staging, &published)?;
-        crate::lake::sync_dir(&views)?;
-        Ok(PathBuf::from("views").join(&version_dir).join(VIEW_FILE))
+    let dir = format!("{VIEWS_DIR}/{version}");
+    lake.publish_in_new_dir(&dir, VIEW_FILE, move |out| -> Result<(), BatchError> {
+        Ok(write_view_to(out, &rows)?)
     })
-    .await?
+    .await?;
+    Ok(PathBuf::from(dir).join(VIEW_FILE))
 }
 
 /// What `promote` records of a finished view.
@@ -717,7 +716,7 @@ async fn promote(
 
 /// Deletes the files of promoted versions beyond the newest `keep_versions`. Best effort: a
 /// failure here never fails the run that already promoted.
-async fn remove_old_versions(pool: &PgPool, config: &PlatformConfig) {
+async fn remove_old_versions(pool: &PgPool, config: &PlatformConfig, lake: &Lake) {
     let old: Result<Vec<String>, sqlx::Error> = sqlx::query_scalar(
         "SELECT version FROM batch_versions
          WHERE version NOT IN (SELECT version FROM serving_state WHERE version IS NOT NULL)
@@ -729,10 +728,7 @@ async fn remove_old_versions(pool: &PgPool, config: &PlatformConfig) {
     match old {
         Ok(old) => {
             for version in old {
-                let dir = config.views_dir().join(&version);
-                if dir.exists()
-                    && let Err(e) = std::fs::remove_dir_all(&dir)
-                {
+                if let Err(e) = lake.remove_dir(&format!("{VIEWS_DIR}/{version}")).await {
                     tracing::warn!(version, error = %e, "could not remove an old view version");
                 }
             }

@@ -83,7 +83,8 @@ async fn serve(
     let Some((cutover, view_path)) = row else {
         return Err(BatchError::Versions(format!("no view version `{version}`")));
     };
-    if !config.lake_dir.join(&view_path).exists() {
+    let lake = shared_schema::storage::Lake::open(&config.lake_dir)?;
+    if !lake.exists(&view_path).await? {
         return Err(BatchError::Versions(format!(
             "the view of `{version}` is gone from {}",
             config.lake_dir.display()

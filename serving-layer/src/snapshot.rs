@@ -8,8 +8,9 @@ use chrono::{DateTime, Utc};
 use shared_schema::observe;
 use shared_schema::query::BucketRow;
 use shared_schema::speed_state::{self, SpeedStateError};
+use shared_schema::storage::Lake;
 use shared_schema::time::{Millis, to_datetime};
-use shared_schema::view::{ViewError, read_view};
+use shared_schema::view::{ViewError, read_lake_view};
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -226,8 +227,8 @@ impl ViewCache {
         if let Some(view) = self.lookup(version) {
             return Ok(view);
         }
-        let path = self.lake_dir.join(relative_path);
-        let view: View = Arc::new(tokio::task::spawn_blocking(move || read_view(&path)).await??);
+        let lake = Lake::open(&self.lake_dir).map_err(ViewError::from)?;
+        let view: View = Arc::new(read_lake_view(&lake, relative_path).await?);
         let mut entries = self
             .entries
             .lock()

@@ -20,7 +20,9 @@ pub struct PlatformConfig {
     pub kafka_brokers: String,
     /// The raw event topic.
     pub events_topic: String,
-    /// Root of the raw Parquet lake (`events/`) and the batch views (`views/`).
+    /// Root of the raw Parquet lake (`events/`) and the batch views (`views/`): a directory, or
+    /// `s3://bucket/prefix` with credentials, region and endpoint from the standard `AWS_*`
+    /// variables (see `storage::Lake`).
     pub lake_dir: PathBuf,
     /// The serving layer's HTTP address.
     pub listen_addr: String,

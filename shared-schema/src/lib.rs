@@ -23,6 +23,7 @@ pub mod retry;
 pub mod service;
 pub mod sessions;
 pub mod speed_state;
+pub mod storage;
 pub mod telemetry;
 pub mod time;
 pub mod view;

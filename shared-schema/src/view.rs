@@ -8,6 +8,7 @@
 use crate::hll::{Hll, SketchError};
 use crate::metrics::Partial;
 use crate::query::BucketRow;
+use crate::storage::{Lake, StorageError};
 use arrow::array::{
     Array, ArrayRef, AsArray, BinaryArray, Decimal128Array, Int64Array, RecordBatch, StringArray,
     TimestampMillisecondArray,
@@ -21,12 +22,16 @@ use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use parquet::file::reader::ChunkReader;
 use std::collections::HashMap;
 use std::fs::File;
+use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
 pub const VIEW_FILE: &str = "view.parquet";
+/// Where view versions go under `LAKE_DIR`, one directory (or key prefix) each.
+pub const VIEWS_DIR: &str = "views";
 /// Sums are stored unscaled in micro-units: `Decimal128(38, 6)`.
 pub const SUM_TYPE: DataType = DataType::Decimal128(38, 6);
 
@@ -42,6 +47,8 @@ pub enum ViewError {
     Sketch(#[from] SketchError),
     #[error("view file has an unexpected column layout: {0}")]
     Layout(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }
 
 pub fn view_schema() -> SchemaRef {
@@ -71,6 +78,14 @@ pub struct ViewRow {
 /// Writes `rows` to `path` and syncs it (not atomically: the caller publishes by renaming the
 /// directory it is in).
 pub fn write_view(path: &Path, rows: &[ViewRow]) -> Result<(), ViewError> {
+    let mut file = File::create(path)?;
+    write_view_to(&mut file, rows)?;
+    file.sync_all()?;
+    Ok(())
+}
+
+/// Writes `rows` as a view file to `out`.
+pub fn write_view_to<W: Write + Send>(out: W, rows: &[ViewRow]) -> Result<(), ViewError> {
     let schema = view_schema();
     // Written in the order `read_view` returns, so reading back needs no sort.
     let mut order: Vec<&ViewRow> = rows.iter().collect();
@@ -111,18 +126,46 @@ pub fn write_view(path: &Path, rows: &[ViewRow]) -> Result<(), ViewError> {
     let properties = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .build();
-    let file = File::create(path)?;
-    let mut writer = ArrowWriter::try_new(file, schema, Some(properties))?;
+    let mut writer = ArrowWriter::try_new(out, schema, Some(properties))?;
     writer.write(&batch)?;
     writer.finish()?;
-    writer.inner().sync_all()?;
     Ok(())
 }
 
+/// Rows grouped by metric, sorted by bucket.
+pub type ViewRows = HashMap<String, Vec<BucketRow>>;
+
+/// Reads the view file `relative` of `lake`.
+pub async fn read_lake_view(lake: &Lake, relative: &str) -> Result<ViewRows, ViewError> {
+    match lake {
+        Lake::Local(dir) => {
+            let path = dir.join(relative);
+            run_blocking(move || read_view(&path)).await
+        }
+        Lake::S3 { .. } => {
+            let bytes = lake.read(relative).await?;
+            run_blocking(move || read_view_from(bytes)).await
+        }
+    }
+}
+
+async fn run_blocking(
+    read: impl FnOnce() -> Result<ViewRows, ViewError> + Send + 'static,
+) -> Result<ViewRows, ViewError> {
+    tokio::task::spawn_blocking(read)
+        .await
+        .map_err(StorageError::from)?
+}
+
 /// Reads a view into rows grouped by metric and sorted by bucket.
-pub fn read_view(path: &Path) -> Result<HashMap<String, Vec<BucketRow>>, ViewError> {
-    let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path)?)?.build()?;
-    let mut by_metric: HashMap<String, Vec<BucketRow>> = HashMap::new();
+pub fn read_view(path: &Path) -> Result<ViewRows, ViewError> {
+    read_view_from(File::open(path)?)
+}
+
+/// Reads a view from any Parquet source (a file, bytes fetched from an object store).
+pub fn read_view_from<R: ChunkReader + 'static>(source: R) -> Result<ViewRows, ViewError> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(source)?.build()?;
+    let mut by_metric: ViewRows = HashMap::new();
     for batch in reader {
         let batch = batch?;
         let column = |name: &str, data_type: &DataType| -> Result<ArrayRef, ViewError> {

@@ -324,3 +324,53 @@ pub async fn check_served(
     }
     Ok(())
 }
+
+/// What a scenario sent, by id, and what its last promoted batch run saw: the two sides of
+/// [`check_served`].
+#[derive(Debug, Default)]
+pub struct Ledger {
+    pub sent: BTreeMap<String, Sent>,
+    pub batch_saw: BTreeMap<String, Sent>,
+    /// The next offset after the last message sent, per partition.
+    pub ends: HashMap<i32, i64>,
+}
+
+impl Ledger {
+    /// Sends each of `events` to a random one of `partitions`, a `duplicates` share of them
+    /// twice (a copy changes no answer), and waits for both layers to have read them.
+    pub async fn send(
+        &mut self,
+        platform: &Platform,
+        events: &[Sent],
+        rng: &mut impl Rng,
+        duplicates: f64,
+    ) -> Result<()> {
+        for e in events {
+            let copies = if rng.random_bool(duplicates) { 2 } else { 1 };
+            for _ in 0..copies {
+                let partition = rng.random_range(0..platform.partitions);
+                let offset = platform.send(partition, &e.payload()).await?;
+                let end = self.ends.entry(partition).or_default();
+                *end = (*end).max(offset + 1);
+            }
+            self.sent.entry(e.id.clone()).or_insert_with(|| e.clone());
+        }
+        platform.wait_both_caught_up(&self.ends).await
+    }
+
+    /// A batch run promoted after everything sent so far had landed.
+    pub fn promoted(&mut self) {
+        self.batch_saw = self.sent.clone();
+    }
+
+    /// [`check_served`] over `metrics` in `range`.
+    pub async fn check(
+        &self,
+        platform: &Platform,
+        step: &str,
+        metrics: &[&str],
+        range: (Millis, Millis),
+    ) -> Result<()> {
+        check_served(platform, step, metrics, range, &self.sent, &self.batch_saw).await
+    }
+}

@@ -8,12 +8,11 @@
 
 use anyhow::{Context, Result, ensure};
 use platform_tests::Platform;
-use platform_tests::truth::{Sent, check_served};
+use platform_tests::truth::{Ledger, Sent};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use shared_schema::metrics::DEFAULT_METRICS;
 use shared_schema::time::{MINUTE_MS, Millis, bucket_start, format_rfc3339, now_millis};
-use std::collections::{BTreeMap, HashMap};
 
 const PARTITIONS: i32 = 3;
 
@@ -58,36 +57,19 @@ const METRICS: [&str; 11] = [
 struct Run {
     platform: Platform,
     base: Millis,
-    sent: BTreeMap<String, Sent>,
-    batch_saw: BTreeMap<String, Sent>,
-    ends: HashMap<i32, i64>,
+    ledger: Ledger,
 }
 
 impl Run {
     async fn send(&mut self, events: &[Sent], rng: &mut StdRng) -> Result<()> {
-        for e in events {
-            let copies = if rng.random_bool(0.15) { 2 } else { 1 };
-            for _ in 0..copies {
-                let partition = rng.random_range(0..PARTITIONS);
-                let offset = self.platform.send(partition, &e.payload()).await?;
-                let end = self.ends.entry(partition).or_default();
-                *end = (*end).max(offset + 1);
-            }
-            self.sent.entry(e.id.clone()).or_insert_with(|| e.clone());
-        }
-        self.platform.wait_both_caught_up(&self.ends).await
+        self.ledger.send(&self.platform, events, rng, 0.15).await
     }
 
     async fn check(&self, step: &str) -> Result<()> {
-        check_served(
-            &self.platform,
-            step,
-            &METRICS,
-            (self.base - 60 * MINUTE_MS, self.base + 30 * MINUTE_MS),
-            &self.sent,
-            &self.batch_saw,
-        )
-        .await
+        let range = (self.base - 60 * MINUTE_MS, self.base + 30 * MINUTE_MS);
+        self.ledger
+            .check(&self.platform, step, &METRICS, range)
+            .await
     }
 }
 
@@ -104,9 +86,7 @@ async fn every_metric_kind_through_a_promotion() -> Result<()> {
     let mut run = Run {
         platform,
         base,
-        sent: BTreeMap::new(),
-        batch_saw: BTreeMap::new(),
-        ends: HashMap::new(),
+        ledger: Ledger::default(),
     };
     let _speed = run.platform.spawn("speed-layer", &["run"])?;
     let _lander = run.platform.spawn("batch-layer", &["land"])?;
@@ -166,7 +146,7 @@ async fn every_metric_kind_through_a_promotion() -> Result<()> {
         .run("batch-layer", &["run", "--cutover", &format_rfc3339(t)])
         .await?;
     ensure!(ok, "batch run failed:\n{output}");
-    run.batch_saw = run.sent.clone();
+    run.ledger.promoted();
     run.check("after the promotion").await?;
 
     let mut late: Vec<Sent> = (0..60)
@@ -181,7 +161,7 @@ async fn every_metric_kind_through_a_promotion() -> Result<()> {
 
     let (ok, output) = run.platform.run("batch-layer", &["run"]).await?;
     ensure!(ok, "second batch run failed:\n{output}");
-    run.batch_saw = run.sent.clone();
+    run.ledger.promoted();
     run.check("after the next run").await?;
     Ok(())
 }

@@ -215,6 +215,19 @@ fn url_host(url: &str) -> String {
     host_port.split(':').next().unwrap_or_default().to_string()
 }
 
+/// What Compose makes of `value` when no variable it names is set: `${X:-default}` and
+/// `${X-default}` become `default`.
+fn unset_value(value: &str) -> String {
+    match value
+        .strip_prefix("${")
+        .and_then(|v| v.strip_suffix('}'))
+        .and_then(|v| v.split_once('-'))
+    {
+        Some((_, default)) => default.trim_start_matches('-').to_string(),
+        None => value.to_string(),
+    }
+}
+
 fn depends_on(doc: &Value, name: &str) -> BTreeMap<String, Option<String>> {
     match service(doc, name).get("depends_on") {
         None => BTreeMap::new(),
@@ -530,6 +543,7 @@ fn lake_services_share_one_declared_volume() {
         let env = environment(&doc, name);
         let lake_dir = env
             .get("LAKE_DIR")
+            .map(|v| unset_value(v))
             .unwrap_or_else(|| panic!("service `{name}` lacks LAKE_DIR"));
         let mount = mounts(&doc, name)
             .into_iter()
@@ -918,4 +932,100 @@ fn prometheus_scrapes_every_exporter_and_grafana_provisions_the_dashboard() {
         .filter(|n| !shown.contains(n))
         .collect();
     assert!(missing.is_empty(), "no dashboard panel shows {missing:?}");
+}
+
+/// The bucket the `s3` profile creates in MinIO.
+const MINIO_BUCKET: &str = "lake";
+
+#[test]
+fn minio_offers_an_s3_lake() {
+    let doc = compose();
+    let profiles = |name: &str| -> Vec<String> {
+        service(&doc, name)
+            .get("profiles")
+            .and_then(Value::as_sequence)
+            .map(|p| p.iter().map(scalar_text).collect())
+            .unwrap_or_default()
+    };
+    for name in ["minio", "minio-init"] {
+        assert_eq!(
+            profiles(name),
+            ["s3"],
+            "`{name}` runs only with `--profile s3`, so the default stack stays on the volume"
+        );
+    }
+    let minio = environment(&doc, "minio");
+    assert!(
+        service(&doc, "minio").get("healthcheck").is_some(),
+        "minio needs a healthcheck for minio-init to wait on"
+    );
+    assert_eq!(
+        depends_on(&doc, "minio-init")
+            .get("minio")
+            .cloned()
+            .flatten()
+            .as_deref(),
+        Some("service_healthy"),
+        "minio-init must wait for minio to be healthy"
+    );
+    let init = command(&doc, "minio-init").join(" ");
+    assert!(
+        init.contains(&format!("mc mb --ignore-existing minio/{MINIO_BUCKET}")),
+        "minio-init must create the bucket `{MINIO_BUCKET}`, its command is `{init}`"
+    );
+    assert!(
+        read_root_file("docker-compose.yml").contains(&format!("LAKE_DIR=s3://{MINIO_BUCKET}/")),
+        "docker-compose.yml must document how to point LAKE_DIR at the bucket"
+    );
+
+    for name in LAKE_SERVICES {
+        let env = environment(&doc, name);
+        let endpoint = env
+            .get("AWS_ENDPOINT")
+            .unwrap_or_else(|| panic!("service `{name}` lacks AWS_ENDPOINT"));
+        assert_eq!(
+            url_host(endpoint),
+            "minio",
+            "service `{name}`: AWS_ENDPOINT `{endpoint}`"
+        );
+        assert!(
+            endpoint.starts_with("https://")
+                || env.get("AWS_ALLOW_HTTP").map(String::as_str) == Some("true"),
+            "service `{name}`: a plain-HTTP endpoint needs AWS_ALLOW_HTTP=true"
+        );
+        assert_eq!(
+            env.get("AWS_ACCESS_KEY_ID"),
+            minio.get("MINIO_ROOT_USER"),
+            "service `{name}`: the access key is MinIO's user"
+        );
+        assert_eq!(
+            env.get("AWS_SECRET_ACCESS_KEY"),
+            minio.get("MINIO_ROOT_PASSWORD"),
+            "service `{name}`: the secret is MinIO's password"
+        );
+        assert!(
+            env.contains_key("AWS_REGION"),
+            "service `{name}` lacks AWS_REGION"
+        );
+        assert!(
+            env["LAKE_DIR"].starts_with("${LAKE_DIR"),
+            "service `{name}`: LAKE_DIR must be settable from the shell, is `{}`",
+            env["LAKE_DIR"]
+        );
+        // Optional, so the default stack starts without the `s3` profile.
+        let wait = service(&doc, name)
+            .get("depends_on")
+            .and_then(|d| d.get("minio-init"))
+            .unwrap_or_else(|| panic!("service `{name}` must wait for minio-init"));
+        assert_eq!(
+            wait.get("condition").and_then(Value::as_str),
+            Some("service_completed_successfully"),
+            "service `{name}` must wait for the bucket"
+        );
+        assert_eq!(
+            wait.get("required").and_then(Value::as_bool),
+            Some(false),
+            "service `{name}`: minio-init must be optional"
+        );
+    }
 }
