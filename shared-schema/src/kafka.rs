@@ -17,7 +17,7 @@ use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -117,6 +117,27 @@ struct GroupAssigner {
     topic: String,
     runtime: tokio::runtime::Handle,
     changes: Mutex<Vec<AssignmentChange>>,
+}
+
+/// What a group member needs to join the group again as a new member.
+struct GroupRecipe {
+    config: ClientConfig,
+    pool: sqlx::PgPool,
+    table: PositionTable,
+}
+
+impl GroupRecipe {
+    /// A consumer of the group, not yet subscribed.
+    fn consumer(&self, topic: &str) -> Result<StreamConsumer<SourceContext>, KafkaError> {
+        self.config
+            .create_with_context(SourceContext::new(Some(GroupAssigner {
+                pool: self.pool.clone(),
+                table: self.table,
+                topic: topic.to_string(),
+                runtime: tokio::runtime::Handle::current(),
+                changes: Mutex::new(Vec::new()),
+            })))
+    }
 }
 
 enum AssignmentChange {
@@ -226,9 +247,13 @@ pub struct EventSource {
     batch_in_flight: bool,
     /// Without a group: the positions stored at connect, where a partition found later starts.
     stored: BTreeMap<i32, PartitionPosition>,
-    /// Without a group: how often the topic's partitions are listed again, and when they last were.
+    /// The topic's partitions as last listed; how often they are listed again, and when they
+    /// last were.
+    known_partitions: BTreeSet<i32>,
     metadata_refresh: Duration,
     last_discovery: Instant,
+    /// In a group: how to join it again.
+    group: Option<GroupRecipe>,
 }
 
 /// Where a consumer starts reading a partition: its stored position, or the partition's
@@ -268,8 +293,10 @@ impl EventSource {
             max_skew_ms,
             batch_in_flight: false,
             stored: stored.clone(),
+            known_partitions: partitions.iter().copied().collect(),
             metadata_refresh,
             last_discovery: Instant::now(),
+            group: None,
         };
         source.assign_new(&partitions)?;
         tracing::info!(topic, partitions = ?source.positions.keys().collect::<Vec<_>>(), "assigned");
@@ -297,28 +324,43 @@ impl EventSource {
         Ok(new)
     }
 
-    /// Without a group, lists the topic's partitions once `metadata_refresh` has passed since
-    /// the last look and assigns the new ones; returns them. (A group member leaves this to
-    /// librdkafka, whose metadata refresh makes the group rebalance.) A failed look is retried
-    /// at the next refresh.
+    /// Lists the topic's partitions once `metadata_refresh` has passed since the last look.
+    /// Without a group, assigns the new ones and returns them. In a group, leaves it and joins
+    /// again as a new member: librdkafka's group leader rejoins by itself on a partition count
+    /// change, but a coordinator may hand a leader that rejoins unchanged its old assignment
+    /// back (tansu 0.6 does; Apache Kafka rebalances), while a member leaving and a new one
+    /// joining make every coordinator rebalance. A failed look is retried at the next refresh.
     fn discover_partitions(&mut self) -> Result<Vec<i32>, SourceError> {
-        if self.consumer.context().group.is_some()
-            || self.last_discovery.elapsed() < self.metadata_refresh
-        {
+        if self.last_discovery.elapsed() < self.metadata_refresh {
             return Ok(Vec::new());
         }
         self.last_discovery = Instant::now();
-        let partitions = match partitions_of(&self.consumer, &self.topic) {
+        let listed = match partitions_of(&self.consumer, &self.topic) {
             Ok(partitions) => partitions,
             Err(e) => {
                 tracing::warn!(topic = %self.topic, error = %e, "could not list the topic's partitions; will look again");
                 return Ok(Vec::new());
             }
         };
-        let new = self.assign_new(&partitions)?;
-        if !new.is_empty() {
-            tracing::info!(topic = %self.topic, partitions = ?new, "partitions added to the topic; assigned");
+        let added: Vec<i32> = listed
+            .into_iter()
+            .filter(|p| self.known_partitions.insert(*p))
+            .collect();
+        if added.is_empty() {
+            return Ok(added);
         }
+        if let Some(recipe) = &self.group {
+            tracing::info!(topic = %self.topic, partitions = ?added, "partitions added to the topic; joining the group again");
+            let old = std::mem::replace(&mut self.consumer, recipe.consumer(&self.topic)?);
+            // Closing leaves the group at once: the group need not wait out the old session.
+            tokio::task::block_in_place(|| drop(old));
+            // What the old member held, the group assigns again.
+            self.positions.clear();
+            self.consumer.subscribe(&[&self.topic])?;
+            return Ok(Vec::new());
+        }
+        let new = self.assign_new(&added)?;
+        tracing::info!(topic = %self.topic, partitions = ?new, "partitions added to the topic; assigned");
         Ok(new)
     }
 
@@ -336,21 +378,18 @@ impl EventSource {
         max_skew_ms: Millis,
         metadata_refresh: Duration,
     ) -> Result<Self, SourceError> {
-        let context = SourceContext::new(Some(GroupAssigner {
+        let mut config = consumer_config(brokers, group_id, metadata_refresh);
+        config.set(
+            "session.timeout.ms",
+            session_timeout.as_millis().to_string(),
+        );
+        let recipe = GroupRecipe {
+            config,
             pool,
             table,
-            topic: topic.to_string(),
-            runtime: tokio::runtime::Handle::current(),
-            changes: Mutex::new(Vec::new()),
-        }));
-        let consumer: StreamConsumer<SourceContext> =
-            consumer_config(brokers, group_id, metadata_refresh)
-                .set(
-                    "session.timeout.ms",
-                    session_timeout.as_millis().to_string(),
-                )
-                .create_with_context(context)?;
-        wait_for_partitions(&consumer, topic).await?;
+        };
+        let consumer = recipe.consumer(topic)?;
+        let partitions = wait_for_partitions(&consumer, topic).await?;
         consumer.subscribe(&[topic])?;
         tracing::info!(topic, group_id, "joined the consumer group");
         Ok(EventSource {
@@ -360,8 +399,10 @@ impl EventSource {
             max_skew_ms,
             batch_in_flight: false,
             stored: BTreeMap::new(),
+            known_partitions: partitions.into_iter().collect(),
             metadata_refresh,
             last_discovery: Instant::now(),
+            group: Some(recipe),
         })
     }
 
