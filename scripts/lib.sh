@@ -188,6 +188,37 @@ start_tansu() {
   wait_for_port "$port" "the broker"
 }
 
+# The partition-growth scenario edits the broker's sqlite:// store (grow_tansu_topic).
+ensure_sqlite3() {
+  if ! command -v sqlite3 >/dev/null 2>&1; then
+    log "installing sqlite3 from Debian's packages"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sqlite3 >/dev/null
+  fi
+}
+
+# grow_tansu_topic NAME TOPIC PARTITIONS: gives TOPIC, on the running broker NAME of
+# start_tansu (sqlite:// storage), PARTITIONS partitions. tansu 0.6 does not implement
+# CreatePartitions, so this writes what its CreateTopics writes for each partition (a topition
+# and a watermark row) and the new count; the broker reads topics from its store on every
+# metadata request, so clients see the growth as they would after CreatePartitions.
+grow_tansu_topic() {
+  local name=$1 topic=$2 partitions=$3
+  case "$topic$partitions" in *[!A-Za-z0-9_.-]*) echo "grow_tansu_topic: bad arguments" >&2; return 1 ;; esac
+  sqlite3 -cmd ".timeout 10000" "$STATE/$name/log.db" <<SQL
+BEGIN IMMEDIATE;
+WITH RECURSIVE n(p) AS (SELECT 0 UNION ALL SELECT p + 1 FROM n WHERE p + 1 < $partitions)
+INSERT INTO topition (topic, partition)
+  SELECT t.id, n.p FROM topic t, n WHERE t.name = '$topic'
+  AND NOT EXISTS (SELECT 1 FROM topition x WHERE x.topic = t.id AND x.partition = n.p);
+INSERT INTO watermark (topition)
+  SELECT tp.id FROM topition tp JOIN topic t ON tp.topic = t.id WHERE t.name = '$topic'
+  AND NOT EXISTS (SELECT 1 FROM watermark w WHERE w.topition = tp.id);
+UPDATE topic SET partitions = $partitions WHERE name = '$topic' AND partitions < $partitions;
+COMMIT;
+SQL
+}
+
 stop_tansu() {
   local name=$1 pid
   if [ -f "$STATE/$name/broker.pid" ]; then

@@ -12,6 +12,7 @@ KAFKA_PORT=${E2E_KAFKA_PORT:-19092}
 ensure_postgres
 ensure_wal2json
 ensure_tansu
+ensure_sqlite3
 ensure_schemathesis
 ensure_moto # exports E2E_MOTO_SERVER for tests/tests/object_store.rs
 ensure_chromium # exports E2E_CHROMIUM for tests/tests/dashboard.rs

@@ -63,6 +63,7 @@ impl Lander {
             &topic,
             &stored,
             self.config.max_event_skew.millis(),
+            self.config.kafka_metadata_refresh.as_std(),
         )
         .await?;
         observe::consumer().start(CONSUMER_NAME);

@@ -27,6 +27,7 @@ use datafusion::logical_expr::cast as cast_expr;
 use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext, col, lit};
 use indicatif::{ProgressBar, ProgressStyle};
 use shared_schema::config::PlatformConfig;
+use shared_schema::cutover::with_unrecorded_partitions;
 use shared_schema::cutover::{LandedPartition, choose_cutover, lake_complete_until};
 use shared_schema::hll::Hll;
 use shared_schema::metrics::{Aggregation, Dimension, ValueField};
@@ -105,6 +106,27 @@ impl LakeSnapshot {
     }
 }
 
+/// How far the lake is complete, over every partition the topic has now: one added since the
+/// lander last looked holds T back. With the broker away the partitions are unknown, and so is
+/// completeness: T stays where it is.
+async fn lake_complete_until_now(
+    config: &PlatformConfig,
+    landed: &[LandedPartition],
+    allowed_lateness: Millis,
+) -> Option<Millis> {
+    match shared_schema::kafka::topic_partitions(&config.kafka_brokers, &config.events_topic).await
+    {
+        Ok(partitions) => lake_complete_until(
+            &with_unrecorded_partitions(landed.to_vec(), &partitions),
+            allowed_lateness,
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not list the topic's partitions, so how far the lake is complete is unknown; T stays where it is");
+            None
+        }
+    }
+}
+
 pub async fn run_once(
     pool: &PgPool,
     config: &PlatformConfig,
@@ -122,7 +144,7 @@ pub async fn run_once(
         remove_unpublished(pool, &lake).await;
 
         let snapshot = read_snapshot(pool, &config.events_topic, &config.cdc.topic).await?;
-        let complete_until = lake_complete_until(&snapshot.landed, catalog.max_allowed_lateness());
+        let complete_until = lake_complete_until_now(config, &snapshot.landed, catalog.max_allowed_lateness()).await;
         let cutover = choose_cutover(options.cutover, complete_until, snapshot.current_cutover, catalog.cutover_alignment())?;
         tracing::info!(cutover = %format_rfc3339(cutover), files = snapshot.files.len(), rows = snapshot.rows, %engine, "recomputing");
 

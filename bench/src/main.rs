@@ -7,6 +7,7 @@ mod load;
 mod memory;
 mod pg_write;
 mod report;
+mod scaling;
 mod serving;
 mod throughput;
 
@@ -22,12 +23,18 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(name = "bench", about = "Benchmarks against baselines run beside them")]
 struct Args {
-    /// Run only these benchmarks: throughput, freshness, batch, memory, pg-write, serving.
+    /// Run only these benchmarks: throughput, freshness, batch, memory, pg-write, serving,
+    /// scaling.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Events preloaded for the throughput figure.
     #[arg(long, default_value_t = 1_000_000)]
     throughput_events: u64,
+    /// Events preloaded for the 1-against-2-instances figure, and its alternating rounds.
+    #[arg(long, default_value_t = 300_000)]
+    scaling_events: u64,
+    #[arg(long, default_value_t = 2)]
+    scaling_rounds: usize,
     /// Steady produce rate (events/s) and duration (s) of the freshness figure.
     #[arg(long, default_value_t = 20_000.0)]
     freshness_rate: f64,
@@ -81,6 +88,12 @@ async fn main() -> Result<()> {
     }
     if wanted("throughput") {
         keep("throughput", throughput::run(args.throughput_events).await);
+    }
+    if wanted("scaling") {
+        keep(
+            "scaling",
+            scaling::run(args.scaling_events, args.scaling_rounds).await,
+        );
     }
     if wanted("freshness") {
         keep(

@@ -30,6 +30,10 @@ pub struct PlatformConfig {
     pub max_event_skew: HumanDuration,
     /// Connections each service keeps to Postgres.
     pub database_max_connections: u32,
+    /// How often the consumers of the event topic look for partitions added to it: the speed
+    /// layer's group then rebalances, and the lander assigns the new ones from their beginning.
+    /// Env `PLATFORM_KAFKA_METADATA_REFRESH`.
+    pub kafka_metadata_refresh: HumanDuration,
     /// The metric definitions (TOML, see config/metrics.toml); absent: the compiled-in default.
     pub metrics_file: Option<PathBuf>,
     /// Log lines on stderr: `text` for people, `json` (one object a line, with the fields of
@@ -190,6 +194,7 @@ impl Default for PlatformConfig {
             listen_addr: "127.0.0.1:8080".into(),
             max_event_skew: HumanDuration::from_millis(10 * MINUTE_MS),
             database_max_connections: 8,
+            kafka_metadata_refresh: HumanDuration::from_millis(30 * SECOND_MS),
             metrics_file: None,
             log_format: LogFormat::Text,
             speed: SpeedConfig {

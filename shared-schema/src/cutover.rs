@@ -37,6 +37,25 @@ pub fn lake_complete_until(
     complete
 }
 
+/// `landed` (the lander's recorded progress) with a row added for every partition of the topic
+/// the lander has not recorded yet: a partition added to the topic since the lander last
+/// looked may already hold events, so it holds the lake back until the lander has read it.
+pub fn with_unrecorded_partitions(
+    mut landed: Vec<LandedPartition>,
+    topic_partitions: &[i32],
+) -> Vec<LandedPartition> {
+    for partition in topic_partitions {
+        if !landed.iter().any(|l| l.partition == *partition) {
+            landed.push(LandedPartition {
+                partition: *partition,
+                max_event_time: None,
+                caught_up: false,
+            });
+        }
+    }
+    landed
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CutoverError {
     #[error("the lake holds no complete data yet, so there is no cutover to promote")]
@@ -147,6 +166,24 @@ mod tests {
         let with_empty_behind = [parts[0].clone(), landed(2, None, false)];
         assert_eq!(lake_complete_until(&with_empty_behind, 0), None);
         assert_eq!(lake_complete_until(&[], 0), None);
+    }
+
+    #[test]
+    fn a_partition_the_lander_has_not_recorded_holds_the_lake_back() {
+        let recorded = vec![
+            landed(0, Some(10 * MINUTE_MS), false),
+            landed(1, Some(8 * MINUTE_MS), true),
+        ];
+        // The topic grew to 3: partition 2 may hold events of any time.
+        let grown = with_unrecorded_partitions(recorded.clone(), &[0, 1, 2]);
+        assert_eq!(lake_complete_until(&grown, 0), None);
+        // Once the lander records it, its own progress counts.
+        let mut recorded_too = recorded.clone();
+        recorded_too.push(landed(2, Some(9 * MINUTE_MS), false));
+        let same = with_unrecorded_partitions(recorded_too, &[0, 1, 2]);
+        assert_eq!(lake_complete_until(&same, 0), Some(8 * MINUTE_MS));
+        // The topic listing never removes what the lander recorded.
+        assert_eq!(with_unrecorded_partitions(recorded.clone(), &[0]), recorded);
     }
 
     #[test]

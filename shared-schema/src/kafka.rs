@@ -17,7 +17,7 @@ use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -119,6 +119,27 @@ struct GroupAssigner {
     changes: Mutex<Vec<AssignmentChange>>,
 }
 
+/// What a group member needs to join the group again as a new member.
+struct GroupRecipe {
+    config: ClientConfig,
+    pool: sqlx::PgPool,
+    table: PositionTable,
+}
+
+impl GroupRecipe {
+    /// A consumer of the group, not yet subscribed.
+    fn consumer(&self, topic: &str) -> Result<StreamConsumer<SourceContext>, KafkaError> {
+        self.config
+            .create_with_context(SourceContext::new(Some(GroupAssigner {
+                pool: self.pool.clone(),
+                table: self.table,
+                topic: topic.to_string(),
+                runtime: tokio::runtime::Handle::current(),
+                changes: Mutex::new(Vec::new()),
+            })))
+    }
+}
+
 enum AssignmentChange {
     Assigned(BTreeMap<i32, PartitionPosition>),
     Revoked(Vec<i32>),
@@ -185,22 +206,13 @@ impl ConsumerContext for SourceContext {
                 });
                 let mut positions = BTreeMap::new();
                 for partition in &assigned {
-                    let position = stored.get(partition).copied().unwrap_or_default();
-                    let offset = stored
-                        .get(partition)
-                        .map_or(Offset::Beginning, |p| Offset::Offset(p.next_offset));
+                    let (offset, position) = start_of(stored.get(partition));
                     if let Err(e) =
                         partitions.set_partition_offset(&group.topic, *partition, offset)
                     {
                         tracing::error!(partition, error = %e, "could not position an assigned partition");
                     }
-                    positions.insert(
-                        *partition,
-                        PartitionPosition {
-                            caught_up: false,
-                            ..position
-                        },
-                    );
+                    positions.insert(*partition, position);
                 }
                 if let Err(e) = consumer.assign(partitions) {
                     tracing::error!(error = %e, "assignment failed");
@@ -233,51 +245,129 @@ pub struct EventSource {
     max_skew_ms: Millis,
     /// A `next_batch` call is under way; still set on entry means the last one was dropped.
     batch_in_flight: bool,
+    /// Without a group: the positions stored at connect, where a partition found later starts.
+    stored: BTreeMap<i32, PartitionPosition>,
+    /// The topic's partitions as last listed; how often they are listed again, and when they
+    /// last were.
+    known_partitions: BTreeSet<i32>,
+    metadata_refresh: Duration,
+    last_discovery: Instant,
+    /// In a group: how to join it again.
+    group: Option<GroupRecipe>,
+}
+
+/// Where a consumer starts reading a partition: its stored position, or the partition's
+/// beginning when nothing is stored (never read, or added to the topic since).
+fn start_of(stored: Option<&PartitionPosition>) -> (Offset, PartitionPosition) {
+    match stored {
+        Some(position) => (
+            Offset::Offset(position.next_offset),
+            PartitionPosition {
+                caught_up: false,
+                ..*position
+            },
+        ),
+        None => (Offset::Beginning, PartitionPosition::default()),
+    }
 }
 
 impl EventSource {
     /// Connects and assigns every partition of `topic` at its stored position (the start of the
-    /// partition where none is stored). Waits, with backoff, for the topic to exist.
+    /// partition where none is stored). Waits, with backoff, for the topic to exist. Partitions
+    /// added to the topic later are found every `metadata_refresh` and assigned the same way.
     pub async fn connect(
         brokers: &str,
         group_id: &str,
         topic: &str,
         stored: &BTreeMap<i32, PartitionPosition>,
         max_skew_ms: Millis,
+        metadata_refresh: Duration,
     ) -> Result<Self, SourceError> {
-        let consumer =
-            consumer_config(brokers, group_id).create_with_context(SourceContext::new(None))?;
+        let consumer = consumer_config(brokers, group_id, metadata_refresh)
+            .create_with_context(SourceContext::new(None))?;
         let partitions = wait_for_partitions(&consumer, topic).await?;
-        let mut assignment = TopicPartitionList::new();
-        let mut positions = BTreeMap::new();
-        for partition in partitions {
-            let position = stored.get(&partition).copied().unwrap_or_default();
-            let offset = match stored.get(&partition) {
-                Some(p) => Offset::Offset(p.next_offset),
-                None => Offset::Beginning,
-            };
-            assignment.add_partition_offset(topic, partition, offset)?;
-            positions.insert(
-                partition,
-                PartitionPosition {
-                    caught_up: false,
-                    ..position
-                },
-            );
-        }
-        consumer.assign(&assignment)?;
-        tracing::info!(topic, partitions = ?positions.keys().collect::<Vec<_>>(), "assigned");
-        Ok(EventSource {
+        let mut source = EventSource {
             consumer,
             topic: topic.to_string(),
-            positions,
+            positions: BTreeMap::new(),
             max_skew_ms,
             batch_in_flight: false,
-        })
+            stored: stored.clone(),
+            known_partitions: partitions.iter().copied().collect(),
+            metadata_refresh,
+            last_discovery: Instant::now(),
+            group: None,
+        };
+        source.assign_new(&partitions)?;
+        tracing::info!(topic, partitions = ?source.positions.keys().collect::<Vec<_>>(), "assigned");
+        Ok(source)
+    }
+
+    /// Adds those of `partitions` not assigned yet to the assignment, each at its stored
+    /// position or its beginning; returns them.
+    fn assign_new(&mut self, partitions: &[i32]) -> Result<Vec<i32>, SourceError> {
+        let new: Vec<i32> = partitions
+            .iter()
+            .copied()
+            .filter(|p| !self.positions.contains_key(p))
+            .collect();
+        if new.is_empty() {
+            return Ok(new);
+        }
+        let mut assignment = TopicPartitionList::new();
+        for partition in &new {
+            let (offset, position) = start_of(self.stored.get(partition));
+            assignment.add_partition_offset(&self.topic, *partition, offset)?;
+            self.positions.insert(*partition, position);
+        }
+        self.consumer.incremental_assign(&assignment)?;
+        Ok(new)
+    }
+
+    /// Lists the topic's partitions once `metadata_refresh` has passed since the last look.
+    /// Without a group, assigns the new ones and returns them. In a group, leaves it and joins
+    /// again as a new member: librdkafka's group leader rejoins by itself on a partition count
+    /// change, but a coordinator may hand a leader that rejoins unchanged its old assignment
+    /// back (tansu 0.6 does; Apache Kafka rebalances), while a member leaving and a new one
+    /// joining make every coordinator rebalance. A failed look is retried at the next refresh.
+    fn discover_partitions(&mut self) -> Result<Vec<i32>, SourceError> {
+        if self.last_discovery.elapsed() < self.metadata_refresh {
+            return Ok(Vec::new());
+        }
+        self.last_discovery = Instant::now();
+        let listed = match partitions_of(&self.consumer, &self.topic) {
+            Ok(partitions) => partitions,
+            Err(e) => {
+                tracing::warn!(topic = %self.topic, error = %e, "could not list the topic's partitions; will look again");
+                return Ok(Vec::new());
+            }
+        };
+        let added: Vec<i32> = listed
+            .into_iter()
+            .filter(|p| self.known_partitions.insert(*p))
+            .collect();
+        if added.is_empty() {
+            return Ok(added);
+        }
+        if let Some(recipe) = &self.group {
+            tracing::info!(topic = %self.topic, partitions = ?added, "partitions added to the topic; joining the group again");
+            let old = std::mem::replace(&mut self.consumer, recipe.consumer(&self.topic)?);
+            // Closing leaves the group at once: the group need not wait out the old session.
+            tokio::task::block_in_place(|| drop(old));
+            // What the old member held, the group assigns again.
+            self.positions.clear();
+            self.consumer.subscribe(&[&self.topic])?;
+            return Ok(Vec::new());
+        }
+        let new = self.assign_new(&added)?;
+        tracing::info!(topic = %self.topic, partitions = ?new, "partitions added to the topic; assigned");
+        Ok(new)
     }
 
     /// Joins consumer group `group_id`, which shares the partitions of `topic` among its
-    /// members; each assigned partition starts at its position stored in `table`.
+    /// members; each assigned partition starts at its position stored in `table`. Partitions
+    /// added to the topic are seen within `metadata_refresh` and shared by a rebalance.
+    #[allow(clippy::too_many_arguments)]
     pub async fn connect_group(
         brokers: &str,
         group_id: &str,
@@ -286,21 +376,20 @@ impl EventSource {
         pool: sqlx::PgPool,
         table: PositionTable,
         max_skew_ms: Millis,
+        metadata_refresh: Duration,
     ) -> Result<Self, SourceError> {
-        let context = SourceContext::new(Some(GroupAssigner {
+        let mut config = consumer_config(brokers, group_id, metadata_refresh);
+        config.set(
+            "session.timeout.ms",
+            session_timeout.as_millis().to_string(),
+        );
+        let recipe = GroupRecipe {
+            config,
             pool,
             table,
-            topic: topic.to_string(),
-            runtime: tokio::runtime::Handle::current(),
-            changes: Mutex::new(Vec::new()),
-        }));
-        let consumer: StreamConsumer<SourceContext> = consumer_config(brokers, group_id)
-            .set(
-                "session.timeout.ms",
-                session_timeout.as_millis().to_string(),
-            )
-            .create_with_context(context)?;
-        wait_for_partitions(&consumer, topic).await?;
+        };
+        let consumer = recipe.consumer(topic)?;
+        let partitions = wait_for_partitions(&consumer, topic).await?;
         consumer.subscribe(&[topic])?;
         tracing::info!(topic, group_id, "joined the consumer group");
         Ok(EventSource {
@@ -309,6 +398,11 @@ impl EventSource {
             positions: BTreeMap::new(),
             max_skew_ms,
             batch_in_flight: false,
+            stored: BTreeMap::new(),
+            known_partitions: partitions.into_iter().collect(),
+            metadata_refresh,
+            last_discovery: Instant::now(),
+            group: Some(recipe),
         })
     }
 
@@ -397,6 +491,9 @@ impl EventSource {
     ) -> Result<Batch, SourceError> {
         let deadline = Instant::now() + max_wait;
         let mut batch = Batch::default();
+        // A new partition's position is handed out at once, so that its (empty) progress is
+        // stored before anything is read from it.
+        batch.advanced = !self.discover_partitions()?.is_empty();
         let mut reading = self.positions.clone();
         Self::apply_assignment_changes(self.consumer.context(), &mut self.positions, &mut reading);
         if self.batch_in_flight {
@@ -481,10 +578,14 @@ pub(crate) fn plain_consumer(
     brokers: &str,
     group_id: &str,
 ) -> Result<StreamConsumer<SourceContext>, KafkaError> {
-    consumer_config(brokers, group_id).create_with_context(SourceContext::new(None))
+    consumer_config(brokers, group_id, DEFAULT_METADATA_REFRESH)
+        .create_with_context(SourceContext::new(None))
 }
 
-fn consumer_config(brokers: &str, group_id: &str) -> ClientConfig {
+/// librdkafka's own default, for consumers of topics that do not grow.
+const DEFAULT_METADATA_REFRESH: Duration = Duration::from_secs(300);
+
+fn consumer_config(brokers: &str, group_id: &str, metadata_refresh: Duration) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", brokers)
@@ -494,7 +595,11 @@ fn consumer_config(brokers: &str, group_id: &str) -> ClientConfig {
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
         .set("allow.auto.create.topics", "false")
-        .set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
+        .set("statistics.interval.ms", STATISTICS_INTERVAL_MS)
+        .set(
+            "topic.metadata.refresh.interval.ms",
+            metadata_refresh.as_millis().max(1).to_string(),
+        );
     config
 }
 
@@ -514,11 +619,18 @@ pub(crate) async fn wait_for_partitions(
     }
 }
 
+/// The partitions `topic` has now, from one metadata request (no waiting for the topic to
+/// exist): what the batch layer judges the lake's completeness over.
+pub async fn topic_partitions(brokers: &str, topic: &str) -> Result<Vec<i32>, SourceError> {
+    let consumer = plain_consumer(brokers, "topic-partitions")?;
+    Ok(partitions_of(&consumer, topic)?)
+}
+
 fn partitions_of(
     consumer: &StreamConsumer<SourceContext>,
     topic: &str,
 ) -> Result<Vec<i32>, KafkaError> {
-    // Metadata calls block; they are short and happen only at start.
+    // Metadata calls block; they are short, and happen at start and every metadata refresh.
     let metadata = tokio::task::block_in_place(|| {
         consumer.fetch_metadata(Some(topic), Duration::from_secs(5))
     })?;
@@ -571,8 +683,7 @@ pub async fn replay_positions(
     topic: &str,
     start: ReplayStart,
 ) -> Result<BTreeMap<i32, PartitionPosition>, SourceError> {
-    let consumer = consumer_config(brokers, "replay-positions")
-        .create_with_context(SourceContext::new(None))?;
+    let consumer = plain_consumer(brokers, "replay-positions")?;
     let partitions = wait_for_partitions(&consumer, topic).await?;
     let offsets: Vec<(i32, i64)> = match start {
         // An absent partition starts at its beginning.

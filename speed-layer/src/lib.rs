@@ -107,6 +107,7 @@ impl SpeedLayer {
             self.pool.clone(),
             PositionTable::Speed,
             self.config.max_event_skew.millis(),
+            self.config.kafka_metadata_refresh.as_std(),
         )
         .await?;
         self.consume(source, &stored, shutdown, None).await?;

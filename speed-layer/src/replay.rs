@@ -157,6 +157,7 @@ pub async fn replay(
         &topic,
         &positions,
         config.max_event_skew.millis(),
+        config.kafka_metadata_refresh.as_std(),
     )
     .await?;
     let mut control = Replay {

@@ -8,8 +8,9 @@ pub mod truth;
 
 use anyhow::{Context, Result, bail};
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::Consumer;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::{Connection, Executor, PgConnection, PgPool};
@@ -115,11 +116,29 @@ pub fn stack(command: &str) -> Result<()> {
     } else {
         (var("E2E_BROKER_NAME")?, var("E2E_KAFKA_PORT")?)
     };
+    stack_lib(&lib, &format!("{command} {name} {port}"))
+}
+
+/// How many partitions the broker lists for `topic`.
+fn partition_count(brokers: &str, topic: &str) -> Result<i32> {
+    let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
+    let topic = metadata
+        .topics()
+        .first()
+        .context("no topic in the metadata")?;
+    Ok(i32::try_from(topic.partitions().len())?)
+}
+
+/// Runs one command line with `scripts/lib.sh` sourced.
+fn stack_lib(lib: &str, command_line: &str) -> Result<()> {
     let status = std::process::Command::new("bash")
         .arg("-c")
-        .arg(format!("source {lib:?} && {command} {name} {port}"))
+        .arg(format!("source {lib:?} && {command_line}"))
         .status()?;
-    anyhow::ensure!(status.success(), "{command} failed");
+    anyhow::ensure!(status.success(), "{command_line} failed");
     Ok(())
 }
 
@@ -222,6 +241,49 @@ impl Platform {
             .map(|(k, v)| (k.to_string(), v))
             .chain(self.extra_env.iter().cloned())
             .collect()
+    }
+
+    /// Grows this scenario's topic to `total` partitions while everything runs: through the
+    /// Kafka API (CreatePartitions) where the broker has it, otherwise, for tansu 0.6 which has
+    /// not, through `grow_tansu_topic` of `scripts/lib.sh`. Returns which of the two it used.
+    pub async fn add_partitions(&mut self, total: i32) -> Result<&'static str> {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .create()?;
+        let grow = NewPartitions::new(&self.topic, usize::try_from(total)?);
+        let options = AdminOptions::new()
+            .operation_timeout(Some(Duration::from_secs(10)))
+            .request_timeout(Some(Duration::from_secs(10)));
+        let how = match admin.create_partitions([&grow], &options).await {
+            Ok(results) if results.iter().all(Result::is_ok) => "CreatePartitions",
+            refused => {
+                println!("the broker refused CreatePartitions ({refused:?}); growing its store");
+                let var = |name: &str| {
+                    std::env::var(name)
+                        .with_context(|| format!("{name}: run through scripts/test.sh"))
+                };
+                stack_lib(
+                    &var("E2E_STACK_LIB")?,
+                    &format!(
+                        "grow_tansu_topic {} {} {total}",
+                        var("E2E_BROKER_NAME")?,
+                        self.topic
+                    ),
+                )?;
+                "tansu's store"
+            }
+        };
+        // The producer knows the topic's partitions from its last metadata: a new one replaces
+        // it once the broker lists them all.
+        wait_until(
+            Duration::from_secs(30),
+            "the broker to list the new partitions",
+            || async { partition_count(&self.brokers, &self.topic).is_ok_and(|n| n == total) },
+        )
+        .await?;
+        self.producer = producer(&self.brokers)?;
+        self.partitions = total;
+        Ok(how)
     }
 
     /// This scenario's profile changelog topic.

@@ -38,6 +38,7 @@ async fn a_dropped_batch_loses_nothing() -> Result<()> {
         &topic,
         &BTreeMap::new(),
         60_000,
+        Duration::from_secs(30),
     )
     .await?;
     let mut seen = BTreeSet::new();
