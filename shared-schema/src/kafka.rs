@@ -254,6 +254,8 @@ pub struct EventSource {
     last_discovery: Instant,
     /// In a group: how to join it again.
     group: Option<GroupRecipe>,
+    /// Per partition, the offset a gap was last read again from (see `next_batch`).
+    gap_rereads: BTreeMap<i32, i64>,
 }
 
 /// Where a consumer starts reading a partition: its stored position, or the partition's
@@ -297,6 +299,7 @@ impl EventSource {
             metadata_refresh,
             last_discovery: Instant::now(),
             group: None,
+            gap_rereads: BTreeMap::new(),
         };
         source.assign_new(&partitions)?;
         tracing::info!(topic, partitions = ?source.positions.keys().collect::<Vec<_>>(), "assigned");
@@ -403,6 +406,7 @@ impl EventSource {
             metadata_refresh,
             last_discovery: Instant::now(),
             group: Some(recipe),
+            gap_rereads: BTreeMap::new(),
         })
     }
 
@@ -457,6 +461,18 @@ impl EventSource {
                 tracing::error!(partition = element.partition(), error = %e, "could not rewind a partition");
             }
         }
+        Ok(())
+    }
+
+    fn seek(&self, partition: i32, offset: i64) -> Result<(), SourceError> {
+        tokio::task::block_in_place(|| {
+            self.consumer.seek(
+                &self.topic,
+                partition,
+                Offset::Offset(offset),
+                Duration::from_secs(10),
+            )
+        })?;
         Ok(())
     }
 
@@ -530,13 +546,29 @@ impl EventSource {
             let Some(position) = reading.get_mut(&partition) else {
                 continue;
             };
-            if offset > position.next_offset {
-                // Compaction and transaction markers leave gaps; anything else here is a bug.
+            let expected = position.next_offset;
+            if offset > expected {
+                if self.gap_rereads.get(&partition) != Some(&expected) {
+                    // The consumer is ahead of what was counted, as a fetch position left by
+                    // a rebalance can be: read the gap again rather than lose it. A gap that
+                    // comes back the same is in the log itself (compaction, transaction
+                    // markers, retention).
+                    tracing::warn!(
+                        partition,
+                        expected,
+                        offset,
+                        "offsets skipped; reading them again"
+                    );
+                    drop(message);
+                    self.gap_rereads.insert(partition, expected);
+                    self.seek(partition, expected)?;
+                    continue;
+                }
                 tracing::warn!(
                     partition,
-                    expected = position.next_offset,
+                    expected,
                     offset,
-                    "offsets skipped"
+                    "offsets missing from the log"
                 );
             }
             position.next_offset = offset + 1;
