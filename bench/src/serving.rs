@@ -145,13 +145,18 @@ pub async fn run(events: u64, rate: f64, seconds: u64) -> Result<Vec<Figure>> {
 }
 
 /// wrk at about `rate` requests a second for `seconds`. Each connection waits between a
-/// response and its next request; a connection's cycle is that wait plus the latency, so a
-/// 3-second run at the naive wait measures the latency and the wait is shortened by it.
+/// response and its next request, so its cycle is that wait plus the latency: two 3-second
+/// runs estimate the latency from the rate they reach and shorten the wait by it.
 async fn paced(listen_addr: &str, urls: &[String], rate: f64, seconds: u64) -> Result<Load> {
-    let naive_ms = CONNECTIONS as f64 * 1000.0 / rate;
-    let calibration = wrk(listen_addr, urls, naive_ms, 3).await?;
-    let cycle_ms = CONNECTIONS as f64 * 1000.0 / calibration.requests_per_second.max(1.0);
-    let delay_ms = (naive_ms - (cycle_ms - naive_ms)).max(0.0);
+    let cycle_ms = CONNECTIONS as f64 * 1000.0 / rate;
+    let mut delay_ms = cycle_ms;
+    for _ in 0..2 {
+        let calibration = wrk(listen_addr, urls, delay_ms, 3).await?;
+        let reached_cycle_ms =
+            CONNECTIONS as f64 * 1000.0 / calibration.requests_per_second.max(1.0);
+        let latency_ms = (reached_cycle_ms - delay_ms).max(0.0);
+        delay_ms = (cycle_ms - latency_ms).max(0.0);
+    }
     wrk(listen_addr, urls, delay_ms, seconds).await
 }
 
