@@ -564,12 +564,7 @@ impl EventSource {
                     self.seek(partition, expected)?;
                     continue;
                 }
-                tracing::warn!(
-                    partition,
-                    expected,
-                    offset,
-                    "offsets missing from the log"
-                );
+                tracing::warn!(partition, expected, offset, "offsets missing from the log");
             }
             position.next_offset = offset + 1;
             position.caught_up = false;

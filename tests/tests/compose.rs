@@ -471,19 +471,21 @@ fn platform_services_share_the_contract_configuration_and_commands() {
     );
 }
 
+/// The compose profiles a service runs under (none: always).
+fn profiles(doc: &Value, name: &str) -> Vec<String> {
+    service(doc, name)
+        .get("profiles")
+        .and_then(Value::as_sequence)
+        .map(|p| p.iter().map(scalar_text).collect())
+        .unwrap_or_default()
+}
+
 #[test]
 fn an_optional_ballista_cluster_serves_the_batch_runs() {
     let doc = compose();
-    let profiles = |name: &str| -> Vec<String> {
-        service(&doc, name)
-            .get("profiles")
-            .and_then(Value::as_sequence)
-            .map(|p| p.iter().map(scalar_text).collect())
-            .unwrap_or_default()
-    };
     for name in ["ballista-scheduler", "ballista-executor"] {
         assert_eq!(
-            profiles(name),
+            profiles(&doc, name),
             ["ballista"],
             "service `{name}` must be optional, in the profile `ballista`"
         );
@@ -940,16 +942,9 @@ const MINIO_BUCKET: &str = "lake";
 #[test]
 fn minio_offers_an_s3_lake() {
     let doc = compose();
-    let profiles = |name: &str| -> Vec<String> {
-        service(&doc, name)
-            .get("profiles")
-            .and_then(Value::as_sequence)
-            .map(|p| p.iter().map(scalar_text).collect())
-            .unwrap_or_default()
-    };
     for name in ["minio", "minio-init"] {
         assert_eq!(
-            profiles(name),
+            profiles(&doc, name),
             ["s3"],
             "`{name}` runs only with `--profile s3`, so the default stack stays on the volume"
         );
