@@ -468,28 +468,12 @@ pub async fn merged_points(
         .map_err(|e| ApiError::unavailable(e.to_string()))?;
     let names: Vec<&str> = parts.iter().map(|m| m.name.as_str()).collect();
     let range = query.bucket_range();
-    let mut snapshot =
-        read_snapshot(&state.pool, &state.config.events_topic, &names, range).await?;
+    let snapshot = read_snapshot(&state.pool, &state.config.events_topic, &names, range).await?;
     let view = match (&snapshot.batch_version, &snapshot.view_path) {
         (Some(version), Some(path)) => Some(state.views.get(version, path).await?),
         _ => None,
     };
-    let batch_end = snapshot
-        .cutover
-        .map_or(range.0, |t| t.clamp(range.0, range.1));
-    let inputs = parts
-        .iter()
-        .map(|part| {
-            let batch_rows = view
-                .as_ref()
-                .and_then(|v| v.get(&part.name))
-                .map(|rows| rows_in(rows, range.0, batch_end))
-                .unwrap_or_default();
-            let speed_rows = snapshot.speed_rows.remove(&part.name).unwrap_or_default();
-            (*part, batch_rows.iter().cloned(), speed_rows)
-        })
-        .collect();
-    let points = finish_points(query, snapshot.cutover, inputs);
+    let points = merge_sides(&parts, &snapshot, view.as_deref(), query);
     Ok((snapshot, points))
 }
 
@@ -551,6 +535,39 @@ async fn render_answer(
     answer.render(&state.answers, &state.config.serving)
 }
 
+/// The view's rows of `part` with a bucket in `[start, end)`.
+fn batch_rows<'a>(
+    view: Option<&'a HashMap<String, Vec<BucketRow>>>,
+    part: &MetricDef,
+    (start, end): (Millis, Millis),
+) -> &'a [BucketRow] {
+    view.and_then(|view| view.get(&part.name))
+        .map(|rows| rows_in(rows, start, end))
+        .unwrap_or_default()
+}
+
+/// Both sides' rows of `parts` under `query`, merged and finished, with the split at T.
+fn merge_sides(
+    parts: &[&MetricDef],
+    snapshot: &Snapshot,
+    view: Option<&HashMap<String, Vec<BucketRow>>>,
+    query: &SeriesQuery,
+) -> BTreeMap<(Group, Millis), MergedPoint> {
+    let range = query.bucket_range();
+    let batch_end = snapshot
+        .cutover
+        .map_or(range.0, |t| t.clamp(range.0, range.1));
+    let inputs = parts
+        .iter()
+        .map(|part| {
+            let speed = snapshot.speed_rows.get(&part.name).into_iter().flatten();
+            let batch = batch_rows(view, part, (range.0, batch_end));
+            (*part, batch.iter().cloned(), speed.cloned())
+        })
+        .collect();
+    finish_points(query, snapshot.cutover, inputs)
+}
+
 /// What one answer is made of, once read.
 struct AnswerInputs<'a> {
     metric: &'a MetricDef,
@@ -565,33 +582,12 @@ struct AnswerInputs<'a> {
 const WHOLE: Group = None;
 
 impl AnswerInputs<'_> {
-    fn batch_rows(&self, part: &MetricDef, (start, end): (Millis, Millis)) -> &[BucketRow] {
-        self.view
-            .and_then(|view| view.get(&part.name))
-            .map(|rows| rows_in(rows, start, end))
-            .unwrap_or_default()
+    fn batch_rows(&self, part: &MetricDef, range: (Millis, Millis)) -> &[BucketRow] {
+        batch_rows(self.view, part, range)
     }
 
-    /// Both sides' rows under `query`, merged and finished, with the split at T.
     fn merge(&self, query: &SeriesQuery) -> BTreeMap<(Group, Millis), MergedPoint> {
-        let range = query.bucket_range();
-        let cutover = self.snapshot.cutover;
-        let batch_end = cutover.map_or(range.0, |t| t.clamp(range.0, range.1));
-        let inputs = self
-            .parts
-            .iter()
-            .map(|part| {
-                let speed = self
-                    .snapshot
-                    .speed_rows
-                    .get(&part.name)
-                    .into_iter()
-                    .flatten();
-                let batch = self.batch_rows(part, (range.0, batch_end));
-                (*part, batch.iter().cloned(), speed.cloned())
-            })
-            .collect();
-        finish_points(query, cutover, inputs)
+        merge_sides(self.parts, self.snapshot, self.view, query)
     }
 
     /// The answer's JSON. Points whose window ends by T come from rendered chunks of the batch
