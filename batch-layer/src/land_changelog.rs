@@ -14,7 +14,6 @@ use shared_schema::storage::Lake;
 use shared_schema::time::to_datetime;
 use shared_schema::{quarantine, retry};
 use sqlx::PgPool;
-use std::time::Duration;
 
 /// Name under which the lander keeps its changelog positions and bad records.
 const CONSUMER: &str = "batch-lander";
@@ -34,20 +33,12 @@ pub async fn run(pool: PgPool, config: PlatformConfig) {
     let topic = config.cdc.topic.clone();
     let mut reader = ChangelogReader::connect_until_success(&pool, &config, CONSUMER).await;
     loop {
-        let batch = match reader
-            .next_batch(
+        let batch = reader
+            .next_batch_until_success(
                 config.lander.flush_max_events,
                 config.lander.flush_interval.as_std(),
             )
-            .await
-        {
-            Ok(batch) => batch,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the profile changelog failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
+            .await;
         if !batch.advanced {
             continue;
         }

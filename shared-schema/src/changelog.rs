@@ -34,8 +34,6 @@ pub struct ChangelogReader {
 }
 
 impl ChangelogReader {
-    /// Waits for `topic` to exist, then assigns all its partitions at `consumer`'s stored
-    /// positions (the beginning where none is stored).
     /// [`ChangelogReader::connect`] to the configured changelog topic as `consumer`, retried
     /// until the broker and Postgres answer.
     pub async fn connect_until_success(
@@ -55,6 +53,8 @@ impl ChangelogReader {
         .await
     }
 
+    /// Waits for `topic` to exist, then assigns all its partitions at `consumer`'s stored
+    /// positions (the beginning where none is stored).
     pub async fn connect(
         pool: &PgPool,
         brokers: &str,
@@ -95,6 +95,23 @@ impl ChangelogReader {
 
     /// Reads until `max` records are in hand or `max_wait` has passed. Not cancel-safe: drop
     /// the reader with the call (a restart reads again from the stored positions).
+    /// [`ChangelogReader::next_batch`], a failed read retried after a second.
+    pub async fn next_batch_until_success(
+        &mut self,
+        max: usize,
+        max_wait: Duration,
+    ) -> ChangelogBatch {
+        loop {
+            match self.next_batch(max, max_wait).await {
+                Ok(batch) => return batch,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the profile changelog failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
     pub async fn next_batch(
         &mut self,
         max: usize,

@@ -57,14 +57,9 @@ pub async fn follow(pool: PgPool, config: PlatformConfig, history: Arc<RwLock<Pr
     let topic = config.cdc.topic.clone();
     let mut reader = ChangelogReader::connect_until_success(&pool, &config, CONSUMER).await;
     loop {
-        let batch = match reader.next_batch(1000, Duration::from_millis(100)).await {
-            Ok(batch) => batch,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the profile changelog failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
+        let batch = reader
+            .next_batch_until_success(1000, Duration::from_millis(100))
+            .await;
         if !batch.advanced {
             continue;
         }
