@@ -62,6 +62,10 @@ impl StateGeneration {
     /// Returns when the connection is lost.
     async fn listen_once(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
         let mut listener = PgListener::connect_with(pool).await?;
+        // By default a lost connection is re-acquired from the pool inside `try_recv`, which
+        // waits out the pool's acquire timeout while Postgres is down, and all that time cached
+        // answers would still be served. Return at once instead, so caching stops with the loss.
+        listener.eager_reconnect(false);
         listener.listen(CHANNEL).await?;
         // Whatever changed before LISTEN took effect was not heard: start a new generation.
         self.changed();

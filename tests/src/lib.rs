@@ -381,6 +381,23 @@ impl Platform {
         Ok((status, body))
     }
 
+    /// How often the serving layer's `cache` (snapshot, body or answer) was hit, from /metrics.
+    pub async fn cache_hits(&self, cache: &str) -> Result<f64> {
+        let text = self
+            .http
+            .get(format!("http://{}/metrics", self.listen_addr))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let series =
+            format!("lambda_serving_cache_lookups_total{{cache=\"{cache}\",outcome=\"hit\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&series))
+            .and_then(|value| value.trim().parse().ok())
+            .with_context(|| format!("no {series}in /metrics:\n{text}"))
+    }
+
     /// The view version served and its cutover T, which a scenario expects to exist.
     pub async fn served(&self) -> Result<(String, i64)> {
         let (version, cutover): (Option<String>, Option<chrono::DateTime<chrono::Utc>>) =

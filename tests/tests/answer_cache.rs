@@ -52,19 +52,6 @@ async fn speed_offset_sum(platform: &Platform) -> Result<i64> {
     .unwrap_or(0))
 }
 
-async fn cache_hits(platform: &Platform, cache: &str) -> Result<f64> {
-    let text = reqwest::get(format!("http://{}/metrics", platform.listen_addr))
-        .await?
-        .text()
-        .await?;
-    let series =
-        format!("lambda_serving_cache_lookups_total{{cache=\"{cache}\",outcome=\"hit\"}} ");
-    text.lines()
-        .find_map(|line| line.strip_prefix(&series))
-        .and_then(|value| value.trim().parse().ok())
-        .with_context(|| format!("no {series}in /metrics:\n{text}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cached_answers_follow_every_change_at_once() -> Result<()> {
     let mut platform = Platform::new("answer_cache", PARTITIONS).await?;
@@ -117,7 +104,7 @@ async fn cached_answers_follow_every_change_at_once() -> Result<()> {
     // Each cache answered some of these, or this scenario proves nothing: the repeats (whole
     // answers), the grouped query over the same range (its snapshot) and the shifted one.
     for (cache, at_least) in [("body", 3.0), ("snapshot", 1.0), ("answer", 1.0)] {
-        let hits = cache_hits(&platform, cache).await?;
+        let hits = platform.cache_hits(cache).await?;
         ensure!(hits >= at_least, "{hits} {cache} cache hits");
     }
 

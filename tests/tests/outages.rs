@@ -50,6 +50,17 @@ async fn postgres_restart_loses_nothing_and_serving_says_503_meanwhile() -> Resu
         first_series_total(&body) == 100.0,
         "before the outage: {body}"
     );
+    // The answer is in the serving layer's cache when Postgres goes: a cached answer must not
+    // hide the outage (it did while the lost notification connection waited to reconnect).
+    let body_hits = platform.cache_hits("body").await?;
+    wait_until(Duration::from_secs(30), "a cached answer", || async {
+        platform.get(&url).await.is_ok()
+            && platform
+                .cache_hits("body")
+                .await
+                .is_ok_and(|hits| hits > body_hits)
+    })
+    .await?;
 
     stack("stop_postgres")?;
     let asked = Instant::now();
