@@ -49,6 +49,10 @@ pub struct Batch {
     pub positions: BTreeMap<i32, PartitionPosition>,
     /// Some partition's position changed (a message read, or its end reached).
     pub advanced: bool,
+    /// Offsets passed over because the broker, asked for them twice, returned a later one: not
+    /// in the log (compaction, transaction markers, retention), or a broker serving a fetch
+    /// that starts inside a record batch from the next batch on. Counted, never silent.
+    pub missing_offsets: u64,
 }
 
 impl Batch {
@@ -565,6 +569,7 @@ impl EventSource {
                     continue;
                 }
                 tracing::warn!(partition, expected, offset, "offsets missing from the log");
+                batch.missing_offsets += (offset - expected) as u64;
             }
             position.next_offset = offset + 1;
             position.caught_up = false;

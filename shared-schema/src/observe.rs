@@ -51,6 +51,13 @@ pub const CONSUMER_QUARANTINED: Family = Family {
     labels: &["consumer"],
     exported_by: CONSUMERS,
 };
+pub const CONSUMER_OFFSETS_MISSING: Family = Family {
+    name: "lambda_consumer_offsets_missing_total",
+    help: "Offsets the consumer passed over because the broker, asked for them twice, returned later ones.",
+    kind: Kind::Counter,
+    labels: &["consumer"],
+    exported_by: CONSUMERS,
+};
 pub const CONSUMER_LAG: Family = Family {
     name: "lambda_consumer_lag_messages",
     help: "Messages in the partition not yet read by the consumer: high watermark minus next offset.",
@@ -141,6 +148,7 @@ pub const CACHE_LOOKUPS: Family = Family {
 pub const FAMILIES: &[Family] = &[
     CONSUMER_EVENTS,
     CONSUMER_QUARANTINED,
+    CONSUMER_OFFSETS_MISSING,
     CONSUMER_LAG,
     WATERMARK_DELAY,
     LATE_EVENTS,
@@ -212,6 +220,7 @@ fn histogram(
 pub struct ConsumerMetrics {
     events: IntCounterVec,
     quarantined: IntCounterVec,
+    offsets_missing: IntCounterVec,
     lag: IntGaugeVec,
     /// The partitions each consumer has a lag series for, to drop those it no longer owns.
     lagging: Mutex<HashMap<String, BTreeSet<i32>>>,
@@ -222,6 +231,7 @@ impl ConsumerMetrics {
         Ok(ConsumerMetrics {
             events: counter(registry, &CONSUMER_EVENTS)?,
             quarantined: counter(registry, &CONSUMER_QUARANTINED)?,
+            offsets_missing: counter(registry, &CONSUMER_OFFSETS_MISSING)?,
             lag: int_gauge(registry, &CONSUMER_LAG)?,
             lagging: Mutex::new(HashMap::new()),
         })
@@ -230,6 +240,7 @@ impl ConsumerMetrics {
     /// Shows the consumer's counters at 0 before its first message.
     pub fn start(&self, consumer: &str) {
         self.quarantined.with_label_values(&[consumer]);
+        self.offsets_missing.with_label_values(&[consumer]);
     }
 
     /// Counts what `batch` read, and sets the lag of every partition the consumer owns now.
@@ -242,6 +253,11 @@ impl ConsumerMetrics {
             self.events
                 .with_label_values(&[consumer, &partition.to_string()])
                 .inc_by(events);
+        }
+        if batch.missing_offsets > 0 {
+            self.offsets_missing
+                .with_label_values(&[consumer])
+                .inc_by(batch.missing_offsets);
         }
         if !batch.bad.is_empty() {
             self.quarantined
@@ -597,9 +613,15 @@ mod tests {
             ..Batch::default()
         };
         consumer.record_batch("speed-layer", &batch, &BTreeMap::from([(0, 5), (1, 0)]));
+        let passed_over = Batch {
+            missing_offsets: 3,
+            ..Batch::default()
+        };
+        consumer.record_batch("speed-layer", &passed_over, &BTreeMap::from([(1, 3)]));
         consumer.record_batch("speed-layer", &batch, &BTreeMap::from([(1, 3)]));
         let text = render(&registry).unwrap();
         for line in [
+            "lambda_consumer_offsets_missing_total{consumer=\"speed-layer\"} 3\n",
             "lambda_consumer_events_total{consumer=\"speed-layer\",partition=\"0\"} 4\n",
             "lambda_consumer_events_total{consumer=\"speed-layer\",partition=\"1\"} 2\n",
             "lambda_consumer_quarantined_total{consumer=\"speed-layer\"} 2\n",

@@ -527,6 +527,13 @@ impl Service {
         }
     }
 
+    /// A speed layer or lander in a consumer group was assigned some partition by it.
+    pub fn got_partitions(&self) -> bool {
+        self.log()
+            .lines()
+            .any(|line| line.contains("assigned by the group") && !line.contains("partitions=[]"))
+    }
+
     /// Everything the process wrote so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()

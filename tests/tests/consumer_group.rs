@@ -16,13 +16,6 @@ use std::time::Duration;
 
 const PARTITIONS: i32 = 4;
 
-fn assigned_in(log: &std::path::Path) -> bool {
-    std::fs::read_to_string(log).is_ok_and(|text| {
-        text.lines()
-            .any(|l| l.contains("assigned by the group") && !l.contains("partitions=[]"))
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_instances_share_partitions_and_survive_a_kill() -> Result<()> {
     let platform = Platform::new("group", PARTITIONS).await?;
@@ -75,11 +68,11 @@ async fn two_instances_share_partitions_and_survive_a_kill() -> Result<()> {
     }
     ensure!(served == truth, "served {served:?}\ntruth  {truth:?}");
     ensure!(
-        assigned_in(&first.log_path),
+        first.got_partitions(),
         "the first instance never got partitions"
     );
     ensure!(
-        assigned_in(&second.log_path),
+        second.got_partitions(),
         "the second instance never got partitions"
     );
     first.assert_running()?;

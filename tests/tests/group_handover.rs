@@ -1,0 +1,160 @@
+//! Partitions moving between speed-layer instances while they are far behind (issue 9): members
+//! join, one leaves and comes back, another joins, all under a lag of tens of thousands of
+//! events; every event is still counted exactly once. The consumer-group scenario moves
+//! partitions with a few hundred events outstanding.
+//!
+//! A handover starts the new owner at the stored offset, usually inside a record batch. Apache
+//! Kafka (and tansu's sqlite storage, which the tests run on) answer such a fetch with the batch
+//! that holds the offset. tansu 0.6's `memory://` storage answers with the next batch, so the
+//! rest of the batch never arrives: the consumer reads the gap again, gets the same answer, and
+//! passes over it as missing from the log, counted in `lambda_consumer_offsets_missing_total`.
+//! That broker is what lost 0.7-1.7 % of the events in the 2-instance scaling benchmark; this
+//! scenario fails there the same way (about one run in four).
+
+use anyhow::{Result, bail, ensure};
+use platform_tests::{Platform, Service, first_series_total, wait_until};
+use rdkafka::producer::FutureRecord;
+use shared_schema::time::{MINUTE_MS, bucket_start, format_rfc3339, now_millis};
+use std::collections::HashMap;
+use std::time::Duration;
+
+const PARTITIONS: i32 = 4;
+const EVENTS: i64 = 120_000;
+/// Event times advance by this much per event, so no partition ever sees a late one.
+const SPACING_MS: i64 = 10;
+
+/// Produces `EVENTS` purchases round-robin over the partitions; returns the end offsets.
+async fn preload(platform: &Platform, base: i64) -> Result<HashMap<i32, i64>> {
+    let mut ends: HashMap<i32, i64> = HashMap::new();
+    let mut pending = Vec::new();
+    for i in 0..EVENTS {
+        let payload = serde_json::json!({
+            "event_id": format!("h{i}"), "event_type": "purchase", "event_time": base + i * SPACING_MS,
+            "country": "DE", "amount": 1.0, "schema_version": 2,
+        })
+        .to_string();
+        let key = i.to_string();
+        let record = FutureRecord::to(&platform.topic)
+            .partition((i % PARTITIONS as i64) as i32)
+            .key(&key)
+            .payload(&payload);
+        match platform.producer.send_result(record) {
+            Ok(delivery) => pending.push(delivery),
+            Err((e, _)) => bail!("enqueueing: {e}"),
+        }
+        if pending.len() == 5_000 || i + 1 == EVENTS {
+            for delivery in pending.drain(..) {
+                match delivery.await {
+                    Ok(Ok(d)) => {
+                        let end = ends.entry(d.partition).or_default();
+                        *end = (*end).max(d.offset + 1);
+                    }
+                    Ok(Err((e, _))) => bail!("delivery failed: {e}"),
+                    Err(_) => bail!("delivery cancelled"),
+                }
+            }
+        }
+    }
+    Ok(ends)
+}
+
+/// Events whose offsets the speed layer has committed.
+async fn committed(platform: &Platform) -> Result<i64> {
+    Ok(sqlx::query_scalar::<_, Option<i64>>(
+        "SELECT sum(next_offset)::bigint FROM speed_offsets WHERE topic = $1",
+    )
+    .bind(&platform.topic)
+    .fetch_one(&platform.pool)
+    .await?
+    .unwrap_or(0))
+}
+
+async fn wait_for_progress(platform: &Platform, share: f64) -> Result<()> {
+    let goal = (EVENTS as f64 * share) as i64;
+    wait_until(
+        Duration::from_secs(300),
+        &format!("{goal} events committed"),
+        || async { committed(platform).await.is_ok_and(|n| n >= goal) },
+    )
+    .await
+}
+
+/// SIGTERM: the instance shuts down and leaves the group, which hands its partitions on.
+async fn stop(service: &mut Service) -> Result<()> {
+    let pid = service.pid().map(|p| p.to_string()).unwrap_or_default();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()?;
+    ensure!(status.success(), "kill -TERM {pid}");
+    ensure!(
+        service
+            .exited_within(Duration::from_secs(30))
+            .await?
+            .is_some(),
+        "the stopped instance did not exit"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partitions_move_under_a_large_backlog_without_losing_an_event() -> Result<()> {
+    let platform = Platform::new("handover", PARTITIONS).await?;
+    let base = bucket_start(now_millis(), MINUTE_MS) - 60 * MINUTE_MS;
+    let ends = preload(&platform, base).await?;
+
+    // Two start together on a fresh database, as a deployment of two replicas does.
+    let mut first = platform.spawn_as("speed-first", "speed-layer", &["run"])?;
+    let mut second = platform.spawn_as("speed-second", "speed-layer", &["run"])?;
+    wait_for_progress(&platform, 0.35).await?;
+    stop(&mut first).await?;
+    wait_for_progress(&platform, 0.55).await?;
+    let mut first_again = platform.spawn_as("speed-first-again", "speed-layer", &["run"])?;
+    wait_for_progress(&platform, 0.75).await?;
+    let mut third = platform.spawn_as("speed-third", "speed-layer", &["run"])?;
+    platform
+        .wait_caught_up_within("speed_offsets", &ends, Duration::from_secs(600))
+        .await?;
+
+    // Partitions moved between members with most of the backlog still unread.
+    let holders = [&first, &second, &first_again, &third]
+        .iter()
+        .filter(|s| s.got_partitions())
+        .count();
+    ensure!(holders >= 2, "only {holders} instance got partitions");
+    let claimed: i64 = sqlx::query_scalar("SELECT count(*) FROM speed_dedupe")
+        .fetch_one(&platform.pool)
+        .await?;
+    let logs = [&first, &second, &first_again, &third]
+        .iter()
+        .map(|s| s.log())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let warnings: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("offsets") && l.contains("WARN"))
+        .collect();
+    ensure!(
+        !logs.contains("offsets missing from the log"),
+        "the broker did not return offsets it holds: {warnings:#?}"
+    );
+    ensure!(
+        claimed == EVENTS,
+        "{claimed} of {EVENTS} events claimed; offset warnings: {warnings:#?}"
+    );
+    let _serving = platform.spawn("serving-layer", &["run"])?;
+    platform.wait_for_http().await?;
+    let url = format!(
+        "/v1/metrics/purchases?from={}&to={}",
+        format_rfc3339(base),
+        format_rfc3339(base + 30 * MINUTE_MS)
+    );
+    let (status, body) = platform.get(&url).await?;
+    ensure!(
+        status == 200 && first_series_total(&body) == EVENTS as f64,
+        "{status} {body}"
+    );
+    for service in [&mut second, &mut first_again, &mut third] {
+        service.assert_running()?;
+    }
+    Ok(())
+}
