@@ -11,14 +11,24 @@ use std::time::{Duration, Instant};
 
 const PARTITIONS: i32 = 4;
 
-/// One run: `instances` speed layers started together on a fresh database reading `topic`;
-/// seconds from their start to the last offset committed, and Postgres rows and bytes per event.
+/// What one run measured.
+struct Run {
+    /// From the instances' start to the last offset committed.
+    seconds: f64,
+    /// Postgres rows and bytes after the run.
+    rows: f64,
+    bytes: f64,
+    /// Distinct events the speed layer counted: all of them, unless the broker lost some.
+    counted: i64,
+}
+
+/// One run: `instances` speed layers started together on a fresh database reading `topic`.
 async fn run_once(
     topic: &str,
     ends: &HashMap<i32, i64>,
     instances: usize,
     round: usize,
-) -> Result<(f64, f64, f64)> {
+) -> Result<Run> {
     let mut platform =
         crate::load::bench_platform(&format!("bench_scaling_{instances}_{round}"), PARTITIONS)
             .await?;
@@ -32,14 +42,20 @@ async fn run_once(
         .wait_caught_up_within("speed_offsets", ends, Duration::from_secs(3600))
         .await?;
     let seconds = started.elapsed().as_secs_f64();
-    let (rows, bytes): (i64, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM speed_dedupe) + (SELECT count(*) FROM speed_aggregates)
-              + (SELECT count(*) FROM speed_session_events),
+    let (counted, rows, bytes): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM speed_dedupe),
+                (SELECT count(*) FROM speed_dedupe) + (SELECT count(*) FROM speed_aggregates)
+                  + (SELECT count(*) FROM speed_session_events),
                 pg_database_size(current_database())",
     )
     .fetch_one(&platform.pool)
     .await?;
-    Ok((seconds, rows as f64, bytes as f64))
+    Ok(Run {
+        seconds,
+        rows: rows as f64,
+        bytes: bytes as f64,
+        counted,
+    })
 }
 
 pub async fn run(events: u64, rounds: usize) -> Result<Vec<Figure>> {
@@ -56,16 +72,29 @@ pub async fn run(events: u64, rounds: usize) -> Result<Vec<Figure>> {
     .await?;
     let (mut one, mut two) = (Vec::new(), Vec::new());
     let mut per_event = (0.0, 0.0);
+    // Events counted per run, 1 and 2 instances alternating: a handover must lose none.
+    let mut counted = Vec::new();
     for round in 0..rounds {
-        let (seconds, rows, bytes) = run_once(&source.topic, &ends, 1, round).await?;
-        per_event = (rows / events as f64, bytes / events as f64);
-        one.push(seconds);
-        let (seconds, _, _) = run_once(&source.topic, &ends, 2, round).await?;
-        two.push(seconds);
+        let single = run_once(&source.topic, &ends, 1, round).await?;
+        per_event = (single.rows / events as f64, single.bytes / events as f64);
+        one.push(single.seconds);
+        let pair = run_once(&source.topic, &ends, 2, round).await?;
+        two.push(pair.seconds);
         println!(
-            "scaling round {round}: 1 instance {:.1}s, 2 instances {seconds:.1}s",
-            one[round]
+            "scaling round {round}: 1 instance {:.1}s ({} events counted), 2 instances {:.1}s ({} events counted)",
+            single.seconds, single.counted, pair.seconds, pair.counted
         );
+        for run in [&single, &pair] {
+            if run.counted != events as i64 {
+                eprintln!(
+                    "WARNING: a run counted {} of {events} events; a broker that answers a \
+                     fetch inside a record batch with the next batch (tansu's memory:// \
+                     storage) loses the rest of the batch at every handover",
+                    run.counted
+                );
+            }
+        }
+        counted.extend([single.counted, pair.counted]);
     }
     let (lander_rate, lake_bytes) = land(&source.topic, &ends, events).await?;
     let (brokers, topic, bare_ends) = (source.brokers.clone(), source.topic.clone(), ends.clone());
@@ -86,7 +115,8 @@ pub async fn run(events: u64, rounds: usize) -> Result<Vec<Figure>> {
                  {rounds} rounds alternating 1 and 2 instances (seconds: 1 = {one:.1?}, 2 = {two:.1?}); \
                  each run on a fresh database, timed from process start to the last offset \
                  committed; {cores} cores shared by Postgres, the broker and the instances; \
-                 Postgres after a run: {:.2} rows and {:.0} bytes per event",
+                 Postgres after a run: {:.2} rows and {:.0} bytes per event; distinct events \
+                 counted per run (1, 2, 1, 2, ...): {counted:?}",
                 per_event.0, per_event.1
             ),
         ),
