@@ -1,6 +1,7 @@
 //! Query speed: wrk on loopback against a 24-hour, per-minute query grouped by country, once
 //! merged across the cutover and once wholly from the batch view, paced at the same request
-//! rate in the same run. The batch-only query is the merged one's baseline.
+//! rate in the same run. The batch-only query is the merged one's baseline. Each is asked plain
+//! and again accepting gzip, as browsers and most HTTP clients do.
 
 use crate::load::{EventMaker, preload};
 use crate::report::Figure;
@@ -81,8 +82,11 @@ pub async fn run(events: u64, rate: f64, seconds: u64) -> Result<Vec<Figure>> {
         bail!("the merged query is not merged: status {status}, sources {sources:?}");
     }
 
-    let batch = paced(&platform.listen_addr, &[batch_url], rate, seconds).await?;
-    let merged = paced(&platform.listen_addr, &[merged_url], rate, seconds).await?;
+    let addr = &platform.listen_addr;
+    let batch = paced(addr, &[batch_url.clone()], Encoding::Plain, rate, seconds).await?;
+    let merged = paced(addr, &[merged_url.clone()], Encoding::Plain, rate, seconds).await?;
+    let batch_gzip = paced(addr, &[batch_url], Encoding::Gzip, rate, seconds).await?;
+    let merged_gzip = paced(addr, &[merged_url], Encoding::Gzip, rate, seconds).await?;
     // Every request a range of its own (the 24 hours shifted by up to 10 hours): no snapshot
     // is reused, so each answer reads Postgres and merges its speed hour afresh, while its
     // batch points still come from the rendered chunks.
@@ -92,7 +96,7 @@ pub async fn run(events: u64, rate: f64, seconds: u64) -> Result<Vec<Figure>> {
             url(cutover - 23 * HOUR_MS - shift, cutover + HOUR_MS - shift)
         })
         .collect();
-    let distinct = paced(&platform.listen_addr, &distinct_urls, rate, seconds).await?;
+    let distinct = paced(addr, &distinct_urls, Encoding::Plain, rate, seconds).await?;
     let details = format!(
         "{events} events over 25 hours, purchases per minute by country over 24 hours ({points} points \
          per answer), wrk with {CONNECTIONS} connections paced to {rate:.0} req/s for {seconds}s each, \
@@ -122,6 +126,33 @@ pub async fn run(events: u64, rate: f64, seconds: u64) -> Result<Vec<Figure>> {
         )
         .target("p99 < 10 ms at the rate", p99_target(&batch)),
         Figure::new(
+            "serving merged query p99, accepting gzip",
+            (merged_gzip.p99_ms, "ms"),
+            ("batch-only query p99, accepting gzip", batch_gzip.p99_ms),
+            format!(
+                "{details}; Accept-Encoding: gzip (a repeated answer goes out compressed); merged \
+                 {:.0} req/s p50 {:.2} ms, batch-only {:.0} req/s p50 {:.2} ms",
+                merged_gzip.requests_per_second,
+                merged_gzip.p50_ms,
+                batch_gzip.requests_per_second,
+                batch_gzip.p50_ms
+            ),
+        )
+        .target(
+            "p99 < 10 ms at the rate, and at most 1.5x the batch-only query",
+            p99_target(&merged_gzip) && merged_gzip.p99_ms <= 1.5 * batch_gzip.p99_ms,
+        ),
+        Figure::new(
+            "serving batch-only query p99, accepting gzip",
+            (batch_gzip.p99_ms, "ms"),
+            ("10 ms target", 10.0),
+            format!(
+                "{details}; Accept-Encoding: gzip; {:.0} req/s",
+                batch_gzip.requests_per_second
+            ),
+        )
+        .target("p99 < 10 ms at the rate", p99_target(&batch_gzip)),
+        Figure::new(
             "serving merged query p99, every request another range",
             (distinct.p99_ms, "ms"),
             ("batch-only query p99", batch.p99_ms),
@@ -147,11 +178,17 @@ pub async fn run(events: u64, rate: f64, seconds: u64) -> Result<Vec<Figure>> {
 /// wrk at about `rate` requests a second for `seconds`. Each connection waits between a
 /// response and its next request, so its cycle is that wait plus the latency: two 3-second
 /// runs estimate the latency from the rate they reach and shorten the wait by it.
-async fn paced(listen_addr: &str, urls: &[String], rate: f64, seconds: u64) -> Result<Load> {
+async fn paced(
+    listen_addr: &str,
+    urls: &[String],
+    encoding: Encoding,
+    rate: f64,
+    seconds: u64,
+) -> Result<Load> {
     let cycle_ms = CONNECTIONS as f64 * 1000.0 / rate;
     let mut delay_ms = cycle_ms;
     for _ in 0..2 {
-        let calibration = wrk(listen_addr, urls, delay_ms, 3).await?;
+        let calibration = wrk(listen_addr, urls, encoding, delay_ms, 3).await?;
         let reached_cycle_ms =
             CONNECTIONS as f64 * 1000.0 / calibration.requests_per_second.max(1.0);
         let latency_ms = (reached_cycle_ms - delay_ms).max(0.0);
@@ -159,21 +196,38 @@ async fn paced(listen_addr: &str, urls: &[String], rate: f64, seconds: u64) -> R
     }
     // Short calibrations misjudge the latency now and then: a measured run that missed the
     // rate by more than 5% either way is run again with the wait corrected by what it reached.
-    let mut load = wrk(listen_addr, urls, delay_ms, seconds).await?;
+    let mut load = wrk(listen_addr, urls, encoding, delay_ms, seconds).await?;
     for _ in 0..2 {
         if (load.requests_per_second - rate).abs() <= 0.05 * rate {
             break;
         }
         let reached_cycle_ms = CONNECTIONS as f64 * 1000.0 / load.requests_per_second.max(1.0);
         delay_ms = (cycle_ms - (reached_cycle_ms - delay_ms).max(0.0)).max(0.0);
-        load = wrk(listen_addr, urls, delay_ms, seconds).await?;
+        load = wrk(listen_addr, urls, encoding, delay_ms, seconds).await?;
     }
     Ok(load)
 }
 
+/// What the requests accept.
+#[derive(Clone, Copy)]
+enum Encoding {
+    Plain,
+    Gzip,
+}
+
 /// Runs wrk against `urls` for `seconds`, each connection waiting `delay_ms` between a
 /// response and its next request. With several URLs, the requests go round them.
-async fn wrk(listen_addr: &str, urls: &[String], delay_ms: f64, seconds: u64) -> Result<Load> {
+async fn wrk(
+    listen_addr: &str,
+    urls: &[String],
+    encoding: Encoding,
+    delay_ms: f64,
+    seconds: u64,
+) -> Result<Load> {
+    let headers = match encoding {
+        Encoding::Plain => "nil",
+        Encoding::Gzip => "{[\"Accept-Encoding\"] = \"gzip\"}",
+    };
     let script = std::env::temp_dir().join(format!("bench-pace-{}.lua", std::process::id()));
     let prefix = format!("http://{listen_addr}");
     let paths: Vec<String> = urls
@@ -185,7 +239,7 @@ async fn wrk(listen_addr: &str, urls: &[String], delay_ms: f64, seconds: u64) ->
         format!(
             "local paths = {{{}}}\nlocal next_path = 0\n\
              function request()\n  next_path = next_path % #paths + 1\n  \
-             return wrk.format(nil, paths[next_path])\nend\n\
+             return wrk.format(nil, paths[next_path], {headers})\nend\n\
              function delay()\n  return {delay_ms:.3}\nend\n",
             paths.join(", ")
         ),

@@ -1,6 +1,7 @@
 //! The HTTP API of CONTRACT §4.
 
 use crate::answer_cache::{AnswerCache, CHUNK_POINTS, ChunkKey, PointOut, RenderedSeries, render};
+use crate::encoding::{CachedBody, accepts_gzip};
 use crate::openapi::ErrorBody;
 use crate::snapshot::{
     GenerationCache, Snapshot, SnapshotError, SnapshotKey, ViewCache, read_snapshot,
@@ -10,7 +11,8 @@ use crate::state_changes::StateGeneration;
 use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::header::{CONTENT_ENCODING, CONTENT_TYPE, VARY};
+use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -57,7 +59,7 @@ pub struct AppState {
     pub changes: StateGeneration,
     pub snapshots: Arc<GenerationCache<SnapshotKey, Arc<Snapshot>>>,
     /// Whole answers of the latest state generation, by request.
-    pub bodies: Arc<GenerationCache<AnswerKey, Bytes>>,
+    pub bodies: Arc<GenerationCache<AnswerKey, CachedBody>>,
     pub answers: AnswerCache,
     pub runs: crate::admin::Runs,
 }
@@ -341,6 +343,7 @@ pub(crate) struct MetricAnswer {
     ))]
 pub(crate) async fn query_metric(
     State(state): State<AppState>,
+    headers: HeaderMap,
     name: Result<Path<String>, PathRejection>,
     params: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -357,13 +360,18 @@ pub(crate) async fn query_metric(
     let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let request = parse_query(metric, &params, &state.config.serving)?;
     let timeout = state.config.serving.query_timeout.as_std();
-    match tokio::time::timeout(timeout, answer(&state, metric, &request)).await {
-        Ok(answer) => answer.map(|body| {
-            (
-                [(axum::http::header::CONTENT_TYPE, "application/json")],
-                body,
-            )
-                .into_response()
+    let gzip = accepts_gzip(&headers);
+    match tokio::time::timeout(timeout, answer(&state, metric, &request, gzip)).await {
+        Ok(answer) => answer.map(|(body, encoded)| {
+            let json = [
+                (CONTENT_TYPE, "application/json"),
+                (VARY, "accept-encoding"),
+            ];
+            if encoded {
+                (json, [(CONTENT_ENCODING, "gzip")], body).into_response()
+            } else {
+                (json, body).into_response()
+            }
         }),
         Err(_) => Err(ApiError::unavailable(format!(
             "query took longer than {}",
@@ -477,11 +485,13 @@ pub async fn merged_points(
     Ok((snapshot, points))
 }
 
+/// The answer's body, and whether it is gzip (only ever for a cached answer, when `gzip`).
 async fn answer(
     state: &AppState,
     metric: &MetricDef,
     request: &Request,
-) -> Result<Bytes, ApiError> {
+    gzip: bool,
+) -> Result<(Bytes, bool), ApiError> {
     // Read before anything the answer is made of: a change committed meanwhile files it under
     // a generation no later request asks for.
     let generation = state.changes.current();
@@ -492,13 +502,19 @@ async fn answer(
         window: request.window.to_string(),
     };
     if let Some(body) = state.bodies.lookup(generation, &key) {
-        return Ok(body);
+        return Ok(if gzip {
+            (body.gzip(), true)
+        } else {
+            (body.plain(), false)
+        });
     }
     let body = Bytes::from(render_answer(state, generation, metric, request).await?);
     if body.len() <= MAX_CACHED_BODY {
-        state.bodies.insert(generation, key, body.clone());
+        state
+            .bodies
+            .insert(generation, key, CachedBody::new(body.clone()));
     }
-    Ok(body)
+    Ok((body, false))
 }
 
 async fn render_answer(

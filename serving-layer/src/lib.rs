@@ -10,6 +10,7 @@ mod auth;
 mod cors;
 mod dashboard;
 mod divergence;
+mod encoding;
 mod freshness;
 pub mod http_metrics;
 #[cfg(test)]

@@ -9,6 +9,7 @@ use platform_tests::{Platform, first_series_total, stack, wait_until};
 use serde_json::{Value, json};
 use shared_schema::time::{MINUTE_MS, bucket_start, format_rfc3339, now_millis};
 use std::collections::HashMap;
+use std::io::Read;
 use std::time::Duration;
 
 const PARTITIONS: i32 = 2;
@@ -50,6 +51,22 @@ async fn speed_offset_sum(platform: &Platform) -> Result<i64> {
     .fetch_one(&platform.pool)
     .await?
     .unwrap_or(0))
+}
+
+/// A request that accepts gzip: the response's `Content-Encoding` and its raw body.
+async fn get_accepting_gzip(platform: &Platform, path: &str) -> Result<(Option<String>, Vec<u8>)> {
+    let response = platform
+        .http
+        .get(format!("http://{}{path}", platform.listen_addr))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await?;
+    let encoding = response
+        .headers()
+        .get("content-encoding")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    Ok((encoding, response.bytes().await?.to_vec()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -94,6 +111,21 @@ async fn cached_answers_follow_every_change_at_once() -> Result<()> {
         );
     }
     ensure!(first_series_total(&platform.get(&url).await?.1) == 60.0);
+    // A cached answer goes out gzip to a client that accepts it, and decodes to the same JSON
+    // (an answer computed anew is sent plain, so a change meanwhile takes one more request).
+    let mut gzip_body = Vec::new();
+    for _ in 0..5 {
+        let (encoding, body) = get_accepting_gzip(&platform, &grouped).await?;
+        if encoding.as_deref() == Some("gzip") {
+            gzip_body = body;
+            break;
+        }
+    }
+    ensure!(!gzip_body.is_empty(), "no gzip answer in five requests");
+    let mut decoded = Vec::new();
+    flate2::read::GzDecoder::new(&gzip_body[..]).read_to_end(&mut decoded)?;
+    let decoded: serde_json::Value = serde_json::from_slice(&decoded)?;
+    ensure!(decoded == platform.get(&grouped).await?.1, "{decoded}");
     // Another range of the same shape reuses the rendered batch points.
     let shifted = format!(
         "/v1/metrics/purchases?from={}&to={}",
