@@ -1,12 +1,12 @@
 //! Benchmark input: contract-shaped events, and loading many of them into a topic quickly.
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::ClientConfig;
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use serde_json::json;
 use shared_schema::time::{MINUTE_MS, Millis};
 use std::collections::HashMap;
@@ -98,37 +98,16 @@ pub async fn preload(
     maker: &mut EventMaker,
 ) -> Result<HashMap<i32, i64>> {
     let producer = bulk_producer(brokers)?;
-    let mut ends: HashMap<i32, i64> = HashMap::new();
-    let mut pending = Vec::with_capacity(20_000);
-    for i in 0..count {
+    let messages = (0..count).map(|i| {
         let id = format!("{prefix}{i}");
         let time = maker.time();
         let (user, payload) = maker.payload(&id, time);
         let mut hasher = std::hash::DefaultHasher::new();
         user.hash(&mut hasher);
         let partition = (hasher.finish() % partitions as u64) as i32;
-        let record = FutureRecord::to(topic)
-            .partition(partition)
-            .key(&user)
-            .payload(&payload);
-        match producer.send_result(record) {
-            Ok(delivery) => pending.push(delivery),
-            Err((e, _)) => bail!("enqueueing: {e}"),
-        }
-        if pending.len() == 20_000 || i + 1 == count {
-            for delivery in pending.drain(..) {
-                match delivery.await {
-                    Ok(Ok(d)) => {
-                        let end = ends.entry(d.partition).or_default();
-                        *end = (*end).max(d.offset + 1);
-                    }
-                    Ok(Err((e, _))) => bail!("delivery failed: {e}"),
-                    Err(_) => bail!("delivery cancelled"),
-                }
-            }
-        }
-    }
-    Ok(ends)
+        (partition, user, payload)
+    });
+    platform_tests::send_all(&producer, topic, messages).await
 }
 
 /// The baseline consumer: plain rdkafka reading every partition from the start until `ends`,

@@ -67,6 +67,42 @@ pub async fn send(
     Ok(delivery.offset)
 }
 
+/// Produces `messages` (partition, key, payload) to `topic` with many deliveries in flight, and
+/// returns the end offset (one past the last message) of every partition written.
+pub async fn send_all<K: AsRef<[u8]>, P: AsRef<[u8]>>(
+    producer: &FutureProducer,
+    topic: &str,
+    messages: impl IntoIterator<Item = (i32, K, P)>,
+) -> Result<HashMap<i32, i64>> {
+    const IN_FLIGHT: usize = 20_000;
+    let mut ends: HashMap<i32, i64> = HashMap::new();
+    let mut pending = Vec::with_capacity(IN_FLIGHT);
+    let mut messages = messages.into_iter().peekable();
+    while let Some((partition, key, payload)) = messages.next() {
+        let record = FutureRecord::to(topic)
+            .partition(partition)
+            .key(key.as_ref())
+            .payload(payload.as_ref());
+        match producer.send_result(record) {
+            Ok(delivery) => pending.push(delivery),
+            Err((e, _)) => bail!("enqueueing: {e}"),
+        }
+        if pending.len() == IN_FLIGHT || messages.peek().is_none() {
+            for delivery in pending.drain(..) {
+                match delivery.await {
+                    Ok(Ok(d)) => {
+                        let end = ends.entry(d.partition).or_default();
+                        *end = (*end).max(d.offset + 1);
+                    }
+                    Ok(Err((e, _))) => bail!("delivery failed: {e}"),
+                    Err(_) => bail!("delivery cancelled"),
+                }
+            }
+        }
+    }
+    Ok(ends)
+}
+
 /// The speed layer's consumer-group session timeout in every scenario.
 ///
 /// A scenario starts the replacement of a SIGKILLed group member only after this has passed,
@@ -379,6 +415,17 @@ impl Platform {
         let status = response.status().as_u16();
         let body = response.json().await.unwrap_or(serde_json::Value::Null);
         Ok((status, body))
+    }
+
+    /// The sum of the speed layer's committed next offsets over this scenario's partitions.
+    pub async fn speed_offset_sum(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar::<_, Option<i64>>(
+            "SELECT sum(next_offset)::bigint FROM speed_offsets WHERE topic = $1",
+        )
+        .bind(&self.topic)
+        .fetch_one(&self.pool)
+        .await?
+        .unwrap_or(0))
     }
 
     /// How often the serving layer's `cache` (snapshot, body or answer) was hit, from /metrics.

@@ -43,16 +43,6 @@ async fn answer_soon(
     }
 }
 
-async fn speed_offset_sum(platform: &Platform) -> Result<i64> {
-    Ok(sqlx::query_scalar::<_, Option<i64>>(
-        "SELECT sum(next_offset)::bigint FROM speed_offsets WHERE topic = $1",
-    )
-    .bind(&platform.topic)
-    .fetch_one(&platform.pool)
-    .await?
-    .unwrap_or(0))
-}
-
 /// A request that accepts gzip: the response's `Content-Encoding` and its raw body.
 async fn get_accepting_gzip(platform: &Platform, path: &str) -> Result<(Option<String>, Vec<u8>)> {
     let response = platform
@@ -141,14 +131,15 @@ async fn cached_answers_follow_every_change_at_once() -> Result<()> {
     }
 
     // A speed-layer commit: visible as soon as it is in Postgres.
-    let committed = speed_offset_sum(&platform).await?;
+    let committed = platform.speed_offset_sum().await?;
     for i in 60..65i64 {
         platform
             .send_tracked(0, &purchase(i, base + 30 * MINUTE_MS), &mut ends)
             .await?;
     }
     wait_until(Duration::from_secs(30), "the speed commit", || async {
-        speed_offset_sum(&platform)
+        platform
+            .speed_offset_sum()
             .await
             .is_ok_and(|sum| sum >= committed + 5)
     })
@@ -193,12 +184,13 @@ async fn cached_answers_follow_every_change_at_once() -> Result<()> {
         },
     )
     .await?;
-    let committed = speed_offset_sum(&platform).await?;
+    let committed = platform.speed_offset_sum().await?;
     platform
         .send_tracked(1, &purchase(65, base + 31 * MINUTE_MS), &mut ends)
         .await?;
     wait_until(Duration::from_secs(60), "the speed commit", || async {
-        speed_offset_sum(&platform)
+        platform
+            .speed_offset_sum()
             .await
             .is_ok_and(|sum| sum > committed)
     })

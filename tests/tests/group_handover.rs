@@ -11,9 +11,8 @@
 //! That broker is what lost 0.7-1.7 % of the events in the 2-instance scaling benchmark; this
 //! scenario fails there the same way (about one run in four).
 
-use anyhow::{Result, bail, ensure};
-use platform_tests::{Platform, Service, first_series_total, wait_until};
-use rdkafka::producer::FutureRecord;
+use anyhow::{Result, ensure};
+use platform_tests::{Platform, Service, first_series_total, send_all, wait_until};
 use shared_schema::time::{MINUTE_MS, bucket_start, format_rfc3339, now_millis};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -25,48 +24,14 @@ const SPACING_MS: i64 = 10;
 
 /// Produces `EVENTS` purchases round-robin over the partitions; returns the end offsets.
 async fn preload(platform: &Platform, base: i64) -> Result<HashMap<i32, i64>> {
-    let mut ends: HashMap<i32, i64> = HashMap::new();
-    let mut pending = Vec::new();
-    for i in 0..EVENTS {
+    let messages = (0..EVENTS).map(|i| {
         let payload = serde_json::json!({
             "event_id": format!("h{i}"), "event_type": "purchase", "event_time": base + i * SPACING_MS,
             "country": "DE", "amount": 1.0, "schema_version": 2,
-        })
-        .to_string();
-        let key = i.to_string();
-        let record = FutureRecord::to(&platform.topic)
-            .partition((i % PARTITIONS as i64) as i32)
-            .key(&key)
-            .payload(&payload);
-        match platform.producer.send_result(record) {
-            Ok(delivery) => pending.push(delivery),
-            Err((e, _)) => bail!("enqueueing: {e}"),
-        }
-        if pending.len() == 5_000 || i + 1 == EVENTS {
-            for delivery in pending.drain(..) {
-                match delivery.await {
-                    Ok(Ok(d)) => {
-                        let end = ends.entry(d.partition).or_default();
-                        *end = (*end).max(d.offset + 1);
-                    }
-                    Ok(Err((e, _))) => bail!("delivery failed: {e}"),
-                    Err(_) => bail!("delivery cancelled"),
-                }
-            }
-        }
-    }
-    Ok(ends)
-}
-
-/// Events whose offsets the speed layer has committed.
-async fn committed(platform: &Platform) -> Result<i64> {
-    Ok(sqlx::query_scalar::<_, Option<i64>>(
-        "SELECT sum(next_offset)::bigint FROM speed_offsets WHERE topic = $1",
-    )
-    .bind(&platform.topic)
-    .fetch_one(&platform.pool)
-    .await?
-    .unwrap_or(0))
+        });
+        ((i % PARTITIONS as i64) as i32, i.to_string(), payload.to_string())
+    });
+    send_all(&platform.producer, &platform.topic, messages).await
 }
 
 async fn wait_for_progress(platform: &Platform, share: f64) -> Result<()> {
@@ -74,7 +39,7 @@ async fn wait_for_progress(platform: &Platform, share: f64) -> Result<()> {
     wait_until(
         Duration::from_secs(300),
         &format!("{goal} events committed"),
-        || async { committed(platform).await.is_ok_and(|n| n >= goal) },
+        || async { platform.speed_offset_sum().await.is_ok_and(|n| n >= goal) },
     )
     .await
 }
