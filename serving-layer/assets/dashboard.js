@@ -79,9 +79,23 @@
     return node;
   }
 
+  // With `serving.read_token` set, the token comes in the URL's fragment (`#token=...`), which
+  // the browser never sends to a server, and is kept for the tab's session.
+  const TOKEN_KEY = "lambda-read-token";
+  const readToken = (() => {
+    const given = new URLSearchParams(location.hash.slice(1)).get("token");
+    if (given) sessionStorage.setItem(TOKEN_KEY, given);
+    return given || sessionStorage.getItem(TOKEN_KEY);
+  })();
+
   async function getJson(path) {
-    const response = await fetch(path, { headers: { accept: "application/json" } });
+    const headers = { accept: "application/json" };
+    if (readToken) headers.authorization = `Bearer ${readToken}`;
+    const response = await fetch(path, { headers });
     const body = await response.json().catch(() => null);
+    if (response.status === 401) {
+      throw new Error(`${path}: this server needs its read token; open the dashboard as /#token=<serving.read_token>`);
+    }
     if (!response.ok) {
       const message = body && body.error ? body.error.message : `HTTP ${response.status}`;
       throw new Error(`${path}: ${message}`);

@@ -509,3 +509,38 @@ async fn the_dashboard_draws_the_merged_answer_and_the_side_panels() -> Result<(
         .await?;
     Ok(())
 }
+
+/// With `serving.read_token` set, the page itself stays open and its requests carry the token
+/// given in the URL's fragment; without it, every panel says how to give it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_dashboard_sends_the_read_token_from_its_fragment() -> Result<()> {
+    const TOKEN: &str = "dashboard-read-token";
+    let mut platform = Platform::new("dashboard_token", PARTITIONS).await?;
+    let browser = Browser::from_env(platform.lake_dir.with_file_name("chromium"))?;
+    platform
+        .extra_env
+        .push(("PLATFORM_SERVING__READ_TOKEN".into(), TOKEN.into()));
+    let _serving = platform.spawn("serving-layer", &["run"])?;
+    platform.wait_for_http().await?;
+    let (status, _) = platform.get("/v1/metrics").await?;
+    ensure!(status == 401, "the read endpoints need the token: {status}");
+
+    let page = format!("http://{}/?metric=purchases&range=1h", platform.listen_addr);
+    let without = browser.rendered_dom(&page).await?;
+    let chart = start_tag(&without, "id=\"chart\"").context("the chart")?;
+    ensure!(
+        attribute(chart, "data-state") == Some("error") && without.contains("#token="),
+        "without the token: {chart}\n{without}"
+    );
+    let with = browser
+        .rendered_dom(&format!("{page}#token={TOKEN}"))
+        .await?;
+    for panel in ["chart", "freshness", "late", "divergence", "alerts"] {
+        let tag = start_tag(&with, &format!("id=\"{panel}\"")).context("a panel")?;
+        ensure!(
+            attribute(tag, "data-state") == Some("ready"),
+            "with the token, {panel}: {tag}\n{with}"
+        );
+    }
+    Ok(())
+}
