@@ -484,6 +484,33 @@ impl EventSource {
         &self.topic
     }
 
+    /// Leaves the group and closes the consumer, waiting at most `within`. librdkafka's close
+    /// waits for the coordinator without a limit, and a coordinator in a stuck rebalance never
+    /// answers; the positions are in Postgres, so giving up loses nothing: the group hands the
+    /// partitions on after the session timeout instead of at once.
+    pub async fn close(self, within: Duration) {
+        let (closed, done) = tokio::sync::oneshot::channel();
+        let consumer = self.consumer;
+        // Dropping closes it; on a thread of its own so that a close that never ends is left
+        // behind when the process exits.
+        let spawned = std::thread::Builder::new()
+            .name("kafka-close".into())
+            .spawn(move || {
+                drop(consumer);
+                let _ = closed.send(());
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "could not close the consumer on a thread of its own");
+            return;
+        }
+        if tokio::time::timeout(within, done).await.is_err() {
+            tracing::warn!(
+                waited = ?within,
+                "the consumer did not leave the group in time; exiting without it"
+            );
+        }
+    }
+
     /// Messages not yet read, per owned partition: the high watermark librdkafka last reported
     /// in its statistics (from its fetch responses, so no request to the broker), minus the
     /// next offset. A partition with no reported watermark yet is left out.
