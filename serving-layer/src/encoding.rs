@@ -41,7 +41,7 @@ impl CachedBody {
 }
 
 /// The fastest level: the answer is compressed once and sent many times, but the request that
-/// compresses it waits for it. JSON of repeated keys shrinks about tenfold even so.
+/// compresses it waits for it. JSON of repeated keys shrinks several-fold even so.
 fn gzip(plain: &[u8]) -> Bytes {
     let mut encoder = GzEncoder::new(Vec::with_capacity(plain.len() / 8), Compression::fast());
     // Writing into a Vec cannot fail.
