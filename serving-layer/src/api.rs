@@ -169,6 +169,10 @@ impl ApiError {
     pub(crate) fn unavailable(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
+    /// A fault of the server's own, never of the request.
+    pub(crate) fn internal(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -598,10 +602,6 @@ struct AnswerInputs<'a> {
 const WHOLE: Group = None;
 
 impl AnswerInputs<'_> {
-    fn batch_rows(&self, part: &MetricDef, range: (Millis, Millis)) -> &[BucketRow] {
-        batch_rows(self.view, part, range)
-    }
-
     fn merge(&self, query: &SeriesQuery) -> BTreeMap<(Group, Millis), MergedPoint> {
         merge_sides(self.parts, self.snapshot, self.view, query)
     }
@@ -640,7 +640,7 @@ impl AnswerInputs<'_> {
                         .parts
                         .iter()
                         .map(|part| {
-                            let rows = self.batch_rows(part, (range.0, t.min(range.1)));
+                            let rows = batch_rows(self.view, part, (range.0, t.min(range.1)));
                             (*part, rows.iter().cloned(), std::iter::empty())
                         })
                         .collect();
@@ -683,15 +683,9 @@ impl AnswerInputs<'_> {
 
         // The head is the answer with no series; the series are spliced in from their pieces.
         let head = self.answer_with(Vec::new());
-        let mut body = serde_json::to_vec(&head).map_err(|e| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-        })?;
+        let mut body = serde_json::to_vec(&head).map_err(|e| ApiError::internal(e.to_string()))?;
         if !body.ends_with(b"[]}") {
-            return Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "an answer's series are not last",
-            ));
+            return Err(ApiError::internal("an answer's series are not last"));
         }
         body.truncate(body.len() - 3);
         let points_bytes: usize = series.values().flatten().map(|p| p.len() + 1).sum();
@@ -702,9 +696,8 @@ impl AnswerInputs<'_> {
                 body.push(b',');
             }
             body.extend_from_slice(b"{\"group\":");
-            serde_json::to_writer(&mut body, &self.group_json(group)).map_err(|e| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-            })?;
+            serde_json::to_writer(&mut body, &self.group_json(group))
+                .map_err(|e| ApiError::internal(e.to_string()))?;
             body.extend_from_slice(b",\"points\":[");
             for (j, piece) in pieces.iter().enumerate() {
                 if j > 0 {
