@@ -128,6 +128,8 @@ struct GroupRecipe {
     config: ClientConfig,
     pool: sqlx::PgPool,
     table: PositionTable,
+    /// Also how long leaving the group may take (see [`close_within`]).
+    session_timeout: Duration,
 }
 
 impl GroupRecipe {
@@ -360,7 +362,7 @@ impl EventSource {
             tracing::info!(topic = %self.topic, partitions = ?added, "partitions added to the topic; joining the group again");
             let old = std::mem::replace(&mut self.consumer, recipe.consumer(&self.topic)?);
             // Closing leaves the group at once: the group need not wait out the old session.
-            tokio::task::block_in_place(|| drop(old));
+            tokio::task::block_in_place(|| close_within(old, recipe.session_timeout));
             // What the old member held, the group assigns again.
             self.positions.clear();
             self.consumer.subscribe(&[&self.topic])?;
@@ -394,6 +396,7 @@ impl EventSource {
             config,
             pool,
             table,
+            session_timeout,
         };
         let consumer = recipe.consumer(topic)?;
         let partitions = wait_for_partitions(&consumer, topic).await?;
@@ -484,30 +487,11 @@ impl EventSource {
         &self.topic
     }
 
-    /// Leaves the group and closes the consumer, waiting at most `within`. librdkafka's close
-    /// waits for the coordinator without a limit, and a coordinator in a stuck rebalance never
-    /// answers; the positions are in Postgres, so giving up loses nothing: the group hands the
-    /// partitions on after the session timeout instead of at once.
-    pub async fn close(self, within: Duration) {
-        let (closed, done) = tokio::sync::oneshot::channel();
-        let consumer = self.consumer;
-        // Dropping closes it; on a thread of its own so that a close that never ends is left
-        // behind when the process exits.
-        let spawned = std::thread::Builder::new()
-            .name("kafka-close".into())
-            .spawn(move || {
-                drop(consumer);
-                let _ = closed.send(());
-            });
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "could not close the consumer on a thread of its own");
-            return;
-        }
-        if tokio::time::timeout(within, done).await.is_err() {
-            tracing::warn!(
-                waited = ?within,
-                "the consumer did not leave the group in time; exiting without it"
-            );
+    /// Leaves the consumer group, if in one (see [`close_within`]), and closes the consumer.
+    pub fn close(self) {
+        match self.group.map(|recipe| recipe.session_timeout) {
+            Some(within) => tokio::task::block_in_place(|| close_within(self.consumer, within)),
+            None => drop(self.consumer),
         }
     }
 
@@ -629,6 +613,32 @@ impl EventSource {
         self.batch_in_flight = false;
         batch.positions = self.positions.clone();
         Ok(batch)
+    }
+}
+
+/// Closes `consumer`, which leaves its group, waiting at most `within`. librdkafka's close
+/// waits for the coordinator without a limit, and a coordinator in a stuck rebalance never
+/// answers; the positions are in Postgres, so giving up loses nothing: the group hands the
+/// partitions on after the session timeout instead of at once. Blocks the calling thread.
+fn close_within(consumer: StreamConsumer<SourceContext>, within: Duration) {
+    let (closed, done) = std::sync::mpsc::channel();
+    // Dropping closes it; on a thread of its own, so that a close that never ends is left
+    // behind (and ends with the process).
+    let spawned = std::thread::Builder::new()
+        .name("kafka-close".into())
+        .spawn(move || {
+            drop(consumer);
+            let _ = closed.send(());
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "could not close the consumer on a thread of its own");
+        return;
+    }
+    if done.recv_timeout(within).is_err() {
+        tracing::warn!(
+            waited = ?within,
+            "the consumer did not leave its group in time; going on without it"
+        );
     }
 }
 

@@ -166,7 +166,7 @@ impl SpeedLayer {
             let mut batch = tokio::select! {
                 _ = &mut shutdown => {
                     tracing::info!("shutting down");
-                    source.close(self.config.speed.session_timeout.as_std()).await;
+                    source.close();
                     return Ok(false);
                 }
                 batch = source.next_batch(max_events, self.config.speed.batch_max_wait.as_std()) => batch?,
