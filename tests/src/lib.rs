@@ -357,6 +357,8 @@ impl Platform {
             .create(true)
             .append(true)
             .open(&log_path)?;
+        // A restarted instance appends to its predecessor's log; its own part starts here.
+        let log_start = log.metadata()?.len();
         let child = Command::new(bin_path(binary)?)
             .args(args)
             .envs(self.env())
@@ -366,7 +368,11 @@ impl Platform {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {binary}"))?;
-        Ok(Service { child, log_path })
+        Ok(Service {
+            child,
+            log_path,
+            log_start,
+        })
     }
 
     /// `binary args...` with this platform's environment, for a scenario that runs a command
@@ -549,6 +555,7 @@ impl Drop for Platform {
 pub struct Service {
     child: Child,
     pub log_path: PathBuf,
+    log_start: u64,
 }
 
 impl Service {
@@ -574,23 +581,33 @@ impl Service {
         }
     }
 
-    /// A speed layer or lander in a consumer group was assigned some partition by it.
+    /// This process, a speed layer or lander in a consumer group, was assigned some partition
+    /// by it.
     pub fn got_partitions(&self) -> bool {
         self.log()
             .lines()
             .any(|line| line.contains("assigned by the group") && !line.contains("partitions=[]"))
     }
 
-    /// Everything the process wrote so far.
+    /// Everything this process (not an earlier one under the same label) wrote so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+        let text = std::fs::read(&self.log_path).unwrap_or_default();
+        let own = text.get(self.log_start as usize..).unwrap_or_default();
+        String::from_utf8_lossy(own).into_owned()
+    }
+
+    /// Waits up to `limit` for the group to assign this process some partition.
+    pub async fn wait_for_partitions(&self, limit: Duration) -> Result<()> {
+        wait_until(limit, "a partition assigned by the group", || async {
+            self.got_partitions()
+        })
+        .await
     }
 
     /// Fails if the process already exited, with its log.
     pub fn assert_running(&mut self) -> Result<()> {
         if let Some(status) = self.child.try_wait()? {
-            let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-            bail!("service exited with {status}:\n{log}");
+            bail!("service exited with {status}:\n{}", self.log());
         }
         Ok(())
     }
