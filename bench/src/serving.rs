@@ -12,11 +12,14 @@ const PARTITIONS: i32 = 4;
 /// Connections wrk holds open; each paces its requests so that together they ask `rate`.
 const CONNECTIONS: u32 = 16;
 
-/// What wrk measured for one query.
+/// What one load measured, its slices added up.
+#[derive(Default)]
 struct Load {
     requests_per_second: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// Answers the serving layer computed (the rest were found cached, or shared).
+    computed: f64,
 }
 
 pub async fn run(events: u64, rate: f64, seconds: u64) -> Result<Vec<Figure>> {
@@ -82,11 +85,6 @@ pub async fn run(events: u64, rate: f64, seconds: u64) -> Result<Vec<Figure>> {
         bail!("the merged query is not merged: status {status}, sources {sources:?}");
     }
 
-    let addr = &platform.listen_addr;
-    let batch = paced(addr, &[batch_url.clone()], Encoding::Plain, rate, seconds).await?;
-    let merged = paced(addr, &[merged_url.clone()], Encoding::Plain, rate, seconds).await?;
-    let batch_gzip = paced(addr, &[batch_url], Encoding::Gzip, rate, seconds).await?;
-    let merged_gzip = paced(addr, &[merged_url], Encoding::Gzip, rate, seconds).await?;
     // Every request a range of its own (the 24 hours shifted by up to 10 hours): no snapshot
     // is reused, so each answer reads Postgres and merges its speed hour afresh, while its
     // batch points still come from the rendered chunks.
@@ -96,11 +94,19 @@ pub async fn run(events: u64, rate: f64, seconds: u64) -> Result<Vec<Figure>> {
             url(cutover - 23 * HOUR_MS - shift, cutover + HOUR_MS - shift)
         })
         .collect();
-    let distinct = paced(addr, &distinct_urls, Encoding::Plain, rate, seconds).await?;
+    let mut loads = [
+        Pacer::new(vec![batch_url.clone()], Encoding::Plain, rate),
+        Pacer::new(vec![merged_url.clone()], Encoding::Plain, rate),
+        Pacer::new(vec![batch_url], Encoding::Gzip, rate),
+        Pacer::new(vec![merged_url], Encoding::Gzip, rate),
+        Pacer::new(distinct_urls, Encoding::Plain, rate),
+    ];
+    let [batch, merged, batch_gzip, merged_gzip, distinct] =
+        interleaved(&platform, &mut loads, seconds).await?;
     let details = format!(
         "{events} events over 25 hours, purchases per minute by country over 24 hours ({points} points \
          per answer), wrk with {CONNECTIONS} connections paced to {rate:.0} req/s for {seconds}s each, \
-         on loopback; merged: 23 hours of batch view and 1 hour of speed rows; batch-only: 24 hours \
+         the loads taking turns in {SLICES} slices, on loopback; merged: 23 hours of batch view and 1 hour of speed rows; batch-only: 24 hours \
          of batch view"
     );
     let p99_target = |load: &Load| load.p99_ms < 10.0 && load.requests_per_second >= 0.95 * rate;
@@ -110,8 +116,14 @@ pub async fn run(events: u64, rate: f64, seconds: u64) -> Result<Vec<Figure>> {
             (merged.p99_ms, "ms"),
             ("batch-only query p99", batch.p99_ms),
             format!(
-                "{details}; merged {:.0} req/s p50 {:.2} ms, batch-only {:.0} req/s p50 {:.2} ms",
-                merged.requests_per_second, merged.p50_ms, batch.requests_per_second, batch.p50_ms
+                "{details}; merged {:.0} req/s p50 {:.2} ms, {:.0} answers computed; batch-only \
+                 {:.0} req/s p50 {:.2} ms, {:.0} answers computed",
+                merged.requests_per_second,
+                merged.p50_ms,
+                merged.computed,
+                batch.requests_per_second,
+                batch.p50_ms,
+                batch.computed
             ),
         )
         .target(
@@ -122,7 +134,10 @@ pub async fn run(events: u64, rate: f64, seconds: u64) -> Result<Vec<Figure>> {
             "serving batch-only query p99",
             (batch.p99_ms, "ms"),
             ("10 ms target", 10.0),
-            format!("{details}; {:.0} req/s", batch.requests_per_second),
+            format!(
+                "{details}; {:.0} req/s, {:.0} answers computed",
+                batch.requests_per_second, batch.computed
+            ),
         )
         .target("p99 < 10 ms at the rate", p99_target(&batch)),
         Figure::new(
@@ -131,11 +146,14 @@ pub async fn run(events: u64, rate: f64, seconds: u64) -> Result<Vec<Figure>> {
             ("batch-only query p99, accepting gzip", batch_gzip.p99_ms),
             format!(
                 "{details}; Accept-Encoding: gzip (a repeated answer goes out compressed); merged \
-                 {:.0} req/s p50 {:.2} ms, batch-only {:.0} req/s p50 {:.2} ms",
+                 {:.0} req/s p50 {:.2} ms, {:.0} answers computed; batch-only {:.0} req/s p50 \
+                 {:.2} ms, {:.0} answers computed",
                 merged_gzip.requests_per_second,
                 merged_gzip.p50_ms,
+                merged_gzip.computed,
                 batch_gzip.requests_per_second,
-                batch_gzip.p50_ms
+                batch_gzip.p50_ms,
+                batch_gzip.computed
             ),
         )
         .target(
@@ -147,8 +165,8 @@ pub async fn run(events: u64, rate: f64, seconds: u64) -> Result<Vec<Figure>> {
             (batch_gzip.p99_ms, "ms"),
             ("10 ms target", 10.0),
             format!(
-                "{details}; Accept-Encoding: gzip; {:.0} req/s",
-                batch_gzip.requests_per_second
+                "{details}; Accept-Encoding: gzip; {:.0} req/s, {:.0} answers computed",
+                batch_gzip.requests_per_second, batch_gzip.computed
             ),
         )
         .target("p99 < 10 ms at the rate", p99_target(&batch_gzip)),
@@ -158,8 +176,8 @@ pub async fn run(events: u64, rate: f64, seconds: u64) -> Result<Vec<Figure>> {
             ("batch-only query p99", batch.p99_ms),
             format!(
                 "{details}; 600 ranges shifted minute by minute, so no query snapshot is reused; \
-                 {:.0} req/s p50 {:.2} ms",
-                distinct.requests_per_second, distinct.p50_ms
+                 {:.0} req/s p50 {:.2} ms, {:.0} answers computed",
+                distinct.requests_per_second, distinct.p50_ms, distinct.computed
             ),
         )
         .target(
@@ -175,37 +193,81 @@ pub async fn run(events: u64, rate: f64, seconds: u64) -> Result<Vec<Figure>> {
     ])
 }
 
-/// wrk at about `rate` requests a second for `seconds`. Each connection waits between a
-/// response and its next request, so its cycle is that wait plus the latency: two 3-second
-/// runs estimate the latency from the rate they reach and shorten the wait by it.
-async fn paced(
-    listen_addr: &str,
-    urls: &[String],
+/// Slices each load's time is cut into. The loads take turns slice by slice, so a burst of
+/// noise on the machine (these run on two shared cores) falls on all of them alike rather than
+/// on whichever happened to run then.
+const SLICES: u64 = 5;
+
+/// One load and the wait between a response and a connection's next request that paces it.
+struct Pacer {
+    urls: Vec<String>,
     encoding: Encoding,
     rate: f64,
-    seconds: u64,
-) -> Result<Load> {
-    let cycle_ms = CONNECTIONS as f64 * 1000.0 / rate;
-    let mut delay_ms = cycle_ms;
-    for _ in 0..2 {
-        let calibration = wrk(listen_addr, urls, encoding, delay_ms, 3).await?;
-        let reached_cycle_ms =
-            CONNECTIONS as f64 * 1000.0 / calibration.requests_per_second.max(1.0);
-        let latency_ms = (reached_cycle_ms - delay_ms).max(0.0);
-        delay_ms = (cycle_ms - latency_ms).max(0.0);
-    }
-    // Short calibrations misjudge the latency now and then: a measured run that missed the
-    // rate by more than 5% either way is run again with the wait corrected by what it reached.
-    let mut load = wrk(listen_addr, urls, encoding, delay_ms, seconds).await?;
-    for _ in 0..2 {
-        if (load.requests_per_second - rate).abs() <= 0.05 * rate {
-            break;
+    delay_ms: f64,
+}
+
+impl Pacer {
+    fn new(urls: Vec<String>, encoding: Encoding, rate: f64) -> Pacer {
+        Pacer {
+            urls,
+            encoding,
+            rate,
+            delay_ms: Self::cycle_ms(rate),
         }
-        let reached_cycle_ms = CONNECTIONS as f64 * 1000.0 / load.requests_per_second.max(1.0);
-        delay_ms = (cycle_ms - (reached_cycle_ms - delay_ms).max(0.0)).max(0.0);
-        load = wrk(listen_addr, urls, encoding, delay_ms, seconds).await?;
     }
-    Ok(load)
+
+    /// Each connection's time from one request to the next at `rate`.
+    fn cycle_ms(rate: f64) -> f64 {
+        CONNECTIONS as f64 * 1000.0 / rate
+    }
+
+    /// A connection's cycle is the wait plus the latency: shorten the wait by the latency the
+    /// last run showed, from the rate it reached.
+    fn correct(&mut self, reached: &Run) {
+        let reached_cycle_ms = Self::cycle_ms(reached.requests_per_second().max(1.0));
+        let latency_ms = (reached_cycle_ms - self.delay_ms).max(0.0);
+        self.delay_ms = (Self::cycle_ms(self.rate) - latency_ms).max(0.0);
+    }
+}
+
+/// Runs `loads` for `seconds` each, taking turns in slices (ABBA order, so none always goes
+/// first), each pacer corrected after every slice by the rate it reached. Two 3-second
+/// calibrations per load come first. Also counts the answers computed (body-cache misses)
+/// during each load.
+async fn interleaved<const N: usize>(
+    platform: &platform_tests::Platform,
+    loads: &mut [Pacer; N],
+    seconds: u64,
+) -> Result<[Load; N]> {
+    let addr = &platform.listen_addr;
+    for load in loads.iter_mut() {
+        for _ in 0..2 {
+            let calibration = wrk(addr, load, 3).await?;
+            load.correct(&calibration);
+        }
+    }
+    let slice = (seconds / SLICES).max(1);
+    let mut runs: Vec<Run> = (0..N).map(|_| Run::default()).collect();
+    let mut computed = [0.0; N];
+    for round in 0..SLICES {
+        let order: Vec<usize> = if round % 2 == 0 {
+            (0..N).collect()
+        } else {
+            (0..N).rev().collect()
+        };
+        for i in order {
+            let before = platform.cache_lookups("body", "miss").await?;
+            let run = wrk(addr, &loads[i], slice).await?;
+            computed[i] += platform.cache_lookups("body", "miss").await? - before;
+            loads[i].correct(&run);
+            runs[i].add(&run);
+        }
+    }
+    let mut results = runs
+        .iter()
+        .zip(computed)
+        .map(|(run, computed)| run.load(computed));
+    Ok(std::array::from_fn(|_| results.next().unwrap_or_default()))
 }
 
 /// What the requests accept.
@@ -215,43 +277,85 @@ enum Encoding {
     Gzip,
 }
 
-/// Runs wrk against `urls` for `seconds`, each connection waiting `delay_ms` between a
-/// response and its next request. With several URLs, the requests go round them.
-async fn wrk(
-    listen_addr: &str,
-    urls: &[String],
-    encoding: Encoding,
-    delay_ms: f64,
-    seconds: u64,
-) -> Result<Load> {
-    let headers = match encoding {
+/// What wrk measured for one load: the latency histogram in microseconds, and the requests
+/// completed over the time taken.
+#[derive(Default)]
+struct Run {
+    latency_us: std::collections::BTreeMap<u64, u64>,
+    requests: u64,
+    duration_us: u64,
+}
+
+impl Run {
+    fn add(&mut self, other: &Run) {
+        for (latency, count) in &other.latency_us {
+            *self.latency_us.entry(*latency).or_default() += count;
+        }
+        self.requests += other.requests;
+        self.duration_us += other.duration_us;
+    }
+
+    fn requests_per_second(&self) -> f64 {
+        self.requests as f64 * 1e6 / self.duration_us.max(1) as f64
+    }
+
+    /// The smallest latency at or under which `share` of the requests completed, in ms.
+    fn percentile_ms(&self, share: f64) -> f64 {
+        let total: u64 = self.latency_us.values().sum();
+        let goal = (share * total as f64).ceil() as u64;
+        let mut seen = 0;
+        for (latency, count) in &self.latency_us {
+            seen += count;
+            if seen >= goal {
+                return *latency as f64 / 1000.0;
+            }
+        }
+        f64::NAN
+    }
+
+    fn load(&self, computed: f64) -> Load {
+        Load {
+            requests_per_second: self.requests_per_second(),
+            p50_ms: self.percentile_ms(0.50),
+            p99_ms: self.percentile_ms(0.99),
+            computed,
+        }
+    }
+}
+
+/// Runs wrk for `seconds` with `load`'s pacing. With several URLs, the requests go round them.
+async fn wrk(listen_addr: &str, load: &Pacer, seconds: u64) -> Result<Run> {
+    let headers = match load.encoding {
         Encoding::Plain => "nil",
         Encoding::Gzip => "{[\"Accept-Encoding\"] = \"gzip\"}",
     };
     let script = std::env::temp_dir().join(format!("bench-pace-{}.lua", std::process::id()));
     let prefix = format!("http://{listen_addr}");
-    let paths: Vec<String> = urls
+    let paths: Vec<String> = load
+        .urls
         .iter()
         .map(|u| format!("{:?}", u.trim_start_matches(&prefix)))
         .collect();
+    // done() prints the whole latency histogram, so slices can be added up.
     std::fs::write(
         &script,
         format!(
             "local paths = {{{}}}\nlocal next_path = 0\n\
              function request()\n  next_path = next_path % #paths + 1\n  \
              return wrk.format(nil, paths[next_path], {headers})\nend\n\
-             function delay()\n  return {delay_ms:.3}\nend\n",
-            paths.join(", ")
+             function delay()\n  return {:.3}\nend\n\
+             function done(summary, latency, requests)\n  \
+             io.write(string.format(\"completed %d %d\\n\", summary.requests, summary.duration))\n  \
+             for i = 1, #latency do\n    local value, count = latency(i)\n    \
+             if count > 0 then io.write(string.format(\"latency %d %d\\n\", value, count)) end\n  \
+             end\nend\n",
+            paths.join(", "),
+            load.delay_ms
         ),
     )?;
-    let url = urls.first().context("wrk needs a URL")?;
+    let url = load.urls.first().context("wrk needs a URL")?;
     let output = tokio::process::Command::new("wrk")
-        .args([
-            "-t2",
-            &format!("-c{CONNECTIONS}"),
-            &format!("-d{seconds}s"),
-            "--latency",
-        ])
+        .args(["-t2", &format!("-c{CONNECTIONS}"), &format!("-d{seconds}s")])
         .arg("-s")
         .arg(&script)
         .arg(url)
@@ -272,37 +376,27 @@ async fn wrk(
     parse_wrk(&text).with_context(|| format!("reading wrk's output: {text}"))
 }
 
-fn parse_wrk(text: &str) -> Option<Load> {
-    let percentile = |label: &str| -> Option<f64> {
-        let line = text.lines().find(|l| l.trim_start().starts_with(label))?;
-        duration_ms(line.split_whitespace().nth(1)?)
-    };
-    let requests_per_second = text
-        .lines()
-        .find(|l| l.starts_with("Requests/sec:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(Load {
-        requests_per_second,
-        p50_ms: percentile("50%")?,
-        p99_ms: percentile("99%")?,
-    })
-}
-
-/// wrk's durations: `812.00us`, `1.23ms`, `2.01s`, `1.5m`.
-fn duration_ms(text: &str) -> Option<f64> {
-    let split = text.find(|c: char| c.is_ascii_alphabetic())?;
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().ok()?;
-    Some(match unit {
-        "us" => number / 1000.0,
-        "ms" => number,
-        "s" => number * 1000.0,
-        "m" => number * 60_000.0,
-        _ => return None,
-    })
+/// The histogram and totals that the script's `done` prints.
+fn parse_wrk(text: &str) -> Option<Run> {
+    let mut run = Run::default();
+    let mut completed = false;
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        match fields.next() {
+            Some("completed") => {
+                run.requests = fields.next()?.parse().ok()?;
+                run.duration_us = fields.next()?.parse().ok()?;
+                completed = true;
+            }
+            Some("latency") => {
+                let latency = fields.next()?.parse().ok()?;
+                let count: u64 = fields.next()?.parse().ok()?;
+                *run.latency_us.entry(latency).or_default() += count;
+            }
+            _ => {}
+        }
+    }
+    (completed && !run.latency_us.is_empty()).then_some(run)
 }
 
 #[cfg(test)]
@@ -310,13 +404,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_wrk_latency_distribution() {
-        let text = "Running 10s test @ http://127.0.0.1:1/x\n  2 threads and 16 connections\n  \
-                    Latency Distribution\n     50%  812.00us\n     75%    1.10ms\n     90%    2.00ms\n     \
-                    99%    9.87ms\n  20000 requests in 10.00s, 1.00MB read\nRequests/sec:   1999.52\n";
-        let load = parse_wrk(text).expect("parsed");
-        assert!((load.p50_ms - 0.812).abs() < 1e-9);
-        assert!((load.p99_ms - 9.87).abs() < 1e-9);
-        assert!((load.requests_per_second - 1999.52).abs() < 1e-9);
+    fn reads_the_histogram_and_adds_slices() {
+        let text = "Running 3s test @ http://127.0.0.1:1/x\n  2 threads and 16 connections\n\
+                    completed 6000 3000000\nlatency 400 5900\nlatency 2500 60\nlatency 9000 40\n";
+        let mut total = parse_wrk(text).expect("parsed");
+        assert_eq!(total.percentile_ms(0.5), 0.4);
+        assert_eq!(total.percentile_ms(0.99), 2.5);
+        assert!((total.requests_per_second() - 2000.0).abs() < 1e-9);
+        let slow = parse_wrk("completed 2000 1000000\nlatency 9000 2000\n").expect("parsed");
+        total.add(&slow);
+        assert_eq!(total.percentile_ms(0.5), 0.4);
+        assert_eq!(total.percentile_ms(0.99), 9.0);
+        assert!((total.requests_per_second() - 2000.0).abs() < 1e-9);
+        assert!(parse_wrk("Requests/sec: 1.0\n").is_none());
     }
 }

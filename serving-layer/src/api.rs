@@ -2,10 +2,10 @@
 
 use crate::answer_cache::{AnswerCache, CHUNK_POINTS, ChunkKey, PointOut, RenderedSeries, render};
 use crate::encoding::{CachedBody, accepts_gzip};
+use crate::generation_cache::GenerationCache;
 use crate::openapi::ErrorBody;
 use crate::snapshot::{
-    GenerationCache, Snapshot, SnapshotError, SnapshotKey, ViewCache, read_snapshot,
-    read_snapshot_cached,
+    Snapshot, SnapshotError, SnapshotKey, ViewCache, read_snapshot, read_snapshot_cached,
 };
 use crate::state_changes::StateGeneration;
 use axum::body::Bytes;
@@ -505,20 +505,25 @@ async fn answer(
         step: request.step.to_string(),
         window: request.window.to_string(),
     };
-    if let Some(body) = state.bodies.lookup(generation, &key) {
-        return Ok(if gzip {
-            (body.gzip(), true)
-        } else {
-            (body.plain(), false)
-        });
+    let (body, computed_here) = state
+        .bodies
+        .lookup_or_compute(generation, &key, || async {
+            let body = render_answer(state, generation, metric, request).await?;
+            Ok::<_, ApiError>(CachedBody::new(Bytes::from(body)))
+        })
+        .await?;
+    if body.plain().len() > MAX_CACHED_BODY {
+        state.bodies.forget(generation, &key);
     }
-    let body = Bytes::from(render_answer(state, generation, metric, request).await?);
-    if body.len() <= MAX_CACHED_BODY {
-        state
-            .bodies
-            .insert(generation, key, CachedBody::new(body.clone()));
+    // The request that computed the answer is not kept waiting on compression; any other
+    // asked for it again, and compression pays off.
+    if gzip
+        && !computed_here
+        && let Some(compressed) = body.gzip().await
+    {
+        return Ok((compressed, true));
     }
-    Ok((body, false))
+    Ok((body.plain(), false))
 }
 
 async fn render_answer(

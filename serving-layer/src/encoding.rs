@@ -12,14 +12,15 @@ use axum::http::header::ACCEPT_ENCODING;
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use std::io::Write;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+use tokio::sync::OnceCell;
 
 /// An answer as the body cache holds it.
 #[derive(Clone)]
 pub struct CachedBody {
     plain: Bytes,
     /// Filled by the first request that accepts gzip and finds the answer cached.
-    gzip: Arc<OnceLock<Bytes>>,
+    gzip: Arc<OnceCell<Bytes>>,
 }
 
 impl CachedBody {
@@ -34,9 +35,15 @@ impl CachedBody {
         self.plain.clone()
     }
 
-    /// The gzip form, compressed on first use.
-    pub fn gzip(&self) -> Bytes {
-        self.gzip.get_or_init(|| gzip(&self.plain)).clone()
+    /// The gzip form, compressed on first use (off the async workers; requests asking
+    /// meanwhile wait for that one compression). `None` if compressing failed.
+    pub async fn gzip(&self) -> Option<Bytes> {
+        let plain = self.plain.clone();
+        self.gzip
+            .get_or_try_init(|| tokio::task::spawn_blocking(move || gzip(&plain)))
+            .await
+            .ok()
+            .cloned()
     }
 }
 
@@ -95,15 +102,15 @@ mod tests {
         assert!(!accepting(&["x-gzip-not, br"]));
     }
 
-    #[test]
-    fn the_gzip_form_decodes_to_the_plain_body_and_is_made_once() {
+    #[tokio::test]
+    async fn the_gzip_form_decodes_to_the_plain_body_and_is_made_once() {
         let plain = Bytes::from(r#"{"t":"2026-11-21T12:00:00Z","value":1.0},"#.repeat(2_000));
         let body = CachedBody::new(plain.clone());
         let copy = body.clone();
-        let compressed = body.gzip();
+        let compressed = body.gzip().await.expect("compressed");
         assert!(compressed.len() * 5 < plain.len(), "{}", compressed.len());
         assert_eq!(
-            copy.gzip().as_ptr(),
+            copy.gzip().await.expect("compressed").as_ptr(),
             compressed.as_ptr(),
             "compressed twice"
         );

@@ -12,6 +12,7 @@ mod dashboard;
 mod divergence;
 mod encoding;
 mod freshness;
+mod generation_cache;
 pub mod http_metrics;
 #[cfg(test)]
 mod http_tests;

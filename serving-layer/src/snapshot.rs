@@ -4,8 +4,8 @@
 //! promotion committing meanwhile is either wholly seen or not at all. The view a version names
 //! is immutable, so reading its file after the transaction cannot see anything newer.
 
+use crate::generation_cache::GenerationCache;
 use chrono::{DateTime, Utc};
-use shared_schema::observe;
 use shared_schema::query::BucketRow;
 use shared_schema::speed_state::{self, SpeedStateError};
 use shared_schema::storage::Lake;
@@ -16,7 +16,6 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -108,74 +107,6 @@ pub async fn read_snapshot(
     })
 }
 
-/// Values computed from what Postgres held under one state generation (see `state_changes`):
-/// reused until a change is heard or `max_age` passes. Query snapshots, and whole answers, which
-/// are a function of their snapshot and the immutable view it names.
-pub struct GenerationCache<K, V> {
-    /// Which cache this is, for `lambda_serving_cache_lookups_total`.
-    name: &'static str,
-    max_age: Duration,
-    /// Most entries of one generation; beyond it the cache starts over.
-    capacity: usize,
-    entries: Mutex<GenerationEntries<K, V>>,
-}
-
-struct GenerationEntries<K, V> {
-    generation: u64,
-    by_key: HashMap<K, (Instant, V)>,
-}
-
-impl<K: Eq + Hash, V: Clone> GenerationCache<K, V> {
-    pub fn new(name: &'static str, max_age: Duration, capacity: usize) -> Self {
-        GenerationCache {
-            name,
-            max_age,
-            capacity,
-            entries: Mutex::new(GenerationEntries {
-                generation: 0,
-                by_key: HashMap::new(),
-            }),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, GenerationEntries<K, V>> {
-        self.entries
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// `generation` is `StateGeneration::current`, read before whatever the value is computed
-    /// from; `None` finds nothing.
-    pub fn lookup(&self, generation: Option<u64>, key: &K) -> Option<V> {
-        let generation = generation.filter(|_| !self.max_age.is_zero());
-        let found = generation.and_then(|generation| {
-            let entries = self.lock();
-            (entries.generation == generation)
-                .then(|| entries.by_key.get(key))
-                .flatten()
-                .filter(|(computed_at, _)| computed_at.elapsed() < self.max_age)
-                .map(|(_, value)| value.clone())
-        });
-        observe::serving().cache_lookup(self.name, found.is_some());
-        found
-    }
-
-    pub fn insert(&self, generation: Option<u64>, key: K, value: V) {
-        let Some(generation) = generation.filter(|_| !self.max_age.is_zero()) else {
-            return;
-        };
-        let mut entries = self.lock();
-        if entries.generation > generation {
-            return; // computed before a change that a newer generation already reflects
-        }
-        if entries.generation < generation || entries.by_key.len() >= self.capacity {
-            entries.generation = generation;
-            entries.by_key.clear();
-        }
-        entries.by_key.insert(key, (Instant::now(), value));
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SnapshotKey {
     pub metrics: Vec<String>,
@@ -195,12 +126,11 @@ pub async fn read_snapshot_cached(
         metrics: metrics.iter().map(|m| m.to_string()).collect(),
         range,
     };
-    if let Some(snapshot) = cache.lookup(generation, &key) {
-        return Ok(snapshot);
-    }
-    let snapshot = Arc::new(read_snapshot(pool, topic, metrics, range).await?);
-    cache.insert(generation, key, snapshot.clone());
-    Ok(snapshot)
+    cache
+        .get_or_compute(generation, &key, || async {
+            Ok(Arc::new(read_snapshot(pool, topic, metrics, range).await?))
+        })
+        .await
 }
 
 type View = Arc<HashMap<String, Vec<BucketRow>>>;

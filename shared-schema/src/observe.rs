@@ -138,7 +138,7 @@ pub const HTTP_DURATION: Family = Family {
 
 pub const CACHE_LOOKUPS: Family = Family {
     name: "lambda_serving_cache_lookups_total",
-    help: "Serving-layer cache lookups: `snapshot` (a query's snapshot) and `body` (a whole answer), both reused until Postgres notifies a change, and `answer` (a chunk of rendered batch points), by hit or miss.",
+    help: "Serving-layer cache lookups: `snapshot` (a query's snapshot) and `body` (a whole answer), both reused until Postgres notifies a change, and `answer` (a chunk of rendered batch points); `miss`: this request computed the value, `hit`: it was there, or being computed for another request.",
     kind: Kind::Counter,
     labels: &["cache", "outcome"],
     exported_by: &["serving-layer"],

@@ -436,6 +436,12 @@ impl Platform {
 
     /// How often the serving layer's `cache` (snapshot, body or answer) was hit, from /metrics.
     pub async fn cache_hits(&self, cache: &str) -> Result<f64> {
+        self.cache_lookups(cache, "hit").await
+    }
+
+    /// How many lookups in the serving layer's `cache` had `outcome` (`hit`, or `miss`: the
+    /// request computed the value), from /metrics; 0 before the first.
+    pub async fn cache_lookups(&self, cache: &str, outcome: &str) -> Result<f64> {
         let text = self
             .http
             .get(format!("http://{}/metrics", self.listen_addr))
@@ -443,12 +449,16 @@ impl Platform {
             .await?
             .text()
             .await?;
-        let series =
-            format!("lambda_serving_cache_lookups_total{{cache=\"{cache}\",outcome=\"hit\"}} ");
-        text.lines()
-            .find_map(|line| line.strip_prefix(&series))
-            .and_then(|value| value.trim().parse().ok())
-            .with_context(|| format!("no {series}in /metrics:\n{text}"))
+        let series = format!(
+            "lambda_serving_cache_lookups_total{{cache=\"{cache}\",outcome=\"{outcome}\"}} "
+        );
+        match text.lines().find_map(|line| line.strip_prefix(&series)) {
+            Some(value) => value
+                .trim()
+                .parse()
+                .with_context(|| format!("{series}{value}")),
+            None => Ok(0.0),
+        }
     }
 
     /// The view version served and its cutover T, which a scenario expects to exist.

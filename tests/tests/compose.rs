@@ -1024,3 +1024,53 @@ fn minio_offers_an_s3_lake() {
         );
     }
 }
+
+/// Issue 8: requests read through the read-only role of migration 0011, which the compose
+/// Postgres creates with a password when it initialises, so that the serving layer can log in.
+#[test]
+fn the_serving_layer_reads_through_the_read_only_role() {
+    let doc = compose();
+    let serving = environment(&doc, "serving-layer");
+    let reader_url = serving
+        .get("PLATFORM_SERVING__DATABASE_URL")
+        .expect("serving-layer must set PLATFORM_SERVING__DATABASE_URL (serving.database_url)");
+    let credentials = reader_url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .map(|(credentials, _)| credentials)
+        .unwrap_or_default();
+    let (user, password) = credentials
+        .split_once(':')
+        .unwrap_or_else(|| panic!("`{reader_url}` names no user and password"));
+    assert_eq!(
+        user, "lambda_reader",
+        "serving.database_url: `{reader_url}`"
+    );
+    let database = |url: &str| url.rsplit('/').next().unwrap_or_default().to_string();
+    assert_eq!(
+        (url_host(reader_url), database(reader_url)),
+        (
+            url_host(&serving["DATABASE_URL"]),
+            database(&serving["DATABASE_URL"])
+        ),
+        "the reader must reach the database DATABASE_URL migrates"
+    );
+
+    let script = bind_source(
+        &doc,
+        "postgres",
+        "/docker-entrypoint-initdb.d/reader-role.sql",
+    );
+    let script = std::fs::read_to_string(&script).expect("reading the role script");
+    let migration = read_root_file("migrations/0011_reader_role.sql");
+    let attributes =
+        "CREATE ROLE lambda_reader LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT";
+    assert!(
+        migration.contains(attributes),
+        "migration 0011 no longer creates `{attributes}`: keep the compose script in step"
+    );
+    assert!(
+        script.contains(&format!("{attributes} PASSWORD '{password}'")),
+        "the compose Postgres must create `{attributes}` with the password serving uses:\n{script}"
+    );
+}
