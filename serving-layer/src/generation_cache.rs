@@ -4,8 +4,8 @@
 //!
 //! Requests that miss on the same key together share one computation. Without that, every
 //! expiry of a hot answer sends all the connections asking for it to compute it at once, each
-//! slowed by the others: at a few thousand requests a second that stampede, every `max_age`,
-//! was most of the serving layer's p99.
+//! slowed by the others: at 2 000 requests a second that stampede, every `max_age`, doubled
+//! the p99 of a repeated merged query (BENCHMARKS.md, sixth run).
 
 use shared_schema::observe;
 use std::collections::HashMap;
