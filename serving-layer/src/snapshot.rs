@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use tokio::sync::OnceCell;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -136,11 +137,12 @@ pub async fn read_snapshot_cached(
 type View = Arc<HashMap<String, Vec<BucketRow>>>;
 
 /// Batch views by version. Versions are immutable, so an entry never goes stale; only the most
-/// recent few are kept.
+/// recent few are kept. Requests arriving while a version is read (after a promotion, every
+/// request at once) wait for that one read.
 #[derive(Clone, Default)]
 pub struct ViewCache {
     lake_dir: PathBuf,
-    entries: Arc<Mutex<Vec<(String, View)>>>,
+    entries: Arc<Mutex<Vec<(String, Arc<OnceCell<View>>)>>>,
 }
 
 const CACHED_VERSIONS: usize = 2;
@@ -154,31 +156,116 @@ impl ViewCache {
     }
 
     pub async fn get(&self, version: &str, relative_path: &str) -> Result<View, SnapshotError> {
-        if let Some(view) = self.lookup(version) {
-            return Ok(view);
-        }
-        let lake = Lake::open(&self.lake_dir).map_err(ViewError::from)?;
-        let view: View = Arc::new(read_lake_view(&lake, relative_path).await?);
+        let slot = self.slot(version);
+        let view = slot
+            .get_or_try_init(|| async {
+                let lake = Lake::open(&self.lake_dir).map_err(ViewError::from)?;
+                Ok::<_, SnapshotError>(Arc::new(read_lake_view(&lake, relative_path).await?))
+            })
+            .await?;
+        Ok(view.clone())
+    }
+
+    /// `version`'s entry, made the most recent one.
+    fn slot(&self, version: &str) -> Arc<OnceCell<View>> {
         let mut entries = self
             .entries
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        entries.retain(|(v, _)| v != version);
-        entries.push((version.to_string(), view.clone()));
+        let slot = match entries.iter().position(|(v, _)| v == version) {
+            Some(i) => entries.remove(i).1,
+            None => Arc::default(),
+        };
+        entries.push((version.to_string(), slot.clone()));
         if entries.len() > CACHED_VERSIONS {
             entries.remove(0);
         }
-        Ok(view)
+        slot
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared_schema::metrics::Partial;
+    use shared_schema::view::{ViewRow, write_view};
+
+    fn rows(count: i64) -> Vec<ViewRow> {
+        (0..count)
+            .map(|i| ViewRow {
+                metric: "purchases".into(),
+                row: BucketRow {
+                    bucket_start: i * 60_000,
+                    dims: String::new(),
+                    partial: Partial {
+                        count: 1,
+                        ..Partial::default()
+                    },
+                },
+            })
+            .collect()
     }
 
-    fn lookup(&self, version: &str) -> Option<View> {
-        let entries = self
+    /// Views of `rows_each` rows each; enough rows that reading one takes a while make
+    /// concurrent requests overlap the read.
+    fn lake_with_versions(versions: &[&str], rows_each: i64) -> PathBuf {
+        let lake = std::env::temp_dir().join(format!(
+            "view-cache-{}-{}",
+            std::process::id(),
+            versions.join("-")
+        ));
+        for version in versions {
+            let dir = lake.join(version);
+            std::fs::create_dir_all(&dir).unwrap();
+            write_view(&dir.join("view.parquet"), &rows(rows_each)).unwrap();
+        }
+        lake
+    }
+
+    fn path(version: &str) -> String {
+        format!("{version}/view.parquet")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_for_a_new_version_share_one_read() {
+        let cache = ViewCache::new(&lake_with_versions(&["shared"], 200_000));
+        let mut requests = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let cache = cache.clone();
+            requests.spawn(async move { cache.get("shared", &path("shared")).await.unwrap() });
+        }
+        let views = requests.join_all().await;
+        assert_eq!(views[0]["purchases"].len(), 200_000);
+        let _ = std::fs::remove_dir_all(&cache.lake_dir);
+        assert!(
+            views.iter().all(|v| Arc::ptr_eq(v, &views[0])),
+            "read more than once"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_read_is_retried_and_the_least_recently_used_version_goes() {
+        let lake = lake_with_versions(&["a", "b", "c"], 10);
+        let cache = ViewCache::new(&lake);
+        assert!(cache.get("late", &path("late")).await.is_err());
+        std::fs::create_dir_all(lake.join("late")).unwrap();
+        write_view(&lake.join("late/view.parquet"), &rows(10)).unwrap();
+        assert!(cache.get("late", &path("late")).await.is_ok());
+
+        let a = cache.get("a", &path("a")).await.unwrap();
+        cache.get("b", &path("b")).await.unwrap();
+        // `a` used again, so `b` is the one that goes when `c` comes.
+        assert!(Arc::ptr_eq(&a, &cache.get("a", &path("a")).await.unwrap()));
+        cache.get("c", &path("c")).await.unwrap();
+        assert!(Arc::ptr_eq(&a, &cache.get("a", &path("a")).await.unwrap()));
+        let versions: Vec<String> = cache
             .entries
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        entries
+            .unwrap()
             .iter()
-            .find(|(v, _)| v == version)
-            .map(|(_, view)| view.clone())
+            .map(|(v, _)| v.clone())
+            .collect();
+        assert_eq!(versions, ["c", "a"]);
+        let _ = std::fs::remove_dir_all(lake);
     }
 }
