@@ -13,6 +13,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use shared_schema::time::{Millis, format_rfc3339};
 use sqlx::{Connection, Executor, PgConnection, PgPool};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -621,6 +622,15 @@ impl Service {
         }
         Ok(())
     }
+}
+
+/// The path of a `purchases` query over `[from, to)`; a caller appends `&step=...` and the like.
+pub fn purchases_path(from: Millis, to: Millis) -> String {
+    format!(
+        "/v1/metrics/purchases?from={}&to={}",
+        format_rfc3339(from),
+        format_rfc3339(to)
+    )
 }
 
 /// The sum of the values of an answer's first series.

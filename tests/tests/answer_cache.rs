@@ -5,7 +5,7 @@
 //! Postgres (which drops the notification connection) must not leave a stale answer behind.
 
 use anyhow::{Context, Result, ensure};
-use platform_tests::{Platform, first_series_total, stack, wait_until};
+use platform_tests::{Platform, first_series_total, purchases_path, stack, wait_until};
 use serde_json::{Value, json};
 use shared_schema::time::{MINUTE_MS, bucket_start, format_rfc3339, now_millis};
 use std::collections::HashMap;
@@ -87,11 +87,7 @@ async fn cached_answers_follow_every_change_at_once() -> Result<()> {
     batch(&platform, &["run", "--cutover", &format_rfc3339(t1)]).await?;
     let (v1, _) = platform.served().await?;
 
-    let url = format!(
-        "/v1/metrics/purchases?from={}&to={}",
-        format_rfc3339(base),
-        format_rfc3339(base + 45 * MINUTE_MS)
-    );
+    let url = purchases_path(base, base + 45 * MINUTE_MS);
     let grouped = format!("{url}&group_by=country");
     for path in [&url, &grouped, &url, &grouped] {
         let (status, body) = platform.get(path).await?;
@@ -117,11 +113,7 @@ async fn cached_answers_follow_every_change_at_once() -> Result<()> {
     let decoded: serde_json::Value = serde_json::from_slice(&decoded)?;
     ensure!(decoded == platform.get(&grouped).await?.1, "{decoded}");
     // Another range of the same shape reuses the rendered batch points.
-    let shifted = format!(
-        "/v1/metrics/purchases?from={}&to={}",
-        format_rfc3339(base + MINUTE_MS),
-        format_rfc3339(base + 45 * MINUTE_MS)
-    );
+    let shifted = purchases_path(base + MINUTE_MS, base + 45 * MINUTE_MS);
     ensure!(first_series_total(&platform.get(&shifted).await?.1) == 58.0);
     // Each cache answered some of these, or this scenario proves nothing: the repeats (whole
     // answers), the grouped query over the same range (its snapshot) and the shifted one.

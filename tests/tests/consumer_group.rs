@@ -4,13 +4,11 @@
 //! included.
 
 use anyhow::{Context, Result, ensure};
-use platform_tests::Platform;
+use platform_tests::{Platform, purchases_path};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
-use shared_schema::time::{
-    MINUTE_MS, Millis, bucket_start, format_rfc3339, now_millis, parse_rfc3339,
-};
+use shared_schema::time::{MINUTE_MS, Millis, bucket_start, now_millis, parse_rfc3339};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
@@ -65,11 +63,7 @@ async fn two_instances_share_partitions_and_survive_a_kill() -> Result<()> {
         .context("the restarted instance never took partitions back")?;
     platform.wait_caught_up("speed_offsets", &ends).await?;
 
-    let url = format!(
-        "/v1/metrics/purchases?from={}&to={}",
-        format_rfc3339(base),
-        format_rfc3339(base + 20 * MINUTE_MS)
-    );
+    let url = purchases_path(base, base + 20 * MINUTE_MS);
     let (status, body) = platform.get(&url).await?;
     ensure!(status == 200, "{status} {body}");
     let mut served: BTreeMap<Millis, f64> = BTreeMap::new();

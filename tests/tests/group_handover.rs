@@ -12,8 +12,8 @@
 //! scenario fails there the same way (about one run in four).
 
 use anyhow::{Result, ensure};
-use platform_tests::{Platform, Service, first_series_total, send_all, wait_until};
-use shared_schema::time::{MINUTE_MS, bucket_start, format_rfc3339, now_millis};
+use platform_tests::{Platform, Service, first_series_total, purchases_path, send_all, wait_until};
+use shared_schema::time::{MINUTE_MS, bucket_start, now_millis};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -108,11 +108,7 @@ async fn partitions_move_under_a_large_backlog_without_losing_an_event() -> Resu
     );
     let _serving = platform.spawn("serving-layer", &["run"])?;
     platform.wait_for_http().await?;
-    let url = format!(
-        "/v1/metrics/purchases?from={}&to={}",
-        format_rfc3339(base),
-        format_rfc3339(base + 30 * MINUTE_MS)
-    );
+    let url = purchases_path(base, base + 30 * MINUTE_MS);
     let (status, body) = platform.get(&url).await?;
     ensure!(
         status == 200 && first_series_total(&body) == EVENTS as f64,

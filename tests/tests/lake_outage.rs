@@ -3,7 +3,7 @@
 //! run is exact.
 
 use anyhow::{Result, ensure};
-use platform_tests::{Platform, first_series_total};
+use platform_tests::{Platform, first_series_total, purchases_path};
 use serde_json::json;
 use shared_schema::time::{MINUTE_MS, bucket_start, format_rfc3339, now_millis};
 use std::collections::HashMap;
@@ -72,9 +72,8 @@ async fn an_unwritable_lake_delays_landing_and_loses_nothing() -> Result<()> {
         .await?;
     ensure!(ok, "batch run after the outage:\n{output}");
     let url = format!(
-        "/v1/metrics/purchases?from={}&to={}&step=1h",
-        format_rfc3339(base - 60 * MINUTE_MS),
-        format_rfc3339(base + 60 * MINUTE_MS)
+        "{}&step=1h",
+        purchases_path(base - 60 * MINUTE_MS, base + 60 * MINUTE_MS)
     );
     let (_, body) = platform.get(&url).await?;
     let total = first_series_total(&body);

@@ -6,9 +6,9 @@
 //! test binaries one at a time).
 
 use anyhow::{Result, ensure};
-use platform_tests::{Platform, first_series_total, stack, wait_until};
+use platform_tests::{Platform, first_series_total, purchases_path, stack, wait_until};
 use serde_json::json;
-use shared_schema::time::{MINUTE_MS, bucket_start, format_rfc3339, now_millis};
+use shared_schema::time::{MINUTE_MS, bucket_start, now_millis};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -41,9 +41,8 @@ async fn postgres_restart_loses_nothing_and_serving_says_503_meanwhile() -> Resu
     send(&platform, 0..100, &mut ends).await?;
     platform.wait_caught_up("speed_offsets", &ends).await?;
     let url = format!(
-        "/v1/metrics/purchases?from={}&to={}&step=1h",
-        format_rfc3339(base - 60 * MINUTE_MS),
-        format_rfc3339(base + 60 * MINUTE_MS)
+        "{}&step=1h",
+        purchases_path(base - 60 * MINUTE_MS, base + 60 * MINUTE_MS)
     );
     let (_, body) = platform.get(&url).await?;
     ensure!(

@@ -3,7 +3,7 @@
 //! already removed, answers report the gap instead of zeros.
 
 use anyhow::{Context, Result, ensure};
-use platform_tests::{Platform, first_series_total, wait_until};
+use platform_tests::{Platform, first_series_total, purchases_path, wait_until};
 use serde_json::json;
 use shared_schema::time::{MINUTE_MS, bucket_start, format_rfc3339, now_millis};
 use std::collections::HashMap;
@@ -74,11 +74,7 @@ async fn pin_rollback_staging_cleanup_and_gaps_after_retention() -> Result<()> {
         platform.served().await? == (v1.clone(), t1),
         "rollback should serve {v1}: {output}"
     );
-    let url = format!(
-        "/v1/metrics/purchases?from={}&to={}",
-        format_rfc3339(base),
-        format_rfc3339(base + 30 * MINUTE_MS)
-    );
+    let url = purchases_path(base, base + 30 * MINUTE_MS);
     let (status, body) = platform.get(&url).await?;
     ensure!(
         status == 200 && body["complete"] == false,

@@ -6,7 +6,7 @@
 //! promoted batch view saw and what the speed layer sees now.
 
 use anyhow::{Context, Result, ensure};
-use platform_tests::{Platform, Service};
+use platform_tests::{Platform, Service, purchases_path};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -368,26 +368,12 @@ async fn events_through_both_layers_to_one_exact_answer() -> Result<()> {
         "T must be rounded down to the bucket boundary"
     );
     s.assert_served("after the first promotion").await?;
-    let (_, body) = s
-        .platform
-        .get(&format!(
-            "/v1/metrics/purchases?from={}&to={}",
-            format_rfc3339(t),
-            format_rfc3339(t + MINUTE_MS)
-        ))
-        .await?;
+    let (_, body) = s.platform.get(&purchases_path(t, t + MINUTE_MS)).await?;
     ensure!(
         body["series"][0]["points"][0]["source"] == "speed",
         "the bucket at T must be served by the speed layer: {body}"
     );
-    let (_, body) = s
-        .platform
-        .get(&format!(
-            "/v1/metrics/purchases?from={}&to={}",
-            format_rfc3339(t - MINUTE_MS),
-            format_rfc3339(t)
-        ))
-        .await?;
+    let (_, body) = s.platform.get(&purchases_path(t - MINUTE_MS, t)).await?;
     ensure!(
         body["series"][0]["points"][0]["source"] == "batch",
         "the bucket before T must be served by the batch view: {body}"

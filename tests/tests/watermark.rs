@@ -3,7 +3,7 @@
 //! timeout; then it stops holding the watermark back.
 
 use anyhow::{Context, Result, ensure};
-use platform_tests::{Platform, wait_until};
+use platform_tests::{Platform, purchases_path, wait_until};
 use serde_json::json;
 use shared_schema::time::{MINUTE_MS, SECOND_MS, bucket_start, format_rfc3339, now_millis};
 use std::collections::HashMap;
@@ -34,11 +34,7 @@ async fn an_idle_partition_stops_holding_the_watermark_back() -> Result<()> {
     send(2, slow, &mut ends).await?;
     platform.wait_caught_up("speed_offsets", &ends).await?;
 
-    let url = format!(
-        "/v1/metrics/purchases?from={}&to={}",
-        format_rfc3339(newest),
-        format_rfc3339(newest + MINUTE_MS)
-    );
+    let url = purchases_path(newest, newest + MINUTE_MS);
     let watermark = async || -> Result<Option<String>> {
         let (_, body) = platform.get(&url).await?;
         Ok(body["speed_watermark"].as_str().map(str::to_string))
