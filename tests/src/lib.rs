@@ -592,12 +592,22 @@ impl Service {
         }
     }
 
-    /// This process, a speed layer or lander in a consumer group, was assigned some partition
-    /// by it.
+    /// The partitions a consumer group assigned this process (a speed layer or lander), one
+    /// list per assignment in its log, oldest first: `[0, 1]`, or `[]` for an empty one.
+    pub fn assignments(&self) -> Vec<String> {
+        self.log().lines().filter_map(assigned_partitions).collect()
+    }
+
+    /// The partitions of the latest assignment, or an empty string before the first.
+    pub fn last_assignment(&self) -> String {
+        self.assignments().pop().unwrap_or_default()
+    }
+
+    /// The group assigned this process some partition at some point.
     pub fn got_partitions(&self) -> bool {
-        self.log()
-            .lines()
-            .any(|line| line.contains("assigned by the group") && !line.contains("partitions=[]"))
+        self.assignments()
+            .iter()
+            .any(|partitions| partitions != "[]")
     }
 
     /// Everything this process (not an earlier one under the same label) wrote so far.
@@ -622,6 +632,30 @@ impl Service {
         }
         Ok(())
     }
+}
+
+/// The partition list of an "assigned by the group" log line.
+fn assigned_partitions(line: &str) -> Option<String> {
+    if !line.contains("assigned by the group") {
+        return None;
+    }
+    let plain = without_colours(line);
+    let (_, partitions) = plain.split_once("partitions=")?;
+    Some(partitions.trim().to_string())
+}
+
+/// `line` without terminal colours (ESC '[' ... 'm'), as the services write them to a log.
+fn without_colours(line: &str) -> String {
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            let _ = chars.by_ref().find(|c| *c == 'm');
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
 }
 
 /// The path of a `purchases` query over `[from, to)`; a caller appends `&step=...` and the like.
@@ -712,4 +746,24 @@ pub fn bin_path(name: &str) -> Result<PathBuf> {
         );
     }
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_assignments_from_coloured_and_plain_log_lines() {
+        let coloured = "\u{1b}[2m2026-11-22T13:49:33Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m shared_schema::kafka: \
+                        assigned by the group \u{1b}[3mtopic\u{1b}[0m\u{1b}[2m=\u{1b}[0mevents \
+                        \u{1b}[3mpartitions\u{1b}[0m\u{1b}[2m=\u{1b}[0m[]";
+        assert_eq!(assigned_partitions(coloured).as_deref(), Some("[]"));
+        let plain =
+            "INFO shared_schema::kafka: assigned by the group topic=events partitions=[2, 3]";
+        assert_eq!(assigned_partitions(plain).as_deref(), Some("[2, 3]"));
+        assert_eq!(
+            assigned_partitions("INFO revoked by the group partitions=[2, 3]"),
+            None
+        );
+    }
 }

@@ -41,35 +41,6 @@ async fn send_round(
     Ok(())
 }
 
-/// The partitions the group assigned to an instance, from the last assignment in its log
-/// (`[0, 1]`), or an empty string before the first.
-fn last_assignment(log: &std::path::Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let Some(line) = text
-        .lines()
-        .filter(|l| l.contains("assigned by the group"))
-        .last()
-    else {
-        return String::new();
-    };
-    // Without the terminal colours: ESC '[' ... 'm'.
-    let mut plain = String::new();
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            let _ = chars.by_ref().find(|c| *c == 'm');
-        } else {
-            plain.push(c);
-        }
-    }
-    plain
-        .split("partitions=")
-        .nth(1)
-        .unwrap_or("")
-        .trim()
-        .to_string()
-}
-
 fn signal(pid: u32, signal: nix::sys::signal::Signal) -> Result<()> {
     let pid = nix::unistd::Pid::from_raw(i32::try_from(pid)?);
     nix::sys::signal::kill(pid, signal)?;
@@ -125,9 +96,9 @@ async fn partitions_and_instances_added_while_running() -> Result<()> {
     // The one instance and the lander take the new partitions by themselves.
     platform.wait_both_caught_up(&ends).await?;
     ensure!(
-        last_assignment(&first.log_path) == "[0, 1, 2, 3]",
+        first.last_assignment() == "[0, 1, 2, 3]",
         "the first instance holds every partition: {:?}",
-        last_assignment(&first.log_path)
+        first.last_assignment()
     );
 
     // A second instance joins; the group shares the 4 partitions between the two.
@@ -136,10 +107,7 @@ async fn partitions_and_instances_added_while_running() -> Result<()> {
         Duration::from_secs(60),
         "both instances to hold partitions",
         || async {
-            let (a, b) = (
-                last_assignment(&first.log_path),
-                last_assignment(&second.log_path),
-            );
+            let (a, b) = (first.last_assignment(), second.last_assignment());
             a.len() > 2 && b.len() > 2 && a != "[0, 1, 2, 3]"
         },
     )
@@ -185,8 +153,8 @@ async fn partitions_and_instances_added_while_running() -> Result<()> {
     );
     println!(
         "first instance: {}, second: {}",
-        last_assignment(&first.log_path),
-        last_assignment(&second.log_path)
+        first.last_assignment(),
+        second.last_assignment()
     );
     Ok(())
 }
