@@ -13,7 +13,6 @@ const PARTITIONS: i32 = 4;
 const CONNECTIONS: u32 = 16;
 
 /// What one load measured, its slices added up.
-#[derive(Default)]
 struct Load {
     requests_per_second: f64,
     p50_ms: f64,
@@ -247,7 +246,7 @@ async fn interleaved<const N: usize>(
         }
     }
     let slice = (seconds / SLICES).max(1);
-    let mut runs: Vec<Run> = (0..N).map(|_| Run::default()).collect();
+    let mut runs: [Run; N] = std::array::from_fn(|_| Run::default());
     let mut computed = [0.0; N];
     for round in 0..SLICES {
         let order: Vec<usize> = if round % 2 == 0 {
@@ -263,11 +262,7 @@ async fn interleaved<const N: usize>(
             runs[i].add(&run);
         }
     }
-    let mut results = runs
-        .iter()
-        .zip(computed)
-        .map(|(run, computed)| run.load(computed));
-    Ok(std::array::from_fn(|_| results.next().unwrap_or_default()))
+    Ok(std::array::from_fn(|i| runs[i].load(computed[i])))
 }
 
 /// What the requests accept.

@@ -13,7 +13,6 @@ use shared_schema::time::{Millis, to_datetime};
 use shared_schema::view::{ViewError, read_lake_view};
 use sqlx::PgPool;
 use std::collections::HashMap;
-use std::hash::Hash;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
