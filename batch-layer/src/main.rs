@@ -120,6 +120,10 @@ async fn main() -> anyhow::Result<()> {
             observe::serve(&config.lander.metrics_addr)
                 .await
                 .context("starting the lander")?;
+            tokio::spawn(shared_schema::quarantine::keep_bounded(
+                pool.clone(),
+                config.quarantine.clone(),
+            ));
             Lander::new(pool, config)
                 .run(telemetry::shutdown_signal())
                 .await?

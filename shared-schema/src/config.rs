@@ -45,6 +45,7 @@ pub struct PlatformConfig {
     pub batch: BatchConfig,
     pub serving: ServingConfig,
     pub cdc: CdcConfig,
+    pub quarantine: QuarantineConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -184,6 +185,21 @@ pub struct CdcConfig {
     pub group_id: String,
 }
 
+/// How long bad input is kept (CONTRACT §1): the consumers (`speed-layer run`, `batch-layer
+/// land`) delete what is past either bound, oldest first, and count what they deleted
+/// (`lambda_quarantine_dropped_total`). `speed-layer quarantine list|replay` reads what is kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuarantineConfig {
+    /// Quarantined messages older than this are deleted.
+    pub max_age: HumanDuration,
+    /// The quarantine's payloads and reasons together are kept under this many MiB; past it
+    /// the oldest messages are deleted first. `0`: no size bound.
+    pub max_mb: u64,
+    /// How often each consumer applies the two bounds.
+    pub retention_interval: HumanDuration,
+}
+
 impl Default for PlatformConfig {
     fn default() -> Self {
         PlatformConfig {
@@ -243,6 +259,11 @@ impl Default for PlatformConfig {
                 poll_interval: HumanDuration::from_millis(200),
                 batch_max_changes: 1000,
                 group_id: "profile-changelog".into(),
+            },
+            quarantine: QuarantineConfig {
+                max_age: HumanDuration::from_millis(7 * DAY_MS),
+                max_mb: 1024,
+                retention_interval: HumanDuration::from_millis(MINUTE_MS),
             },
         }
     }

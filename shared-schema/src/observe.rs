@@ -58,6 +58,13 @@ pub const CONSUMER_OFFSETS_MISSING: Family = Family {
     labels: &["consumer"],
     exported_by: CONSUMERS,
 };
+pub const QUARANTINE_DROPPED: Family = Family {
+    name: "lambda_quarantine_dropped_total",
+    help: "Quarantined messages deleted by retention: `age` (older than quarantine.max_age), `size` (past quarantine.max_mb, oldest first).",
+    kind: Kind::Counter,
+    labels: &["cause"],
+    exported_by: CONSUMERS,
+};
 pub const CONSUMER_LAG: Family = Family {
     name: "lambda_consumer_lag_messages",
     help: "Messages in the partition not yet read by the consumer: high watermark minus next offset.",
@@ -149,6 +156,7 @@ pub const FAMILIES: &[Family] = &[
     CONSUMER_EVENTS,
     CONSUMER_QUARANTINED,
     CONSUMER_OFFSETS_MISSING,
+    QUARANTINE_DROPPED,
     CONSUMER_LAG,
     WATERMARK_DELAY,
     LATE_EVENTS,
@@ -221,6 +229,7 @@ pub struct ConsumerMetrics {
     events: IntCounterVec,
     quarantined: IntCounterVec,
     offsets_missing: IntCounterVec,
+    quarantine_dropped: IntCounterVec,
     lag: IntGaugeVec,
     /// The partitions each consumer has a lag series for, to drop those it no longer owns.
     lagging: Mutex<HashMap<String, BTreeSet<i32>>>,
@@ -232,6 +241,7 @@ impl ConsumerMetrics {
             events: counter(registry, &CONSUMER_EVENTS)?,
             quarantined: counter(registry, &CONSUMER_QUARANTINED)?,
             offsets_missing: counter(registry, &CONSUMER_OFFSETS_MISSING)?,
+            quarantine_dropped: counter(registry, &QUARANTINE_DROPPED)?,
             lag: int_gauge(registry, &CONSUMER_LAG)?,
             lagging: Mutex::new(HashMap::new()),
         })
@@ -241,6 +251,15 @@ impl ConsumerMetrics {
     pub fn start(&self, consumer: &str) {
         self.quarantined.with_label_values(&[consumer]);
         self.offsets_missing.with_label_values(&[consumer]);
+    }
+
+    /// Counts the quarantined messages one retention pass deleted (see `quarantine`).
+    pub fn quarantine_dropped(&self, by_age: u64, by_size: u64) {
+        for (cause, deleted) in [("age", by_age), ("size", by_size)] {
+            self.quarantine_dropped
+                .with_label_values(&[cause])
+                .inc_by(deleted);
+        }
     }
 
     /// Counts what `batch` read, and sets the lag of every partition the consumer owns now.

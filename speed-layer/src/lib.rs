@@ -36,6 +36,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 mod profiles;
+pub mod quarantine_admin;
 pub mod replay;
 
 /// Aborts a background task when dropped.

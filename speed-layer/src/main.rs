@@ -3,8 +3,8 @@ use clap::{Parser, Subcommand};
 use shared_schema::kafka::ReplayStart;
 use shared_schema::service::{self, Started};
 use shared_schema::telemetry;
-use shared_schema::{observe, registry};
-use speed_layer::{SERVICE, SpeedLayer, replay};
+use shared_schema::{observe, quarantine, registry};
+use speed_layer::{SERVICE, SpeedLayer, quarantine_admin, replay};
 
 #[derive(Parser)]
 #[command(
@@ -30,6 +30,63 @@ enum Command {
         #[arg(long)]
         max_rate: Option<f64>,
     },
+    /// What the quarantine keeps (bad input, CONTRACT §1), and re-injecting it once fixed.
+    Quarantine {
+        #[command(subcommand)]
+        action: QuarantineAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuarantineAction {
+    /// Prints the kept messages, oldest first, one JSON object a line.
+    List {
+        #[command(flatten)]
+        selection: SelectionArgs,
+        /// Also the messages replayed before.
+        #[arg(long)]
+        include_replayed: bool,
+        /// Payload bytes shown per message.
+        #[arg(long, default_value_t = 256)]
+        preview_bytes: usize,
+    },
+    /// Produces again, to the events topic, each selected message the decoder accepts now, and
+    /// marks it replayed; the others stay, with their reason.
+    Replay {
+        #[command(flatten)]
+        selection: SelectionArgs,
+        /// Only say what would be produced.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct SelectionArgs {
+    /// Only this topic (default: every topic for `list`; `replay` takes the events topic).
+    #[arg(long)]
+    topic: Option<String>,
+    /// Only this partition.
+    #[arg(long)]
+    partition: Option<i32>,
+    /// Only messages whose reason contains this text.
+    #[arg(long)]
+    reason: Option<String>,
+    /// At most this many messages.
+    #[arg(long, default_value_t = 1000)]
+    limit: i64,
+}
+
+impl SelectionArgs {
+    fn selection(self, include_replayed: bool) -> quarantine::Selection {
+        quarantine::Selection {
+            topic: self.topic,
+            partition: self.partition,
+            reason: self.reason,
+            include_replayed,
+            limit: self.limit,
+        }
+    }
 }
 
 #[tokio::main]
@@ -40,15 +97,23 @@ async fn main() -> anyhow::Result<()> {
         catalog,
         pool,
     } = service::start().await.context("starting the speed layer")?;
-    // Refuses to start with definitions the promoted view was not computed with.
-    registry::register_service(&pool, SERVICE, &catalog, false)
-        .await
-        .context("starting the speed layer")?;
+    // Refuses to consume with definitions the promoted view was not computed with; the
+    // quarantine commands fold nothing and need no check.
+    if !matches!(command, Command::Quarantine { .. }) {
+        registry::register_service(&pool, SERVICE, &catalog, false)
+            .await
+            .context("starting the speed layer")?;
+    }
     match command {
+        Command::Quarantine { action } => quarantine_command(&pool, &config, action).await?,
         Command::Run => {
             observe::serve(&config.speed.metrics_addr)
                 .await
                 .context("starting the speed layer")?;
+            tokio::spawn(quarantine::keep_bounded(
+                pool.clone(),
+                config.quarantine.clone(),
+            ));
             SpeedLayer::new(pool, config, catalog)
                 .run(telemetry::shutdown_signal())
                 .await?
@@ -74,6 +139,42 @@ async fn main() -> anyhow::Result<()> {
                 outcome.events,
                 outcome.seconds,
                 outcome.events as f64 / outcome.seconds.max(1e-9)
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn quarantine_command(
+    pool: &sqlx::PgPool,
+    config: &shared_schema::PlatformConfig,
+    action: QuarantineAction,
+) -> anyhow::Result<()> {
+    match action {
+        QuarantineAction::List {
+            selection,
+            include_replayed,
+            preview_bytes,
+        } => {
+            let kept = quarantine::list(pool, &selection.selection(include_replayed)).await?;
+            for message in &kept {
+                println!("{}", quarantine_admin::describe(message, preview_bytes));
+            }
+        }
+        QuarantineAction::Replay { selection, dry_run } => {
+            let outcome =
+                quarantine_admin::replay(pool, config, &selection.selection(false), dry_run)
+                    .await?;
+            for (from, to) in &outcome.produced {
+                println!("replayed {from} -> {to}");
+            }
+            for (from, reason) in &outcome.still_bad {
+                println!("kept {from}: {reason}");
+            }
+            println!(
+                "{} replayed, {} still refused by the decoder",
+                outcome.produced.len(),
+                outcome.still_bad.len()
             );
         }
     }
