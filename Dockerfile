@@ -25,15 +25,18 @@ COPY batch-layer batch-layer
 COPY serving-layer serving-layer
 COPY cdc-publisher cdc-publisher
 COPY tests tests
+COPY bench bench
 COPY migrations migrations
 COPY config config
 
 # The cache mounts keep the registry and target/ between builds; the binaries are copied out
-# of the cached target/ within the same step.
+# of the cached target/ within the same step. Every member must be here for cargo to read the
+# workspace, but only the shipped binaries are built (not the benchmark).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bins \
+        -p speed-layer -p batch-layer -p serving-layer -p cdc-publisher -p platform-tests \
     && mkdir -p /out \
     && cp target/release/speed-layer \
           target/release/batch-layer \

@@ -602,6 +602,23 @@ fn dockerfile_instructions() -> Vec<(String, String)> {
     instructions
 }
 
+/// Whether a COPY of the build context (not from another stage) brings `dir` into the builder.
+fn copied_into_builder(instructions: &[(String, String)], dir: &str) -> bool {
+    instructions.iter().any(|(k, rest)| {
+        let words: Vec<&str> = rest
+            .split_whitespace()
+            .filter(|w| !w.starts_with("--"))
+            .collect();
+        k == "COPY"
+            && !rest.contains("--from")
+            && words.len() >= 2
+            && words[..words.len() - 1].iter().any(|src| {
+                let src = src.trim_start_matches("./").trim_end_matches('/');
+                src == dir || src == "."
+            })
+    })
+}
+
 #[test]
 fn dockerfile_builds_the_four_binaries_with_the_migrations() {
     let instructions = dockerfile_instructions();
@@ -640,22 +657,31 @@ fn dockerfile_builds_the_four_binaries_with_the_migrations() {
             !ignored.contains(&embedded),
             ".dockerignore must not exclude {embedded}/ (embedded at compile time)"
         );
-        let copied = instructions.iter().any(|(k, rest)| {
-            let words: Vec<&str> = rest
-                .split_whitespace()
-                .filter(|w| !w.starts_with("--"))
-                .collect();
-            k == "COPY"
-                && !rest.contains("--from")
-                && words.len() >= 2
-                && words[..words.len() - 1].iter().any(|src| {
-                    let src = src.trim_start_matches("./").trim_end_matches('/');
-                    src == embedded || src == "."
-                })
-        });
         assert!(
-            copied,
+            copied_into_builder(&instructions, embedded),
             "the Dockerfile must COPY {embedded}/ into the builder"
+        );
+    }
+
+    // cargo reads the whole workspace before building anything: every member must be there.
+    let manifest: toml::Table = read_root_file("Cargo.toml")
+        .parse()
+        .expect("Cargo.toml is TOML");
+    let members: Vec<&str> = manifest["workspace"]["members"]
+        .as_array()
+        .expect("workspace.members")
+        .iter()
+        .filter_map(toml::Value::as_str)
+        .collect();
+    assert!(members.len() >= 5, "members: {members:?}");
+    for member in members {
+        assert!(
+            copied_into_builder(&instructions, member),
+            "the Dockerfile must COPY the workspace member {member}/ into the builder"
+        );
+        assert!(
+            !ignored.contains(&member),
+            ".dockerignore must not exclude the workspace member {member}/"
         );
     }
 
