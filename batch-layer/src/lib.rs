@@ -4,6 +4,7 @@
 //! truth for every bucket before the cutover.
 
 pub mod cluster;
+pub mod crontab;
 pub mod definitions;
 pub mod divergence;
 pub mod engine;

@@ -61,7 +61,9 @@ enum Command {
     Rollback,
     /// Run the recomputation on a cron schedule until SIGTERM.
     Schedule {
-        /// A crontab expression, e.g. "*/5 * * * *" (5 fields) or "0 */5 * * * *" (with seconds).
+        /// A crontab(5) expression, e.g. "*/5 * * * *", "0 2 * * mon-fri" or "@daily" (Sunday
+        /// is 0 or 7), read in `batch.cron_timezone` (default UTC); a sixth field in front
+        /// gives seconds ("*/20 * * * * *").
         #[arg(long)]
         cron: String,
     },
@@ -166,7 +168,7 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         Command::Schedule { cron } => {
-            let schedule = parse_cron(&cron)?;
+            let schedule = parse_cron(&cron, &config)?;
             registry::register_service(&pool, "batch-layer schedule", &catalog, false)
                 .await
                 .context("starting the batch schedule")?;

@@ -1,30 +1,29 @@
 //! `batch-layer schedule --cron "<expr>"`: the batch run on a cron schedule, as a service.
 
 use crate::BatchError;
+use crate::crontab::CronSchedule;
 use crate::recompute::{RunOptions, describe, run_once};
 use chrono::Utc;
-use cron::Schedule;
 use shared_schema::config::PlatformConfig;
 use shared_schema::metrics::MetricCatalog;
 use shared_schema::observe::{self, RunRows};
 use shared_schema::registry::RegistryError;
 use sqlx::PgPool;
 use std::future::Future;
-use std::str::FromStr;
 
-/// Parses a crontab expression. The classic five fields (`*/5 * * * *`) are accepted and run
-/// at second 0; six or seven fields give seconds (and years) explicitly.
-pub fn parse_cron(expr: &str) -> Result<Schedule, BatchError> {
-    let fields = expr.split_whitespace().count();
-    let full = if fields == 5 {
-        format!("0 {expr}")
-    } else {
-        expr.to_string()
-    };
-    Schedule::from_str(&full).map_err(|e| BatchError::Cron {
+/// Parses a crontab(5) expression (see `crontab`), read in `batch.cron_timezone`.
+pub fn parse_cron(expr: &str, config: &PlatformConfig) -> Result<CronSchedule, BatchError> {
+    let refused = |message: String| BatchError::Cron {
         expr: expr.to_string(),
-        message: e.to_string(),
-    })
+        message,
+    };
+    let zone: chrono_tz::Tz = config.batch.cron_timezone.parse().map_err(|_| {
+        refused(format!(
+            "batch.cron_timezone `{}` is not an IANA time zone name (e.g. UTC, Europe/Berlin)",
+            config.batch.cron_timezone
+        ))
+    })?;
+    CronSchedule::parse(expr, zone).map_err(|e| refused(e.problem))
 }
 
 /// Runs `batch-layer run` at every tick until `shutdown`. A failed run is logged and the next
@@ -34,14 +33,14 @@ pub async fn run_on_schedule(
     pool: &PgPool,
     config: &PlatformConfig,
     catalog: &MetricCatalog,
-    schedule: &Schedule,
+    schedule: &CronSchedule,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BatchError> {
     tokio::pin!(shutdown);
     // The families show on /metrics before the first tick.
     let metrics = observe::batch();
     loop {
-        let Some(next) = schedule.upcoming(Utc).next() else {
+        let Some(next) = schedule.next_after(Utc::now()) else {
             tracing::info!("the cron schedule has no further ticks");
             return Ok(());
         };
@@ -82,10 +81,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn five_and_six_field_expressions() {
-        assert!(parse_cron("*/5 * * * *").is_ok());
-        assert!(parse_cron("30 */5 * * * *").is_ok());
-        let err = parse_cron("every minute").unwrap_err().to_string();
+    fn five_and_six_field_expressions_in_the_configured_zone() {
+        let mut config = PlatformConfig::default();
+        assert!(parse_cron("*/5 * * * *", &config).is_ok());
+        assert!(parse_cron("30 */5 * * * *", &config).is_ok());
+        let err = parse_cron("every minute", &config).unwrap_err().to_string();
         assert!(err.contains("every minute"), "{err}");
+        config.batch.cron_timezone = "Europe/Berlin".into();
+        assert!(parse_cron("0 2 * * 1-5", &config).is_ok());
+        config.batch.cron_timezone = "Mars/Olympus".into();
+        let err = parse_cron("0 2 * * *", &config).unwrap_err().to_string();
+        assert!(err.contains("Mars/Olympus"), "{err}");
     }
 }

@@ -125,6 +125,9 @@ pub struct BatchConfig {
     /// which share the lake's filesystem). The rows come back to the run, which writes and
     /// promotes the view either way. Also set by `BATCH_ENGINE`.
     pub engine: String,
+    /// The time zone `batch-layer schedule --cron` reads its expression in: an IANA name such
+    /// as `UTC` or `Europe/Berlin`.
+    pub cron_timezone: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -238,6 +241,7 @@ impl Default for PlatformConfig {
                 divergence_alert_ratio: 0.01,
                 metrics_addr: "127.0.0.1:9103".into(),
                 engine: "local".into(),
+                cron_timezone: "UTC".into(),
             },
             serving: ServingConfig {
                 query_timeout: HumanDuration::from_millis(5 * SECOND_MS),
