@@ -13,6 +13,10 @@ HTTP=${LISTEN_ADDR:-127.0.0.1:8080}
 ensure_postgres
 ensure_wal2json
 ensure_tansu
+# The HTTP API, and the services' /metrics listeners, only on ports nothing else holds.
+for port in "${HTTP##*:}" 9101 9102 9103; do
+  refuse_foreign_port "$port" "the platform" || exit 1
+done
 start_postgres demo-pg "$PG_PORT"
 start_tansu demo-broker "$KAFKA_PORT" fresh
 # Every demo starts from empty state: a fresh broker log (above), database and lake, so the

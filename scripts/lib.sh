@@ -130,6 +130,22 @@ pg_dir() {
   fi
 }
 
+# Whether something listens on 127.0.0.1:PORT.
+port_in_use() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# refuse_foreign_port PORT WHAT: the scripts only ever use servers they started, never one that
+# happens to listen on their port (a Kafka or Postgres of the machine's own).
+refuse_foreign_port() {
+  local port=$1 what=$2
+  if port_in_use "$port"; then
+    echo "127.0.0.1:$port is taken by a server these scripts did not start, so $what cannot use it." >&2
+    echo "Choose free ports: DEMO_PG_PORT, DEMO_KAFKA_PORT, LISTEN_ADDR for scripts/demo.sh; E2E_PG_PORT, E2E_KAFKA_PORT for scripts/test.sh." >&2
+    return 1
+  fi
+}
+
 # start_postgres NAME PORT: a private cluster on 127.0.0.1:PORT, trust auth on loopback only.
 # DATABASE_URLs are postgres://postgres@127.0.0.1:PORT/<db>.
 start_postgres() {
@@ -141,6 +157,7 @@ start_postgres() {
   if pg_run "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
     return 0
   fi
+  refuse_foreign_port "$port" "Postgres ($name)" || return 1
   mkdir -p "$data" "$run"
   if [ "$(id -u)" = 0 ]; then chown -R postgres: "$dir"; fi
   if [ ! -f "$data/PG_VERSION" ]; then
@@ -168,13 +185,18 @@ wait_for_port() {
 }
 
 # start_tansu NAME PORT [fresh]: the broker on 127.0.0.1:PORT, its log in .local/NAME/log.db,
-# which a restart keeps unless `fresh` is given. A broker already listening is left as it is.
+# which a restart keeps unless `fresh` is given. This script's broker NAME already running is
+# left as it is; anything else on PORT is refused.
 # TANSU_STORAGE overrides the storage engine URL (the benchmarks use memory://tansu/).
 start_tansu() {
-  local name=$1 port=$2 fresh=${3:-}
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    return 0
+  local name=$1 port=$2 fresh=${3:-} pid
+  if [ -f "$STATE/$name/broker.pid" ]; then
+    pid=$(cat "$STATE/$name/broker.pid")
+    if kill -0 "$pid" 2>/dev/null && port_in_use "$port"; then
+      return 0
+    fi
   fi
+  refuse_foreign_port "$port" "the broker ($name)" || return 1
   log "starting the broker on 127.0.0.1:$port"
   mkdir -p "$STATE/$name"
   if [ "$fresh" = fresh ]; then rm -f "$STATE/$name"/log.db*; fi
