@@ -11,7 +11,7 @@
 //! Times are read in a time zone (`batch.cron_timezone`). A local time that a daylight-saving
 //! change skips is skipped; one that it repeats runs once, at its first occurrence.
 
-use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Timelike, Utc};
+use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -20,6 +20,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(
     name = "batch-layer",
+    version,
     about = "Lands events into the Parquet lake and recomputes the batch views"
 )]
 struct Cli {

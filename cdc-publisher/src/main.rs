@@ -7,6 +7,7 @@ use shared_schema::telemetry;
 #[derive(Parser)]
 #[command(
     name = "cdc-publisher",
+    version,
     about = "Publishes the changes of user_profiles, read by logical decoding, to the changelog topic"
 )]
 struct Cli {

@@ -13,6 +13,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(
     name = "serving-layer",
+    version,
     about = "HTTP API over the merged batch and speed views"
 )]
 struct Cli {

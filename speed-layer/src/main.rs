@@ -9,6 +9,7 @@ use speed_layer::{SERVICE, SpeedLayer, quarantine_admin, replay};
 #[derive(Parser)]
 #[command(
     name = "speed-layer",
+    version,
     about = "Consumes events and keeps recent per-bucket aggregates in Postgres"
 )]
 struct Cli {

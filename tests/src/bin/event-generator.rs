@@ -13,6 +13,7 @@ use std::time::Duration;
 #[derive(Parser)]
 #[command(
     name = "event-generator",
+    version,
     about = "Produces demo events to the events topic"
 )]
 struct Args {
