@@ -1,15 +1,14 @@
 //! Hostile input (issue 15): values the contract's decoder must refuse, values Postgres refuses
-//! at commit, Postgres refusing commits for a while, messages judged "from the future" by a
-//! reader that reads late, and batches of large messages. Every service keeps running, every
+//! at commit, and Postgres refusing commits for a while. Every service keeps running, every
 //! normal event is counted exactly by both layers, and every bad one is in the quarantine with
-//! a reason.
+//! a reason. (`hostile_sources.rs`: the clock of "from the future", batch bytes, the CDC
+//! publisher.)
 
 use anyhow::{Context, Result, ensure};
 use platform_tests::truth::{Ledger, Sent};
 use platform_tests::{Platform, free_local_addr, wait_until};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rdkafka::producer::FutureRecord;
 use serde_json::{Value, json};
 use shared_schema::time::{MINUTE_MS, Millis, bucket_start, format_rfc3339, now_millis};
 use std::collections::{BTreeMap, HashMap};
@@ -405,159 +404,4 @@ async fn values_postgres_refuses_at_commit_are_isolated_and_an_outage_is_retried
         .await?;
     speed.assert_running()?;
     Ok(())
-}
-
-/// Sends `payload` with an explicit broker timestamp (CreateTime).
-async fn send_at(
-    platform: &Platform,
-    partition: i32,
-    payload: &Value,
-    create_time: Millis,
-) -> Result<i64> {
-    let text = payload.to_string();
-    let record = FutureRecord::to(&platform.topic)
-        .partition(partition)
-        .key(b"")
-        .payload(text.as_bytes())
-        .timestamp(create_time);
-    let delivery = platform
-        .producer
-        .send(record, Duration::from_secs(30))
-        .await
-        .map_err(|(e, _)| anyhow::anyhow!("delivery failed: {e}"))?;
-    Ok(delivery.offset)
-}
-
-/// The rows the lander has listed in the manifest for the scenario's topic.
-async fn landed_rows(platform: &Platform) -> Result<i64> {
-    Ok(sqlx::query_scalar::<_, Option<i64>>(
-        "SELECT sum(row_count)::bigint FROM lake_files WHERE topic = $1",
-    )
-    .bind(&platform.topic)
-    .fetch_one(&platform.pool)
-    .await?
-    .unwrap_or(0))
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn both_layers_judge_the_future_by_the_message_timestamp() -> Result<()> {
-    let mut platform = Platform::new("future", 1).await?;
-    platform
-        .extra_env
-        .push(("PLATFORM_MAX_EVENT_SKEW".into(), "10s".into()));
-    let _speed = platform.spawn("speed-layer", &["run"])?;
-    let _serving = platform.spawn("serving-layer", &["run"])?;
-    platform.wait_for_http().await?;
-    let now = now_millis();
-    let event = |id: &str, time: Millis| {
-        json!({"event_id": id, "event_type": "purchase", "event_time": time,
-               "schema_version": 2, "country": "DE", "amount": 1.0})
-    };
-    let hour_ago = bucket_start(now, MINUTE_MS) - 60 * MINUTE_MS;
-    let sends = [
-        // A minute ahead of its producer's clock: from the future, whenever it is read.
-        ("skewed", hour_ago, hour_ago - MINUTE_MS),
-        // Five seconds ahead of its producer's clock: fine, whenever it is read.
-        ("fine", hour_ago, hour_ago - 5_000),
-        // Twenty seconds ahead at produce time; a reader 15 s late would see it 5 s ahead.
-        ("ahead", now + 20_000, now),
-        ("normal", hour_ago + 1_000, now),
-    ];
-    let mut offsets = HashMap::new();
-    for (id, time, create_time) in sends {
-        offsets.insert(
-            id,
-            send_at(&platform, 0, &event(id, time), create_time).await?,
-        );
-    }
-    let (skewed, ahead) = (offsets["skewed"], offsets["ahead"]);
-    let ends = HashMap::from([(0, offsets["normal"] + 1)]);
-    platform.wait_caught_up("speed_offsets", &ends).await?;
-
-    // The lander starts late, after the wall clock has caught up with `ahead`'s margin.
-    tokio::time::sleep(Duration::from_millis(
-        (now + 15_000 - now_millis()).max(0) as u64
-    ))
-    .await;
-    let _lander = platform.spawn("batch-layer", &["land"])?;
-    platform.wait_caught_up("lake_progress", &ends).await?;
-
-    let kept = quarantined(&platform).await?;
-    let mut keys: Vec<&(i32, i64)> = kept.keys().collect();
-    keys.sort();
-    ensure!(
-        keys == [&(0, skewed), &(0, ahead)],
-        "quarantined {kept:?}, expected offsets {skewed} and {ahead}"
-    );
-    ensure!(
-        landed_rows(&platform).await? == 2,
-        "the lander lands exactly what the speed layer counts (2 events), landed {}",
-        landed_rows(&platform).await?
-    );
-    let path = platform_tests::purchases_path(hour_ago, hour_ago + MINUTE_MS);
-    let (status, body) = platform.get(&path).await?;
-    ensure!(status == 200, "{status} {body}");
-    let total = platform_tests::first_series_total(&body);
-    ensure!(total == 2.0, "the speed side counts 2 purchases: {body}");
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn speed_batches_are_capped_by_bytes() -> Result<()> {
-    let mut platform = Platform::new("bytes", 1).await?;
-    platform.extra_env.extend([
-        (
-            "PLATFORM_SPEED__BATCH_MAX_BYTES".to_string(),
-            "2000".to_string(),
-        ),
-        ("RUST_LOG".into(), "info,speed_layer=debug".into()),
-    ]);
-    let base = bucket_start(now_millis(), MINUTE_MS) - 5 * MINUTE_MS;
-    let mut ends: HashMap<i32, i64> = HashMap::new();
-    let padding = "x".repeat(1_000);
-    for i in 0..30 {
-        let payload = json!({"event_id": format!("big-{i}"), "event_type": "purchase",
-                             "event_time": base, "schema_version": 2, "country": "DE",
-                             "amount": 1.0, "padding": padding});
-        platform.send_tracked(0, &payload, &mut ends).await?;
-    }
-    let speed = platform.spawn("speed-layer", &["run"])?;
-    platform.wait_caught_up("speed_offsets", &ends).await?;
-    // The debug line of each commit carries its span: `commit_batch{... events=N ...}`.
-    let sizes: Vec<usize> = without_colours(&speed.log())
-        .lines()
-        .filter(|l| l.contains("committed"))
-        .filter_map(|l| {
-            let (_, rest) = l.split_once(" events=")?;
-            let digits: String = rest
-                .chars()
-                .skip_while(|c| !c.is_ascii_digit())
-                .take_while(char::is_ascii_digit)
-                .collect();
-            digits.parse().ok()
-        })
-        .collect();
-    ensure!(
-        sizes.iter().sum::<usize>() == 30,
-        "every event committed once: {sizes:?}"
-    );
-    ensure!(
-        sizes.iter().all(|n| *n <= 2),
-        "a batch of ~1 KB messages holds at most 2 under a 2000-byte cap: {sizes:?}"
-    );
-    Ok(())
-}
-
-/// `text` without terminal colours (ESC '[' ... 'm').
-fn without_colours(text: &str) -> String {
-    let mut plain = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            let _ = chars.by_ref().find(|c| *c == 'm');
-        } else {
-            plain.push(c);
-        }
-    }
-    plain
 }
