@@ -40,13 +40,13 @@ pub async fn land(pool: &PgPool, config: &PlatformConfig, topic: &str, batch: &B
             continue;
         }
         HEALTH.data_failed(&error.to_string());
-        match find_culprits(current.events.len(), |indices| {
+        let found = find_culprits(current.events.len(), |indices| {
             let events: Vec<&SourcedEvent> = indices.iter().map(|&i| &current.events[i]).collect();
             let encoded = encode_in_memory(&events).map_err(|e| Failure::Data(e.to_string()));
             async move { encoded }
         })
-        .await
-        {
+        .await;
+        match found {
             Ok(found) if !found.is_empty() => {
                 let mut by_reason: BTreeMap<String, Vec<usize>> = BTreeMap::new();
                 for (indices, reason) in found {

@@ -50,7 +50,8 @@ impl SpeedLayer {
                 }
                 Failure::Data(reason) => {
                     HEALTH.data_failed(&reason);
-                    match self.isolate(topic, current, watermark).await {
+                    let isolated = self.isolate(topic, current, watermark).await;
+                    match isolated {
                         Ok(culprits) if !culprits.is_empty() => {
                             HEALTH.quarantined(culprits.values().map(Vec::len).sum());
                             reduced = Some(quarantine_culprits(current, &culprits));
