@@ -14,7 +14,7 @@ use shared_schema::kafka::{Batch, EventSource, SourcedEvent};
 use shared_schema::positions::{PositionTable, load_positions, store_positions};
 use shared_schema::storage::Lake;
 use shared_schema::time::to_datetime;
-use shared_schema::{observe, quarantine, retry};
+use shared_schema::{observe, quarantine};
 use sqlx::PgPool;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -66,6 +66,7 @@ impl Lander {
             self.config.kafka_metadata_refresh.as_std(),
         )
         .await?;
+        source.set_max_batch_bytes(self.config.lander.flush_max_bytes);
         observe::consumer().start(CONSUMER_NAME);
         tokio::pin!(shutdown);
         loop {
@@ -80,22 +81,10 @@ impl Lander {
             if !batch.advanced {
                 continue;
             }
-            let files = self.write_files_with_retry(&batch).await;
-            self.commit_with_retry(&topic, &batch, &files).await;
+            // A lake or Postgres away delays the batch, never loses it; an event the lake
+            // cannot encode is quarantined (see `land_guard`).
+            crate::land_guard::land(&self.pool, &self.config, &topic, &batch).await;
         }
-    }
-
-    /// A lake that is unwritable for a while (disk full, volume away) delays the batch, and
-    /// Postgres being away delays its commit; neither loses it.
-    async fn write_files_with_retry(&self, batch: &Batch) -> Vec<LakeFile> {
-        retry::until_success("writing lake files", || write_files(&self.config, batch)).await
-    }
-
-    async fn commit_with_retry(&self, topic: &str, batch: &Batch, files: &[LakeFile]) {
-        retry::until_success("manifest commit", || {
-            commit(&self.pool, topic, batch, files)
-        })
-        .await
     }
 }
 

@@ -13,6 +13,7 @@ pub mod incremental;
 pub mod lake;
 pub mod land;
 pub mod land_changelog;
+pub mod land_guard;
 pub mod recompute;
 pub mod schedule;
 pub mod sketch_udaf;

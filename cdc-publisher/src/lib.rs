@@ -29,6 +29,8 @@ use sqlx::PgPool;
 use std::future::Future;
 use std::time::Duration;
 
+mod refusals;
+
 /// `source.connector` of every envelope.
 pub const CONNECTOR: &str = "lambda-platform-cdc";
 /// The schema the migrations create the table in.
@@ -83,6 +85,8 @@ struct Column {
 #[derive(Debug, Default)]
 struct Read {
     envelopes: Vec<ChangeEnvelope>,
+    /// Changes that cannot be published (see `refusals`): quarantined, then confirmed.
+    refused: Vec<crate::refusals::Refused>,
     /// The end of the last complete transaction read: where the slot moves once published.
     confirm: Option<String>,
 }
@@ -224,7 +228,8 @@ impl Publisher {
                 source: self.source(lsn, None, now, true),
             })
             .collect();
-        self.send_all(&envelopes).await?;
+        let unsendable = self.send_all(&envelopes).await?;
+        crate::refusals::record(&self.pool, &unsendable).await?;
         sqlx::query("INSERT INTO cdc_snapshots (slot, lsn, rows) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
             .bind(slot)
             .bind(lsn)
@@ -242,8 +247,11 @@ impl Publisher {
     /// Reads whole transactions from the slot, publishes their changes, waits for the broker,
     /// then confirms them. Returns how many changes were published.
     pub async fn publish_once(&self) -> Result<usize, CdcError> {
-        let read = self.read_changes().await?;
-        self.send_all(&read.envelopes).await?;
+        let mut read = self.read_changes().await?;
+        let unsendable = self.send_all(&read.envelopes).await?;
+        read.refused.extend(unsendable);
+        // Kept before the slot moves past them, so a refused change is never lost silently.
+        crate::refusals::record(&self.pool, &read.refused).await?;
         if let Some(confirm) = &read.confirm {
             sqlx::query("SELECT pg_replication_slot_advance($1, $2::pg_lsn)")
                 .bind(&self.config.cdc.slot)
@@ -268,22 +276,30 @@ impl Publisher {
         .fetch_all(&self.pool)
         .await?;
         let mut read = Read::default();
-        let mut pending = Vec::new();
+        let (mut pending, mut pending_refused) = (Vec::new(), Vec::new());
         let mut xid = None;
         for (row_lsn, data) in rows {
-            let row: Wal2JsonRow = serde_json::from_str(&data)
-                .map_err(|e| CdcError::Decode(data.clone(), e.to_string()))?;
+            // A change that cannot be made an envelope is quarantined, never retried forever.
+            let refuse = |reason: String| crate::refusals::Refused::new(&row_lsn, &data, reason);
+            let row: Wal2JsonRow = match serde_json::from_str(&data) {
+                Ok(row) => row,
+                Err(e) => {
+                    pending_refused.push(refuse(format!("wal2json output: {e}")));
+                    continue;
+                }
+            };
             match row.action.as_str() {
                 "B" => xid = row.xid,
                 "C" => {
                     read.envelopes.append(&mut pending);
+                    read.refused.append(&mut pending_refused);
                     read.confirm = Some(row_lsn);
                 }
                 "I" | "U" | "D" if row.table.as_deref() == Some(SOURCE_TABLE) => {
-                    pending.push(
-                        self.envelope(&row, xid)
-                            .map_err(|e| CdcError::Decode(data.clone(), e))?,
-                    );
+                    match self.envelope(&row, xid) {
+                        Ok(envelope) => pending.push(envelope),
+                        Err(e) => pending_refused.push(refuse(e)),
+                    }
                 }
                 // Messages, truncates and other tables carry no profile version.
                 _ => {}
@@ -348,8 +364,13 @@ impl Publisher {
     }
 
     /// Sends every envelope keyed by its user and waits for the broker to acknowledge all of
-    /// them. One producer with idempotence keeps each key's changes in log order.
-    async fn send_all(&self, envelopes: &[ChangeEnvelope]) -> Result<(), CdcError> {
+    /// them. One producer with idempotence keeps each key's changes in log order. Returns the
+    /// envelopes the broker refuses for what they are (too large, invalid), to be quarantined;
+    /// any other failure is an error, and the caller sends them all again.
+    async fn send_all(
+        &self,
+        envelopes: &[ChangeEnvelope],
+    ) -> Result<Vec<crate::refusals::Refused>, CdcError> {
         let mut deliveries = Vec::with_capacity(envelopes.len());
         for envelope in envelopes {
             let key = envelope
@@ -363,18 +384,23 @@ impl Publisher {
             let producer = self.producer.clone();
             let topic = self.config.cdc.topic.clone();
             deliveries.push(async move {
-                producer
+                let sent = producer
                     .send(
                         FutureRecord::to(&topic).key(&key).payload(&payload),
                         Duration::from_secs(30),
                     )
-                    .await
-                    .map(|_| ())
-                    .map_err(|(e, _)| CdcError::Delivery(e))
+                    .await;
+                match sent {
+                    Ok(_) => Ok(None),
+                    Err((e, _)) if crate::refusals::refused_for_content(&e) => Ok(Some(
+                        crate::refusals::Refused::unsendable(envelope, payload, &e),
+                    )),
+                    Err((e, _)) => Err(CdcError::Delivery(e)),
+                }
             });
         }
-        futures::future::try_join_all(deliveries).await?;
-        Ok(())
+        let sent = futures::future::try_join_all(deliveries).await?;
+        Ok(sent.into_iter().flatten().collect())
     }
 }
 

@@ -58,8 +58,11 @@ pub struct SpeedConfig {
     pub session_timeout: HumanDuration,
     /// A batch is committed when it holds this many messages...
     pub batch_max_events: usize,
-    /// ...or when its first message is this old, whichever comes first.
+    /// ...or when its first message is this old, whichever comes first...
     pub batch_max_wait: HumanDuration,
+    /// ...or when its messages (keys and values) hold this many bytes: with messages of up to
+    /// 1 MiB, a count alone lets one batch hold gigabytes. A batch holds at least one message.
+    pub batch_max_bytes: usize,
     /// Transactions one batch is committed in at once, each holding whole partitions, as two
     /// instances sharing the topic would. A Postgres backend runs a transaction on one core,
     /// and a single one was the speed layer's bound (BENCHMARKS.md). Needs as many database
@@ -86,8 +89,11 @@ pub struct LanderConfig {
     pub group_id: String,
     /// Files are published when the buffer holds this many events...
     pub flush_max_events: usize,
-    /// ...or when its oldest event has waited this long.
+    /// ...or when its oldest event has waited this long...
     pub flush_interval: HumanDuration,
+    /// ...or when its messages (keys and values) hold this many bytes. A batch holds at least
+    /// one message.
+    pub flush_max_bytes: usize,
     /// Where `batch-layer land` serves Prometheus `GET /metrics` (consumer lag, events read,
     /// quarantined events). Empty: no listener.
     pub metrics_addr: String,
@@ -221,6 +227,7 @@ impl Default for PlatformConfig {
                 session_timeout: HumanDuration::from_millis(10 * SECOND_MS),
                 batch_max_events: 20_000,
                 batch_max_wait: HumanDuration::from_millis(200),
+                batch_max_bytes: 32 * 1024 * 1024,
                 commit_parallelism: 2,
                 retention_grace: HumanDuration::from_millis(10 * MINUTE_MS),
                 out_of_orderness: HumanDuration::from_millis(5 * SECOND_MS),
@@ -231,6 +238,7 @@ impl Default for PlatformConfig {
                 group_id: "batch-lander".into(),
                 flush_max_events: 200_000,
                 flush_interval: HumanDuration::from_millis(5 * SECOND_MS),
+                flush_max_bytes: 128 * 1024 * 1024,
                 metrics_addr: "127.0.0.1:9102".into(),
             },
             batch: BatchConfig {

@@ -5,6 +5,7 @@
 //! version 2 here, so nothing downstream ever sees `location`.
 
 use crate::time::{Millis, format_rfc3339, parse_rfc3339};
+use crate::validity::{self, StringError, check_optional, check_string};
 use serde::Deserialize;
 use std::borrow::Cow;
 
@@ -52,8 +53,20 @@ pub enum DecodeError {
     EmptyEventType,
     #[error("`event_time` {0:?} is neither RFC 3339 with an offset nor epoch milliseconds")]
     BadEventTime(String),
-    #[error("`event_time` {event_time} is more than {skew_ms} ms ahead of the wall clock")]
-    FromTheFuture { event_time: String, skew_ms: Millis },
+    #[error(
+        "`event_time` {event_time} is more than {skew_ms} ms ahead of the message's timestamp {clock}"
+    )]
+    FromTheFuture {
+        event_time: String,
+        skew_ms: Millis,
+        clock: String,
+    },
+    #[error(
+        "`event_time` {0} (epoch ms) is outside 1970-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z"
+    )]
+    EventTimeOutOfRange(Millis),
+    #[error(transparent)]
+    BadString(#[from] StringError),
     #[error("`amount` must be a number from 0 to 1e12, got {0}")]
     BadAmount(f64),
     #[error("unsupported `schema_version` {0}")]
@@ -91,8 +104,9 @@ struct RawEvent<'a> {
     location: Option<Cow<'a, str>>,
 }
 
-/// Decodes one message value. `now` and `max_skew_ms` bound how far ahead of the wall clock an
-/// event time may be.
+/// Decodes one message value. `now` and `max_skew_ms` bound how far ahead an event time may be:
+/// the consumers pass the message's broker timestamp as `now` (see
+/// `validity::judging_clock`), so every reader judges a message alike.
 pub fn decode(
     payload: Option<&[u8]>,
     now: Millis,
@@ -108,19 +122,29 @@ pub fn decode(
     if raw.event_id.is_empty() || raw.event_id.len() > MAX_EVENT_ID_BYTES {
         return Err(DecodeError::EventIdLength(raw.event_id.len()));
     }
+    check_string("event_id", &raw.event_id, MAX_EVENT_ID_BYTES)?;
     if raw.event_type.is_empty() {
         return Err(DecodeError::EmptyEventType);
     }
+    check_string(
+        "event_type",
+        &raw.event_type,
+        validity::MAX_EVENT_TYPE_BYTES,
+    )?;
     let event_time = match &raw.event_time {
         RawTime::Millis(ms) => *ms,
         RawTime::Text(text) => {
             parse_rfc3339(text).ok_or_else(|| DecodeError::BadEventTime(text.to_string()))?
         }
     };
+    if !validity::time_in_range(event_time) {
+        return Err(DecodeError::EventTimeOutOfRange(event_time));
+    }
     if event_time > now.saturating_add(max_skew_ms) {
         return Err(DecodeError::FromTheFuture {
             event_time: format_rfc3339(event_time),
             skew_ms: max_skew_ms,
+            clock: format_rfc3339(now),
         });
     }
     let amount_micros = match raw.amount {
@@ -139,6 +163,18 @@ pub fn decode(
         2 => (owned(raw.city), owned(raw.country)),
         other => return Err(DecodeError::UnsupportedVersion(other)),
     };
+    check_optional(
+        "user_id",
+        raw.user_id.as_deref(),
+        validity::MAX_USER_ID_BYTES,
+    )?;
+    check_optional(
+        "product_id",
+        raw.product_id.as_deref(),
+        validity::MAX_PRODUCT_ID_BYTES,
+    )?;
+    check_optional("city", city.as_deref(), validity::MAX_CITY_BYTES)?;
+    check_optional("country", country.as_deref(), validity::MAX_COUNTRY_BYTES)?;
     Ok(Event {
         event_id: raw.event_id.into_owned(),
         event_type: raw.event_type.into_owned(),
@@ -425,6 +461,64 @@ mod tests {
             decode(Some(&huge), NOW, SKEW),
             Err(DecodeError::TooLarge(MAX_MESSAGE_BYTES + 1))
         );
+    }
+
+    #[test]
+    fn strings_and_times_outside_the_contract_are_refused() {
+        let with = |field: &str, value: serde_json::Value| {
+            let mut v = serde_json::json!({"event_id": "a", "event_type": "purchase",
+                                           "event_time": 1, "schema_version": 2});
+            v[field] = value;
+            decode(Some(v.to_string().as_bytes()), NOW, SKEW)
+        };
+        for field in [
+            "event_id",
+            "event_type",
+            "user_id",
+            "product_id",
+            "city",
+            "country",
+        ] {
+            assert!(
+                matches!(
+                    with(field, "a\u{0}b".into()),
+                    Err(DecodeError::BadString(_))
+                ),
+                "NUL in {field}"
+            );
+            assert!(
+                matches!(with(field, "x".repeat(5_000).into()), Err(_)),
+                "5 KB {field}"
+            );
+        }
+        let v1 = r#"{"event_id":"a","event_type":"a","event_time":1,"location":"B\u0000, DE"}"#;
+        assert!(matches!(bad(v1), DecodeError::BadString(_)));
+        for t in [i64::MIN, -1, validity::MAX_EVENT_TIME + 1, i64::MAX] {
+            assert_eq!(
+                with("event_time", t.into()),
+                Err(DecodeError::EventTimeOutOfRange(t))
+            );
+        }
+        assert!(matches!(
+            with("event_time", "0000-01-01T00:00:00Z".into()),
+            Err(DecodeError::EventTimeOutOfRange(_))
+        ));
+        // Within range and the skew: accepted, at both ends of the range.
+        assert!(with("event_time", 0.into()).is_ok());
+        let far = validity::MAX_EVENT_TIME;
+        assert!(
+            decode(
+                Some(
+                    format!(r#"{{"event_id":"a","event_type":"a","event_time":{far}}}"#).as_bytes()
+                ),
+                far,
+                0
+            )
+            .is_ok()
+        );
+        // The longest accepted values.
+        assert!(with("user_id", "u".repeat(validity::MAX_USER_ID_BYTES).into()).is_ok());
+        assert!(with("country", "c".repeat(validity::MAX_COUNTRY_BYTES).into()).is_ok());
     }
 
     #[test]

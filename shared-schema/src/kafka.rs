@@ -9,6 +9,7 @@ use crate::event::{Event, decode};
 use crate::positions::{PositionTable, load_positions};
 use crate::quarantine::BadMessage;
 use crate::time::{Millis, now_millis};
+use crate::validity::judging_clock;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
@@ -262,6 +263,8 @@ pub struct EventSource {
     group: Option<GroupRecipe>,
     /// Per partition, the offset a gap was last read again from (see `next_batch`).
     gap_rereads: BTreeMap<i32, i64>,
+    /// A batch ends once its messages hold this many bytes (see `set_max_batch_bytes`).
+    max_batch_bytes: usize,
 }
 
 /// Where a consumer starts reading a partition: its stored position, or the partition's
@@ -306,6 +309,7 @@ impl EventSource {
             last_discovery: Instant::now(),
             group: None,
             gap_rereads: BTreeMap::new(),
+            max_batch_bytes: usize::MAX,
         };
         source.assign_new(&partitions)?;
         tracing::info!(topic, partitions = ?source.positions.keys().collect::<Vec<_>>(), "assigned");
@@ -414,6 +418,7 @@ impl EventSource {
             last_discovery: Instant::now(),
             group: Some(recipe),
             gap_rereads: BTreeMap::new(),
+            max_batch_bytes: usize::MAX,
         })
     }
 
@@ -487,6 +492,12 @@ impl EventSource {
         &self.topic
     }
 
+    /// Caps each batch by the bytes of its messages (keys and values) besides their count: a
+    /// batch ends with the message that reaches `bytes`, so it holds at least one message.
+    pub fn set_max_batch_bytes(&mut self, bytes: usize) {
+        self.max_batch_bytes = bytes.max(1);
+    }
+
     /// Leaves the consumer group, if in one (see [`close_within`]), and closes the consumer.
     pub fn close(self) {
         match self.group.map(|recipe| recipe.session_timeout) {
@@ -532,7 +543,10 @@ impl EventSource {
             reading = self.positions.clone();
         }
         self.batch_in_flight = true;
-        while batch.events.len() + batch.bad.len() < max_messages {
+        let mut batch_bytes = 0usize;
+        while batch.events.len() + batch.bad.len() < max_messages
+            && batch_bytes < self.max_batch_bytes
+        {
             let message = match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
                 Err(_elapsed) => break,
                 Ok(Err(KafkaError::PartitionEOF(partition))) => {
@@ -585,7 +599,12 @@ impl EventSource {
             position.next_offset = offset + 1;
             position.caught_up = false;
             batch.advanced = true;
-            match decode(message.payload(), now_millis(), self.max_skew_ms) {
+            batch_bytes = batch_bytes
+                .saturating_add(message.payload_len())
+                .saturating_add(message.key().map_or(0, <[u8]>::len));
+            // Judged against the message's own timestamp, so every reader agrees (validity.rs).
+            let clock = judging_clock(message.timestamp().to_millis(), now_millis());
+            match decode(message.payload(), clock, self.max_skew_ms) {
                 Ok(event) => {
                     position.max_event_time = Some(
                         position

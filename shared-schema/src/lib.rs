@@ -5,6 +5,7 @@
 
 pub mod alerts;
 pub mod changelog;
+pub mod commit_guard;
 pub mod config;
 pub mod cutover;
 pub mod db;
@@ -18,6 +19,7 @@ pub mod positions;
 pub mod profiles;
 pub mod quarantine;
 pub mod query;
+pub mod readiness;
 pub mod registry;
 pub mod retry;
 pub mod service;
@@ -26,6 +28,7 @@ pub mod speed_state;
 pub mod storage;
 pub mod telemetry;
 pub mod time;
+pub mod validity;
 pub mod view;
 pub mod watermark;
 

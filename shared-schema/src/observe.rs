@@ -65,6 +65,20 @@ pub const QUARANTINE_DROPPED: Family = Family {
     labels: &["cause"],
     exported_by: CONSUMERS,
 };
+pub const CONSUMER_COMMIT_FAILURES: Family = Family {
+    name: "lambda_consumer_commit_failures_total",
+    help: "Failed commits of a consumer's batch, by cause: `data` (the batch's content was refused; the offending messages are then quarantined) or `infrastructure` (Postgres, the lake or the broker away; retried with backoff).",
+    kind: Kind::Counter,
+    labels: &["consumer", "cause"],
+    exported_by: CONSUMERS,
+};
+pub const CONSUMER_COMMIT_FAILING: Family = Family {
+    name: "lambda_consumer_commit_failing",
+    help: "1 while the consumer's latest batch commit failed for an infrastructure cause and is being retried, 0 once it committed.",
+    kind: Kind::Gauge,
+    labels: &["consumer"],
+    exported_by: CONSUMERS,
+};
 pub const CONSUMER_LAG: Family = Family {
     name: "lambda_consumer_lag_messages",
     help: "Messages in the partition not yet read by the consumer: high watermark minus next offset.",
@@ -157,6 +171,8 @@ pub const FAMILIES: &[Family] = &[
     CONSUMER_QUARANTINED,
     CONSUMER_OFFSETS_MISSING,
     QUARANTINE_DROPPED,
+    CONSUMER_COMMIT_FAILURES,
+    CONSUMER_COMMIT_FAILING,
     CONSUMER_LAG,
     WATERMARK_DELAY,
     LATE_EVENTS,
@@ -230,6 +246,8 @@ pub struct ConsumerMetrics {
     quarantined: IntCounterVec,
     offsets_missing: IntCounterVec,
     quarantine_dropped: IntCounterVec,
+    commit_failures: IntCounterVec,
+    commit_failing: IntGaugeVec,
     lag: IntGaugeVec,
     /// The partitions each consumer has a lag series for, to drop those it no longer owns.
     lagging: Mutex<HashMap<String, BTreeSet<i32>>>,
@@ -242,6 +260,8 @@ impl ConsumerMetrics {
             quarantined: counter(registry, &CONSUMER_QUARANTINED)?,
             offsets_missing: counter(registry, &CONSUMER_OFFSETS_MISSING)?,
             quarantine_dropped: counter(registry, &QUARANTINE_DROPPED)?,
+            commit_failures: counter(registry, &CONSUMER_COMMIT_FAILURES)?,
+            commit_failing: int_gauge(registry, &CONSUMER_COMMIT_FAILING)?,
             lag: int_gauge(registry, &CONSUMER_LAG)?,
             lagging: Mutex::new(HashMap::new()),
         })
@@ -251,6 +271,33 @@ impl ConsumerMetrics {
     pub fn start(&self, consumer: &str) {
         self.quarantined.with_label_values(&[consumer]);
         self.offsets_missing.with_label_values(&[consumer]);
+        for cause in ["data", "infrastructure"] {
+            self.commit_failures.with_label_values(&[consumer, cause]);
+        }
+        self.commit_failing.with_label_values(&[consumer]).set(0);
+    }
+
+    /// Messages found bad only at commit time (see `commit_guard`), quarantined there.
+    pub fn count_quarantined(&self, consumer: &str, messages: u64) {
+        self.quarantined
+            .with_label_values(&[consumer])
+            .inc_by(messages);
+    }
+
+    /// A failed commit; `cause` is `data` or `infrastructure`. Only an infrastructure cause
+    /// marks the consumer as failing: a data cause is resolved by quarantine at once.
+    pub fn commit_failed(&self, consumer: &str, cause: &str) {
+        self.commit_failures
+            .with_label_values(&[consumer, cause])
+            .inc();
+        if cause == "infrastructure" {
+            self.commit_failing.with_label_values(&[consumer]).set(1);
+        }
+    }
+
+    /// The consumer's batch committed.
+    pub fn commit_succeeded(&self, consumer: &str) {
+        self.commit_failing.with_label_values(&[consumer]).set(0);
     }
 
     /// Counts the quarantined messages one retention pass deleted (see `quarantine`).
@@ -526,7 +573,7 @@ pub fn exposition() -> Response {
     }
 }
 
-/// Serves `GET /metrics` on `addr` in the background, for the services without an HTTP API;
+/// Serves `GET /metrics` (and `GET /readyz`, see `readiness`) on `addr` in the background, for the services without an HTTP API;
 /// an empty `addr` serves nothing. Returns the bound address (`addr` may ask for port 0).
 pub async fn serve(addr: &str) -> Result<Option<SocketAddr>, ObserveError> {
     if addr.is_empty() {
@@ -540,7 +587,12 @@ pub async fn serve(addr: &str) -> Result<Option<SocketAddr>, ObserveError> {
         .await
         .map_err(bind_error)?;
     let local = listener.local_addr().map_err(bind_error)?;
-    let app = axum::Router::new().route("/metrics", axum::routing::get(|| async { exposition() }));
+    let app = axum::Router::new()
+        .route("/metrics", axum::routing::get(|| async { exposition() }))
+        .route(
+            "/readyz",
+            axum::routing::get(|| async { crate::readiness::readyz() }),
+        );
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "the metrics listener stopped");

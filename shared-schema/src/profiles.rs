@@ -224,6 +224,10 @@ pub enum ChangeError {
     UnknownOp(String),
     #[error("`updated_at` {0:?} is not RFC 3339")]
     BadTime(String),
+    #[error("the version's time {0} (epoch ms) is outside the event time range")]
+    TimeOutOfRange(Millis),
+    #[error(transparent)]
+    BadString(#[from] crate::validity::StringError),
 }
 
 impl ChangeEnvelope {
@@ -233,7 +237,30 @@ impl ChangeEnvelope {
 
     /// The profile version this change creates. A delete ends the deleted version: a tombstone
     /// valid from the commit time, or from the deleted version's `updated_at` if that is later.
+    /// Its strings and time keep the bounds of an event's (`validity`), since the tier and
+    /// country join events as dimension values.
     pub fn version(&self) -> Result<ProfileVersion, ChangeError> {
+        use crate::validity::{
+            MAX_COUNTRY_BYTES, MAX_TIER_BYTES, MAX_USER_ID_BYTES, check_optional, check_string,
+            time_in_range,
+        };
+        let version = self.image_version()?;
+        check_string("user_id", &version.user_id, MAX_USER_ID_BYTES)?;
+        if let Some(profile) = &version.profile {
+            check_string("tier", &profile.tier, MAX_TIER_BYTES)?;
+            check_optional(
+                "signup_country",
+                profile.signup_country.as_deref(),
+                MAX_COUNTRY_BYTES,
+            )?;
+        }
+        if !time_in_range(version.valid_from) {
+            return Err(ChangeError::TimeOutOfRange(version.valid_from));
+        }
+        Ok(version)
+    }
+
+    fn image_version(&self) -> Result<ProfileVersion, ChangeError> {
         let parse = |row: &ProfileRow| {
             parse_rfc3339(&row.updated_at)
                 .ok_or_else(|| ChangeError::BadTime(row.updated_at.clone()))

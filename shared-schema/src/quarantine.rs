@@ -24,7 +24,11 @@ pub async fn record(
     let partitions: Vec<i32> = bad.iter().map(|b| b.partition).collect();
     let offsets: Vec<i64> = bad.iter().map(|b| b.offset).collect();
     let raws: Vec<Option<Vec<u8>>> = bad.iter().map(|b| b.raw.clone()).collect();
-    let reasons: Vec<&str> = bad.iter().map(|b| b.reason.as_str()).collect();
+    // A reason may quote the input; Postgres text cannot hold every character of it.
+    let reasons: Vec<String> = bad
+        .iter()
+        .map(|b| crate::commit_guard::printable(&b.reason))
+        .collect();
     sqlx::query(
         "INSERT INTO quarantine (topic, partition, kafka_offset, raw, reason, detected_by)
          SELECT $1, p, o, r, why, $6

@@ -26,7 +26,7 @@ use shared_schema::sessions;
 use shared_schema::time::Millis;
 use shared_schema::time::{bucket_start, to_datetime};
 use shared_schema::watermark::{self, PartitionTime};
-use shared_schema::{observe, quarantine, retry};
+use shared_schema::{observe, quarantine};
 use sqlx::PgPool;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -35,6 +35,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+mod guarded_commit;
 mod profiles;
 pub mod quarantine_admin;
 pub mod replay;
@@ -125,6 +126,7 @@ impl SpeedLayer {
         mut replay: Option<&mut replay::Replay>,
     ) -> Result<bool, SpeedError> {
         let topic = self.config.events_topic.clone();
+        source.set_max_batch_bytes(self.config.speed.batch_max_bytes);
         let mut clock = EventClock::new(stored, &self.config);
         let definitions = self.catalog.canonical();
         // Follows the profile changelog while this loop runs (the guard stops it on return).
@@ -215,7 +217,8 @@ impl SpeedLayer {
         }
     }
 
-    /// Postgres being away must not lose the batch: retry it, with backoff, until it commits.
+    /// Postgres being away must not lose the batch: retry it, with backoff, until it commits;
+    /// a message Postgres refuses is quarantined instead (see `guarded_commit`).
     async fn commit_with_retry(
         &self,
         topic: &str,
@@ -223,10 +226,7 @@ impl SpeedLayer {
         watermark: Option<Millis>,
         progress: &[(i32, Option<Millis>)],
     ) {
-        retry::until_success("batch commit", || {
-            self.commit_batch(topic, batch, watermark, progress)
-        })
-        .await
+        self.commit_guarded(topic, batch, watermark, progress).await
     }
 
     /// One transaction: claim ids, add partials, store offsets, keep bad messages.
@@ -236,6 +236,20 @@ impl SpeedLayer {
         batch: &Batch,
         watermark: Option<Millis>,
         progress: &[(i32, Option<Millis>)],
+    ) -> Result<(), sqlx::Error> {
+        self.write_batch(topic, batch, watermark, progress, true)
+            .await
+    }
+
+    /// [`Self::commit_batch`], or with `commit` false the same transaction rolled back: a
+    /// trial of whether Postgres accepts the batch.
+    pub(crate) async fn write_batch(
+        &self,
+        topic: &str,
+        batch: &Batch,
+        watermark: Option<Millis>,
+        progress: &[(i32, Option<Millis>)],
+        commit: bool,
     ) -> Result<(), sqlx::Error> {
         let span = tracing::info_span!(
             "commit_batch",
@@ -324,6 +338,9 @@ impl SpeedLayer {
             // After the positions, whose upsert creates a partition's row on its first batch.
             store_watermarks(&mut tx, topic, progress).await?;
             quarantine::record(&mut tx, topic, CONSUMER_NAME, &batch.bad).await?;
+            if !commit {
+                return tx.rollback().await;
+            }
             tx.commit().await?;
             late.count(&self.catalog);
             phases.lap("commit");

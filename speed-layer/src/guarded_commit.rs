@@ -1,0 +1,111 @@
+//! The speed layer's batch commit, guarded (see `shared_schema::commit_guard`): a message
+//! whose values Postgres refuses is quarantined with the reason and the rest of the batch
+//! commits in one transaction as before (ids claimed, partials added, offsets stored, bad
+//! messages kept); Postgres being away is retried with backoff and shows in `/metrics` and
+//! `/readyz`.
+
+use crate::{CONSUMER_NAME, SpeedLayer};
+use shared_schema::commit_guard::{
+    Backoff, CommitHealth, Failure, classify_sql, find_culprits, quarantine_culprits,
+};
+use shared_schema::kafka::Batch;
+use shared_schema::time::Millis;
+use std::collections::BTreeMap;
+use tracing::Instrument;
+
+const HEALTH: CommitHealth = CommitHealth {
+    consumer: CONSUMER_NAME,
+};
+/// What `/readyz` says while commits fail for an infrastructure cause.
+const POSTGRES_AWAY: &str = "Postgres refuses or drops the speed layer's batch commits";
+
+impl SpeedLayer {
+    /// Commits `batch`, quarantining what Postgres refuses; returns once it committed.
+    pub(crate) async fn commit_guarded(
+        &self,
+        topic: &str,
+        batch: &Batch,
+        watermark: Option<Millis>,
+        progress: &[(i32, Option<Millis>)],
+    ) {
+        let mut backoff = Backoff::default();
+        // The batch with the messages found bad so far moved to its bad ones.
+        let mut reduced: Option<Batch> = None;
+        loop {
+            let current = reduced.as_ref().unwrap_or(batch);
+            let error = match self
+                .write_batch(topic, current, watermark, progress, true)
+                .await
+            {
+                Ok(()) => {
+                    HEALTH.succeeded();
+                    return;
+                }
+                Err(e) => e,
+            };
+            match classify_sql(&error) {
+                Failure::Infrastructure(e) => {
+                    HEALTH.infrastructure_failed(POSTGRES_AWAY, &e);
+                    backoff.sleep().await;
+                }
+                Failure::Data(reason) => {
+                    HEALTH.data_failed(&reason);
+                    let isolated = self.isolate(topic, current, watermark).await;
+                    match isolated {
+                        Ok(culprits) if !culprits.is_empty() => {
+                            HEALTH.quarantined(culprits.values().map(Vec::len).sum());
+                            reduced = Some(quarantine_culprits(current, &culprits));
+                        }
+                        Ok(_) => {
+                            // Every event passes alone: the refusal lies in the batch's
+                            // bookkeeping, which no quarantine resolves. Loud, and retried.
+                            HEALTH.infrastructure_failed(
+                                "Postgres refuses the speed layer's batch bookkeeping",
+                                &reason,
+                            );
+                            backoff.sleep().await;
+                        }
+                        Err(e) => {
+                            HEALTH.infrastructure_failed(POSTGRES_AWAY, &e);
+                            backoff.sleep().await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The events of `batch` Postgres refuses, by index, with the reason, found by trials in
+    /// transactions that are rolled back.
+    async fn isolate(
+        &self,
+        topic: &str,
+        batch: &Batch,
+        watermark: Option<Millis>,
+    ) -> Result<BTreeMap<String, Vec<usize>>, String> {
+        let span = tracing::warn_span!("isolate", topic, events = batch.events.len());
+        let found = find_culprits(batch.events.len(), |indices| {
+            let trial = Batch {
+                events: indices.iter().map(|&i| batch.events[i].clone()).collect(),
+                advanced: true,
+                ..Batch::default()
+            };
+            async move {
+                self.write_batch(topic, &trial, watermark, &[], false)
+                    .await
+                    .map_err(|e| classify_sql(&e))
+            }
+        })
+        .instrument(span)
+        .await?;
+        let mut by_reason: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (indices, reason) in found {
+            for &i in &indices {
+                let e = &batch.events[i];
+                tracing::warn!(partition = e.partition, offset = e.offset, %reason, "quarantined at commit");
+            }
+            by_reason.entry(reason).or_default().extend(indices);
+        }
+        Ok(by_reason)
+    }
+}
