@@ -21,6 +21,7 @@ pub mod query;
 pub mod registry;
 pub mod retry;
 pub mod service;
+pub mod sliding;
 pub mod sessions;
 pub mod speed_state;
 pub mod storage;
