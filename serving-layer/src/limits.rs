@@ -153,7 +153,8 @@ mod tests {
             dims: String::new(),
             partial: Partial::default(),
         };
-        let view = HashMap::from([("purchases".to_string(), (0..100).map(row).collect())]);
+        let view: HashMap<String, Vec<BucketRow>> =
+            HashMap::from([("purchases".to_string(), (0..100).map(row).collect())]);
         let mut snapshot = Snapshot {
             cutover: Some(50 * MINUTE_MS),
             ..Snapshot::default()

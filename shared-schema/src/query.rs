@@ -556,7 +556,7 @@ mod tests {
     #[test]
     fn limits_refuse_before_the_windows_are_computed() {
         let rows: Vec<BucketRow> = (0..50)
-            .map(|i| row(i * M, Some(&format!("c{i}")), 1))
+            .map(|i| row(i * M, Some(format!("c{i}").as_str()), 1))
             .collect();
         let mut q = minute_query(0, 50 * M);
         q.group_by = Some(0);
