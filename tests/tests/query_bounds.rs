@@ -4,8 +4,9 @@
 //! group limit refused it; a few such requests stopped `/healthz` from answering.
 //!
 //! Hostile requests go out from several clients at once while `/healthz` is polled: every one
-//! is refused with 400 `limit_exceeded` or answered within its timeout, the ones that are
-//! answered are right, and `/healthz` answers promptly throughout.
+//! is refused with 400 `limit_exceeded` or answered within its timeout (a distinct count may
+//! instead stop at the timeout with a 503), the ones that are answered are right, and `/healthz`
+//! answers promptly throughout.
 
 use anyhow::{Context, Result, ensure};
 use platform_tests::Platform;
@@ -169,13 +170,35 @@ async fn hostile_queries_are_refused_or_bounded_and_healthz_stays_prompt() -> Re
                     && body["error"]["code"] == "limit_exceeded"
                     && body["error"]["limit"] == limit
             }
-            None => *status == 200 && answered_right(path, body),
+            None => {
+                (*status == 200 && answered_right(path, body))
+                    // A month of distinct-count points merges 16 KiB sketches per point: in a
+                    // debug build, queued behind the other clients' on two cores, it may reach
+                    // the timeout, where it must stop (503), not run on.
+                    || (path.contains("/active_users?")
+                        && *status == 503
+                        && body["error"]["message"]
+                            .as_str()
+                            .is_some_and(|m| m.contains("took longer than")))
+            }
         };
         // Within the 5 s timeout, with room for a loaded machine.
         if !fine || *took > Duration::from_secs(8) {
             wrong.push(format!("{path}: {status} after {took:?}: {body:.300}"));
         }
     }
+    let answered = |metric: &str| {
+        outcomes
+            .iter()
+            .filter(|(path, status, ..)| path.contains(metric) && *status == 200)
+            .count()
+    };
+    ensure!(
+        answered("/active_users?") >= 1 && answered("/purchases?") >= 4,
+        "month-long windows are answered: {} distinct counts, {} counts",
+        answered("/active_users?"),
+        answered("/purchases?")
+    );
     ensure!(
         slowest <= HEALTHZ_BOUND,
         "/healthz took {slowest:?} at worst over {polls} polls while hostile queries ran"
