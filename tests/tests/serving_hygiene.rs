@@ -51,7 +51,9 @@ async fn caches_are_capped_by_bytes_and_methods_add_no_series() -> Result<()> {
     // change of state emptied the caches meanwhile, and the large entries alone were not kept.
     let mut checked = false;
     for attempt in 0..10i64 {
+        // Both ends move, so even hour-step ranges differ from the last attempt's.
         let to = end - attempt * MINUTE_MS;
+        let day = day - attempt * MINUTE_MS;
         let range = |metric: &str, from: i64, extra: &str| {
             format!(
                 "/v1/metrics/{metric}?from={}&to={}{extra}",
