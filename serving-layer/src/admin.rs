@@ -168,10 +168,7 @@ fn parse_body<T: DeserializeOwned>(body: &Bytes, default: Option<T>) -> Result<T
 fn batch_error(e: BatchError) -> ApiError {
     match e {
         BatchError::Versions(message) => ApiError::new(StatusCode::CONFLICT, "refused", message),
-        e => {
-            tracing::warn!(error = %e, "admin operation failed");
-            ApiError::unavailable(e.to_string())
-        }
+        e => ApiError::dependency_down("the batch layer's state (Postgres or the lake)", &e),
     }
 }
 

@@ -18,6 +18,15 @@ use std::sync::{Arc, Mutex};
 /// Points per cached chunk: a day of one-minute points.
 pub const CHUNK_POINTS: i64 = 1440;
 
+/// The time a chunk spans: `CHUNK_POINTS` steps, or the window if longer. A chunk reads the rows
+/// of its points' windows, so a chunk shorter than the window would read each row once per
+/// chunk it reaches back into; at least a window long, all chunks together read each row at
+/// most twice.
+pub fn chunk_span(step: Millis, window: Millis) -> Millis {
+    let window_steps = (window + step - 1) / step;
+    step * CHUNK_POINTS.max(window_steps)
+}
+
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct PointOut {
     /// The point's start.
@@ -93,7 +102,8 @@ pub struct ChunkKey {
     pub window: Millis,
     pub group_by: Option<usize>,
     pub filter: Option<(usize, String)>,
-    /// The first point time the chunk may hold, a multiple of `CHUNK_POINTS * step`.
+    /// The first point time the chunk may hold: on the query's grid of points (its phase
+    /// against the step is part of the key through it), a multiple of `chunk_span` apart.
     pub start: Millis,
 }
 
@@ -125,23 +135,23 @@ impl AnswerCache {
         }
     }
 
-    /// The chunk under `key`, rendered by `build` on a miss.
-    pub fn get_or_render(
+    /// The chunk under `key`, rendered by `build` on a miss; a failed build is not kept.
+    pub fn get_or_render<E>(
         &self,
         key: ChunkKey,
-        build: impl FnOnce() -> RenderedSeries,
-    ) -> Arc<RenderedSeries> {
+        build: impl FnOnce() -> Result<RenderedSeries, E>,
+    ) -> Result<Arc<RenderedSeries>, E> {
         if let Some(series) = self.lookup(&key) {
             observe::serving().cache_lookup("answer", true);
-            return series;
+            return Ok(series);
         }
         observe::serving().cache_lookup("answer", false);
-        let series = Arc::new(build());
+        let series = Arc::new(build()?);
         let bytes: usize = series.values().map(RenderedPoints::size).sum();
         if bytes <= self.budget_bytes {
             self.insert(key, series.clone(), bytes);
         }
-        series
+        Ok(series)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, CacheState> {
@@ -251,20 +261,36 @@ mod tests {
             }
             render(&points)
         };
-        let first = cache.get_or_render(key(0), big);
+        let first = cache.get_or_render(key(0), || Ok::<_, ()>(big())).unwrap();
         assert!(cache.used_bytes() > 0);
-        let again = cache.get_or_render(key(0), || unreachable!("cached"));
+        let again = cache
+            .get_or_render(key(0), || Err::<RenderedSeries, _>("cached, not built"))
+            .unwrap();
         assert!(Arc::ptr_eq(&first, &again));
         // Each chunk is about 0.4 MB: the third evicts the least recently used.
-        cache.get_or_render(key(1), big);
-        cache.get_or_render(key(0), || unreachable!("used more recently than key 1"));
-        cache.get_or_render(key(2), big);
+        cache.get_or_render(key(1), || Ok::<_, ()>(big())).unwrap();
+        cache
+            .get_or_render(key(0), || {
+                Err::<RenderedSeries, _>("used more recently than key 1")
+            })
+            .unwrap();
+        cache.get_or_render(key(2), || Ok::<_, ()>(big())).unwrap();
         assert!(cache.used_bytes() <= 1 << 20);
         let mut rebuilt = false;
-        cache.get_or_render(key(1), || {
-            rebuilt = true;
-            big()
-        });
+        cache
+            .get_or_render(key(1), || {
+                rebuilt = true;
+                Ok::<_, ()>(big())
+            })
+            .unwrap();
         assert!(rebuilt, "key 1 was the least recently used");
+    }
+
+    #[test]
+    fn a_chunk_spans_at_least_its_window() {
+        let m = 60_000;
+        assert_eq!(chunk_span(m, m), CHUNK_POINTS * m);
+        assert_eq!(chunk_span(m, 31 * 1440 * m), 31 * 1440 * m);
+        assert_eq!(chunk_span(60 * m, 90 * m), CHUNK_POINTS * 60 * m);
     }
 }

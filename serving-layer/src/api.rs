@@ -1,6 +1,6 @@
 //! The HTTP API of CONTRACT §4.
 
-use crate::answer_cache::{AnswerCache, CHUNK_POINTS, ChunkKey, PointOut, RenderedSeries, render};
+use crate::answer_cache::{AnswerCache, ChunkKey, PointOut, RenderedSeries, chunk_span, render};
 use crate::encoding::{CachedBody, accepts_gzip};
 use crate::generation_cache::GenerationCache;
 use crate::openapi::ErrorBody;
@@ -22,17 +22,19 @@ use serde_json::{Map, Value, json};
 use shared_schema::config::{PlatformConfig, ServingConfig};
 use shared_schema::db::MIGRATOR;
 use shared_schema::metrics::{Dimension, MetricCatalog, MetricDef};
-use shared_schema::query::{BucketRow, SeriesQuery, finish_points, gaps, rows_in};
+use shared_schema::query::{
+    BucketRow, SeriesQuery, check_budget, finish_points_within, gaps, rows_in,
+};
 pub use shared_schema::query::{Group, MergedPoint};
-use shared_schema::time::{HumanDuration, Millis, bucket_start, format_rfc3339, parse_rfc3339};
+use shared_schema::sliding::{MergeBudget, MergeError};
+use shared_schema::time::{HumanDuration, Millis, bucket_ceil, format_rfc3339, parse_rfc3339};
 use sqlx::PgPool;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::Semaphore;
 use utoipa::ToSchema;
 
-/// Distinct query snapshots, and whole answers, kept per state generation.
-const CACHED_SNAPSHOTS: usize = 1024;
-const CACHED_BODIES: usize = 64;
 /// Larger answers are not kept whole (their batch points still are, in `answers`).
 const MAX_CACHED_BODY: usize = 16 << 20;
 
@@ -40,6 +42,8 @@ const MAX_CACHED_BODY: usize = 16 << 20;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct AnswerKey {
     metric: String,
+    /// The asked `from`, which the answer echoes; `query.from` is the first point.
+    asked_from: Millis,
     query: SeriesQuery,
     /// As the answer spells them.
     step: String,
@@ -62,6 +66,9 @@ pub struct AppState {
     pub bodies: Arc<GenerationCache<AnswerKey, CachedBody>>,
     pub answers: AnswerCache,
     pub runs: crate::admin::Runs,
+    /// Answers being merged and rendered at once, off the async workers: one per core, so
+    /// expensive queries queue (within their timeout) instead of starving `/healthz`.
+    pub compute: Arc<Semaphore>,
 }
 
 impl AppState {
@@ -74,9 +81,19 @@ impl AppState {
     ) -> Self {
         let views = ViewCache::new(&config.lake_dir);
         let max_age = config.serving.snapshot_cache_max_age.as_std();
-        let snapshots = Arc::new(GenerationCache::new("snapshot", max_age, CACHED_SNAPSHOTS));
-        let bodies = Arc::new(GenerationCache::new("body", max_age, CACHED_BODIES));
+        let mb = |n: usize| n.saturating_mul(1 << 20);
+        let snapshots = Arc::new(GenerationCache::new(
+            "snapshot",
+            max_age,
+            mb(config.serving.snapshot_cache_mb),
+        ));
+        let bodies = Arc::new(GenerationCache::new(
+            "body",
+            max_age,
+            mb(config.serving.body_cache_mb),
+        ));
         let answers = AnswerCache::new(config.serving.answer_cache_mb);
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         AppState {
             pool,
             writer,
@@ -88,6 +105,7 @@ impl AppState {
             bodies,
             answers,
             runs: Default::default(),
+            compute: Arc::new(Semaphore::new(cores)),
         }
     }
 }
@@ -169,6 +187,12 @@ impl ApiError {
     pub(crate) fn unavailable(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
+    /// A 503 saying which dependency is down; the driver's own text (hosts, roles, SQL) goes
+    /// to the log only.
+    pub(crate) fn dependency_down(what: &str, error: &dyn std::fmt::Display) -> Self {
+        tracing::warn!(error = %error, dependency = what, "dependency unavailable");
+        ApiError::unavailable(format!("{what} unavailable"))
+    }
     /// A fault of the server's own, never of the request.
     pub(crate) fn internal(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
@@ -188,9 +212,36 @@ impl IntoResponse for ApiError {
 
 impl From<SnapshotError> for ApiError {
     fn from(e: SnapshotError) -> Self {
-        tracing::warn!(error = %e, "query dependency failed");
-        ApiError::unavailable(e.to_string())
+        let what = match &e {
+            SnapshotError::Db(_) => "Postgres",
+            SnapshotError::View(_) | SnapshotError::Join(_) => "the batch view",
+            SnapshotError::Sketch(_) => "the speed layer's state",
+        };
+        ApiError::dependency_down(what, &e)
     }
+}
+
+/// A merge refused by its budget (CONTRACT §4: 400 `limit_exceeded`) or stopped by its deadline.
+pub(crate) fn merge_refused(e: MergeError, limits: &ServingConfig) -> ApiError {
+    match e {
+        MergeError::Groups { max } => ApiError::limit_exceeded(
+            "serving.max_groups",
+            format!(
+                "the answer holds more than {max} groups (serving.max_groups): narrow it with `filter`"
+            ),
+        ),
+        MergeError::Points { points, max } => ApiError::limit_exceeded(
+            "serving.max_answer_points",
+            format!(
+                "the answer may hold {points} points over its series; at most {max} are allowed (serving.max_answer_points): narrow it with `filter`, a shorter range or a longer step"
+            ),
+        ),
+        MergeError::Deadline => took_too_long(limits),
+    }
+}
+
+fn took_too_long(limits: &ServingConfig) -> ApiError {
+    ApiError::unavailable(format!("query took longer than {}", limits.query_timeout))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -245,7 +296,7 @@ pub(crate) async fn list_alerts(State(state): State<AppState>) -> Result<Json<Va
     crate::alerts::list(&state)
         .await
         .map(Json)
-        .map_err(|e| ApiError::unavailable(format!("alerts unavailable: {e}")))
+        .map_err(|e| ApiError::dependency_down("alerts (Postgres)", &e))
 }
 
 /// Alive.
@@ -265,13 +316,11 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<Value>,
     let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
         .fetch_one(&state.pool)
         .await
-        .map_err(|e| {
-            ApiError::unavailable(format!("database not reachable or not migrated: {e}"))
-        })?;
+        .map_err(|e| ApiError::dependency_down("Postgres", &e))?;
     let expected = MIGRATOR.iter().count() as i64;
     if applied < expected {
         return Err(ApiError::unavailable(format!(
-            "{applied} of {expected} migrations applied"
+            "Postgres is not migrated: {applied} of {expected} migrations applied"
         )));
     }
     Ok(Json(json!({"status": "ready"})))
@@ -340,7 +389,7 @@ pub(crate) struct MetricAnswer {
     security((), ("bearer" = [])),
     responses(
         (status = 200, description = "The series", body = MetricAnswer),
-        (status = 400, description = "Bad parameters, or beyond serving.max_range, serving.max_points or serving.max_groups (named in `error.limit`)", body = ErrorBody),
+        (status = 400, description = "Bad parameters, or beyond serving.max_range, serving.max_points, serving.max_rows, serving.max_groups or serving.max_answer_points (named in `error.limit`)", body = ErrorBody),
         (status = 401, description = "serving.read_token is set and was not presented", body = ErrorBody),
         (status = 404, description = "Unknown metric", body = ErrorBody),
         (status = 503, description = "Postgres or the batch view unavailable, or the query took longer than serving.query_timeout", body = ErrorBody),
@@ -364,8 +413,10 @@ pub(crate) async fn query_metric(
     let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let request = parse_query(metric, &params, &state.config.serving)?;
     let timeout = state.config.serving.query_timeout.as_std();
+    // The merge itself stops here too: dropping the future cannot stop work off the runtime.
+    let deadline = Instant::now() + timeout;
     let gzip = accepts_gzip(&headers);
-    match tokio::time::timeout(timeout, answer(&state, metric, &request, gzip)).await {
+    match tokio::time::timeout(timeout, answer(&state, metric, &request, gzip, deadline)).await {
         Ok(answer) => answer.map(|(body, encoded)| {
             let json = [
                 (CONTENT_TYPE, "application/json"),
@@ -377,14 +428,14 @@ pub(crate) async fn query_metric(
                 (json, body).into_response()
             }
         }),
-        Err(_) => Err(ApiError::unavailable(format!(
-            "query took longer than {}",
-            state.config.serving.query_timeout
-        ))),
+        Err(_) => Err(took_too_long(&state.config.serving)),
     }
 }
 
+#[derive(Clone)]
 struct Request {
+    /// As asked; the answer echoes it. `query.from` is the first point.
+    from: Millis,
     query: SeriesQuery,
     step: HumanDuration,
     window: HumanDuration,
@@ -451,7 +502,8 @@ fn parse_query(
         }
     };
     let query = SeriesQuery {
-        from,
+        // CONTRACT §4: the points start at the first bucket boundary at or after `from`.
+        from: bucket_ceil(from, bucket),
         to,
         step: step.millis(),
         window: window.millis(),
@@ -460,6 +512,7 @@ fn parse_query(
     };
     crate::limits::check_query(&query, step, limits)?;
     Ok(Request {
+        from,
         query,
         step,
         window,
@@ -477,7 +530,7 @@ pub async fn merged_points(
     let parts = state
         .catalog
         .parts(metric)
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        .map_err(|e| ApiError::dependency_down("the metric catalogue", &e))?;
     let names: Vec<&str> = parts.iter().map(|m| m.name.as_str()).collect();
     let range = query.bucket_range();
     let snapshot = read_snapshot(&state.pool, &state.config.events_topic, &names, range).await?;
@@ -485,7 +538,14 @@ pub async fn merged_points(
         (Some(version), Some(path)) => Some(state.views.get(version, path).await?),
         _ => None,
     };
-    let points = merge_sides(&parts, &snapshot, view.as_deref(), query);
+    let points = merge_sides(
+        &parts,
+        &snapshot,
+        view.as_deref(),
+        query,
+        &MergeBudget::default(),
+    )
+    .map_err(|e| merge_refused(e, &state.config.serving))?;
     Ok((snapshot, points))
 }
 
@@ -495,12 +555,14 @@ async fn answer(
     metric: &MetricDef,
     request: &Request,
     gzip: bool,
+    deadline: Instant,
 ) -> Result<(Bytes, bool), ApiError> {
     // Read before anything the answer is made of: a change committed meanwhile files it under
     // a generation no later request asks for.
     let generation = state.changes.current();
     let key = AnswerKey {
         metric: metric.name.clone(),
+        asked_from: request.from,
         query: request.query.clone(),
         step: request.step.to_string(),
         window: request.window.to_string(),
@@ -508,7 +570,7 @@ async fn answer(
     let (body, computed_here) = state
         .bodies
         .lookup_or_compute(generation, &key, || async {
-            let body = render_answer(state, generation, metric, request).await?;
+            let body = render_answer(state, generation, metric, request, deadline).await?;
             Ok::<_, ApiError>(CachedBody::new(Bytes::from(body)))
         })
         .await?;
@@ -531,11 +593,12 @@ async fn render_answer(
     generation: Option<u64>,
     metric: &MetricDef,
     request: &Request,
+    deadline: Instant,
 ) -> Result<Vec<u8>, ApiError> {
     let parts = state
         .catalog
         .parts(metric)
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        .map_err(|e| ApiError::dependency_down("the metric catalogue", &e))?;
     let names: Vec<&str> = parts.iter().map(|m| m.name.as_str()).collect();
     let snapshot = read_snapshot_cached(
         &state.snapshots,
@@ -550,14 +613,40 @@ async fn render_answer(
         (Some(version), Some(path)) => Some(state.views.get(version, path).await?),
         _ => None,
     };
-    let answer = AnswerInputs {
-        metric,
-        parts: &parts,
-        request,
-        snapshot: &snapshot,
-        view: view.as_deref(),
-    };
-    answer.render(&state.answers, &state.config.serving)
+    crate::limits::check_rows(
+        &parts,
+        &snapshot,
+        view.as_deref(),
+        request.query.bucket_range(),
+        &state.config.serving,
+    )?;
+    // Merging and rendering is CPU work: it runs on the blocking pool, a core at a time per
+    // answer, so the async workers keep answering (`/healthz` among them).
+    let _permit = state
+        .compute
+        .acquire()
+        .await
+        .map_err(|_| ApiError::unavailable("the serving layer is shutting down"))?;
+    let (catalog, name, request) = (state.catalog.clone(), metric.name.clone(), request.clone());
+    let (answers, limits) = (state.answers.clone(), state.config.clone());
+    tokio::task::spawn_blocking(move || {
+        let Some((_, metric)) = catalog.get(&name) else {
+            return Err(ApiError::internal("the metric left the catalogue"));
+        };
+        let parts = catalog
+            .parts(metric)
+            .map_err(|e| ApiError::dependency_down("the metric catalogue", &e))?;
+        let answer = AnswerInputs {
+            metric,
+            parts: &parts,
+            request: &request,
+            snapshot: &snapshot,
+            view: view.as_deref(),
+        };
+        answer.render(&answers, &limits.serving, Some(deadline))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("rendering the answer failed: {e}")))?
 }
 
 /// The view's rows of `part` with a bucket in `[start, end)`.
@@ -577,7 +666,8 @@ fn merge_sides(
     snapshot: &Snapshot,
     view: Option<&HashMap<String, Vec<BucketRow>>>,
     query: &SeriesQuery,
-) -> BTreeMap<(Group, Millis), MergedPoint> {
+    budget: &MergeBudget,
+) -> Result<BTreeMap<(Group, Millis), MergedPoint>, MergeError> {
     let range = query.bucket_range();
     let batch_end = snapshot
         .cutover
@@ -590,7 +680,7 @@ fn merge_sides(
             (*part, batch.iter().cloned(), speed.cloned())
         })
         .collect();
-    finish_points(query, snapshot.cutover, inputs)
+    finish_points_within(query, snapshot.cutover, inputs, budget)
 }
 
 /// What one answer is made of, once read.
@@ -607,22 +697,56 @@ struct AnswerInputs<'a> {
 const WHOLE: Group = None;
 
 impl AnswerInputs<'_> {
-    fn merge(&self, query: &SeriesQuery) -> BTreeMap<(Group, Millis), MergedPoint> {
-        merge_sides(self.parts, self.snapshot, self.view, query)
+    fn merge(
+        &self,
+        query: &SeriesQuery,
+        budget: &MergeBudget,
+    ) -> Result<BTreeMap<(Group, Millis), MergedPoint>, MergeError> {
+        merge_sides(self.parts, self.snapshot, self.view, query, budget)
     }
 
     /// The answer's JSON. Points whose window ends by T come from rendered chunks of the batch
-    /// view (`answer_cache`); the rest are merged and rendered here.
-    fn render(&self, answers: &AnswerCache, limits: &ServingConfig) -> Result<Vec<u8>, ApiError> {
+    /// view (`answer_cache`); the rest are merged and rendered here. Every merge is refused
+    /// past `serving.max_groups`, `serving.max_answer_points` or `deadline` before its windows
+    /// are computed or rendered.
+    fn render(
+        &self,
+        answers: &AnswerCache,
+        limits: &ServingConfig,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<u8>, ApiError> {
         let query = &self.request.query;
         let cutover = self.snapshot.cutover;
-        let batch_points_end = cutover.map_or(query.from, |t| {
-            bucket_start(t, query.step).clamp(query.from, query.to)
-        });
-        let span = CHUNK_POINTS * query.step;
+        let budget = MergeBudget {
+            max_groups: Some(limits.max_groups),
+            max_points: Some(limits.max_answer_points),
+            deadline,
+        };
+        let refused = |e| merge_refused(e, limits);
+        // The whole answer's groups and points, before any part of it is merged.
+        let range = query.bucket_range();
+        for part in self.parts {
+            let speed = self
+                .snapshot
+                .speed_rows
+                .get(&part.name)
+                .into_iter()
+                .flatten();
+            let batch_end = cutover.map_or(range.0, |t| t.clamp(range.0, range.1));
+            let batch = batch_rows(self.view, part, (range.0, batch_end));
+            check_budget(query, cutover, batch, speed, &budget).map_err(refused)?;
+        }
+        // The points whose window ends by T, on the query's grid (points at `from + k * step`).
+        let batch_points_end = match cutover {
+            Some(t) if t > query.from && query.from < query.to => query.grid_floor(t).min(query.to),
+            _ => query.from,
+        };
+        let span = chunk_span(query.step, query.window);
         let mut chunks: Vec<(Millis, Arc<RenderedSeries>)> = Vec::new();
         if let (Some(version), Some(t)) = (&self.snapshot.batch_version, cutover) {
-            let mut start = bucket_start(query.from, span);
+            // Chunks lie on the grid's phase, so `start` names the grid as well as the chunk.
+            let mut start =
+                query.from - (query.from - query.from.rem_euclid(query.step)).rem_euclid(span);
             while start < batch_points_end {
                 let key = ChunkKey {
                     version: version.clone(),
@@ -637,7 +761,7 @@ impl AnswerInputs<'_> {
                 let chunk = answers.get_or_render(key, || {
                     let chunk_query = SeriesQuery {
                         from: start,
-                        to: (start + span).min(bucket_start(t, query.step)),
+                        to: (start + span).min(query.grid_floor(t)),
                         ..query.clone()
                     };
                     let range = chunk_query.bucket_range();
@@ -649,8 +773,10 @@ impl AnswerInputs<'_> {
                             (*part, rows.iter().cloned(), std::iter::empty())
                         })
                         .collect();
-                    render(&finish_points(&chunk_query, Some(t), inputs))
-                });
+                    finish_points_within(&chunk_query, Some(t), inputs, &budget)
+                        .map(|points| render(&points))
+                        .map_err(refused)
+                })?;
                 chunks.push((start, chunk));
                 start += span;
             }
@@ -660,7 +786,7 @@ impl AnswerInputs<'_> {
                 from: batch_points_end,
                 ..query.clone()
             };
-            render(&self.merge(&fresh_query))
+            render(&self.merge(&fresh_query, &budget).map_err(refused)?)
         } else {
             RenderedSeries::new()
         };
@@ -730,14 +856,14 @@ impl AnswerInputs<'_> {
     fn answer_with(&self, series: Vec<SeriesOut>) -> MetricAnswer {
         let (query, snapshot) = (&self.request.query, self.snapshot);
         let gaps = gaps(
-            query.from,
+            self.request.from,
             query.to,
             snapshot.cutover,
             snapshot.speed_covered_from,
         );
         MetricAnswer {
             metric: self.metric.name.clone(),
-            from: format_rfc3339(query.from),
+            from: format_rfc3339(self.request.from),
             to: format_rfc3339(query.to),
             step: self.request.step.to_string(),
             window: self.request.window.to_string(),
@@ -763,7 +889,9 @@ impl AnswerInputs<'_> {
     /// must equal.
     #[cfg(test)]
     fn reference(&self) -> MetricAnswer {
-        let points = self.merge(&self.request.query);
+        let points = self
+            .merge(&self.request.query, &MergeBudget::default())
+            .unwrap_or_default();
         let mut series: BTreeMap<Group, Vec<PointOut>> = BTreeMap::new();
         if self.request.group_by.is_none() {
             series.insert(None, Vec::new());
@@ -906,7 +1034,7 @@ mod tests {
             let cache = AnswerCache::new(16);
             let limits = PlatformConfig::default().serving;
             for attempt in ["cold", "warm"] {
-                let body = inputs.render(&cache, &limits).unwrap();
+                let body = inputs.render(&cache, &limits, None).unwrap();
                 let rendered: Value = serde_json::from_slice(&body).unwrap();
                 prop_assert_eq!(&rendered, &expected, "{}", attempt);
             }

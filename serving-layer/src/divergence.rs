@@ -168,7 +168,7 @@ pub async fn get(
     };
     let mut entries = read(&state.pool, limit)
         .await
-        .map_err(|e| ApiError::unavailable(format!("divergence unavailable: {e}")))?;
+        .map_err(|e| ApiError::dependency_down("divergence (Postgres)", &e))?;
     let threshold = state.config.batch.divergence_alert_ratio;
     let metrics: Vec<Value> = state
         .catalog

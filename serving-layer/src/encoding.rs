@@ -47,6 +47,14 @@ impl CachedBody {
     }
 }
 
+impl crate::generation_cache::Weigh for CachedBody {
+    /// The plain JSON, and an allowance for its gzip form (filled later; JSON of repeated keys
+    /// shrinks several-fold).
+    fn bytes(&self) -> usize {
+        self.plain.len() + self.plain.len() / 4
+    }
+}
+
 /// The fastest level: the answer is compressed once and sent many times, but the request that
 /// compresses it waits for it. JSON of repeated keys shrinks several-fold even so.
 fn gzip(plain: &[u8]) -> Bytes {

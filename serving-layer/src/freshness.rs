@@ -46,10 +46,7 @@ struct Promoted {
         (status = 503, description = "Postgres unavailable", body = crate::openapi::ErrorBody),
     ))]
 pub async fn get(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let unavailable = |e: sqlx::Error| {
-        tracing::warn!(error = %e, "freshness unavailable");
-        ApiError::unavailable(format!("freshness unavailable: {e}"))
-    };
+    let unavailable = |e: sqlx::Error| ApiError::dependency_down("freshness (Postgres)", &e);
     let mut tx = state.pool.begin().await.map_err(unavailable)?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .execute(&mut *tx)

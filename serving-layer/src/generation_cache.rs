@@ -6,6 +6,9 @@
 //! expiry of a hot answer sends all the connections asking for it to compute it at once, each
 //! slowed by the others: at 2 000 requests a second that stampede, every `max_age`, doubled
 //! the p99 of a repeated merged query (BENCHMARKS.md, sixth run).
+//!
+//! A generation's values are capped by their size in bytes (`Weigh`), not by their number: a
+//! cached snapshot or answer can be a few bytes or tens of megabytes.
 
 use shared_schema::observe;
 use std::collections::HashMap;
@@ -16,35 +19,49 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
+/// The memory a cached value holds, roughly: what its budget is counted in.
+pub trait Weigh {
+    fn bytes(&self) -> usize;
+}
+
+/// What an entry costs beyond its value: key, slot and map overhead.
+const ENTRY_OVERHEAD: usize = 256;
+
 pub struct GenerationCache<K, V> {
     /// Which cache this is, for `lambda_serving_cache_lookups_total`.
     name: &'static str,
     max_age: Duration,
-    /// Most entries of one generation; beyond it the cache starts over.
-    capacity: usize,
+    /// Most bytes of one generation's values; beyond it the cache starts over, and a value
+    /// larger than this alone is not kept.
+    budget_bytes: usize,
     entries: Mutex<GenerationEntries<K, V>>,
 }
 
 struct GenerationEntries<K, V> {
     generation: u64,
     by_key: HashMap<K, Arc<Slot<V>>>,
+    /// The bytes of the computed values in `by_key`.
+    used_bytes: usize,
 }
 
 /// One key's value, being computed or computed.
 struct Slot<V> {
     created: Instant,
     value: OnceCell<V>,
+    /// Its bytes once computed and counted in `used_bytes`.
+    bytes: std::sync::atomic::AtomicUsize,
 }
 
-impl<K: Eq + Hash + Clone, V: Clone> GenerationCache<K, V> {
-    pub fn new(name: &'static str, max_age: Duration, capacity: usize) -> Self {
+impl<K: Eq + Hash + Clone, V: Clone + Weigh> GenerationCache<K, V> {
+    pub fn new(name: &'static str, max_age: Duration, budget_bytes: usize) -> Self {
         GenerationCache {
             name,
             max_age,
-            capacity,
+            budget_bytes,
             entries: Mutex::new(GenerationEntries {
                 generation: 0,
                 by_key: HashMap::new(),
+                used_bytes: 0,
             }),
         }
     }
@@ -90,7 +107,15 @@ impl<K: Eq + Hash + Clone, V: Clone> GenerationCache<K, V> {
             compute()
         };
         let result = match self.slot(generation, key) {
-            Some(slot) => slot.value.get_or_try_init(compute).await.cloned(),
+            Some(slot) => {
+                let result = slot.value.get_or_try_init(compute).await.cloned();
+                if let Ok(value) = &result
+                    && computed_here.load(Ordering::Relaxed)
+                {
+                    self.account(generation, key, &slot, value.bytes());
+                }
+                result
+            }
             None => compute().await,
         };
         let computed = computed_here.load(Ordering::Relaxed);
@@ -101,9 +126,41 @@ impl<K: Eq + Hash + Clone, V: Clone> GenerationCache<K, V> {
     /// Drops `key`'s value of `generation`, e.g. one too large to keep.
     pub fn forget(&self, generation: Option<u64>, key: &K) {
         let mut entries = self.lock();
-        if generation == Some(entries.generation) {
-            entries.by_key.remove(key);
+        if generation == Some(entries.generation)
+            && let Some(slot) = entries.by_key.remove(key)
+        {
+            entries.used_bytes -= slot.bytes.load(Ordering::Relaxed);
         }
+    }
+
+    /// Counts a value just computed into `slot` (still `key`'s, in `generation`) against the
+    /// budget: too large alone, it is dropped; past the budget with it, the others go.
+    fn account(&self, generation: Option<u64>, key: &K, slot: &Arc<Slot<V>>, bytes: usize) {
+        let bytes = bytes.saturating_add(ENTRY_OVERHEAD);
+        let mut entries = self.lock();
+        let current = generation == Some(entries.generation)
+            && entries
+                .by_key
+                .get(key)
+                .is_some_and(|s| Arc::ptr_eq(s, slot));
+        if !current {
+            return;
+        }
+        if bytes > self.budget_bytes {
+            entries.by_key.remove(key);
+            return;
+        }
+        if entries.used_bytes + bytes > self.budget_bytes {
+            entries.by_key.retain(|k, _| k == key);
+            entries.used_bytes = 0;
+        }
+        slot.bytes.store(bytes, Ordering::Relaxed);
+        entries.used_bytes += bytes;
+    }
+
+    #[cfg(test)]
+    fn used_bytes(&self) -> usize {
+        self.lock().used_bytes
     }
 
     /// The slot to find or compute `key` in; `None` when nothing may be cached: no generation,
@@ -118,20 +175,21 @@ impl<K: Eq + Hash + Clone, V: Clone> GenerationCache<K, V> {
         if entries.generation < generation {
             entries.generation = generation;
             entries.by_key.clear();
+            entries.used_bytes = 0;
         }
         if let Some(slot) = entries.by_key.get(key)
             && slot.created.elapsed() < self.max_age
         {
             return Some(slot.clone());
         }
-        if entries.by_key.len() >= self.capacity {
-            entries.by_key.clear();
-        }
         let slot = Arc::new(Slot {
             created: Instant::now(),
             value: OnceCell::new(),
+            bytes: Default::default(),
         });
-        entries.by_key.insert(key.clone(), slot.clone());
+        if let Some(stale) = entries.by_key.insert(key.clone(), slot.clone()) {
+            entries.used_bytes -= stale.bytes.load(Ordering::Relaxed);
+        }
         Some(slot)
     }
 }
@@ -141,8 +199,16 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
 
+    /// A value weighs its number of bytes, so tests choose what fits.
+    impl Weigh for u64 {
+        fn bytes(&self) -> usize {
+            *self as usize
+        }
+    }
+
+    /// Room for `capacity` entries of small values (under 100 bytes).
     fn cache(max_age: Duration, capacity: usize) -> GenerationCache<&'static str, u64> {
-        GenerationCache::new("test", max_age, capacity)
+        GenerationCache::new("test", max_age, capacity * (ENTRY_OVERHEAD + 100))
     }
 
     /// `get_or_compute` with a computation that counts its runs and returns `value`.
@@ -249,5 +315,29 @@ mod tests {
         assert_eq!(get(&cache, Some(1), "c", 99, &runs).await, 3);
         assert_eq!(get(&cache, Some(1), "a", 4, &runs).await, 4);
         assert_eq!(runs.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn values_are_capped_by_bytes_and_one_too_large_is_not_kept() {
+        let cache = cache(Duration::from_secs(60), 4);
+        let runs = AtomicUsize::new(0);
+        // Larger than the whole budget (4 * 356 bytes): computed, answered, not kept.
+        assert_eq!(get(&cache, Some(1), "big", 5_000, &runs).await, 5_000);
+        assert_eq!(get(&cache, Some(1), "big", 5_000, &runs).await, 5_000);
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+        assert_eq!(cache.used_bytes(), 0);
+        // Two values of 500 bytes fill it: the second starts the generation over.
+        get(&cache, Some(1), "a", 500, &runs).await;
+        assert_eq!(cache.used_bytes(), 756);
+        get(&cache, Some(1), "b", 500, &runs).await;
+        assert_eq!(cache.used_bytes(), 756);
+        assert_eq!(get(&cache, Some(1), "b", 1, &runs).await, 500, "kept");
+        assert_eq!(
+            get(&cache, Some(1), "a", 1, &runs).await,
+            1,
+            "dropped for b"
+        );
+        cache.forget(Some(1), &"a");
+        assert_eq!(cache.used_bytes(), 756);
     }
 }

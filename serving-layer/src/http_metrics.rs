@@ -7,6 +7,7 @@
 use crate::api::AppState;
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
@@ -35,21 +36,41 @@ async fn track(request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map_or(UNMATCHED, MatchedPath::as_str)
         .to_string();
-    let method = request.method().to_string();
+    let method = method_label(request.method());
     let request_id = request
         .headers()
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
-    let span = tracing::info_span!("http_request", %request_id, %method, %route);
+    let span = tracing::info_span!("http_request", %request_id, method, %route);
     let started = Instant::now();
     let response = next.run(request).instrument(span.clone()).await;
     let seconds = started.elapsed().as_secs_f64();
     let status = response.status().as_u16();
-    observe::serving().observe_request(&method, &route, status, seconds);
+    observe::serving().observe_request(method, &route, status, seconds);
     span.in_scope(|| tracing::info!(status, latency_ms = seconds * 1000.0, "request"));
     response
+}
+
+/// The `method` label: a standard method by name, anything else `other`, so that methods a
+/// client makes up add no series.
+fn method_label(method: &Method) -> &'static str {
+    const KNOWN: [(Method, &str); 9] = [
+        (Method::GET, "GET"),
+        (Method::HEAD, "HEAD"),
+        (Method::POST, "POST"),
+        (Method::PUT, "PUT"),
+        (Method::DELETE, "DELETE"),
+        (Method::PATCH, "PATCH"),
+        (Method::OPTIONS, "OPTIONS"),
+        (Method::CONNECT, "CONNECT"),
+        (Method::TRACE, "TRACE"),
+    ];
+    KNOWN
+        .iter()
+        .find(|(known, _)| known == method)
+        .map_or("other", |(_, label)| label)
 }
 
 /// `GET /metrics`: this process's families, with the gauges read from Postgres refreshed
@@ -162,5 +183,26 @@ mod tests {
         assert_eq!(count(UNMATCHED, "404"), before.1 + 1);
         let text = observe::render(observe::registry()).expect("encodes");
         assert!(!text.contains("/test/items/7"), "raw paths are no labels");
+    }
+
+    #[tokio::test]
+    async fn made_up_methods_share_one_label() {
+        let made_up = |name: &str| {
+            let request = Request::builder()
+                .method(Method::from_bytes(name.as_bytes()).expect("a token"))
+                .uri("/test/methods/1")
+                .body(Body::empty())
+                .expect("a valid request");
+            app().oneshot(request)
+        };
+        made_up("FOOBAR").await.expect("infallible");
+        made_up("X-SCAN-1234").await.expect("infallible");
+        let text = observe::render(observe::registry()).expect("encodes");
+        assert!(
+            !text.contains("FOOBAR") && !text.contains("X-SCAN"),
+            "{text}"
+        );
+        assert!(text.contains("method=\"other\""), "{text}");
+        assert_eq!(method_label(&Method::GET), "GET");
     }
 }

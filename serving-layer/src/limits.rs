@@ -1,12 +1,17 @@
 //! How much one metric query may ask for: `serving.max_range` (also bounding `step` and
-//! `window`), `serving.max_points` and
-//! `serving.max_groups`. Beyond any of them the answer is a 400 naming the limit, before the
-//! work (range, points) or before the answer is built (groups, known once the data is read).
+//! `window`), `serving.max_points`, `serving.max_rows`, `serving.max_groups` and
+//! `serving.max_answer_points`. Beyond any of them the answer is a 400 naming the limit, before
+//! the work: range and points when the request is parsed, rows once the snapshot is read, groups
+//! and answer points once the rows are grouped, before any window is computed
+//! (`shared_schema::sliding::MergeBudget`).
 
 use crate::api::ApiError;
+use crate::snapshot::Snapshot;
 use shared_schema::config::ServingConfig;
-use shared_schema::query::SeriesQuery;
-use shared_schema::time::HumanDuration;
+use shared_schema::metrics::MetricDef;
+use shared_schema::query::{BucketRow, SeriesQuery, rows_in};
+use shared_schema::time::{HumanDuration, Millis};
+use std::collections::HashMap;
 
 /// The range and the points per series of `query`, whose step is `step`.
 pub fn check_query(
@@ -45,6 +50,38 @@ pub fn check_query(
             format!(
                 "the range holds {points} points at step {step}; at most {} are allowed (serving.max_points)",
                 limits.max_points
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The rows of `parts` in `range` (the buckets the points' windows need), from the view and the
+/// snapshot's speed rows, against `serving.max_rows`. Counting is a binary search per part.
+pub fn check_rows(
+    parts: &[&MetricDef],
+    snapshot: &Snapshot,
+    view: Option<&HashMap<String, Vec<BucketRow>>>,
+    (start, end): (Millis, Millis),
+    limits: &ServingConfig,
+) -> Result<(), ApiError> {
+    let batch_end = snapshot.cutover.map_or(start, |t| t.clamp(start, end));
+    let rows: usize = parts
+        .iter()
+        .map(|part| {
+            let batch = view
+                .and_then(|v| v.get(&part.name))
+                .map_or(0, |rows| rows_in(rows, start, batch_end).len());
+            let speed = snapshot.speed_rows.get(&part.name).map_or(0, Vec::len);
+            batch + speed
+        })
+        .sum();
+    if rows > limits.max_rows {
+        return Err(ApiError::limit_exceeded(
+            "serving.max_rows",
+            format!(
+                "the query reads {rows} stored rows; at most {} are allowed (serving.max_rows): narrow it with `filter`, a shorter range or a shorter window",
+                limits.max_rows
             ),
         ));
     }
@@ -104,5 +141,34 @@ mod tests {
             check_groups(4, &limits).unwrap_err().limit(),
             Some("serving.max_groups")
         );
+    }
+
+    #[test]
+    fn rows_are_counted_on_both_sides_of_t() {
+        use shared_schema::metrics::{MetricCatalog, Partial};
+        let catalog = MetricCatalog::default();
+        let purchases = catalog.get("purchases").unwrap().1;
+        let row = |minute: i64| BucketRow {
+            bucket_start: minute * MINUTE_MS,
+            dims: String::new(),
+            partial: Partial::default(),
+        };
+        let view: HashMap<String, Vec<BucketRow>> =
+            HashMap::from([("purchases".to_string(), (0..100).map(row).collect())]);
+        let mut snapshot = Snapshot {
+            cutover: Some(50 * MINUTE_MS),
+            ..Snapshot::default()
+        };
+        snapshot
+            .speed_rows
+            .insert("purchases".into(), (50..60).map(row).collect());
+        let mut limits = PlatformConfig::default().serving;
+        let range = (10 * MINUTE_MS, 60 * MINUTE_MS);
+        // 40 batch rows in [10m, 50m) and 10 speed rows.
+        limits.max_rows = 50;
+        assert!(check_rows(&[purchases], &snapshot, Some(&view), range, &limits).is_ok());
+        limits.max_rows = 49;
+        let refused = check_rows(&[purchases], &snapshot, Some(&view), range, &limits);
+        assert_eq!(refused.unwrap_err().limit(), Some("serving.max_rows"));
     }
 }

@@ -6,6 +6,7 @@
 
 use crate::generation_cache::GenerationCache;
 use chrono::{DateTime, Utc};
+use shared_schema::hll::PRECISION;
 use shared_schema::query::BucketRow;
 use shared_schema::speed_state::{self, SpeedStateError};
 use shared_schema::storage::Lake;
@@ -105,6 +106,22 @@ pub async fn read_snapshot(
         seen_events,
         speed_covered_from,
     })
+}
+
+impl crate::generation_cache::Weigh for Arc<Snapshot> {
+    /// Its speed rows: each row, its dimension key and its sketch, if any.
+    fn bytes(&self) -> usize {
+        let row = |r: &BucketRow| {
+            std::mem::size_of::<BucketRow>()
+                + r.dims.len()
+                + r.partial.sketch.as_ref().map_or(0, |_| 1 << PRECISION)
+        };
+        self.speed_rows
+            .iter()
+            .map(|(metric, rows)| metric.len() + rows.iter().map(row).sum::<usize>())
+            .sum::<usize>()
+            + std::mem::size_of::<Snapshot>()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -173,6 +173,19 @@ pub struct ServingConfig {
     /// Memory for the batch side of answers, already rendered as JSON, per promoted version
     /// (least recently used evicted first). `0`: render every answer afresh.
     pub answer_cache_mb: usize,
+    /// Memory for cached query snapshots (T, version, speed rows) of the current state; beyond
+    /// it the cache starts over, and a larger snapshot is not kept.
+    pub snapshot_cache_mb: usize,
+    /// Memory for whole cached answers (JSON, and their gzip form) of the current state; beyond
+    /// it the cache starts over, and a larger answer is not kept.
+    pub body_cache_mb: usize,
+    /// Most points one answer may hold over all its series, bounded before any window is
+    /// computed (per group: its buckets times `ceil(window / step)`, at most the points of a
+    /// series); more answers 400 `limit_exceeded`.
+    pub max_answer_points: u64,
+    /// Most stored rows (batch view and speed layer, both parts of a ratio) a query may read
+    /// over its points' windows; more answers 400 `limit_exceeded` before anything is merged.
+    pub max_rows: usize,
 }
 
 /// Change data capture of the `user_profiles` dimension (see `profiles`).
@@ -264,6 +277,10 @@ impl Default for PlatformConfig {
                 cors_allowed_origins: Vec::new(),
                 snapshot_cache_max_age: HumanDuration::from_millis(5 * SECOND_MS),
                 answer_cache_mb: 256,
+                snapshot_cache_mb: 128,
+                body_cache_mb: 128,
+                max_answer_points: 2_000_000,
+                max_rows: 5_000_000,
             },
             cdc: CdcConfig {
                 topic: "user_profiles.cdc".into(),

@@ -24,6 +24,7 @@ pub mod registry;
 pub mod retry;
 pub mod service;
 pub mod sessions;
+pub mod sliding;
 pub mod speed_state;
 pub mod storage;
 pub mod telemetry;

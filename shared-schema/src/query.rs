@@ -5,7 +5,9 @@
 
 use crate::cutover::Source;
 use crate::metrics::{MetricDef, Partial, decode_dims, finish_ratio};
-use crate::time::{Millis, bucket_ceil, bucket_start};
+use crate::sliding::{self, Clock, MergeBudget, MergeError, points_bound};
+use crate::time::Millis;
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
 /// One stored partial: a metric's bucket and group.
@@ -19,6 +21,9 @@ pub struct BucketRow {
 /// A validated query over one metric.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SeriesQuery {
+    /// The first point: the first bucket boundary at or after the asked `from` (CONTRACT §4).
+    /// Points lie at `from`, `from + step`, ... below `to`, so they tile the asked range
+    /// whatever its phase against the step; callers round with `bucket_ceil(from, bucket)`.
     pub from: Millis,
     pub to: Millis,
     pub step: Millis,
@@ -30,28 +35,33 @@ pub struct SeriesQuery {
 }
 
 impl SeriesQuery {
-    /// The points' timestamps: the step boundaries in `[from, to)`.
+    /// The points' timestamps: `from + k * step` in `[from, to)`.
     pub fn point_times(&self) -> impl Iterator<Item = Millis> + '_ {
-        let first = bucket_ceil(self.from, self.step);
-        (0..)
-            .map(move |i| first + i * self.step)
-            .take_while(move |t| *t < self.to)
+        (0..self.point_count()).map(move |i| self.from + i * self.step)
     }
 
     pub fn point_count(&self) -> i64 {
-        let first = bucket_ceil(self.from, self.step);
-        if first >= self.to {
+        if self.from >= self.to {
             0
         } else {
-            (self.to - 1 - first) / self.step + 1
+            (self.to - 1 - self.from) / self.step + 1
         }
     }
 
-    /// The buckets `[start, end)` whose rows some point needs.
+    /// The latest point time of this query's grid at or before `t` (possibly before `from`).
+    pub fn grid_floor(&self, t: Millis) -> Millis {
+        self.from + (t - self.from).div_euclid(self.step) * self.step
+    }
+
+    /// The buckets `[start, end)` whose rows some point needs; empty without points.
     pub fn bucket_range(&self) -> (Millis, Millis) {
-        let first = bucket_ceil(self.from, self.step);
-        let last = bucket_start(self.to - 1, self.step);
-        (first + self.step - self.window, last.max(first) + self.step)
+        match self.point_count() {
+            0 => (self.from, self.from),
+            points => (
+                self.from + self.step - self.window,
+                self.from + points * self.step,
+            ),
+        }
     }
 
     /// The window `[start, end)` aggregated by the point at `t`.
@@ -78,64 +88,154 @@ pub struct Series {
 /// Merges the rows of both sides into series. A point appears when at least one bucket of its
 /// window holds data.
 pub fn assemble(
-    metric: &MetricDef,
+    _metric: &MetricDef,
     query: &SeriesQuery,
     cutover: Option<Millis>,
     batch: impl IntoIterator<Item = BucketRow>,
     speed: impl IntoIterator<Item = BucketRow>,
 ) -> Vec<Series> {
-    let on_batch_side = |b: Millis| cutover.is_some_and(|t| b < t);
-    let rows = batch
-        .into_iter()
-        .filter(|r| on_batch_side(r.bucket_start))
-        .chain(speed.into_iter().filter(|r| !on_batch_side(r.bucket_start)));
+    let mut series: Vec<Series> = Vec::new();
+    // Without limits or a deadline nothing can be refused.
+    let _ = for_each_point(
+        query,
+        cutover,
+        batch,
+        speed,
+        &MergeBudget::default(),
+        |group, point| match series.last_mut() {
+            Some(last) if &last.group == group => last.points.push(point),
+            _ => series.push(Series {
+                group: group.clone(),
+                points: vec![point],
+            }),
+        },
+    );
+    series
+}
 
-    let (range_start, range_end) = query.bucket_range();
-    let bucket_width = metric.bucket.millis();
-    let mut groups: BTreeMap<Option<Option<String>>, BTreeMap<Millis, Partial>> = BTreeMap::new();
-    for row in rows {
-        if row.bucket_start < range_start || row.bucket_start >= range_end {
-            continue;
-        }
-        let dims = decode_dims(&row.dims);
-        if let Some((index, wanted)) = &query.filter
-            && dims.get(*index).and_then(|v| v.as_deref()) != Some(wanted.as_str())
+/// The points of [`assemble`], group by group in order and in time order within a group, handed
+/// to `visit` as they are computed (a distinct count's sketches are never all held at once).
+/// Refused before any window is computed when the groups or the points they can reach exceed
+/// `budget`, and during the walk past its deadline.
+pub fn for_each_point(
+    query: &SeriesQuery,
+    cutover: Option<Millis>,
+    batch: impl IntoIterator<Item = BucketRow>,
+    speed: impl IntoIterator<Item = BucketRow>,
+    budget: &MergeBudget,
+    mut visit: impl FnMut(&Group, Point),
+) -> Result<(), MergeError> {
+    let mut clock = Clock::new(budget.deadline);
+    // Per group, one merged partial per bucket (speed rows come one per partition).
+    let mut groups: BTreeMap<Group, BTreeMap<Millis, Partial>> = BTreeMap::new();
+    for (group, row) in grouped_rows(query, cutover, batch, speed) {
+        clock.tick()?;
+        if let Some(max) = budget.max_groups
+            && groups.len() >= max
+            && !groups.contains_key(&group)
         {
-            continue;
+            return Err(MergeError::Groups { max });
         }
-        let group = query
-            .group_by
-            .map(|index| dims.get(index).cloned().flatten());
-        let points = groups.entry(group).or_default();
-        // Every point whose window [t + step - window, t + step) holds this bucket.
-        let mut t = bucket_ceil(row.bucket_start + bucket_width - query.step, query.step);
-        while t + query.step - query.window <= row.bucket_start {
-            if t >= query.from && t < query.to {
-                points.entry(t).or_default().merge(&row.partial);
+        groups
+            .entry(group)
+            .or_default()
+            .entry(row.bucket_start)
+            .or_default()
+            .merge(&row.partial);
+    }
+    check_points(query, budget, groups.values().map(BTreeMap::len))?;
+    for (group, buckets) in groups {
+        sliding::walk(buckets, query, &mut clock, |t, partial| {
+            // Session starts can be retracted by late events, leaving a bucket at zero.
+            if partial.count != 0 || partial.sketch.is_some() {
+                let (start, end) = query.window_of(t);
+                let source = Source::of_span(start, end, cutover);
+                visit(&group, Point { t, partial, source });
             }
-            t += query.step;
+        })?;
+    }
+    Ok(())
+}
+
+/// The rows a query reads, with their group: each side's rows on its side of T, within the
+/// buckets the points need, passing the filter.
+fn grouped_rows<R: Borrow<BucketRow>>(
+    query: &SeriesQuery,
+    cutover: Option<Millis>,
+    batch: impl IntoIterator<Item = R>,
+    speed: impl IntoIterator<Item = R>,
+) -> impl Iterator<Item = (Group, R)> {
+    let on_batch_side = move |b: Millis| cutover.is_some_and(|t| b < t);
+    let (range_start, range_end) = query.bucket_range();
+    let (filter, group_by) = (query.filter.clone(), query.group_by);
+    batch
+        .into_iter()
+        .filter(move |r| on_batch_side(r.borrow().bucket_start))
+        .chain(
+            speed
+                .into_iter()
+                .filter(move |r| !on_batch_side(r.borrow().bucket_start)),
+        )
+        .filter(move |r| {
+            let b = r.borrow().bucket_start;
+            b >= range_start && b < range_end
+        })
+        .filter_map(move |row| {
+            let dims = decode_dims(&row.borrow().dims);
+            if let Some((index, wanted)) = &filter
+                && dims.get(*index).and_then(|v| v.as_deref()) != Some(wanted.as_str())
+            {
+                return None;
+            }
+            let group = group_by.map(|index| dims.get(index).cloned().flatten());
+            Some((group, row))
+        })
+}
+
+/// The points bound of groups holding these numbers of distinct buckets, against the budget.
+fn check_points(
+    query: &SeriesQuery,
+    budget: &MergeBudget,
+    buckets_per_group: impl Iterator<Item = usize>,
+) -> Result<(), MergeError> {
+    if let Some(max) = budget.max_points {
+        let points = buckets_per_group
+            .map(|buckets| points_bound(query, buckets))
+            .fold(0u64, u64::saturating_add);
+        if points > max {
+            return Err(MergeError::Points { points, max });
         }
     }
+    Ok(())
+}
 
-    groups
-        .into_iter()
-        .map(|(group, points)| Series {
-            group,
-            points: points
-                .into_iter()
-                // Session starts can be retracted by late events, leaving a bucket at zero.
-                .filter(|(_, partial)| partial.count != 0 || partial.sketch.is_some())
-                .map(|(t, partial)| {
-                    let (start, end) = query.window_of(t);
-                    Point {
-                        t,
-                        partial,
-                        source: Source::of_span(start, end, cutover),
-                    }
-                })
-                .collect(),
-        })
-        .collect()
+/// Whether a merge of these rows under `query` stays within `budget`'s groups and points,
+/// found by counting buckets per group without merging anything. An answer made of several
+/// merges (cached chunks, fresh points) checks its whole range once with this.
+pub fn check_budget<'a>(
+    query: &SeriesQuery,
+    cutover: Option<Millis>,
+    batch: impl IntoIterator<Item = &'a BucketRow>,
+    speed: impl IntoIterator<Item = &'a BucketRow>,
+    budget: &MergeBudget,
+) -> Result<(), MergeError> {
+    let mut clock = Clock::new(budget.deadline);
+    let mut groups: BTreeMap<Group, std::collections::BTreeSet<Millis>> = BTreeMap::new();
+    for (group, row) in grouped_rows(query, cutover, batch, speed) {
+        clock.tick()?;
+        if let Some(max) = budget.max_groups
+            && groups.len() >= max
+            && !groups.contains_key(&group)
+        {
+            return Err(MergeError::Groups { max });
+        }
+        groups.entry(group).or_default().insert(row.bucket_start);
+    }
+    check_points(
+        query,
+        budget,
+        groups.values().map(std::collections::BTreeSet::len),
+    )
 }
 
 /// A group's value (`None` without `group_by`; `Some(None)` for events lacking the field).
@@ -164,25 +264,34 @@ where
     B: IntoIterator<Item = BucketRow>,
     S: IntoIterator<Item = BucketRow>,
 {
+    // Without limits or a deadline nothing can be refused.
+    finish_points_within(query, cutover, parts, &MergeBudget::default()).unwrap_or_default()
+}
+
+/// [`finish_points`] within `budget` (checked per part).
+pub fn finish_points_within<B, S>(
+    query: &SeriesQuery,
+    cutover: Option<Millis>,
+    parts: Vec<(&MetricDef, B, S)>,
+    budget: &MergeBudget,
+) -> Result<BTreeMap<(Group, Millis), MergedPoint>, MergeError>
+where
+    B: IntoIterator<Item = BucketRow>,
+    S: IntoIterator<Item = BucketRow>,
+{
     // Per part: (group, t) -> (finished value, source).
-    let finished: Vec<BTreeMap<(Group, Millis), (Option<f64>, Source)>> = parts
-        .into_iter()
-        .map(|(part, batch, speed)| {
-            assemble(part, query, cutover, batch, speed)
-                .into_iter()
-                .flat_map(|s| {
-                    let group = s.group;
-                    s.points.into_iter().map(move |p| {
-                        (
-                            (group.clone(), p.t),
-                            (p.partial.finish(&part.aggregation), p.source),
-                        )
-                    })
-                })
-                .collect()
-        })
-        .collect();
-    match finished.as_slice() {
+    let mut finished: Vec<BTreeMap<(Group, Millis), (Option<f64>, Source)>> = Vec::new();
+    for (part, batch, speed) in parts {
+        let mut points = BTreeMap::new();
+        for_each_point(query, cutover, batch, speed, budget, |group, p| {
+            points.insert(
+                (group.clone(), p.t),
+                (p.partial.finish(&part.aggregation), p.source),
+            );
+        })?;
+        finished.push(points);
+    }
+    Ok(match finished.as_slice() {
         [single] => single
             .iter()
             .filter_map(|(k, (v, source))| {
@@ -215,7 +324,7 @@ where
             })
             .collect(),
         _ => BTreeMap::new(),
-    }
+    })
 }
 
 /// The rows of a slice sorted by bucket that fall in `[start, end)`.
@@ -395,6 +504,101 @@ mod tests {
         assert_eq!(gaps(0, 10 * M, None, None), vec![]);
     }
 
+    #[test]
+    fn points_tile_the_asked_range_from_its_first_bucket_boundary() {
+        // `from=01:21&to=02:21&step=1h&window=1h`: one point at 01:21 holding the whole hour
+        // (points at multiples of the hour left it out: the only one, 02:00, lay after the data).
+        let h = 60 * M;
+        let rows: Vec<BucketRow> = (81..141).map(|m| row(m * M, Some("DE"), 1)).collect();
+        let q = SeriesQuery {
+            from: 81 * M,
+            to: 141 * M,
+            step: h,
+            window: h,
+            group_by: None,
+            filter: None,
+        };
+        assert_eq!(q.point_count(), 1);
+        assert_eq!(q.bucket_range(), (81 * M, 141 * M));
+        for (cutover, source) in [
+            (Some(200 * M), Source::Batch),
+            (Some(100 * M), Source::Mixed),
+            (Some(0), Source::Speed),
+            (None, Source::Speed),
+        ] {
+            let series = assemble(&purchases(), &q, cutover, rows.clone(), rows.clone());
+            let points: Vec<(Millis, i64, Source)> = series[0]
+                .points
+                .iter()
+                .map(|p| (p.t, p.partial.count, p.source))
+                .collect();
+            assert_eq!(points, vec![(81 * M, 60, source)], "T = {cutover:?}");
+        }
+        // A sliding window on the same grid; no point at all when no boundary is in range.
+        let sliding = SeriesQuery {
+            window: 2 * h,
+            to: 81 * M + 3 * h,
+            ..q.clone()
+        };
+        let times: Vec<Millis> = sliding.point_times().collect();
+        assert_eq!(times, [81 * M, 141 * M, 201 * M]);
+        assert_eq!(sliding.bucket_range(), (21 * M, 261 * M));
+        assert_eq!(sliding.grid_floor(200 * M), 141 * M);
+        let empty = SeriesQuery {
+            from: 82 * M,
+            to: 82 * M,
+            ..q
+        };
+        assert_eq!(empty.point_count(), 0);
+        assert!(assemble(&purchases(), &empty, None, Vec::new(), rows).is_empty());
+    }
+
+    #[test]
+    fn limits_refuse_before_the_windows_are_computed() {
+        let rows: Vec<BucketRow> = (0..50)
+            .map(|i| row(i * M, Some(format!("c{i}").as_str()), 1))
+            .collect();
+        let mut q = minute_query(0, 50 * M);
+        q.group_by = Some(0);
+        let groups = MergeBudget {
+            max_groups: Some(10),
+            ..MergeBudget::default()
+        };
+        let refused = finish_points_within(
+            &q,
+            None,
+            vec![(&purchases(), Vec::new(), rows.clone())],
+            &groups,
+        );
+        assert_eq!(refused, Err(MergeError::Groups { max: 10 }));
+        // 50 groups of one bucket, each in 10 windows of 10 minutes.
+        q.window = 10 * M;
+        let points = MergeBudget {
+            max_points: Some(499),
+            ..MergeBudget::default()
+        };
+        let refused = finish_points_within(
+            &q,
+            None,
+            vec![(&purchases(), Vec::new(), rows.clone())],
+            &points,
+        );
+        assert_eq!(
+            refused,
+            Err(MergeError::Points {
+                points: 500,
+                max: 499
+            })
+        );
+        let enough = MergeBudget {
+            max_points: Some(500),
+            ..MergeBudget::default()
+        };
+        let answered =
+            finish_points_within(&q, None, vec![(&purchases(), Vec::new(), rows)], &enough);
+        assert_eq!(answered.map(|p| p.len()), Ok(50 * 10 - 45));
+    }
+
     proptest! {
         /// Whatever the cutover, the merged answer equals the answer of one side holding all
         /// data, when both sides agree on every bucket (the parity the layers guarantee).
@@ -422,7 +626,9 @@ mod tests {
                 let (start, end) = q.window_of(p.t);
                 let expected: i64 = rows.iter().filter(|r| r.bucket_start >= start && r.bucket_start < end).map(|r| r.partial.count).sum();
                 prop_assert_eq!(p.partial.count, expected);
-                prop_assert_eq!(p.t % step, 0);
+                // CONTRACT §4 (issue 15): points lie on `from`'s grid, not on multiples of the
+                // step since the epoch (this asserted `p.t % step == 0` before).
+                prop_assert_eq!((p.t - q.from) % step, 0);
             }
         }
     }
