@@ -487,7 +487,7 @@ mod tests {
                 "NUL in {field}"
             );
             assert!(
-                matches!(with(field, "x".repeat(5_000).into()), Err(_)),
+                with(field, "x".repeat(5_000).into()).is_err(),
                 "5 KB {field}"
             );
         }
