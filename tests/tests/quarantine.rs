@@ -91,7 +91,7 @@ async fn quarantine_is_listed_replayed_once_fixed_and_bounded() -> Result<()> {
     ensure!(
         kept.iter().any(|k| k["reason"]
             .as_str()
-            .is_some_and(|r| r.contains("ahead of the wall clock"))),
+            .is_some_and(|r| r.contains("ms ahead of the message"))),
         "the future event is kept with its reason: {kept:?}"
     );
     ensure!(
