@@ -125,6 +125,7 @@ pub fn compare(
             _ => None,
         }
     };
+    let (batch_total, speed_total) = (total(true), total(false));
     let per_bucket = SeriesQuery {
         from,
         to,
@@ -155,9 +156,16 @@ pub fn compare(
 
 /// One stored metric's rows in `[from, to)` merged and finished; `None` when nothing is there
 /// (or only retracted session starts), as `query::assemble` leaves such a point out.
-fn whole_range_total(part: &MetricDef, rows: &[BucketRow], (from, to): (Millis, Millis)) -> Option<f64> {
+fn whole_range_total(
+    part: &MetricDef,
+    rows: &[BucketRow],
+    (from, to): (Millis, Millis),
+) -> Option<f64> {
     let mut merged = Partial::default();
-    for row in rows.iter().filter(|r| r.bucket_start >= from && r.bucket_start < to) {
+    for row in rows
+        .iter()
+        .filter(|r| r.bucket_start >= from && r.bucket_start < to)
+    {
         merged.merge(&row.partial);
     }
     if merged.count == 0 && merged.sketch.is_none() {
@@ -596,13 +604,20 @@ mod tests {
     fn a_range_of_decades_is_compared_in_steps_of_rows_not_of_buckets() {
         // The first promotion after an event dated 1970: its range spans 56 years of minutes.
         let to = 29_500_000 * M;
-        let batch = rows("purchases", vec![row(M, "DE", 1, 0), row(to - M, "DE", 2, 0)]);
+        let batch = rows(
+            "purchases",
+            vec![row(M, "DE", 1, 0), row(to - M, "DE", 2, 0)],
+        );
         let speed = rows("purchases", vec![row(to - M, "DE", 2, 0)]);
         let started = std::time::Instant::now();
         let c = compare_named("purchases", (0, to), &batch, &speed);
         assert_eq!((c.batch_total, c.speed_total), (Some(3.0), Some(2.0)));
         assert_eq!((c.buckets, c.differing_buckets), (2, 1));
-        assert!(started.elapsed() < std::time::Duration::from_secs(1), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]

@@ -121,7 +121,13 @@ impl Lander {
         retry::until_success("writing lake files", || write_files(&self.config, batch)).await
     }
 
-    async fn commit_with_retry(&self, fence: &Fence, topic: &str, batch: &Batch, files: &[LakeFile]) {
+    async fn commit_with_retry(
+        &self,
+        fence: &Fence,
+        topic: &str,
+        batch: &Batch,
+        files: &[LakeFile],
+    ) {
         retry::until_success("manifest commit", || {
             commit(&self.pool, fence, topic, batch, files)
         })

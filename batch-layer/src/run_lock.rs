@@ -21,7 +21,7 @@ pub const RUN_LOCK_KEY: i64 = 0x6261_7463_685f_7275; // "batch_ru"
 const HOLDS_LOCK: &str = "SELECT EXISTS (
      SELECT 1 FROM pg_locks
      WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
-       AND classid = ($1 >> 32)::bigint::oid AND objid = ($1 & 4294967295)::bigint::oid
+       AND classid = ($1::bigint >> 32)::oid AND objid = ($1::bigint & 4294967295)::oid
        AND objsubid = 1)";
 
 /// Held for a whole run, pin or rollback.

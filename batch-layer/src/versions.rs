@@ -20,10 +20,7 @@ pub struct Served {
 }
 
 /// Serves `version` (which must exist and still have its view on disk).
-pub async fn pin(
-    config: &PlatformConfig,
-    version: &str,
-) -> Result<Served, BatchError> {
+pub async fn pin(config: &PlatformConfig, version: &str) -> Result<Served, BatchError> {
     let mut lock = RunLock::acquire(config).await?;
     let mut tx = lock.begin().await?;
     sqlx::query("SELECT 1 FROM serving_state WHERE id = 1 FOR UPDATE")

@@ -126,7 +126,11 @@ impl Runs {
             .collect();
         for id in ended {
             inner.tasks.remove(&id);
-            if let Some(run) = inner.runs.iter_mut().find(|r| r.id == id && r.state == RunState::Running) {
+            if let Some(run) = inner
+                .runs
+                .iter_mut()
+                .find(|r| r.id == id && r.state == RunState::Running)
+            {
                 run.state = RunState::Failed;
                 run.finished_at = Some(format_rfc3339(now_millis()));
                 run.error = Some("the run's task ended without a result".into());
