@@ -21,8 +21,9 @@ async fn send_purchases(
 ) -> Result<usize> {
     let mut sent = 0;
     for (i, time) in times.into_iter().enumerate() {
+        let country = ["DE", "FR", "IT"][i % 3];
         let payload = json!({"event_id": format!("{prefix}{i}"), "event_type": "purchase",
-                             "event_time": time, "country": ["DE", "FR", "IT"][i % 3],
+                             "event_time": time, "country": country,
                              "user_id": format!("u{}", i % 7), "amount": 1.5, "schema_version": 2});
         platform
             .send_tracked((i % PARTITIONS as usize) as i32, &payload, ends)
