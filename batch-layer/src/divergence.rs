@@ -34,7 +34,7 @@ use crate::BatchError;
 use chrono::{DateTime, Utc};
 use shared_schema::config::PlatformConfig;
 use shared_schema::cutover::{LandedPartition, lake_complete_until};
-use shared_schema::metrics::{MetricCatalog, MetricDef};
+use shared_schema::metrics::{MetricCatalog, MetricDef, Partial, finish_ratio};
 use shared_schema::query::{BucketRow, Group, MergedPoint, SeriesQuery, finish_points, rows_in};
 use shared_schema::speed_state;
 use shared_schema::storage::Lake;
@@ -106,20 +106,24 @@ pub fn compare(
                 .collect();
             finish_points(query, Some(if from_batch { to } else { from }), inputs)
         };
-    // The total is the one point whose window is the whole range: the last bucket's point with a
-    // window reaching back to `from`, as an alert's sliding window is computed.
-    let whole = SeriesQuery {
-        from: to - bucket,
-        to,
-        step: bucket,
-        window: to - from,
-        group_by: None,
-        filter: None,
-    };
+    // The total: each part's rows in the range merged into one partial and finished, as the
+    // point of a query whose window is the whole range would be. Merged directly, not through
+    // such a query, so the cost is one step per row whatever the range spans (an event dated
+    // 1970 makes the first promotion's range 56 years of buckets).
     let total = |from_batch: bool| {
-        finish(&whole, from_batch)
-            .get(&(None, to - bucket))
-            .map(|p| p.value)
+        let side = if from_batch { batch } else { speed };
+        let finished: Vec<Option<f64>> = parts
+            .iter()
+            .map(|part| {
+                let rows = side.get(&part.name).map_or(no_rows, Vec::as_slice);
+                whole_range_total(part, rows, (from, to))
+            })
+            .collect();
+        match finished.as_slice() {
+            [single] => *single,
+            [numerator, denominator] => denominator.and_then(|d| finish_ratio(*numerator, Some(d))),
+            _ => None,
+        }
     };
     let (batch_total, speed_total) = (total(true), total(false));
     let per_bucket = SeriesQuery {
@@ -148,6 +152,26 @@ pub fn compare(
         buckets: keys.len() as i64,
         differing_buckets: differing as i64,
     }
+}
+
+/// One stored metric's rows in `[from, to)` merged and finished; `None` when nothing is there
+/// (or only retracted session starts), as `query::assemble` leaves such a point out.
+fn whole_range_total(
+    part: &MetricDef,
+    rows: &[BucketRow],
+    (from, to): (Millis, Millis),
+) -> Option<f64> {
+    let mut merged = Partial::default();
+    for row in rows
+        .iter()
+        .filter(|r| r.bucket_start >= from && r.bucket_start < to)
+    {
+        merged.merge(&row.partial);
+    }
+    if merged.count == 0 && merged.sketch.is_none() {
+        return None;
+    }
+    merged.finish(&part.aggregation)
 }
 
 /// The part of `[from, to)` the speed layer covered: from its coverage start
@@ -574,6 +598,26 @@ mod tests {
         assert_eq!(relative_difference(Some(0.0), None), (0.0, 0.0));
         assert_eq!(relative_difference(None, Some(2.0)), (2.0, 1.0));
         assert_eq!(relative_difference(Some(100.0), Some(99.0)), (-1.0, 0.01));
+    }
+
+    #[test]
+    fn a_range_of_decades_is_compared_in_steps_of_rows_not_of_buckets() {
+        // The first promotion after an event dated 1970: its range spans 56 years of minutes.
+        let to = 29_500_000 * M;
+        let batch = rows(
+            "purchases",
+            vec![row(M, "DE", 1, 0), row(to - M, "DE", 2, 0)],
+        );
+        let speed = rows("purchases", vec![row(to - M, "DE", 2, 0)]);
+        let started = std::time::Instant::now();
+        let c = compare_named("purchases", (0, to), &batch, &speed);
+        assert_eq!((c.batch_total, c.speed_total), (Some(3.0), Some(2.0)));
+        assert_eq!((c.buckets, c.differing_buckets), (2, 1));
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]

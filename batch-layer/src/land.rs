@@ -4,17 +4,19 @@
 //! event time), each published by rename. Then one Postgres transaction lists the files in the
 //! manifest and stores the next offset of every Kafka partition. A crash before that commit
 //! leaves files nobody lists, which no reader opens, and the restart lands the same messages
-//! again from the stored offsets: nothing is lost and nothing lands twice.
+//! again from the stored offsets: nothing is lost and nothing lands twice. One lander lands a
+//! topic at a time (`lander_lock`), and every commit proves it still is that one.
 
 use crate::BatchError;
 use crate::lake::{LakePartition, events_to_batch, partition_of, write_parquet};
+use crate::lander_lock::{Fence, LanderLock};
 use chrono::{DateTime, NaiveDate, Utc};
 use shared_schema::config::PlatformConfig;
 use shared_schema::kafka::{Batch, EventSource, SourcedEvent};
 use shared_schema::positions::{PositionTable, load_positions, store_positions};
 use shared_schema::storage::Lake;
 use shared_schema::time::to_datetime;
-use shared_schema::{observe, quarantine};
+use shared_schema::{observe, quarantine, retry};
 use sqlx::PgPool;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -44,17 +46,45 @@ impl Lander {
     }
 
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), BatchError> {
-        // The profile changelog lands beside the events, for the batch layer's temporal join.
-        let changelog = tokio::spawn(crate::land_changelog::run(
-            self.pool.clone(),
-            self.config.clone(),
-        ));
-        let landed = self.land_events(shutdown).await;
-        changelog.abort();
-        landed
+        tokio::pin!(shutdown);
+        let topic = self.config.events_topic.clone();
+        // One lander per topic (`lander_lock`): a lander that loses its lock (its connection
+        // died, e.g. with Postgres) takes it again and starts over from the stored positions,
+        // since another may have landed meanwhile.
+        loop {
+            let acquire = retry::until_success("taking the lander lock", || {
+                LanderLock::acquire(&self.config, &topic)
+            });
+            let mut lock = tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                lock = acquire => lock,
+            };
+            // The profile changelog lands beside the events, for the batch layer's temporal join.
+            let changelog = tokio::spawn(crate::land_changelog::run(
+                self.pool.clone(),
+                self.config.clone(),
+            ));
+            let fence = lock.fence();
+            let landed = tokio::select! {
+                landed = self.land_events(&fence, shutdown.as_mut()) => Some(landed),
+                lost = lock.lost() => {
+                    tracing::warn!(error = %lost, "stopped landing; taking the lock again");
+                    None
+                }
+            };
+            changelog.abort();
+            if let Some(landed) = landed {
+                let _ = lock.release().await;
+                return landed;
+            }
+        }
     }
 
-    async fn land_events(&self, shutdown: impl Future<Output = ()>) -> Result<(), BatchError> {
+    async fn land_events(
+        &self,
+        fence: &Fence,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), BatchError> {
         let topic = self.config.events_topic.clone();
         let stored = load_positions(&self.pool, PositionTable::Lake, &topic).await?;
         let mut source = EventSource::connect(
@@ -83,7 +113,7 @@ impl Lander {
             }
             // A lake or Postgres away delays the batch, never loses it; an event the lake
             // cannot encode is quarantined (see `land_guard`).
-            crate::land_guard::land(&self.pool, &self.config, &topic, &batch).await;
+            crate::land_guard::land(&self.pool, &self.config, fence, &topic, &batch).await;
         }
     }
 }
@@ -132,6 +162,7 @@ pub async fn write_files(
 /// Lists the files, stores the offsets and keeps the bad messages, all in one transaction.
 pub async fn commit(
     pool: &PgPool,
+    fence: &Fence,
     topic: &str,
     batch: &Batch,
     files: &[LakeFile],
@@ -145,6 +176,7 @@ pub async fn commit(
     );
     async {
         let mut tx = pool.begin().await?;
+        fence.check(&mut tx).await?;
         if !files.is_empty() {
             let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
             let dates: Vec<NaiveDate> = files.iter().map(|f| f.partition.date).collect();

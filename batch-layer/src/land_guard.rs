@@ -9,6 +9,7 @@
 use crate::BatchError;
 use crate::lake::{events_to_batch, partition_of, write_parquet};
 use crate::land::{LakeFile, commit, write_files};
+use crate::lander_lock::Fence;
 use shared_schema::commit_guard::{
     Backoff, CommitHealth, Failure, classify_sql, find_culprits, quarantine_culprits,
 };
@@ -25,7 +26,15 @@ const POSTGRES_AWAY: &str = "Postgres refuses or drops the lander's manifest com
 
 /// Lands `batch`: its files written and listed, its offsets stored, its bad messages kept, with
 /// the events the lake cannot encode among the bad messages. Returns once committed.
-pub async fn land(pool: &PgPool, config: &PlatformConfig, topic: &str, batch: &Batch) {
+/// A commit refused for a stale `fence` (another lander took over) is retried like an outage
+/// until the lander notices it lost its lock and drops this future.
+pub async fn land(
+    pool: &PgPool,
+    config: &PlatformConfig,
+    fence: &Fence,
+    topic: &str,
+    batch: &Batch,
+) {
     let mut backoff = Backoff::default();
     let mut reduced: Option<Batch> = None;
     let files = loop {
@@ -67,13 +76,19 @@ pub async fn land(pool: &PgPool, config: &PlatformConfig, topic: &str, batch: &B
         }
     };
     let current = reduced.as_ref().unwrap_or(batch);
-    commit_until_done(pool, topic, current, &files).await;
+    commit_until_done(pool, fence, topic, current, &files).await;
 }
 
-async fn commit_until_done(pool: &PgPool, topic: &str, batch: &Batch, files: &[LakeFile]) {
+async fn commit_until_done(
+    pool: &PgPool,
+    fence: &Fence,
+    topic: &str,
+    batch: &Batch,
+    files: &[LakeFile],
+) {
     let mut backoff = Backoff::default();
     loop {
-        match commit(pool, topic, batch, files).await {
+        match commit(pool, fence, topic, batch, files).await {
             Ok(()) => {
                 HEALTH.succeeded();
                 return;

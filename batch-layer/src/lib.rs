@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod crontab;
+pub mod cutover_clock;
 pub mod definitions;
 pub mod divergence;
 pub mod engine;
@@ -14,7 +15,9 @@ pub mod lake;
 pub mod land;
 pub mod land_changelog;
 pub mod land_guard;
+pub mod lander_lock;
 pub mod recompute;
+pub mod run_lock;
 pub mod schedule;
 pub mod sketch_udaf;
 pub mod versions;
@@ -66,6 +69,16 @@ pub enum BatchError {
     Registry(#[from] shared_schema::registry::RegistryError),
     #[error("cron expression `{expr}`: {message}")]
     Cron { expr: String, message: String },
+    /// The session holding the batch run lock ended, so this run, pin or rollback may no
+    /// longer be the only one: it must not promote.
+    #[error("lost the batch run lock ({0}); not promoting, the served view and T are unchanged")]
+    RunLockLost(String),
+    /// Another lander was given the topic's lake since this one took it.
+    #[error("lost the lake lander lock of topic {topic}: {reason}")]
+    LanderFenced { topic: String, reason: String },
+    /// The cutover would pass the wall clock minus the allowed lateness.
+    #[error("cannot promote: {0}")]
+    Clock(#[from] crate::cutover_clock::ClockError),
     #[error("background task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }

@@ -153,7 +153,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", describe(&outcome));
         }
         Command::Promote { version } => {
-            let served = batch_layer::versions::pin(&pool, &config, &version).await?;
+            let served = batch_layer::versions::pin(&config, &version).await?;
             println!(
                 "serving version {} with cutover {}",
                 served.version,
@@ -161,7 +161,7 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         Command::Rollback => {
-            let served = batch_layer::versions::rollback(&pool, &config).await?;
+            let served = batch_layer::versions::rollback(&config).await?;
             println!(
                 "rolled back: serving version {} with cutover {}",
                 served.version,

@@ -3,7 +3,8 @@
 //!
 //! The order is what makes it safe:
 //! 1. a session advisory lock serialises runs, so two runs started at once execute one after
-//!    the other (a killed run's lock dies with its connection);
+//!    the other (a killed run's lock dies with its connection); the promotion commits on the
+//!    lock's own session, so a run whose lock connection died never promotes (`run_lock`);
 //! 2. one snapshot reads the manifest, the lander's progress and the promoted T;
 //! 3. T is chosen and checked against the lake's completeness before any work;
 //! 4. the view is published under a version-unique name: locally written under a staging name
@@ -12,9 +13,11 @@
 //!    and T stay served; a run killed at any earlier step changes nothing that is served.
 
 use crate::BatchError;
+use crate::cutover_clock;
 use crate::engine::Engine;
 use crate::incremental::{self, HourDigests, Scope};
 use crate::lake::lake_schema;
+pub use crate::run_lock::RunLock;
 use crate::sketch_udaf::hll_sketch;
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::array::{ArrayRef, PrimitiveArray, StringArray};
@@ -28,21 +31,18 @@ use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext, col, li
 use indicatif::{ProgressBar, ProgressStyle};
 use shared_schema::config::PlatformConfig;
 use shared_schema::cutover::with_unrecorded_partitions;
-use shared_schema::cutover::{LandedPartition, choose_cutover, lake_complete_until};
+use shared_schema::cutover::{LandedPartition, lake_complete_until};
 use shared_schema::hll::Hll;
 use shared_schema::metrics::{Aggregation, Dimension, ValueField};
 use shared_schema::metrics::{MetricCatalog, MetricDef, Partial, encode_dims};
 use shared_schema::query::BucketRow;
 use shared_schema::storage::Lake;
-use shared_schema::time::{Millis, format_rfc3339, to_datetime};
+use shared_schema::time::{Millis, format_rfc3339, now_millis, to_datetime};
 use shared_schema::view::{SUM_TYPE, VIEW_FILE, VIEWS_DIR, ViewRow, read_lake_view, write_view_to};
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::PgPool;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use tracing::Instrument;
-
-/// Key of the advisory lock that serialises batch runs.
-const RUN_LOCK_KEY: i64 = 0x6261_7463_685f_7275; // "batch_ru"
 
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -136,16 +136,20 @@ pub async fn run_once(
     let version = new_version_id();
     let span = tracing::info_span!("batch_run", run_id = %version);
     async {
+        shared_schema::failpoint::hit("batch.run.start").await;
         let engine = Engine::from_config(config)?;
-        let lock = RunLock::acquire(config).await?;
+        let mut lock = RunLock::acquire(config).await?;
         let definitions = crate::definitions::check_for_run(pool, catalog, options.accept_definitions).await?;
         let started_at = Utc::now();
         let lake = Lake::open(&config.lake_dir)?;
         remove_unpublished(pool, &lake).await;
 
         let snapshot = read_snapshot(pool, &config.events_topic, &config.cdc.topic).await?;
-        let complete_until = lake_complete_until_now(config, &snapshot.landed, catalog.max_allowed_lateness()).await;
-        let cutover = choose_cutover(options.cutover, complete_until, snapshot.current_cutover, catalog.cutover_alignment())?;
+        let lateness = catalog.max_allowed_lateness();
+        let complete_until = lake_complete_until_now(config, &snapshot.landed, lateness).await;
+        let alignment = catalog.cutover_alignment();
+        let limit = cutover_clock::clock_limit(now_millis(), lateness, alignment);
+        let cutover = cutover_clock::choose(options.cutover, complete_until, snapshot.current_cutover, alignment, limit, lateness)?;
         tracing::info!(cutover = %format_rfc3339(cutover), files = snapshot.files.len(), rows = snapshot.rows, %engine, "recomputing");
 
         let digests = snapshot.hour_digests();
@@ -221,7 +225,8 @@ pub async fn run_once(
             changelog_digest: &changelog_digest,
             recomputed_hours,
         };
-        promote(pool, &record, &snapshot).await?;
+        shared_schema::failpoint::hit("batch.run.before_promote").await;
+        promote(&mut lock, &record, &snapshot).await?;
         tracing::info!(cutover = %format_rfc3339(cutover), rows = view_rows, "promoted");
         // The speed state of [previous T, T) is kept for the retention grace: compare it now.
         let previous = snapshot.current_cutover;
@@ -240,29 +245,6 @@ pub async fn run_once(
     }
     .instrument(span)
     .await
-}
-
-/// The lock that serialises runs, pins and rollbacks: a session advisory lock on a connection
-/// of its own, released when the connection closes, or dies with a killed process.
-pub struct RunLock {
-    connection: PgConnection,
-}
-
-impl RunLock {
-    pub async fn acquire(config: &PlatformConfig) -> Result<RunLock, BatchError> {
-        let mut connection = PgConnection::connect(config.database_url()?).await?;
-        tracing::info!("waiting for the batch run lock");
-        sqlx::query("SELECT pg_advisory_lock($1)")
-            .bind(RUN_LOCK_KEY)
-            .execute(&mut connection)
-            .await?;
-        Ok(RunLock { connection })
-    }
-
-    pub async fn release(self) -> Result<(), BatchError> {
-        self.connection.close().await?;
-        Ok(())
-    }
 }
 
 /// Removes what killed runs left: staging directories, and view versions Postgres never listed
@@ -669,13 +651,14 @@ struct VersionRecord<'a> {
 }
 
 /// One transaction: record the version and move T, unless another run already moved T past it.
+/// It runs on the run lock's session, so it commits only while this run holds the lock.
 async fn promote(
-    pool: &PgPool,
+    lock: &mut RunLock,
     record: &VersionRecord<'_>,
     snapshot: &LakeSnapshot,
 ) -> Result<(), BatchError> {
     let (version, cutover) = (record.version, record.cutover);
-    let mut tx = pool.begin().await?;
+    let mut tx = lock.begin().await?;
     let current: Option<DateTime<Utc>> =
         sqlx::query_scalar("SELECT cutover FROM serving_state WHERE id = 1 FOR UPDATE")
             .fetch_one(&mut *tx)

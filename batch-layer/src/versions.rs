@@ -1,17 +1,17 @@
 //! `batch-layer promote --version V` and `batch-layer rollback`: serve another view version,
 //! and its cutover with it. Both take the batch run lock, so they never interleave with a run,
-//! and both are one transaction, like a run's promotion.
+//! and both are one transaction on the lock's session, like a run's promotion, so neither
+//! commits once its lock is lost.
 //!
 //! T may move backwards here, and only here. Speed state that retention already removed below
 //! the old T is then missing; the speed layer's coverage records that, and answers report the
 //! range as a gap instead of serving zeros.
 
 use crate::BatchError;
-use crate::recompute::RunLock;
+use crate::run_lock::RunLock;
 use chrono::{DateTime, Utc};
 use shared_schema::config::PlatformConfig;
 use shared_schema::time::Millis;
-use sqlx::PgPool;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Served {
@@ -20,13 +20,9 @@ pub struct Served {
 }
 
 /// Serves `version` (which must exist and still have its view on disk).
-pub async fn pin(
-    pool: &PgPool,
-    config: &PlatformConfig,
-    version: &str,
-) -> Result<Served, BatchError> {
-    let lock = RunLock::acquire(config).await?;
-    let mut tx = pool.begin().await?;
+pub async fn pin(config: &PlatformConfig, version: &str) -> Result<Served, BatchError> {
+    let mut lock = RunLock::acquire(config).await?;
+    let mut tx = lock.begin().await?;
     sqlx::query("SELECT 1 FROM serving_state WHERE id = 1 FOR UPDATE")
         .execute(&mut *tx)
         .await?;
@@ -37,9 +33,9 @@ pub async fn pin(
 }
 
 /// Undoes the latest promotion that has not been undone, serving the one before it again.
-pub async fn rollback(pool: &PgPool, config: &PlatformConfig) -> Result<Served, BatchError> {
-    let lock = RunLock::acquire(config).await?;
-    let mut tx = pool.begin().await?;
+pub async fn rollback(config: &PlatformConfig) -> Result<Served, BatchError> {
+    let mut lock = RunLock::acquire(config).await?;
+    let mut tx = lock.begin().await?;
     sqlx::query("SELECT 1 FROM serving_state WHERE id = 1 FOR UPDATE")
         .execute(&mut *tx)
         .await?;

@@ -16,8 +16,9 @@ use batch_layer::versions;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use shared_schema::time::{format_rfc3339, now_millis, parse_rfc3339};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use tokio::task::AbortHandle;
 use utoipa::ToSchema;
 
 /// Runs started over HTTP that are remembered for `GET /v1/admin/runs` (in memory only).
@@ -88,22 +89,54 @@ pub struct RunList {
     pub runs: Vec<RunStatus>,
 }
 
-/// The runs started over HTTP, newest last.
+/// The runs started over HTTP, newest last, and the tasks that finish them.
 #[derive(Clone, Default)]
-pub struct Runs(Arc<Mutex<VecDeque<RunStatus>>>);
+pub struct Runs(Arc<Mutex<RunsInner>>);
+
+#[derive(Default)]
+struct RunsInner {
+    runs: VecDeque<RunStatus>,
+    /// The watcher task of each running run.
+    tasks: HashMap<u64, AbortHandle>,
+}
 
 impl Runs {
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<RunStatus>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RunsInner> {
         // A panic while holding the lock leaves plain data behind; it stays usable.
         self.0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Records a new running run, unless one is running already.
-    fn start(&self) -> Result<RunStatus, ApiError> {
+    /// Remembers the task that will finish run `id`.
+    pub(crate) fn track(&self, id: u64, task: AbortHandle) {
+        self.lock().tasks.insert(id, task);
+    }
+
+    /// Records a new running run, unless one is running already. A run still marked running
+    /// whose task has ended without finishing it is marked failed first: it never blocks.
+    pub(crate) fn start(&self) -> Result<RunStatus, ApiError> {
         let mut runs = self.lock();
-        if let Some(running) = runs.iter().find(|r| r.state == RunState::Running) {
+        let inner = &mut *runs;
+        let ended: Vec<u64> = inner
+            .tasks
+            .iter()
+            .filter(|(_, task)| task.is_finished())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ended {
+            inner.tasks.remove(&id);
+            if let Some(run) = inner
+                .runs
+                .iter_mut()
+                .find(|r| r.id == id && r.state == RunState::Running)
+            {
+                run.state = RunState::Failed;
+                run.finished_at = Some(format_rfc3339(now_millis()));
+                run.error = Some("the run's task ended without a result".into());
+            }
+        }
+        if let Some(running) = inner.runs.iter().find(|r| r.state == RunState::Running) {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "run_in_progress",
@@ -111,7 +144,7 @@ impl Runs {
             ));
         }
         let status = RunStatus {
-            id: runs.back().map_or(1, |r| r.id + 1),
+            id: inner.runs.back().map_or(1, |r| r.id + 1),
             state: RunState::Running,
             started_at: format_rfc3339(now_millis()),
             finished_at: None,
@@ -119,16 +152,17 @@ impl Runs {
             cutover: None,
             error: None,
         };
-        if runs.len() == KEPT_RUNS {
-            runs.pop_front();
+        if inner.runs.len() == KEPT_RUNS {
+            inner.runs.pop_front();
         }
-        runs.push_back(status.clone());
+        inner.runs.push_back(status.clone());
         Ok(status)
     }
 
-    fn finish(&self, id: u64, outcome: Result<(String, i64), String>) {
+    pub(crate) fn finish(&self, id: u64, outcome: Result<(String, i64), String>) {
         let mut runs = self.lock();
-        let Some(run) = runs.iter_mut().find(|r| r.id == id) else {
+        runs.tasks.remove(&id);
+        let Some(run) = runs.runs.iter_mut().find(|r| r.id == id) else {
             return;
         };
         run.finished_at = Some(format_rfc3339(now_millis()));
@@ -145,12 +179,12 @@ impl Runs {
         }
     }
 
-    fn get(&self, id: u64) -> Option<RunStatus> {
-        self.lock().iter().find(|r| r.id == id).cloned()
+    pub(crate) fn get(&self, id: u64) -> Option<RunStatus> {
+        self.lock().runs.iter().find(|r| r.id == id).cloned()
     }
 
     fn newest_first(&self) -> Vec<RunStatus> {
-        self.lock().iter().rev().cloned().collect()
+        self.lock().runs.iter().rev().cloned().collect()
     }
 }
 
@@ -189,7 +223,7 @@ pub(crate) async fn promote(
     body: Bytes,
 ) -> Result<Json<Served>, ApiError> {
     let request: PromoteRequest = parse_body(&body, None)?;
-    let served = versions::pin(&state.writer, &state.config, &request.version)
+    let served = versions::pin(&state.config, &request.version)
         .await
         .map_err(batch_error)?;
     tracing::info!(version = %served.version, "promoted over HTTP");
@@ -208,7 +242,7 @@ pub(crate) async fn promote(
         (status = 503, description = "Postgres unavailable", body = crate::openapi::ErrorBody),
     ))]
 pub(crate) async fn rollback(State(state): State<AppState>) -> Result<Json<Served>, ApiError> {
-    let served = versions::rollback(&state.writer, &state.config)
+    let served = versions::rollback(&state.config)
         .await
         .map_err(batch_error)?;
     tracing::info!(version = %served.version, "rolled back over HTTP");
@@ -244,25 +278,18 @@ pub(crate) async fn start_run(
         .transpose()?;
     let status = state.runs.start()?;
     let id = status.id;
-    tokio::spawn(async move {
+    let runs = state.runs.clone();
+    // The run is a task of its own, so a panic in it ends that task only; its watcher marks
+    // the run failed (`run_watch`). The watcher itself is tracked too, in case it is aborted.
+    let run = tokio::spawn(async move {
         let options = RunOptions {
             cutover,
             ..RunOptions::default()
         };
-        let outcome = run_once(&state.writer, &state.config, &state.catalog, &options).await;
-        match &outcome {
-            Ok(o) => {
-                tracing::info!(id, version = %o.version, "batch run started over HTTP promoted")
-            }
-            Err(e) => tracing::error!(id, error = %e, "batch run started over HTTP failed"),
-        }
-        state.runs.finish(
-            id,
-            outcome
-                .map(|o| (o.version, o.cutover))
-                .map_err(|e| e.to_string()),
-        );
+        run_once(&state.writer, &state.config, &state.catalog, &options).await
     });
+    let watcher = tokio::spawn(crate::run_watch::watch(runs.clone(), id, run));
+    runs.track(id, watcher.abort_handle());
     Ok((StatusCode::ACCEPTED, Json(status)))
 }
 

@@ -19,6 +19,7 @@ mod http_tests;
 mod limits;
 pub mod openapi;
 pub mod reader;
+mod run_watch;
 mod snapshot;
 mod state_changes;
 

@@ -10,6 +10,7 @@ pub mod config;
 pub mod cutover;
 pub mod db;
 pub mod event;
+pub mod failpoint;
 pub mod fingerprint;
 pub mod hll;
 pub mod kafka;

@@ -359,16 +359,19 @@ impl SpeedLayer {
     /// Deletes speed state that a promoted batch view has covered for longer than the grace
     /// period (CONTRACT §5.4). Buckets at or after T are never touched.
     pub async fn apply_retention(&self) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        shared_schema::failpoint::hit("speed.retention.begun").await;
+        // T is read in the deleting transaction, share-locked: a promotion or rollback (which
+        // update this row) waits for the deletes, or the deletes wait for it and see its T.
         let cutover: Option<DateTime<Utc>> =
-            sqlx::query_scalar("SELECT cutover FROM serving_state WHERE id = 1")
-                .fetch_one(&self.pool)
+            sqlx::query_scalar("SELECT cutover FROM serving_state WHERE id = 1 FOR SHARE")
+                .fetch_one(&mut *tx)
                 .await?;
         let Some(cutover) = cutover else {
             return Ok(());
         };
         let horizon =
             cutover - chrono::Duration::milliseconds(self.config.speed.retention_grace.millis());
-        let mut tx = self.pool.begin().await?;
         let aggregates = sqlx::query("DELETE FROM speed_aggregates WHERE bucket_start < $1")
             .bind(horizon)
             .execute(&mut *tx)

@@ -1,0 +1,79 @@
+//! A batch run started over HTTP that panics (issue 15, coordination) is recorded as failed
+//! and does not block the next `POST /v1/admin/runs`. The panic is injected with a failpoint
+//! read only by debug builds.
+
+use anyhow::{Context, Result, ensure};
+use platform_tests::{Platform, wait_until};
+use std::time::Duration;
+
+const ADMIN: &str = "e2e-admin-token-run-panic";
+
+async fn post_run(platform: &Platform) -> Result<(u16, serde_json::Value)> {
+    let response = platform
+        .http
+        .post(format!("http://{}/v1/admin/runs", platform.listen_addr))
+        .bearer_auth(ADMIN)
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    Ok((status, response.json().await.unwrap_or_default()))
+}
+
+async fn get_run(platform: &Platform, id: u64) -> Result<serde_json::Value> {
+    Ok(platform
+        .http
+        .get(format!(
+            "http://{}/v1/admin/runs/{id}",
+            platform.listen_addr
+        ))
+        .bearer_auth(ADMIN)
+        .send()
+        .await?
+        .json()
+        .await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_panicking_http_run_fails_and_does_not_block_the_next() -> Result<()> {
+    let mut platform = Platform::new("admin_run_panic", 1).await?;
+    platform
+        .extra_env
+        .push(("PLATFORM_SERVING__ADMIN_TOKEN".into(), ADMIN.into()));
+    platform
+        .extra_env
+        .push(("LAMBDA_FAILPOINTS".into(), "batch.run.start=panic".into()));
+    let mut serving = platform.spawn("serving-layer", &["run"])?;
+    platform.wait_for_http().await?;
+
+    let (status, body) = post_run(&platform).await?;
+    ensure!(status == 202, "the run starts: {status} {body}");
+    let id = body["id"].as_u64().context("a run id")?;
+    wait_until(
+        Duration::from_secs(30),
+        "the run to be marked failed",
+        || async {
+            get_run(&platform, id)
+                .await
+                .is_ok_and(|run| run["state"] == "failed")
+        },
+    )
+    .await?;
+    let run = get_run(&platform, id).await?;
+    ensure!(
+        run["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("panicked")),
+        "the failure says the run panicked: {run}"
+    );
+    ensure!(run["finished_at"].is_string(), "{run}");
+
+    let (status, body) = post_run(&platform).await?;
+    ensure!(
+        status == 202,
+        "the next run is not blocked: {status} {body}"
+    );
+    let (status, _) = platform.get("/healthz").await?;
+    ensure!(status == 200, "the serving layer is alive: {status}");
+    serving.assert_running()?;
+    Ok(())
+}
