@@ -20,6 +20,7 @@ mod limits;
 pub mod openapi;
 pub mod reader;
 mod snapshot;
+mod stall_alert;
 mod state_changes;
 
 pub use api::{AppState, Group, MergedPoint, merged_points, router};

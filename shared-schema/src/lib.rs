@@ -6,12 +6,14 @@
 pub mod alerts;
 pub mod changelog;
 pub mod config;
+pub mod coverage;
 pub mod cutover;
 pub mod db;
 pub mod event;
 pub mod fingerprint;
 pub mod hll;
 pub mod kafka;
+pub mod liveness;
 pub mod metrics;
 pub mod observe;
 pub mod positions;

@@ -510,6 +510,17 @@ pub fn exposition() -> Response {
 /// Serves `GET /metrics` on `addr` in the background, for the services without an HTTP API;
 /// an empty `addr` serves nothing. Returns the bound address (`addr` may ask for port 0).
 pub async fn serve(addr: &str) -> Result<Option<SocketAddr>, ObserveError> {
+    serve_with_readiness(addr, None).await
+}
+
+/// A service's answer to `GET /readyz`: ready or not, and a JSON body saying why.
+pub type ReadinessCheck = std::sync::Arc<dyn Fn() -> (bool, serde_json::Value) + Send + Sync>;
+
+/// [`serve`], and `GET /readyz` from `readiness` (200 when ready, else 503) if given.
+pub async fn serve_with_readiness(
+    addr: &str,
+    readiness: Option<ReadinessCheck>,
+) -> Result<Option<SocketAddr>, ObserveError> {
     if addr.is_empty() {
         return Ok(None);
     }
@@ -521,7 +532,22 @@ pub async fn serve(addr: &str) -> Result<Option<SocketAddr>, ObserveError> {
         .await
         .map_err(bind_error)?;
     let local = listener.local_addr().map_err(bind_error)?;
-    let app = axum::Router::new().route("/metrics", axum::routing::get(|| async { exposition() }));
+    let mut app =
+        axum::Router::new().route("/metrics", axum::routing::get(|| async { exposition() }));
+    if let Some(check) = readiness {
+        app = app.route(
+            "/readyz",
+            axum::routing::get(move || async move {
+                let (ready, body) = check();
+                let status = if ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                (status, axum::Json(body)).into_response()
+            }),
+        );
+    }
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "the metrics listener stopped");

@@ -4,7 +4,7 @@ use shared_schema::kafka::ReplayStart;
 use shared_schema::service::{self, Started};
 use shared_schema::telemetry;
 use shared_schema::{observe, registry};
-use speed_layer::{SERVICE, SpeedLayer, replay};
+use speed_layer::{SERVICE, SpeedLayer, liveness, replay};
 
 #[derive(Parser)]
 #[command(
@@ -46,12 +46,15 @@ async fn main() -> anyhow::Result<()> {
         .context("starting the speed layer")?;
     match command {
         Command::Run => {
-            observe::serve(&config.speed.metrics_addr)
-                .await
-                .context("starting the speed layer")?;
-            SpeedLayer::new(pool, config, catalog)
-                .run(telemetry::shutdown_signal())
-                .await?
+            let addr = config.speed.metrics_addr.clone();
+            let layer = SpeedLayer::new(pool, config, catalog);
+            observe::serve_with_readiness(
+                &addr,
+                Some(liveness::readiness_check(layer.readiness())),
+            )
+            .await
+            .context("starting the speed layer")?;
+            layer.run(telemetry::shutdown_signal()).await?
         }
         Command::Replay { from, max_rate } => {
             let outcome = replay::replay(
