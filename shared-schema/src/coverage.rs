@@ -140,11 +140,12 @@ pub async fn record_counted(
     if events.is_empty() {
         return Ok(());
     }
-    let cutover: Option<DateTime<Utc>> =
-        sqlx::query_scalar("SELECT cutover FROM serving_state WHERE id = 1")
-            .fetch_optional(&mut **tx)
-            .await?
-            .flatten();
+    let cutover: Option<DateTime<Utc>> = sqlx::query_scalar::<_, Option<DateTime<Utc>>>(
+        "SELECT cutover FROM serving_state WHERE id = 1",
+    )
+    .fetch_optional(&mut **tx)
+    .await?
+    .flatten();
     let ranges = ranges_at_or_after(events, cutover.map(|t| t.timestamp_millis()));
     if ranges.is_empty() {
         return Ok(());

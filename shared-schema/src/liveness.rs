@@ -231,6 +231,9 @@ mod tests {
             with_stall_gap(Vec::new(), 0, 30 * S, None, Some(40 * S)),
             vec![]
         );
-        assert_eq!(with_stall_gap(Vec::new(), 0, 90 * S, None, None), vec![]);
+        assert_eq!(
+            with_stall_gap(Vec::new(), 0, 90 * S, None, None),
+            Vec::<(Millis, Millis)>::new()
+        );
     }
 }

@@ -188,7 +188,9 @@ async fn a_crash_looping_speed_layer_is_exact_or_loudly_incomplete_and_recovers(
     // Three SIGKILLs, each replacement a few seconds after the previous kill.
     for round in 1..=3 {
         speed.kill9().await?;
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        // Longer than the grace: the partitions go unconsumed for longer than it takes a
+        // healthy platform to count an event.
+        tokio::time::sleep(Duration::from_secs(5)).await;
         speed = platform.spawn_as(&format!("speed-{round}"), "speed-layer", &["run"])?;
         if round < 3 {
             tokio::time::sleep(Duration::from_secs(3)).await;
