@@ -21,6 +21,9 @@ pub struct PartitionEvidence {
     pub speed_updated_at: Option<Millis>,
     /// The partition's speed watermark, else its newest event time.
     pub speed_time: Option<Millis>,
+    /// The newest event time the speed layer and the lander have read from it.
+    pub speed_max_time: Option<Millis>,
+    pub lake_max_time: Option<Millis>,
     /// The lander's stored position (`lake_progress`).
     pub lake_offset: Option<i64>,
     /// The broker's end offset as a speed instance last saw it, and since when the stored speed
@@ -40,10 +43,16 @@ impl PartitionEvidence {
         // Without a running speed instance nothing records the broker's end; the lake then
         // shows the messages. Only for a position stored once: a speed layer that never
         // started is not judged here.
+        // Behind the lake by `stall_after` of event time also covers a consumer that has just
+        // resumed and still reads its backlog: its buckets are short until it catches up.
+        let lake_newer = match (self.lake_max_time, self.speed_max_time) {
+            (Some(lake), Some(speed)) => lake - speed >= stall_after,
+            _ => false,
+        };
         let behind_lake = self.lake_offset.is_some_and(|lake| lake > speed)
             && self
                 .speed_updated_at
-                .is_some_and(|at| now - at >= stall_after);
+                .is_some_and(|at| now - at >= stall_after || lake_newer);
         behind_broker || behind_lake
     }
 }
@@ -114,7 +123,9 @@ pub async fn read_evidence(
         Option<i64>,
         Option<DateTime<Utc>>,
         Option<DateTime<Utc>>,
+        Option<DateTime<Utc>>,
         Option<i64>,
+        Option<DateTime<Utc>>,
         Option<i64>,
         Option<DateTime<Utc>>,
     );
@@ -124,7 +135,7 @@ pub async fn read_evidence(
              UNION SELECT partition FROM lake_progress WHERE topic = $1
              UNION SELECT partition FROM speed_partition_liveness WHERE topic = $1)
          SELECT p.partition, s.next_offset, s.updated_at, coalesce(s.watermark, s.max_event_time),
-                l.next_offset, v.end_offset, v.behind_since
+                s.max_event_time, l.next_offset, l.max_event_time, v.end_offset, v.behind_since
          FROM p
          LEFT JOIN speed_offsets s ON s.topic = $1 AND s.partition = p.partition
          LEFT JOIN lake_progress l ON l.topic = $1 AND l.partition = p.partition
@@ -141,14 +152,18 @@ pub async fn read_evidence(
     let evidence = rows
         .into_iter()
         .map(
-            |(partition, speed, updated, time, lake, end, since)| PartitionEvidence {
-                partition,
-                speed_offset: speed,
-                speed_updated_at: millis(updated),
-                speed_time: millis(time),
-                lake_offset: lake,
-                end_offset: end,
-                behind_since: millis(since),
+            |(partition, speed, updated, time, speed_max, lake, lake_max, end, since)| {
+                PartitionEvidence {
+                    partition,
+                    speed_offset: speed,
+                    speed_updated_at: millis(updated),
+                    speed_time: millis(time),
+                    speed_max_time: millis(speed_max),
+                    lake_max_time: millis(lake_max),
+                    lake_offset: lake,
+                    end_offset: end,
+                    behind_since: millis(since),
+                }
             },
         )
         .collect();
@@ -167,6 +182,8 @@ mod tests {
             speed_offset: Some(100),
             speed_updated_at: Some(0),
             speed_time: Some(50 * S),
+            speed_max_time: Some(55 * S),
+            lake_max_time: Some(55 * S),
             lake_offset: Some(100),
             end_offset: Some(100),
             behind_since: None,
@@ -198,6 +215,17 @@ mod tests {
         assert!(
             !e.stalled(108 * S, 10 * S),
             "a speed layer that never started"
+        );
+        // Just resumed, but still reading a backlog the lake has landed.
+        let mut resumed = evidence(1);
+        resumed.lake_offset = Some(130);
+        resumed.speed_updated_at = Some(99 * S);
+        resumed.lake_max_time = Some(70 * S);
+        assert!(resumed.stalled(100 * S, 10 * S));
+        resumed.lake_max_time = Some(60 * S);
+        assert!(
+            !resumed.stalled(100 * S, 10 * S),
+            "within the stall timeout"
         );
     }
 

@@ -110,7 +110,10 @@ async fn a_crash_looping_speed_layer_is_exact_or_loudly_incomplete_and_recovers(
         ),
         ("PLATFORM_SPEED__LIVENESS_INTERVAL", "500ms".to_string()),
         // Every answer read afresh, so that the check sees each moment.
-        ("PLATFORM_SERVING__SNAPSHOT_CACHE_MAX_AGE", "0s".to_string()),
+        (
+            "PLATFORM_SERVING__SNAPSHOT_CACHE_MAX_AGE",
+            "100ms".to_string(),
+        ),
         ("PLATFORM_SERVING__ALERT_INTERVAL", "500ms".to_string()),
     ] {
         platform.extra_env.push((k.to_string(), v));
@@ -174,7 +177,9 @@ async fn a_crash_looping_speed_layer_is_exact_or_loudly_incomplete_and_recovers(
                     .await?;
                 ensure!(status == 200, "{status}: {body}");
                 let snapshot = sent.lock().expect("sent").clone();
-                check_answer(&body, &snapshot, asked)?;
+                let asked_at = shared_schema::time::format_rfc3339(now_millis());
+                check_answer(&body, &snapshot, asked)
+                    .with_context(|| format!("answer asked at about {asked_at}"))?;
                 answers += 1;
                 incomplete += u32::from(body["complete"] == false);
                 tokio::time::sleep(Duration::from_millis(250)).await;
