@@ -107,8 +107,11 @@ impl Backoff {
     /// the rejoin if so. A stall that ended resets the backoff.
     pub fn should_rejoin(&mut self, stalled: bool, now: Instant) -> bool {
         if !stalled {
+            // The hold-off after joining stays; the backoff of past rejoins goes.
+            if self.attempts > 0 {
+                self.next_allowed = None;
+            }
             self.attempts = 0;
-            self.next_allowed = self.next_allowed.filter(|at| now < *at);
             return false;
         }
         if self.next_allowed.is_some_and(|at| now < at) {
