@@ -61,6 +61,8 @@ pub enum BatchError {
     Storage(#[from] shared_schema::storage::StorageError),
     #[error("cannot promote: {0}")]
     Cutover(#[from] shared_schema::cutover::CutoverError),
+    #[error("cannot promote: {0}")]
+    Coverage(#[from] shared_schema::coverage::CoverageError),
     #[error("lake: {0}")]
     Lake(String),
     #[error("{0}")]

@@ -30,6 +30,7 @@ use datafusion::logical_expr::cast as cast_expr;
 use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext, col, lit};
 use indicatif::{ProgressBar, ProgressStyle};
 use shared_schema::config::PlatformConfig;
+use shared_schema::coverage;
 use shared_schema::cutover::with_unrecorded_partitions;
 use shared_schema::cutover::{LandedPartition, lake_complete_until};
 use shared_schema::hll::Hll;
@@ -40,6 +41,7 @@ use shared_schema::storage::Lake;
 use shared_schema::time::{Millis, format_rfc3339, now_millis, to_datetime};
 use shared_schema::view::{SUM_TYPE, VIEW_FILE, VIEWS_DIR, ViewRow, read_lake_view, write_view_to};
 use sqlx::PgPool;
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use tracing::Instrument;
@@ -81,6 +83,11 @@ struct LakeSnapshot {
     changelog: Vec<LakeFile>,
     rows: i64,
     landed: Vec<LandedPartition>,
+    /// The lander's next offset per partition: the lake the view is computed from holds every
+    /// message before it.
+    landed_offsets: BTreeMap<i32, i64>,
+    /// What the speed layer counted at or after T (`shared_schema::coverage`).
+    counted: Vec<coverage::CountedRange>,
     current_cutover: Option<Millis>,
     /// The promoted view, its lake digests and its catalogue digest, if it recorded them.
     promoted: Option<PromotedView>,
@@ -103,6 +110,39 @@ impl LakeSnapshot {
 
     fn changelog_digest(&self) -> String {
         incremental::digest_files(self.changelog.iter().map(|f| (f.path.as_str(), f.rows)))
+    }
+
+    /// `cutover` checked against what the speed layer counted and this lake lacks: an operator's
+    /// (`requested`) is refused past it, an automatic one lowered to it.
+    fn within_counted(
+        &self,
+        cutover: Millis,
+        requested: bool,
+        alignment: Millis,
+    ) -> Result<Millis, BatchError> {
+        let current = self.current_cutover;
+        if requested {
+            coverage::check(
+                cutover,
+                current,
+                &self.counted,
+                &self.landed_offsets,
+                alignment,
+            )?;
+            return Ok(cutover);
+        }
+        let limited = coverage::limit(
+            cutover,
+            current,
+            &self.counted,
+            &self.landed_offsets,
+            alignment,
+        );
+        if limited < cutover {
+            tracing::info!(complete = %format_rfc3339(cutover), cutover = %format_rfc3339(limited),
+                "the speed layer counted events the lake has not landed yet; T stops before them");
+        }
+        Ok(limited)
     }
 }
 
@@ -150,6 +190,8 @@ pub async fn run_once(
         let alignment = catalog.cutover_alignment();
         let limit = cutover_clock::clock_limit(now_millis(), lateness, alignment);
         let cutover = cutover_clock::choose(options.cutover, complete_until, snapshot.current_cutover, alignment, limit, lateness)?;
+        // Never past what the speed layer counted and the lake lacks (CONTRACT §5.3).
+        let cutover = snapshot.within_counted(cutover, options.cutover.is_some(), alignment)?;
         tracing::info!(cutover = %format_rfc3339(cutover), files = snapshot.files.len(), rows = snapshot.rows, %engine, "recomputing");
 
         let digests = snapshot.hour_digests();
@@ -226,7 +268,7 @@ pub async fn run_once(
             recomputed_hours,
         };
         shared_schema::failpoint::hit("batch.run.before_promote").await;
-        promote(&mut lock, &record, &snapshot).await?;
+        promote(&mut lock, &record, &snapshot, (&config.events_topic, catalog.cutover_alignment())).await?;
         tracing::info!(cutover = %format_rfc3339(cutover), rows = view_rows, "promoted");
         // The speed state of [previous T, T) is kept for the retention grace: compare it now.
         let previous = snapshot.current_cutover;
@@ -298,12 +340,13 @@ async fn read_snapshot(
             .bind(changelog_topic)
             .fetch_all(&mut *tx)
             .await?;
-    let landed: Vec<(i32, Option<DateTime<Utc>>, bool)> = sqlx::query_as(
-        "SELECT partition, max_event_time, caught_up FROM lake_progress WHERE topic = $1",
+    let landed: Vec<(i32, Option<DateTime<Utc>>, bool, i64)> = sqlx::query_as(
+        "SELECT partition, max_event_time, caught_up, next_offset FROM lake_progress WHERE topic = $1",
     )
     .bind(topic)
     .fetch_all(&mut *tx)
     .await?;
+    let counted = coverage::read_counted(&mut tx, topic, None).await?;
     let current_cutover: Option<DateTime<Utc>> =
         sqlx::query_scalar("SELECT cutover FROM serving_state WHERE id = 1")
             .fetch_one(&mut *tx)
@@ -334,9 +377,11 @@ async fn read_snapshot(
                 rows,
             })
             .collect(),
+        landed_offsets: landed.iter().map(|(p, _, _, next)| (*p, *next)).collect(),
+        counted,
         landed: landed
             .into_iter()
-            .map(|(partition, max, caught_up)| LandedPartition {
+            .map(|(partition, max, caught_up, _)| LandedPartition {
                 partition,
                 max_event_time: max.map(|t| t.timestamp_millis()),
                 caught_up,
@@ -656,6 +701,7 @@ async fn promote(
     lock: &mut RunLock,
     record: &VersionRecord<'_>,
     snapshot: &LakeSnapshot,
+    (topic, alignment): (&str, Millis),
 ) -> Result<(), BatchError> {
     let (version, cutover) = (record.version, record.cutover);
     let mut tx = lock.begin().await?;
@@ -663,6 +709,17 @@ async fn promote(
         sqlx::query_scalar("SELECT cutover FROM serving_state WHERE id = 1 FOR UPDATE")
             .fetch_one(&mut *tx)
             .await?;
+    // What the speed layer counted when T moves, with its commits held back until this
+    // transaction ends, against the lake the view was computed from.
+    coverage::check_in_promotion(
+        &mut tx,
+        topic,
+        cutover,
+        current.map(|c| c.timestamp_millis()),
+        &snapshot.landed_offsets,
+        alignment,
+    )
+    .await?;
     if let Some(current) = current
         .map(|c| c.timestamp_millis())
         .filter(|c| *c > cutover)

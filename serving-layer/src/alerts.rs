@@ -68,6 +68,8 @@ pub async fn evaluate_once(state: &AppState) -> Result<Vec<Transition>, anyhow::
     }
     // Divergence alerts follow the batch layer's comparisons, not the watermark.
     transitions.extend(crate::divergence::evaluate(&mut tx, state).await?);
+    // Partitions without a live speed consumer: the gap answers report.
+    transitions.extend(crate::stall_alert::evaluate(&mut tx, state).await?);
     // One watermark for every rule of this evaluation.
     let watermark: Option<DateTime<Utc>> =
         sqlx::query_scalar("SELECT min(watermark) FROM speed_offsets WHERE topic = $1")

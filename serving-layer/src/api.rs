@@ -533,7 +533,14 @@ pub async fn merged_points(
         .map_err(|e| ApiError::dependency_down("the metric catalogue", &e))?;
     let names: Vec<&str> = parts.iter().map(|m| m.name.as_str()).collect();
     let range = query.bucket_range();
-    let snapshot = read_snapshot(&state.pool, &state.config.events_topic, &names, range).await?;
+    let snapshot = read_snapshot(
+        &state.pool,
+        &state.config.events_topic,
+        &names,
+        range,
+        state.config.speed.stall_timeout.millis(),
+    )
+    .await?;
     let view = match (&snapshot.batch_version, &snapshot.view_path) {
         (Some(version), Some(path)) => Some(state.views.get(version, path).await?),
         _ => None,
@@ -607,6 +614,7 @@ async fn render_answer(
         &state.config.events_topic,
         &names,
         request.query.bucket_range(),
+        state.config.speed.stall_timeout.millis(),
     )
     .await?;
     let view = match (&snapshot.batch_version, &snapshot.view_path) {
@@ -855,11 +863,17 @@ impl AnswerInputs<'_> {
 
     fn answer_with(&self, series: Vec<SeriesOut>) -> MetricAnswer {
         let (query, snapshot) = (&self.request.query, self.snapshot);
-        let gaps = gaps(
+        let gaps = shared_schema::liveness::with_stall_gap(
+            gaps(
+                self.request.from,
+                query.to,
+                snapshot.cutover,
+                snapshot.speed_covered_from,
+            ),
             self.request.from,
             query.to,
             snapshot.cutover,
-            snapshot.speed_covered_from,
+            snapshot.speed_stalled_from,
         );
         MetricAnswer {
             metric: self.metric.name.clone(),

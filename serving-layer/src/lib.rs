@@ -21,6 +21,7 @@ pub mod openapi;
 pub mod reader;
 mod run_watch;
 mod snapshot;
+mod stall_alert;
 mod state_changes;
 
 pub use api::{AppState, Group, MergedPoint, merged_points, router};

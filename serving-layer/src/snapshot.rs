@@ -7,6 +7,7 @@
 use crate::generation_cache::GenerationCache;
 use chrono::{DateTime, Utc};
 use shared_schema::hll::PRECISION;
+use shared_schema::liveness;
 use shared_schema::query::BucketRow;
 use shared_schema::speed_state::{self, SpeedStateError};
 use shared_schema::storage::Lake;
@@ -54,15 +55,20 @@ pub struct Snapshot {
     pub seen_events: i64,
     /// `None`: the speed layer covers the topic from its start; `Some(t)`: only from `t` on.
     pub speed_covered_from: Option<Millis>,
+    /// Some partition has had no live speed consumer for the stall timeout: from here on the
+    /// speed side may be missing its events (`shared_schema::liveness`).
+    pub speed_stalled_from: Option<Millis>,
 }
 
 /// Reads T, the promoted version, and the speed rows of `metrics` (per partition; the merge sums
-/// them) in `[max(T, range start), range end)`.
+/// them) in `[max(T, range start), range end)`; a partition stalled for `stall_after` marks
+/// where the speed side may be missing events.
 pub async fn read_snapshot(
     pool: &PgPool,
     topic: &str,
     metrics: &[&str],
     range: (Millis, Millis),
+    stall_after: Millis,
 ) -> Result<Snapshot, SnapshotError> {
     let mut tx = pool.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -95,6 +101,8 @@ pub async fn read_snapshot(
     .fetch_one(&mut *tx)
     .await?;
     let speed_covered_from = speed_state::read_covered_from(&mut tx, topic).await?;
+    let (evidence, now) = liveness::read_evidence(&mut tx, topic).await?;
+    let speed_stalled_from = liveness::stalled_from(&evidence, now, stall_after);
     tx.commit().await?;
     Ok(Snapshot {
         cutover,
@@ -105,6 +113,7 @@ pub async fn read_snapshot(
         late_events,
         seen_events,
         speed_covered_from,
+        speed_stalled_from,
     })
 }
 
@@ -138,6 +147,7 @@ pub async fn read_snapshot_cached(
     topic: &str,
     metrics: &[&str],
     range: (Millis, Millis),
+    stall_after: Millis,
 ) -> Result<Arc<Snapshot>, SnapshotError> {
     let key = SnapshotKey {
         metrics: metrics.iter().map(|m| m.to_string()).collect(),
@@ -145,7 +155,9 @@ pub async fn read_snapshot_cached(
     };
     cache
         .get_or_compute(generation, &key, || async {
-            Ok(Arc::new(read_snapshot(pool, topic, metrics, range).await?))
+            Ok(Arc::new(
+                read_snapshot(pool, topic, metrics, range, stall_after).await?,
+            ))
         })
         .await
 }

@@ -78,8 +78,19 @@ pub struct SpeedConfig {
     pub idle_timeout: HumanDuration,
     /// Where `speed-layer run` serves Prometheus `GET /metrics` (consumer lag, events read,
     /// quarantined and late events, watermark delay). Empty: no listener. Each instance on one
-    /// host needs its own address. `speed-layer replay` serves none.
+    /// host needs its own address. `speed-layer replay` serves none. `speed-layer run` also
+    /// serves `GET /readyz` there: 503 while it owns no partition and some partition has no
+    /// live consumer, with the partitions it owns and the stalled ones.
     pub metrics_addr: String,
+    /// A partition whose stored speed position has stood still this long while the broker (or
+    /// the lake) holds newer messages has no live consumer: every `speed-layer run` instance
+    /// that does not own it leaves the group and joins again as a new member (backing off while
+    /// the stall lasts), and answers report the buckets it may be missing as a gap. Read by
+    /// the speed layer and the serving layer.
+    pub stall_timeout: HumanDuration,
+    /// How often each `speed-layer run` instance asks the broker for the end offsets of every
+    /// partition and records them beside the stored positions (`speed_partition_liveness`).
+    pub liveness_interval: HumanDuration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -246,6 +257,8 @@ impl Default for PlatformConfig {
                 out_of_orderness: HumanDuration::from_millis(5 * SECOND_MS),
                 idle_timeout: HumanDuration::from_millis(30 * SECOND_MS),
                 metrics_addr: "127.0.0.1:9101".into(),
+                stall_timeout: HumanDuration::from_millis(30 * SECOND_MS),
+                liveness_interval: HumanDuration::from_millis(5 * SECOND_MS),
             },
             lander: LanderConfig {
                 group_id: "batch-lander".into(),

@@ -362,14 +362,9 @@ impl EventSource {
         if added.is_empty() {
             return Ok(added);
         }
-        if let Some(recipe) = &self.group {
+        if self.group.is_some() {
             tracing::info!(topic = %self.topic, partitions = ?added, "partitions added to the topic; joining the group again");
-            let old = std::mem::replace(&mut self.consumer, recipe.consumer(&self.topic)?);
-            // Closing leaves the group at once: the group need not wait out the old session.
-            tokio::task::block_in_place(|| close_within(old, recipe.session_timeout));
-            // What the old member held, the group assigns again.
-            self.positions.clear();
-            self.consumer.subscribe(&[&self.topic])?;
+            self.rejoin_group()?;
             return Ok(Vec::new());
         }
         let new = self.assign_new(&added)?;
@@ -496,6 +491,42 @@ impl EventSource {
     /// batch ends with the message that reaches `bytes`, so it holds at least one message.
     pub fn set_max_batch_bytes(&mut self, bytes: usize) {
         self.max_batch_bytes = bytes.max(1);
+    }
+
+    /// In a group: leaves it and joins again as a new member (a consumer with a fresh member
+    /// id), which makes every coordinator rebalance. Without a group: nothing.
+    pub fn rejoin_group(&mut self) -> Result<(), SourceError> {
+        let Some(recipe) = &self.group else {
+            return Ok(());
+        };
+        let old = std::mem::replace(&mut self.consumer, recipe.consumer(&self.topic)?);
+        // Closing leaves the group at once: the group need not wait out the old session.
+        tokio::task::block_in_place(|| close_within(old, recipe.session_timeout));
+        // What the old member held, the group assigns again.
+        self.positions.clear();
+        self.batch_in_flight = false;
+        self.consumer.subscribe(&[&self.topic])?;
+        Ok(())
+    }
+
+    /// The partitions this instance owns, as of the last batch handed out.
+    pub fn owned_partitions(&self) -> Vec<i32> {
+        self.positions.keys().copied().collect()
+    }
+
+    /// The broker's end offset (high watermark) of every partition of the topic, asked of the
+    /// broker now: a partition owned by no one reports none in the statistics. Blocks the
+    /// calling thread for at most `timeout` per partition.
+    pub fn end_offsets(&self, timeout: Duration) -> Result<BTreeMap<i32, i64>, SourceError> {
+        let mut ends = BTreeMap::new();
+        for partition in &self.known_partitions {
+            let (_, high) = tokio::task::block_in_place(|| {
+                self.consumer
+                    .fetch_watermarks(&self.topic, *partition, timeout)
+            })?;
+            ends.insert(*partition, high);
+        }
+        Ok(ends)
     }
 
     /// Leaves the consumer group, if in one (see [`close_within`]), and closes the consumer.

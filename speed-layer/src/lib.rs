@@ -36,6 +36,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 mod guarded_commit;
+pub mod liveness;
 mod profiles;
 pub mod quarantine_admin;
 pub mod replay;
@@ -76,6 +77,8 @@ pub struct SpeedLayer {
     catalog: MetricCatalog,
     /// The profile changelog, for the temporal join (see `profiles`).
     profiles: Arc<RwLock<ProfileHistory>>,
+    /// What `/readyz` reports, kept by the liveness watchdog of `run`.
+    readiness: liveness::SharedReadiness,
 }
 
 impl SpeedLayer {
@@ -85,7 +88,16 @@ impl SpeedLayer {
             config,
             catalog,
             profiles: Arc::default(),
+            readiness: Arc::new(std::sync::Mutex::new(liveness::Readiness {
+                unknown: true,
+                ..liveness::Readiness::default()
+            })),
         }
+    }
+
+    /// What `/readyz` reads: the partitions owned and the stalled ones.
+    pub fn readiness(&self) -> liveness::SharedReadiness {
+        self.readiness.clone()
     }
 
     /// Consumes until `shutdown` resolves. A batch in flight at shutdown is not committed; the
@@ -148,7 +160,23 @@ impl SpeedLayer {
             Some(replay) => replay.max_batch(self.config.speed.batch_max_events),
             None => self.config.speed.batch_max_events,
         };
+        // A replay reads every partition itself; only the group needs watching.
+        let mut watchdog = replay.is_none().then(|| {
+            liveness::Watchdog::new(
+                self.pool.clone(),
+                &topic,
+                (
+                    self.config.speed.liveness_interval.as_std(),
+                    self.config.speed.stall_timeout.as_std(),
+                    self.config.speed.session_timeout.as_std(),
+                ),
+                self.readiness.clone(),
+            )
+        });
         loop {
+            if let Some(watchdog) = watchdog.as_mut() {
+                watchdog.tick(&mut source).await;
+            }
             // Retention runs between batches, never by interrupting one.
             if last_retention.is_none_or(|at| at.elapsed() >= RETENTION_INTERVAL) {
                 // A view computed with other definitions was promoted while this instance ran:
@@ -338,6 +366,8 @@ impl SpeedLayer {
             // After the positions, whose upsert creates a partition's row on its first batch.
             store_watermarks(&mut tx, topic, progress).await?;
             quarantine::record(&mut tx, topic, CONSUMER_NAME, &batch.bad).await?;
+            // What a promotion must find in the lake before moving T past it (CONTRACT §5.3).
+            shared_schema::coverage::record_counted(&mut tx, topic, &batch.events).await?;
             if !commit {
                 return tx.rollback().await;
             }

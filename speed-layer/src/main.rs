@@ -4,7 +4,7 @@ use shared_schema::kafka::ReplayStart;
 use shared_schema::service::{self, Started};
 use shared_schema::telemetry;
 use shared_schema::{observe, quarantine, registry};
-use speed_layer::{SERVICE, SpeedLayer, quarantine_admin, replay};
+use speed_layer::{SERVICE, SpeedLayer, liveness, quarantine_admin, replay};
 
 #[derive(Parser)]
 #[command(
@@ -108,16 +108,19 @@ async fn main() -> anyhow::Result<()> {
     match command {
         Command::Quarantine { action } => quarantine_command(&pool, &config, action).await?,
         Command::Run => {
-            observe::serve(&config.speed.metrics_addr)
-                .await
-                .context("starting the speed layer")?;
             tokio::spawn(quarantine::keep_bounded(
                 pool.clone(),
                 config.quarantine.clone(),
             ));
-            SpeedLayer::new(pool, config, catalog)
-                .run(telemetry::shutdown_signal())
-                .await?
+            let addr = config.speed.metrics_addr.clone();
+            let layer = SpeedLayer::new(pool, config, catalog);
+            observe::serve_with_readiness(
+                &addr,
+                Some(liveness::readiness_check(layer.readiness())),
+            )
+            .await
+            .context("starting the speed layer")?;
+            layer.run(telemetry::shutdown_signal()).await?
         }
         Command::Replay { from, max_rate } => {
             let outcome = replay::replay(
