@@ -33,6 +33,10 @@ export E2E_BROKER_NAME=test-broker E2E_KAFKA_PORT="$KAFKA_PORT"
 # The OpenAPI scenario runs it against the serving layer.
 export E2E_SCHEMATHESIS="$SCHEMATHESIS"
 
+# Formatting is part of the build: a change that rustfmt would rewrite fails here, first.
+log "checking formatting"
+cargo fmt --all -- --check
+
 log "building"
 cargo build --workspace --all-targets
 log "testing"
