@@ -53,6 +53,9 @@ enum Command {
         #[arg(long)]
         accept_definitions: bool,
     },
+    /// List the view versions, newest first: id, cutover, when computed and last promoted,
+    /// rows, definitions fingerprint, and which is served and which `rollback` would serve.
+    Versions,
     /// Serve an existing view version, and its cutover.
     Promote {
         #[arg(long)]
@@ -159,6 +162,30 @@ async fn main() -> anyhow::Result<()> {
                 served.version,
                 format_rfc3339(served.cutover)
             );
+        }
+        Command::Versions => {
+            let versions = shared_schema::versions::list(&pool).await?;
+            println!(
+                "{:<30} {:<24} {:<24} {:>10} {:<16} state",
+                "version", "cutover", "created", "rows", "definitions"
+            );
+            for v in &versions {
+                let state = match (v.served, v.rollback_target) {
+                    (true, _) => "served",
+                    (false, true) => "rollback target",
+                    _ => "",
+                };
+                println!(
+                    "{:<30} {:<24} {:<24} {:>10} {:<16} {state}",
+                    v.version,
+                    format_rfc3339(v.cutover.timestamp_millis()),
+                    format_rfc3339(v.created_at.timestamp_millis()),
+                    v.rows,
+                    v.definitions_fingerprint
+                        .as_deref()
+                        .map_or("-", |f| f.get(..16).unwrap_or(f)),
+                );
+            }
         }
         Command::Rollback => {
             let served = batch_layer::versions::rollback(&config).await?;

@@ -129,6 +129,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/alerts", get(list_alerts))
         .route("/v1/divergence", get(crate::divergence::get))
         .route("/v1/freshness", get(crate::freshness::get))
+        .route("/v1/versions", get(crate::versions::get))
         // Everything above: behind `serving.read_token` when one is set.
         .route_layer(from_fn_with_state(state.clone(), crate::auth::require_read))
         .merge(admin)

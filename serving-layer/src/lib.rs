@@ -23,6 +23,7 @@ mod run_watch;
 mod snapshot;
 mod stall_alert;
 mod state_changes;
+mod versions;
 
 pub use api::{AppState, Group, MergedPoint, merged_points, router};
 pub use snapshot::ViewCache;

@@ -23,6 +23,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
         crate::api::list_alerts,
         crate::divergence::get,
         crate::freshness::get,
+        crate::versions::get,
         crate::admin::promote,
         crate::admin::rollback,
         crate::admin::start_run,

@@ -33,6 +33,7 @@ pub mod storage;
 pub mod telemetry;
 pub mod time;
 pub mod validity;
+pub mod versions;
 pub mod view;
 pub mod watermark;
 
