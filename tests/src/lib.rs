@@ -474,6 +474,24 @@ impl Platform {
         ))
     }
 
+    /// Waits until the CDC publisher has its slot and has published the table as it was then,
+    /// so that every later write reaches the layers as exactly one change.
+    pub async fn wait_cdc_publisher_ready(&self) -> Result<()> {
+        wait_until(
+            Duration::from_secs(60),
+            "the publisher's snapshot",
+            || async {
+                sqlx::query_scalar::<_, i64>("SELECT count(*) FROM cdc_snapshots WHERE slot = $1")
+                    .bind(self.cdc_slot())
+                    .fetch_one(&self.pool)
+                    .await
+                    .is_ok_and(|n| n == 1)
+            },
+        )
+        .await
+        .with_context(|| self.log_tails(30))
+    }
+
     pub async fn wait_for_http(&self) -> Result<()> {
         wait_until(
             Duration::from_secs(60),
@@ -645,7 +663,7 @@ fn assigned_partitions(line: &str) -> Option<String> {
 }
 
 /// `line` without terminal colours (ESC '[' ... 'm'), as the services write them to a log.
-fn without_colours(line: &str) -> String {
+pub fn without_colours(line: &str) -> String {
     let mut plain = String::with_capacity(line.len());
     let mut chars = line.chars();
     while let Some(c) = chars.next() {

@@ -33,24 +33,6 @@ struct Purchase {
     batch: &'static str,
 }
 
-/// Waits until the publisher has its slot and has published the table as it was then, so that
-/// every later write reaches the layers as exactly one change.
-async fn wait_publisher_ready(platform: &Platform) -> Result<()> {
-    wait_until(
-        Duration::from_secs(60),
-        "the publisher's snapshot",
-        || async {
-            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM cdc_snapshots WHERE slot = $1")
-                .bind(platform.cdc_slot())
-                .fetch_one(&platform.pool)
-                .await
-                .is_ok_and(|n| n == 1)
-        },
-    )
-    .await
-    .with_context(|| platform.log_tails(30))
-}
-
 async fn start(platform: &Platform) -> Result<Vec<Service>> {
     let services = vec![
         platform.spawn("speed-layer", &["run"])?,
@@ -244,7 +226,7 @@ async fn purchases_see_the_profile_valid_at_their_event_time_in_both_layers() ->
     let platform = Platform::new("enrichment", 1).await?;
     let mut publisher = platform.spawn("cdc-publisher", &["run"])?;
     let _services = start(&platform).await?;
-    wait_publisher_ready(&platform).await?;
+    platform.wait_cdc_publisher_ready().await?;
     let base = bucket_start(now_millis(), MINUTE_MS) - 60 * MINUTE_MS;
     let at = |minutes: f64| base + (minutes * MINUTE_MS as f64) as Millis;
 
@@ -388,7 +370,7 @@ async fn a_publisher_killed_mid_stream_resumes_without_loss_or_double_applicatio
     let _services = start(&platform).await?;
     let base = bucket_start(now_millis(), MINUTE_MS) - 30 * MINUTE_MS;
     let mut publisher = platform.spawn_as("cdc-publisher-1", "cdc-publisher", &["run"])?;
-    wait_publisher_ready(&platform).await?;
+    platform.wait_cdc_publisher_ready().await?;
     // Versions made: (user, updated_at, tier).
     let mut made: Vec<(String, Millis, String)> = Vec::new();
     let tiers = ["bronze", "silver", "gold"];

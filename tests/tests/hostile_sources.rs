@@ -3,8 +3,8 @@
 //! of large messages are capped by bytes; a profile change the CDC publisher cannot publish is
 //! quarantined instead of stopping every later change.
 
-use anyhow::{Context, Result, ensure};
-use platform_tests::{Platform, wait_until};
+use anyhow::{Result, ensure};
+use platform_tests::{Platform, wait_until, without_colours};
 use rdkafka::producer::FutureRecord;
 use serde_json::{Value, json};
 use shared_schema::time::{MINUTE_MS, Millis, bucket_start, now_millis, to_datetime};
@@ -162,20 +162,6 @@ async fn speed_batches_are_capped_by_bytes() -> Result<()> {
     Ok(())
 }
 
-/// `text` without terminal colours (ESC '[' ... 'm').
-fn without_colours(text: &str) -> String {
-    let mut plain = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            let _ = chars.by_ref().find(|c| *c == 'm');
-        } else {
-            plain.push(c);
-        }
-    }
-    plain
-}
-
 /// Writes one profile through SQL; `updated_at` is SQL text (`'infinity'` is a timestamptz).
 async fn set_profile(platform: &Platform, user: &str, tier: &str, updated_at: &str) -> Result<()> {
     sqlx::query(
@@ -198,19 +184,7 @@ async fn a_change_the_publisher_cannot_publish_is_quarantined_and_later_ones_flo
     let mut lander = platform.spawn("batch-layer", &["land"])?;
     let _serving = platform.spawn("serving-layer", &["run"])?;
     platform.wait_for_http().await?;
-    wait_until(
-        Duration::from_secs(60),
-        "the publisher's snapshot",
-        || async {
-            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM cdc_snapshots WHERE slot = $1")
-                .bind(platform.cdc_slot())
-                .fetch_one(&platform.pool)
-                .await
-                .is_ok_and(|n| n == 1)
-        },
-    )
-    .await
-    .with_context(|| platform.log_tails(30))?;
+    platform.wait_cdc_publisher_ready().await?;
 
     let now = to_datetime(now_millis() - 60 * MINUTE_MS).to_rfc3339();
     set_profile(&platform, "good-1", "gold", &now).await?;

@@ -4,8 +4,8 @@
 //! recompute answers; `--from`/`--to` recomputes a range whose files did not change.
 
 use anyhow::{Result, ensure};
-use platform_tests::Platform;
 use platform_tests::truth::{Sent, check_served, default_metrics, group_by, send_all};
+use platform_tests::{Platform, without_colours};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use shared_schema::time::{Millis, format_rfc3339, now_millis};
@@ -19,21 +19,6 @@ async fn run(platform: &Platform, args: &[&str]) -> Result<String> {
     let (ok, output) = platform.run("batch-layer", args).await?;
     ensure!(ok, "batch-layer {args:?} failed:\n{output}");
     Ok(output)
-}
-
-/// `text` without the terminal colour codes of the services' logs.
-fn without_colours(text: &str) -> String {
-    let mut plain = String::with_capacity(text.len());
-    let mut in_escape = false;
-    for c in text.chars() {
-        match (in_escape, c) {
-            (false, '\u{1b}') => in_escape = true,
-            (true, 'm') => in_escape = false,
-            (true, _) => {}
-            (false, c) => plain.push(c),
-        }
-    }
-    plain
 }
 
 /// Every default metric's answer over `range`, as served.
