@@ -26,6 +26,7 @@ COPY serving-layer serving-layer
 COPY cdc-publisher cdc-publisher
 COPY tests tests
 COPY bench bench
+COPY test-postgres test-postgres
 COPY migrations migrations
 COPY config config
 

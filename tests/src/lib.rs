@@ -14,7 +14,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use shared_schema::time::{Millis, format_rfc3339};
-use sqlx::{Connection, Executor, PgConnection, PgPool};
+use sqlx::PgPool;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -200,20 +200,7 @@ pub struct Platform {
 impl Platform {
     pub async fn new(name: &str, partitions: i32) -> Result<Platform> {
         let cluster = Cluster::from_env();
-        let unique = format!(
-            "{name}_{}",
-            uuid::Uuid::new_v4()
-                .simple()
-                .to_string()
-                .get(..8)
-                .unwrap_or("x")
-        );
-        let mut admin = PgConnection::connect(&cluster.admin_database_url).await?;
-        admin
-            .execute(format!("CREATE DATABASE {unique}").as_str())
-            .await?;
-        admin.close().await?;
-        let database_url = replace_database(&cluster.admin_database_url, &unique)?;
+        let (unique, database_url) = test_postgres::create_database(name).await?;
         let reader_database_url = replace_user(&database_url, READER_ROLE)?;
         let topic = format!("events_{unique}");
         create_topic(&cluster.brokers, &topic, partitions).await?;
@@ -727,11 +714,6 @@ fn replace_user(url: &str, user: &str) -> Result<String> {
         .context("database URL has no scheme")?;
     let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
     Ok(format!("{scheme}://{user}@{host}"))
-}
-
-fn replace_database(url: &str, database: &str) -> Result<String> {
-    let (base, _) = url.rsplit_once('/').context("database URL has no path")?;
-    Ok(format!("{base}/{database}"))
 }
 
 /// `target/` of this workspace, found from the test executable (`target/debug/deps/...`).
