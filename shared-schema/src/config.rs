@@ -4,310 +4,241 @@
 //! The variables of CONTRACT §2 (`DATABASE_URL`, `KAFKA_BROKERS`, `EVENTS_TOPIC`, `LAKE_DIR`,
 //! `LISTEN_ADDR`) set the top-level keys of the same name. Every other key is set from the
 //! environment as `PLATFORM_<SECTION>__<KEY>`, e.g. `PLATFORM_SPEED__BATCH_MAX_EVENTS=5000`.
+//!
+//! Every key is declared once below, with its doc and its default: the defaults are readable in
+//! this one place, and `docs/CONFIG.md` is generated from it (see `config_reference`).
 
+use crate::config_reference::config_section;
 use crate::time::{DAY_MS, HumanDuration, MINUTE_MS, SECOND_MS};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PlatformConfig {
-    /// Postgres holding all metadata and speed-layer state. Required.
-    pub database_url: Option<String>,
-    /// Kafka bootstrap servers, comma separated.
-    pub kafka_brokers: String,
-    /// The raw event topic.
-    pub events_topic: String,
-    /// Root of the raw Parquet lake (`events/`) and the batch views (`views/`): a directory, or
-    /// `s3://bucket/prefix` with credentials, region and endpoint from the standard `AWS_*`
-    /// variables (see `storage::Lake`).
-    pub lake_dir: PathBuf,
-    /// The serving layer's HTTP address.
-    pub listen_addr: String,
-    /// Events whose time is further than this ahead of the wall clock are bad input.
-    pub max_event_skew: HumanDuration,
-    /// Connections each service keeps to Postgres.
-    pub database_max_connections: u32,
-    /// How often the consumers of the event topic look for partitions added to it: the speed
-    /// layer's group then rebalances, and the lander assigns the new ones from their beginning.
-    /// Env `PLATFORM_KAFKA_METADATA_REFRESH`.
-    pub kafka_metadata_refresh: HumanDuration,
-    /// The metric definitions (TOML, see config/metrics.toml); absent: the compiled-in default.
-    pub metrics_file: Option<PathBuf>,
-    /// Log lines on stderr: `text` for people, `json` (one object a line, with the fields of
-    /// the enclosing spans, e.g. the serving layer's `request_id`) for log shippers. Also set by
-    /// `LOG_FORMAT`. The level comes from `RUST_LOG` (default info).
-    pub log_format: LogFormat,
-    pub speed: SpeedConfig,
-    pub lander: LanderConfig,
-    pub batch: BatchConfig,
-    pub serving: ServingConfig,
-    pub cdc: CdcConfig,
-    pub quarantine: QuarantineConfig,
+config_section! {
+    /// The whole configuration: the contract's top-level keys and one section per component.
+    pub struct PlatformConfig {
+        /// Postgres holding all metadata and speed-layer state. Required.
+        pub database_url: Option<String> = None,
+        /// Kafka bootstrap servers, comma separated.
+        pub kafka_brokers: String = "127.0.0.1:9092".into(),
+        /// The raw event topic.
+        pub events_topic: String = "events".into(),
+        /// Root of the raw Parquet lake (`events/`) and the batch views (`views/`): a directory, or
+        /// `s3://bucket/prefix` with credentials, region and endpoint from the standard `AWS_*`
+        /// variables (see `storage::Lake`).
+        pub lake_dir: PathBuf = PathBuf::from("./data/lake"),
+        /// The serving layer's HTTP address.
+        pub listen_addr: String = "127.0.0.1:8080".into(),
+        /// Events whose time is further than this ahead of the wall clock are bad input.
+        pub max_event_skew: HumanDuration = HumanDuration::from_millis(10 * MINUTE_MS),
+        /// Connections each service keeps to Postgres.
+        pub database_max_connections: u32 = 8,
+        /// How often the consumers of the event topic look for partitions added to it: the speed
+        /// layer's group then rebalances, and the lander assigns the new ones from their beginning.
+        /// Env `PLATFORM_KAFKA_METADATA_REFRESH`.
+        pub kafka_metadata_refresh: HumanDuration = HumanDuration::from_millis(30 * SECOND_MS),
+        /// The metric definitions (TOML, see config/metrics.toml); absent: the compiled-in default.
+        pub metrics_file: Option<PathBuf> = None,
+        /// Log lines on stderr: `text` for people, `json` (one object a line, with the fields of
+        /// the enclosing spans, e.g. the serving layer's `request_id`) for log shippers. Also set by
+        /// `LOG_FORMAT`. The level comes from `RUST_LOG` (default info).
+        pub log_format: LogFormat = LogFormat::Text,
+        pub speed: SpeedConfig = SpeedConfig::default(),
+        pub lander: LanderConfig = LanderConfig::default(),
+        pub batch: BatchConfig = BatchConfig::default(),
+        pub serving: ServingConfig = ServingConfig::default(),
+        pub cdc: CdcConfig = CdcConfig::default(),
+        pub quarantine: QuarantineConfig = QuarantineConfig::default(),
+    }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SpeedConfig {
-    /// Kafka consumer group of the speed layer: its instances share the partitions. Offsets are
-    /// kept in Postgres and read when a partition is assigned.
-    pub group_id: String,
-    /// An instance silent for this long loses its partitions to the others.
-    pub session_timeout: HumanDuration,
-    /// A batch is committed when it holds this many messages...
-    pub batch_max_events: usize,
-    /// ...or when its first message is this old, whichever comes first...
-    pub batch_max_wait: HumanDuration,
-    /// ...or when its messages (keys and values) hold this many bytes: with messages of up to
-    /// 1 MiB, a count alone lets one batch hold gigabytes. A batch holds at least one message.
-    pub batch_max_bytes: usize,
-    /// Transactions one batch is committed in at once, each holding whole partitions, as two
-    /// instances sharing the topic would. A Postgres backend runs a transaction on one core,
-    /// and a single one was the speed layer's bound (BENCHMARKS.md). Needs as many database
-    /// connections, within `database_max_connections`.
-    pub commit_parallelism: usize,
-    /// Speed state for a bucket is deleted once a promoted batch view has covered it for this long.
-    pub retention_grace: HumanDuration,
-    /// How far behind the newest event time of a partition its events may still arrive in
-    /// order: the watermark is the newest event time minus this.
-    pub out_of_orderness: HumanDuration,
-    /// A partition read to its end with no message for this long stops holding the watermark
-    /// back.
-    pub idle_timeout: HumanDuration,
-    /// Where `speed-layer run` serves Prometheus `GET /metrics` (consumer lag, events read,
-    /// quarantined and late events, watermark delay). Empty: no listener. Each instance on one
-    /// host needs its own address. `speed-layer replay` serves none. `speed-layer run` also
-    /// serves `GET /readyz` there: 503 while it owns no partition and some partition has no
-    /// live consumer, with the partitions it owns and the stalled ones.
-    pub metrics_addr: String,
-    /// A partition whose stored speed position has stood still this long while the broker (or
-    /// the lake) holds newer messages has no live consumer: every `speed-layer run` instance
-    /// that does not own it leaves the group and joins again as a new member (backing off while
-    /// the stall lasts), and answers report the buckets it may be missing as a gap. Read by
-    /// the speed layer and the serving layer.
-    pub stall_timeout: HumanDuration,
-    /// How often each `speed-layer run` instance asks the broker for the end offsets of every
-    /// partition and records them beside the stored positions (`speed_partition_liveness`).
-    pub liveness_interval: HumanDuration,
+config_section! {
+    /// `speed-layer run`: consuming the event topic into the speed state in Postgres.
+    pub struct SpeedConfig {
+        /// Kafka consumer group of the speed layer: its instances share the partitions. Offsets are
+        /// kept in Postgres and read when a partition is assigned.
+        pub group_id: String = "speed-layer".into(),
+        /// An instance silent for this long loses its partitions to the others.
+        pub session_timeout: HumanDuration = HumanDuration::from_millis(10 * SECOND_MS),
+        /// A batch is committed when it holds this many messages...
+        pub batch_max_events: usize = 20_000,
+        /// ...or when its first message is this old, whichever comes first...
+        pub batch_max_wait: HumanDuration = HumanDuration::from_millis(200),
+        /// ...or when its messages (keys and values) hold this many bytes: with messages of up to
+        /// 1 MiB, a count alone lets one batch hold gigabytes. A batch holds at least one message.
+        pub batch_max_bytes: usize = 32 * 1024 * 1024,
+        /// Transactions one batch is committed in at once, each holding whole partitions, as two
+        /// instances sharing the topic would. A Postgres backend runs a transaction on one core,
+        /// and a single one was the speed layer's bound (BENCHMARKS.md). Needs as many database
+        /// connections, within `database_max_connections`.
+        pub commit_parallelism: usize = 2,
+        /// Speed state for a bucket is deleted once a promoted batch view has covered it for this long.
+        pub retention_grace: HumanDuration = HumanDuration::from_millis(10 * MINUTE_MS),
+        /// How far behind the newest event time of a partition its events may still arrive in
+        /// order: the watermark is the newest event time minus this.
+        pub out_of_orderness: HumanDuration = HumanDuration::from_millis(5 * SECOND_MS),
+        /// A partition read to its end with no message for this long stops holding the watermark
+        /// back.
+        pub idle_timeout: HumanDuration = HumanDuration::from_millis(30 * SECOND_MS),
+        /// Where `speed-layer run` serves Prometheus `GET /metrics` (consumer lag, events read,
+        /// quarantined and late events, watermark delay). Empty: no listener. Each instance on one
+        /// host needs its own address. `speed-layer replay` serves none. `speed-layer run` also
+        /// serves `GET /readyz` there: 503 while it owns no partition and some partition has no
+        /// live consumer, with the partitions it owns and the stalled ones.
+        pub metrics_addr: String = "127.0.0.1:9101".into(),
+        /// A partition whose stored speed position has stood still this long while the broker (or
+        /// the lake) holds newer messages has no live consumer: every `speed-layer run` instance
+        /// that does not own it leaves the group and joins again as a new member (backing off while
+        /// the stall lasts), and answers report the buckets it may be missing as a gap. Read by
+        /// the speed layer and the serving layer.
+        pub stall_timeout: HumanDuration = HumanDuration::from_millis(30 * SECOND_MS),
+        /// How often each `speed-layer run` instance asks the broker for the end offsets of every
+        /// partition and records them beside the stored positions (`speed_partition_liveness`).
+        pub liveness_interval: HumanDuration = HumanDuration::from_millis(5 * SECOND_MS),
+    }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LanderConfig {
-    /// Kafka consumer group id of `batch-layer land` (offsets are kept in Postgres).
-    pub group_id: String,
-    /// Files are published when the buffer holds this many events...
-    pub flush_max_events: usize,
-    /// ...or when its oldest event has waited this long...
-    pub flush_interval: HumanDuration,
-    /// ...or when its messages (keys and values) hold this many bytes. A batch holds at least
-    /// one message.
-    pub flush_max_bytes: usize,
-    /// Where `batch-layer land` serves Prometheus `GET /metrics` (consumer lag, events read,
-    /// quarantined events). Empty: no listener.
-    pub metrics_addr: String,
+config_section! {
+    /// `batch-layer land`: writing every event into the Parquet lake.
+    pub struct LanderConfig {
+        /// Kafka consumer group id of `batch-layer land` (offsets are kept in Postgres).
+        pub group_id: String = "batch-lander".into(),
+        /// Files are published when the buffer holds this many events...
+        pub flush_max_events: usize = 200_000,
+        /// ...or when its oldest event has waited this long...
+        pub flush_interval: HumanDuration = HumanDuration::from_millis(5 * SECOND_MS),
+        /// ...or when its messages (keys and values) hold this many bytes. A batch holds at least
+        /// one message.
+        pub flush_max_bytes: usize = 128 * 1024 * 1024,
+        /// Where `batch-layer land` serves Prometheus `GET /metrics` (consumer lag, events read,
+        /// quarantined events). Empty: no listener.
+        pub metrics_addr: String = "127.0.0.1:9102".into(),
+    }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BatchConfig {
-    /// Promoted view versions kept on disk; older ones are deleted after a promotion. The
-    /// divergence history keeps as many comparisons per metric.
-    pub keep_versions: usize,
-    /// Memory a recompute's DataFusion plans may hold, in MiB; past it sorts and aggregations
-    /// spill to disk. Absent: no limit.
-    pub memory_limit_mb: Option<u64>,
-    /// Where spilled data goes. Absent: the system's temporary directory.
-    pub spill_dir: Option<PathBuf>,
-    /// A run recomputes at most this many lake hours at a time (more only when one bucket is
-    /// wider), which bounds its memory by the events of that many hours.
-    pub chunk_hours: usize,
-    /// After each promotion by `run`, every metric of the new view is compared with what the
-    /// speed layer held for the newly covered buckets. A relative difference
-    /// `|speed - batch| / max(|batch|, |speed|)` strictly above this is logged at warn and
-    /// raises the alert `divergence:<metric>` (`GET /v1/alerts`), which resolves when a later
-    /// comparison is at or below it. Read by the batch layer (warning) and the serving layer
-    /// (alert).
-    pub divergence_alert_ratio: f64,
-    /// Where `batch-layer schedule` serves Prometheus `GET /metrics` (run durations by outcome,
-    /// rows of the latest promoted run). Empty: no listener. A one-shot `batch-layer run` (from
-    /// cron) serves and pushes nothing: what it promoted is in Postgres, and the serving layer's
-    /// `/metrics` exports the served version's age, rows and run time from there.
-    pub metrics_addr: String,
-    /// Where a run's DataFusion plans execute: `local` (in the run's process), or
-    /// `ballista://host:port`, an Apache DataFusion Ballista scheduler (started with
-    /// `batch-layer ballista-scheduler`, its executors with `batch-layer ballista-executor`,
-    /// which share the lake's filesystem). The rows come back to the run, which writes and
-    /// promotes the view either way. Also set by `BATCH_ENGINE`.
-    pub engine: String,
-    /// The time zone `batch-layer schedule --cron` reads its expression in: an IANA name such
-    /// as `UTC` or `Europe/Berlin`.
-    pub cron_timezone: String,
+config_section! {
+    /// `batch-layer run|schedule`: recomputing the views from the lake and promoting them.
+    pub struct BatchConfig {
+        /// Promoted view versions kept on disk; older ones are deleted after a promotion. The
+        /// divergence history keeps as many comparisons per metric.
+        pub keep_versions: usize = 5,
+        /// Memory a recompute's DataFusion plans may hold, in MiB; past it sorts and aggregations
+        /// spill to disk. Absent: no limit.
+        pub memory_limit_mb: Option<u64> = None,
+        /// Where spilled data goes. Absent: the system's temporary directory.
+        pub spill_dir: Option<PathBuf> = None,
+        /// A run recomputes at most this many lake hours at a time (more only when one bucket is
+        /// wider), which bounds its memory by the events of that many hours.
+        pub chunk_hours: usize = 24,
+        /// After each promotion by `run`, every metric of the new view is compared with what the
+        /// speed layer held for the newly covered buckets. A relative difference
+        /// `|speed - batch| / max(|batch|, |speed|)` strictly above this is logged at warn and
+        /// raises the alert `divergence:<metric>` (`GET /v1/alerts`), which resolves when a later
+        /// comparison is at or below it. Read by the batch layer (warning) and the serving layer
+        /// (alert).
+        pub divergence_alert_ratio: f64 = 0.01,
+        /// Where `batch-layer schedule` serves Prometheus `GET /metrics` (run durations by outcome,
+        /// rows of the latest promoted run). Empty: no listener. A one-shot `batch-layer run` (from
+        /// cron) serves and pushes nothing: what it promoted is in Postgres, and the serving layer's
+        /// `/metrics` exports the served version's age, rows and run time from there.
+        pub metrics_addr: String = "127.0.0.1:9103".into(),
+        /// Where a run's DataFusion plans execute: `local` (in the run's process), or
+        /// `ballista://host:port`, an Apache DataFusion Ballista scheduler (started with
+        /// `batch-layer ballista-scheduler`, its executors with `batch-layer ballista-executor`,
+        /// which share the lake's filesystem). The rows come back to the run, which writes and
+        /// promotes the view either way. Also set by `BATCH_ENGINE`.
+        pub engine: String = "local".into(),
+        /// The time zone `batch-layer schedule --cron` reads its expression in: an IANA name such
+        /// as `UTC` or `Europe/Berlin`.
+        pub cron_timezone: String = "UTC".into(),
+    }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServingConfig {
-    /// A query taking longer than this answers 503 instead of hanging the client.
-    pub query_timeout: HumanDuration,
-    /// Requests asking for more points than this per series answer 400.
-    pub max_points: i64,
-    /// How often the alert rules are evaluated.
-    pub alert_interval: HumanDuration,
-    /// Called with a JSON POST on every alert transition (fired, resolved); retried with backoff.
-    pub webhook_url: Option<String>,
-    /// The Postgres URL every HTTP request reads through. Migration 0011 creates the role
-    /// `lambda_reader` for it (LOGIN, SELECT only, no password: set one with `ALTER ROLE`, or
-    /// rely on the server's host rules). Absent: `DATABASE_URL`. Sessions on it are read-only
-    /// either way. The serving layer's own writes (migrations, alert state, admin endpoints)
-    /// use `DATABASE_URL`.
-    pub database_url: Option<String>,
-    /// Bearer token the admin endpoints (`/v1/admin/...`) require. Absent: they are disabled
-    /// and answer 403, so an unconfigured server cannot be promoted or rolled back over HTTP.
-    pub admin_token: Option<String>,
-    /// Bearer token the read endpoints under `/v1/` require (the admin token is accepted too).
-    /// Absent: they are open. `/healthz`, `/readyz`, `/metrics` and `/openapi.json` stay open.
-    pub read_token: Option<String>,
-    /// Longest `[from, to)` a metric query may ask for; longer answers 400.
-    pub max_range: HumanDuration,
-    /// Most series (groups) one answer may hold; more answers 400.
-    pub max_groups: usize,
-    /// Origins a browser may call the API from (CORS), e.g. `["https://dash.example.com"]`;
-    /// `["*"]` allows any. Empty: no CORS headers, so browsers allow only same-origin calls.
-    pub cors_allowed_origins: Vec<String>,
-    /// Longest a cached query snapshot (T, version, speed rows) is reused. Changes are pushed
-    /// by Postgres notifications, which drop the cache at once; this bounds the staleness only
-    /// if the notification connection fails without the serving layer noticing. `0s`: no cache.
-    pub snapshot_cache_max_age: HumanDuration,
-    /// Memory for the batch side of answers, already rendered as JSON, per promoted version
-    /// (least recently used evicted first). `0`: render every answer afresh.
-    pub answer_cache_mb: usize,
-    /// Memory for cached query snapshots (T, version, speed rows) of the current state; beyond
-    /// it the cache starts over, and a larger snapshot is not kept.
-    pub snapshot_cache_mb: usize,
-    /// Memory for whole cached answers (JSON, and their gzip form) of the current state; beyond
-    /// it the cache starts over, and a larger answer is not kept.
-    pub body_cache_mb: usize,
-    /// Most points one answer may hold over all its series, bounded before any window is
-    /// computed (per group: its buckets times `ceil(window / step)`, at most the points of a
-    /// series); more answers 400 `limit_exceeded`.
-    pub max_answer_points: u64,
-    /// Most stored rows (batch view and speed layer, both parts of a ratio) a query may read
-    /// over its points' windows; more answers 400 `limit_exceeded` before anything is merged.
-    pub max_rows: usize,
+config_section! {
+    /// `serving-layer`: the HTTP API, its limits, caches, tokens and alerts.
+    pub struct ServingConfig {
+        /// A query taking longer than this answers 503 instead of hanging the client.
+        pub query_timeout: HumanDuration = HumanDuration::from_millis(5 * SECOND_MS),
+        /// Requests asking for more points than this per series answer 400.
+        pub max_points: i64 = 100_000,
+        /// How often the alert rules are evaluated.
+        pub alert_interval: HumanDuration = HumanDuration::from_millis(10 * SECOND_MS),
+        /// Called with a JSON POST on every alert transition (fired, resolved); retried with backoff.
+        pub webhook_url: Option<String> = None,
+        /// The Postgres URL every HTTP request reads through. Migration 0011 creates the role
+        /// `lambda_reader` for it (LOGIN, SELECT only, no password: set one with `ALTER ROLE`, or
+        /// rely on the server's host rules). Absent: `DATABASE_URL`. Sessions on it are read-only
+        /// either way. The serving layer's own writes (migrations, alert state, admin endpoints)
+        /// use `DATABASE_URL`.
+        pub database_url: Option<String> = None,
+        /// Bearer token the admin endpoints (`/v1/admin/...`) require. Absent: they are disabled
+        /// and answer 403, so an unconfigured server cannot be promoted or rolled back over HTTP.
+        pub admin_token: Option<String> = None,
+        /// Bearer token the read endpoints under `/v1/` require (the admin token is accepted too).
+        /// Absent: they are open. `/healthz`, `/readyz`, `/metrics` and `/openapi.json` stay open.
+        pub read_token: Option<String> = None,
+        /// Longest `[from, to)` a metric query may ask for; longer answers 400.
+        pub max_range: HumanDuration = HumanDuration::from_millis(31 * DAY_MS),
+        /// Most series (groups) one answer may hold; more answers 400.
+        pub max_groups: usize = 1_000,
+        /// Origins a browser may call the API from (CORS), e.g. `["https://dash.example.com"]`;
+        /// `["*"]` allows any. Empty: no CORS headers, so browsers allow only same-origin calls.
+        pub cors_allowed_origins: Vec<String> = Vec::new(),
+        /// Longest a cached query snapshot (T, version, speed rows) is reused. Changes are pushed
+        /// by Postgres notifications, which drop the cache at once; this bounds the staleness only
+        /// if the notification connection fails without the serving layer noticing. `0s`: no cache.
+        pub snapshot_cache_max_age: HumanDuration = HumanDuration::from_millis(5 * SECOND_MS),
+        /// Memory for the batch side of answers, already rendered as JSON, per promoted version
+        /// (least recently used evicted first). `0`: render every answer afresh.
+        pub answer_cache_mb: usize = 256,
+        /// Memory for cached query snapshots (T, version, speed rows) of the current state; beyond
+        /// it the cache starts over, and a larger snapshot is not kept.
+        pub snapshot_cache_mb: usize = 128,
+        /// Memory for whole cached answers (JSON, and their gzip form) of the current state; beyond
+        /// it the cache starts over, and a larger answer is not kept.
+        pub body_cache_mb: usize = 128,
+        /// Most points one answer may hold over all its series, bounded before any window is
+        /// computed (per group: its buckets times `ceil(window / step)`, at most the points of a
+        /// series); more answers 400 `limit_exceeded`.
+        pub max_answer_points: u64 = 2_000_000,
+        /// Most stored rows (batch view and speed layer, both parts of a ratio) a query may read
+        /// over its points' windows; more answers 400 `limit_exceeded` before anything is merged.
+        pub max_rows: usize = 5_000_000,
+    }
 }
 
-/// Change data capture of the `user_profiles` dimension (see `profiles`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CdcConfig {
-    /// The changelog topic: `cdc-publisher run` writes the table's changes to it, the speed
-    /// layer and the lander read them. Created by the publisher (one partition) if missing.
-    pub topic: String,
-    /// The publisher's logical replication slot (wal2json) in the database of `DATABASE_URL`.
-    /// Slot names are unique per Postgres cluster: two platforms sharing a cluster need two.
-    pub slot: String,
-    /// How often the publisher reads the slot when the last read found nothing.
-    pub poll_interval: HumanDuration,
-    /// The publisher reads whole transactions until at least this many changes are in hand.
-    pub batch_max_changes: usize,
-    /// Consumer group id under which the speed layer and the lander read the changelog (every
-    /// instance reads every partition; positions are kept in Postgres).
-    pub group_id: String,
+config_section! {
+    /// Change data capture of the `user_profiles` dimension (see `profiles`).
+    pub struct CdcConfig {
+        /// The changelog topic: `cdc-publisher run` writes the table's changes to it, the speed
+        /// layer and the lander read them. Created by the publisher (one partition) if missing.
+        pub topic: String = "user_profiles.cdc".into(),
+        /// The publisher's logical replication slot (wal2json) in the database of `DATABASE_URL`.
+        /// Slot names are unique per Postgres cluster: two platforms sharing a cluster need two.
+        pub slot: String = "platform_cdc".into(),
+        /// How often the publisher reads the slot when the last read found nothing.
+        pub poll_interval: HumanDuration = HumanDuration::from_millis(200),
+        /// The publisher reads whole transactions until at least this many changes are in hand.
+        pub batch_max_changes: usize = 1000,
+        /// Consumer group id under which the speed layer and the lander read the changelog (every
+        /// instance reads every partition; positions are kept in Postgres).
+        pub group_id: String = "profile-changelog".into(),
+    }
 }
 
-/// How long bad input is kept (CONTRACT §1): the consumers (`speed-layer run`, `batch-layer
-/// land`) delete what is past either bound, oldest first, and count what they deleted
-/// (`lambda_quarantine_dropped_total`). `speed-layer quarantine list|replay` reads what is kept.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct QuarantineConfig {
-    /// Quarantined messages older than this are deleted.
-    pub max_age: HumanDuration,
-    /// The quarantine's payloads and reasons together are kept under this many MiB; past it
-    /// the oldest messages are deleted first. `0`: no size bound.
-    pub max_mb: u64,
-    /// How often each consumer applies the two bounds.
-    pub retention_interval: HumanDuration,
-}
-
-impl Default for PlatformConfig {
-    fn default() -> Self {
-        PlatformConfig {
-            database_url: None,
-            kafka_brokers: "127.0.0.1:9092".into(),
-            events_topic: "events".into(),
-            lake_dir: PathBuf::from("./data/lake"),
-            listen_addr: "127.0.0.1:8080".into(),
-            max_event_skew: HumanDuration::from_millis(10 * MINUTE_MS),
-            database_max_connections: 8,
-            kafka_metadata_refresh: HumanDuration::from_millis(30 * SECOND_MS),
-            metrics_file: None,
-            log_format: LogFormat::Text,
-            speed: SpeedConfig {
-                group_id: "speed-layer".into(),
-                session_timeout: HumanDuration::from_millis(10 * SECOND_MS),
-                batch_max_events: 20_000,
-                batch_max_wait: HumanDuration::from_millis(200),
-                batch_max_bytes: 32 * 1024 * 1024,
-                commit_parallelism: 2,
-                retention_grace: HumanDuration::from_millis(10 * MINUTE_MS),
-                out_of_orderness: HumanDuration::from_millis(5 * SECOND_MS),
-                idle_timeout: HumanDuration::from_millis(30 * SECOND_MS),
-                metrics_addr: "127.0.0.1:9101".into(),
-                stall_timeout: HumanDuration::from_millis(30 * SECOND_MS),
-                liveness_interval: HumanDuration::from_millis(5 * SECOND_MS),
-            },
-            lander: LanderConfig {
-                group_id: "batch-lander".into(),
-                flush_max_events: 200_000,
-                flush_interval: HumanDuration::from_millis(5 * SECOND_MS),
-                flush_max_bytes: 128 * 1024 * 1024,
-                metrics_addr: "127.0.0.1:9102".into(),
-            },
-            batch: BatchConfig {
-                keep_versions: 5,
-                memory_limit_mb: None,
-                spill_dir: None,
-                chunk_hours: 24,
-                divergence_alert_ratio: 0.01,
-                metrics_addr: "127.0.0.1:9103".into(),
-                engine: "local".into(),
-                cron_timezone: "UTC".into(),
-            },
-            serving: ServingConfig {
-                query_timeout: HumanDuration::from_millis(5 * SECOND_MS),
-                max_points: 100_000,
-                alert_interval: HumanDuration::from_millis(10 * SECOND_MS),
-                webhook_url: None,
-                database_url: None,
-                admin_token: None,
-                read_token: None,
-                max_range: HumanDuration::from_millis(31 * DAY_MS),
-                max_groups: 1_000,
-                cors_allowed_origins: Vec::new(),
-                snapshot_cache_max_age: HumanDuration::from_millis(5 * SECOND_MS),
-                answer_cache_mb: 256,
-                snapshot_cache_mb: 128,
-                body_cache_mb: 128,
-                max_answer_points: 2_000_000,
-                max_rows: 5_000_000,
-            },
-            cdc: CdcConfig {
-                topic: "user_profiles.cdc".into(),
-                slot: "platform_cdc".into(),
-                poll_interval: HumanDuration::from_millis(200),
-                batch_max_changes: 1000,
-                group_id: "profile-changelog".into(),
-            },
-            quarantine: QuarantineConfig {
-                max_age: HumanDuration::from_millis(7 * DAY_MS),
-                max_mb: 1024,
-                retention_interval: HumanDuration::from_millis(MINUTE_MS),
-            },
-        }
+config_section! {
+    /// How long bad input is kept (CONTRACT §1): the consumers (`speed-layer run`, `batch-layer
+    /// land`) delete what is past either bound, oldest first, and count what they deleted
+    /// (`lambda_quarantine_dropped_total`). `speed-layer quarantine list|replay` reads what is kept.
+    pub struct QuarantineConfig {
+        /// Quarantined messages older than this are deleted.
+        pub max_age: HumanDuration = HumanDuration::from_millis(7 * DAY_MS),
+        /// The quarantine's payloads and reasons together are kept under this many MiB; past it
+        /// the oldest messages are deleted first. `0`: no size bound.
+        pub max_mb: u64 = 1024,
+        /// How often each consumer applies the two bounds.
+        pub retention_interval: HumanDuration = HumanDuration::from_millis(MINUTE_MS),
     }
 }
 

@@ -7,6 +7,7 @@ pub mod alerts;
 pub mod changelog;
 pub mod commit_guard;
 pub mod config;
+pub mod config_reference;
 pub mod coverage;
 pub mod cutover;
 pub mod db;
