@@ -13,23 +13,20 @@
 //! On the first start for a slot, the rows already in the table are published once as `op: r`
 //! (a snapshot), recorded in `cdc_snapshots`.
 
-use chrono::DateTime;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use serde::Deserialize;
 use shared_schema::config::PlatformConfig;
-use shared_schema::profiles::{
-    ChangeEnvelope, ChangeSource, ProfileRow, SOURCE_TABLE, format_lsn, parse_lsn,
-};
-use shared_schema::time::{Millis, format_rfc3339, now_millis};
+use shared_schema::profiles::ChangeEnvelope;
 use sqlx::PgPool;
 use std::future::Future;
 use std::time::Duration;
 
+mod changes;
 mod refusals;
+mod snapshot;
 
 /// `source.connector` of every envelope.
 pub const CONNECTOR: &str = "lambda-platform-cdc";
@@ -38,20 +35,49 @@ const SOURCE_SCHEMA: &str = "public";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CdcError {
-    #[error("Postgres: {0}")]
-    Sql(#[from] sqlx::Error),
-    #[error("Kafka: {0}")]
-    Kafka(#[from] KafkaError),
-    #[error("creating topic {0}: {1}")]
-    Topic(String, RDKafkaErrorCode),
-    #[error("the broker did not acknowledge a change: {0}")]
-    Delivery(KafkaError),
-    #[error("wal2json output {0:?}: {1}")]
-    Decode(String, String),
+    #[error("creating the producer for {brokers}: {source}")]
+    CreateProducer { brokers: String, source: KafkaError },
+    #[error("reading the name of the connected database: {0}")]
+    ReadDatabaseName(#[source] sqlx::Error),
+    #[error("creating topic {topic} on {brokers}: {source}")]
+    CreateTopic {
+        topic: String,
+        brokers: String,
+        source: KafkaError,
+    },
+    #[error("creating topic {topic}: {code}")]
+    TopicRefused {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
+    #[error("reading replication slot `{slot}`: {source}")]
+    ReadSlot { slot: String, source: sqlx::Error },
+    #[error("creating replication slot `{slot}`: {source}")]
+    CreateSlot { slot: String, source: sqlx::Error },
     #[error(
-        "slot `{0}` belongs to database `{1}`: give this database its own slot (PLATFORM_CDC__SLOT)"
+        "slot `{slot}` belongs to database `{database}`: give this database its own slot (PLATFORM_CDC__SLOT)"
     )]
-    ForeignSlot(String, String),
+    ForeignSlot { slot: String, database: String },
+    #[error("reading the initial snapshot for slot `{slot}`: {source}")]
+    ReadSnapshot { slot: String, source: sqlx::Error },
+    #[error("the confirmed position {text:?} of slot `{slot}` is not an LSN")]
+    SnapshotLsn { slot: String, text: String },
+    #[error("recording the initial snapshot of slot `{slot}`: {source}")]
+    RecordSnapshot { slot: String, source: sqlx::Error },
+    #[error("peeking at the changes of slot `{slot}`: {source}")]
+    PeekChanges { slot: String, source: sqlx::Error },
+    #[error("quarantining changes that cannot be published: {0}")]
+    RecordRefusals(#[source] sqlx::Error),
+    #[error("moving slot `{slot}` to {lsn}: {source}")]
+    AdvanceSlot {
+        slot: String,
+        lsn: String,
+        source: sqlx::Error,
+    },
+    #[error("encoding the change at LSN {lsn}: {source}")]
+    EncodeEnvelope { lsn: i64, source: serde_json::Error },
+    #[error("the broker did not acknowledge a change to {topic}: {source}")]
+    Deliver { topic: String, source: KafkaError },
 }
 
 pub struct Publisher {
@@ -59,36 +85,6 @@ pub struct Publisher {
     config: PlatformConfig,
     producer: FutureProducer,
     database: String,
-}
-
-/// One change of a wal2json `format-version` 2 row.
-#[derive(Debug, Deserialize)]
-struct Wal2JsonRow {
-    action: String,
-    timestamp: Option<String>,
-    lsn: Option<String>,
-    xid: Option<i64>,
-    table: Option<String>,
-    #[serde(default)]
-    columns: Vec<Column>,
-    #[serde(default)]
-    identity: Vec<Column>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Column {
-    name: String,
-    value: serde_json::Value,
-}
-
-/// Changes of complete transactions, and the slot position after them.
-#[derive(Debug, Default)]
-struct Read {
-    envelopes: Vec<ChangeEnvelope>,
-    /// Changes that cannot be published (see `refusals`): quarantined, then confirmed.
-    refused: Vec<crate::refusals::Refused>,
-    /// The end of the last complete transaction read: where the slot moves once published.
-    confirm: Option<String>,
 }
 
 impl Publisher {
@@ -99,10 +95,15 @@ impl Publisher {
             .set("acks", "all")
             .set("message.timeout.ms", "30000")
             .set("linger.ms", "5")
-            .create()?;
+            .create()
+            .map_err(|source| CdcError::CreateProducer {
+                brokers: config.kafka_brokers.clone(),
+                source,
+            })?;
         let database: String = sqlx::query_scalar("SELECT current_database()")
             .fetch_one(&pool)
-            .await?;
+            .await
+            .map_err(CdcError::ReadDatabaseName)?;
         Ok(Publisher {
             pool,
             config,
@@ -139,20 +140,28 @@ impl Publisher {
     }
 
     async fn ensure_topic(&self) -> Result<(), CdcError> {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &self.config.kafka_brokers)
-            .create()?;
         let topic = &self.config.cdc.topic;
+        let brokers = &self.config.kafka_brokers;
+        let failed = |source| CdcError::CreateTopic {
+            topic: topic.clone(),
+            brokers: brokers.clone(),
+            source,
+        };
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .create()
+            .map_err(failed)?;
         let results = admin
             .create_topics(
                 &[NewTopic::new(topic, 1, TopicReplication::Fixed(1))],
                 &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
             )
-            .await?;
+            .await
+            .map_err(failed)?;
         for result in results {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((name, code)) => return Err(CdcError::Topic(name, code)),
+                Err((topic, code)) => return Err(CdcError::TopicRefused { topic, code }),
             }
         }
         Ok(())
@@ -165,83 +174,32 @@ impl Publisher {
         )
         .bind(slot)
         .fetch_optional(&self.pool)
-        .await?;
+        .await
+        .map_err(|source| CdcError::ReadSlot {
+            slot: slot.clone(),
+            source,
+        })?;
         match existing {
             Some(Some(database)) if database == self.database => Ok(()),
-            Some(other) => Err(CdcError::ForeignSlot(
-                slot.clone(),
-                other.unwrap_or_default(),
-            )),
+            Some(other) => Err(CdcError::ForeignSlot {
+                slot: slot.clone(),
+                database: other.unwrap_or_default(),
+            }),
             None => {
                 let lsn: String = sqlx::query_scalar(
                     "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'wal2json')",
                 )
                 .bind(slot)
                 .fetch_one(&self.pool)
-                .await?;
+                .await
+                .map_err(|source| CdcError::CreateSlot {
+                    slot: slot.clone(),
+                    source,
+                })?;
                 tracing::info!(slot, lsn, "created the replication slot");
                 Ok(())
             }
         }
-    }
-
-    /// Publishes the table's rows as they are, once per slot: what the slot cannot replay
-    /// because it was written before the slot existed.
-    async fn snapshot_once(&self) -> Result<(), CdcError> {
-        let slot = &self.config.cdc.slot;
-        let done: Option<i64> =
-            sqlx::query_scalar("SELECT rows FROM cdc_snapshots WHERE slot = $1")
-                .bind(slot)
-                .fetch_optional(&self.pool)
-                .await?;
-        if done.is_some() {
-            return Ok(());
-        }
-        // Every row read here was committed at or before this LSN; a change streamed after it
-        // has a greater one and wins where both describe the same version.
-        let lsn_text: String = sqlx::query_scalar(
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-        )
-        .bind(slot)
-        .fetch_one(&self.pool)
-        .await?;
-        let lsn = parse_lsn(&lsn_text)
-            .ok_or_else(|| CdcError::Decode(lsn_text.clone(), "not an LSN".into()))?;
-        let rows: Vec<(String, String, Option<String>, DateTime<chrono::Utc>)> = sqlx::query_as(
-            "SELECT user_id, tier, signup_country, updated_at FROM user_profiles ORDER BY user_id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        let now = now_millis();
-        let envelopes: Vec<ChangeEnvelope> = rows
-            .iter()
-            .map(|(user_id, tier, country, updated_at)| ChangeEnvelope {
-                before: None,
-                after: Some(ProfileRow::new(
-                    user_id,
-                    tier,
-                    country.as_deref(),
-                    updated_at.timestamp_millis(),
-                )),
-                op: "r".into(),
-                ts_ms: now,
-                source: self.source(lsn, None, now, true),
-            })
-            .collect();
-        let unsendable = self.send_all(&envelopes).await?;
-        crate::refusals::record(&self.pool, &unsendable).await?;
-        sqlx::query("INSERT INTO cdc_snapshots (slot, lsn, rows) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-            .bind(slot)
-            .bind(lsn)
-            .bind(envelopes.len() as i64)
-            .execute(&self.pool)
-            .await?;
-        tracing::info!(
-            rows = envelopes.len(),
-            lsn = lsn_text,
-            "published the initial snapshot"
-        );
-        Ok(())
     }
 
     /// Reads whole transactions from the slot, publishes their changes, waits for the broker,
@@ -251,116 +209,23 @@ impl Publisher {
         let unsendable = self.send_all(&read.envelopes).await?;
         read.refused.extend(unsendable);
         // Kept before the slot moves past them, so a refused change is never lost silently.
-        crate::refusals::record(&self.pool, &read.refused).await?;
+        refusals::record(&self.pool, &read.refused)
+            .await
+            .map_err(CdcError::RecordRefusals)?;
         if let Some(confirm) = &read.confirm {
             sqlx::query("SELECT pg_replication_slot_advance($1, $2::pg_lsn)")
                 .bind(&self.config.cdc.slot)
                 .bind(confirm)
                 .execute(&self.pool)
-                .await?;
+                .await
+                .map_err(|source| CdcError::AdvanceSlot {
+                    slot: self.config.cdc.slot.clone(),
+                    lsn: confirm.clone(),
+                    source,
+                })?;
             tracing::info!(changes = read.envelopes.len(), confirmed = %confirm, "published and confirmed");
         }
         Ok(read.envelopes.len())
-    }
-
-    async fn read_changes(&self) -> Result<Read, CdcError> {
-        let table = format!("{SOURCE_SCHEMA}.{SOURCE_TABLE}");
-        let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT lsn::text, data FROM pg_logical_slot_peek_changes($1, NULL, $2,
-                 'format-version', '2', 'include-timestamp', '1', 'include-lsn', '1',
-                 'include-xids', '1', 'include-types', '0', 'add-tables', $3)",
-        )
-        .bind(&self.config.cdc.slot)
-        .bind(i32::try_from(self.config.cdc.batch_max_changes).unwrap_or(i32::MAX))
-        .bind(&table)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut read = Read::default();
-        let (mut pending, mut pending_refused) = (Vec::new(), Vec::new());
-        let mut xid = None;
-        for (row_lsn, data) in rows {
-            // A change that cannot be made an envelope is quarantined, never retried forever.
-            let refuse = |reason: String| crate::refusals::Refused::new(&row_lsn, &data, reason);
-            let row: Wal2JsonRow = match serde_json::from_str(&data) {
-                Ok(row) => row,
-                Err(e) => {
-                    pending_refused.push(refuse(format!("wal2json output: {e}")));
-                    continue;
-                }
-            };
-            match row.action.as_str() {
-                "B" => xid = row.xid,
-                "C" => {
-                    read.envelopes.append(&mut pending);
-                    read.refused.append(&mut pending_refused);
-                    read.confirm = Some(row_lsn);
-                }
-                "I" | "U" | "D" if row.table.as_deref() == Some(SOURCE_TABLE) => {
-                    match self.envelope(&row, xid) {
-                        Ok(envelope) => pending.push(envelope),
-                        Err(e) => pending_refused.push(refuse(e)),
-                    }
-                }
-                // Messages, truncates and other tables carry no profile version.
-                _ => {}
-            }
-        }
-        Ok(read)
-    }
-
-    fn envelope(&self, row: &Wal2JsonRow, xid: Option<i64>) -> Result<ChangeEnvelope, String> {
-        let lsn_text = row.lsn.as_deref().ok_or("no lsn")?;
-        let lsn = parse_lsn(lsn_text).ok_or("bad lsn")?;
-        let committed = row
-            .timestamp
-            .as_deref()
-            .map(parse_pg_time)
-            .transpose()?
-            .unwrap_or_else(now_millis);
-        let image = |columns: &[Column]| -> Result<Option<ProfileRow>, String> {
-            if columns.is_empty() {
-                return Ok(None);
-            }
-            let text = |name: &str| -> Option<String> {
-                columns
-                    .iter()
-                    .find(|c| c.name == name)
-                    .and_then(|c| c.value.as_str().map(str::to_string))
-            };
-            let updated_at = parse_pg_time(&text("updated_at").ok_or("no updated_at")?)?;
-            Ok(Some(ProfileRow {
-                user_id: text("user_id").ok_or("no user_id")?,
-                tier: text("tier").ok_or("no tier")?,
-                signup_country: text("signup_country"),
-                updated_at: format_rfc3339(updated_at),
-            }))
-        };
-        let (op, before, after) = match row.action.as_str() {
-            "I" => ("c", None, image(&row.columns)?),
-            "U" => ("u", image(&row.identity)?, image(&row.columns)?),
-            _ => ("d", image(&row.identity)?, None),
-        };
-        Ok(ChangeEnvelope {
-            before,
-            after,
-            op: op.into(),
-            ts_ms: now_millis(),
-            source: self.source(lsn, xid, committed, false),
-        })
-    }
-
-    fn source(&self, lsn: i64, tx_id: Option<i64>, ts_ms: Millis, snapshot: bool) -> ChangeSource {
-        ChangeSource {
-            connector: CONNECTOR.into(),
-            db: self.database.clone(),
-            schema: SOURCE_SCHEMA.into(),
-            table: SOURCE_TABLE.into(),
-            lsn,
-            lsn_text: format_lsn(lsn),
-            tx_id,
-            ts_ms,
-            snapshot,
-        }
     }
 
     /// Sends every envelope keyed by its user and waits for the broker to acknowledge all of
@@ -370,7 +235,7 @@ impl Publisher {
     async fn send_all(
         &self,
         envelopes: &[ChangeEnvelope],
-    ) -> Result<Vec<crate::refusals::Refused>, CdcError> {
+    ) -> Result<Vec<refusals::Refused>, CdcError> {
         let mut deliveries = Vec::with_capacity(envelopes.len());
         for envelope in envelopes {
             let key = envelope
@@ -379,8 +244,11 @@ impl Publisher {
                 .or(envelope.before.as_ref())
                 .map(|row| row.user_id.clone())
                 .unwrap_or_default();
-            let payload = serde_json::to_vec(envelope)
-                .map_err(|e| CdcError::Decode(format!("{envelope:?}"), e.to_string()))?;
+            let payload =
+                serde_json::to_vec(envelope).map_err(|source| CdcError::EncodeEnvelope {
+                    lsn: envelope.source.lsn,
+                    source,
+                })?;
             let producer = self.producer.clone();
             let topic = self.config.cdc.topic.clone();
             deliveries.push(async move {
@@ -392,34 +260,14 @@ impl Publisher {
                     .await;
                 match sent {
                     Ok(_) => Ok(None),
-                    Err((e, _)) if crate::refusals::refused_for_content(&e) => Ok(Some(
-                        crate::refusals::Refused::unsendable(envelope, payload, &e),
-                    )),
-                    Err((e, _)) => Err(CdcError::Delivery(e)),
+                    Err((e, _)) if refusals::refused_for_content(&e) => {
+                        Ok(Some(refusals::Refused::unsendable(envelope, payload, &e)))
+                    }
+                    Err((source, _)) => Err(CdcError::Deliver { topic, source }),
                 }
             });
         }
         let sent = futures::future::try_join_all(deliveries).await?;
         Ok(sent.into_iter().flatten().collect())
-    }
-}
-
-/// Postgres's text form of a `timestamptz` (`2026-11-22 05:18:10.141435+00`) in epoch ms.
-fn parse_pg_time(text: &str) -> Result<Millis, String> {
-    DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z")
-        .map(|t| t.timestamp_millis())
-        .map_err(|e| format!("timestamp {text:?}: {e}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn postgres_times_parse() {
-        assert_eq!(parse_pg_time("1970-01-01 00:00:01.5+00"), Ok(1_500));
-        assert_eq!(parse_pg_time("1970-01-01 01:00:00+01"), Ok(0));
-        assert_eq!(parse_pg_time("1970-01-01 00:00:00+05:30"), Ok(-19_800_000));
-        assert!(parse_pg_time("yesterday").is_err());
     }
 }

@@ -4,7 +4,7 @@
 use crate::kafka::PartitionPosition;
 use crate::time::to_datetime;
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{Postgres, Transaction};
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,14 +45,16 @@ impl PositionTable {
     }
 }
 
-pub async fn load_positions(
-    pool: &PgPool,
+/// The stored position of every partition of `topic`; on a pool, or on a transaction's
+/// connection to read them consistently with other state.
+pub async fn load_positions<'c>(
+    executor: impl sqlx::PgExecutor<'c>,
     table: PositionTable,
     topic: &str,
 ) -> Result<BTreeMap<i32, PartitionPosition>, sqlx::Error> {
     let rows: Vec<(i32, i64, Option<DateTime<Utc>>, bool)> = sqlx::query_as(table.select())
         .bind(topic)
-        .fetch_all(pool)
+        .fetch_all(executor)
         .await?;
     Ok(rows
         .into_iter()

@@ -1,10 +1,11 @@
-//! Reading the speed layer's state back: its partials and how far back it covers. The serving
-//! layer answers from it, and the batch layer compares a new view with it (divergence); both
-//! read it through here, so both see the same rows and the same coverage.
+//! Reading the speed layer's state back: its partials, how far back it covers and how far it
+//! has read. The serving layer answers from it, and the batch layer compares a new view with it
+//! (divergence); both read it through here, so both see the same rows and the same coverage.
 
 use crate::event::AMOUNT_SCALE;
 use crate::hll::{Hll, SketchError};
 use crate::metrics::Partial;
+use crate::positions::{PositionTable, load_positions};
 use crate::query::BucketRow;
 use crate::time::{Millis, to_datetime};
 use chrono::{DateTime, Utc};
@@ -82,6 +83,48 @@ pub async fn read_covered_from(
     Ok(match coverage {
         Some(from) => from.map(|t| t.timestamp_millis()),
         None => Some(Millis::MAX),
+    })
+}
+
+/// How far the speed layer's state reaches on `topic`, for comparing it with a batch view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpeedExtent {
+    /// The first bucket it holds before the bound asked for, if one was asked for and any.
+    pub first_bucket: Option<Millis>,
+    /// From when it is complete ([`read_covered_from`]).
+    pub covered_from: Option<Millis>,
+    /// Per partition it has read: the newest event time and whether it reached the end.
+    pub partitions: Vec<(i32, Option<Millis>, bool)>,
+}
+
+/// The speed state's extent on `topic`, with its first bucket before `first_bucket_before`
+/// when given (a scan, so only when needed). Call it inside the transaction that reads the rows
+/// (retention removes rows and raises the coverage in one transaction, so they all agree).
+pub async fn read_extent(
+    connection: &mut PgConnection,
+    topic: &str,
+    first_bucket_before: Option<Millis>,
+) -> Result<SpeedExtent, sqlx::Error> {
+    let first_bucket: Option<DateTime<Utc>> = match first_bucket_before {
+        Some(before) => {
+            sqlx::query_scalar(
+                "SELECT min(bucket_start) FROM speed_aggregates WHERE bucket_start < $1",
+            )
+            .bind(to_datetime(before))
+            .fetch_one(&mut *connection)
+            .await?
+        }
+        None => None,
+    };
+    let covered_from = read_covered_from(connection, topic).await?;
+    let positions = load_positions(&mut *connection, PositionTable::Speed, topic).await?;
+    Ok(SpeedExtent {
+        first_bucket: first_bucket.map(|t| t.timestamp_millis()),
+        covered_from,
+        partitions: positions
+            .into_iter()
+            .map(|(p, position)| (p, position.max_event_time, position.caught_up))
+            .collect(),
     })
 }
 

@@ -21,6 +21,7 @@ const POSTGRES_AWAY: &str = "Postgres refuses or drops the speed layer's batch c
 
 impl SpeedLayer {
     /// Commits `batch`, quarantining what Postgres refuses; returns once it committed.
+    /// Postgres being away must not lose the batch: it is retried, with backoff, until then.
     pub(crate) async fn commit_guarded(
         &self,
         topic: &str,
@@ -37,13 +38,13 @@ impl SpeedLayer {
                 .write_batch(topic, current, watermark, progress, true)
                 .await
             {
-                Ok(()) => {
+                Ok(_) => {
                     HEALTH.succeeded();
                     return;
                 }
                 Err(e) => e,
             };
-            match classify_sql(&error) {
+            match classify_sql(&error.source) {
                 Failure::Infrastructure(e) => {
                     HEALTH.infrastructure_failed(POSTGRES_AWAY, &e);
                     backoff.sleep().await;
@@ -93,7 +94,8 @@ impl SpeedLayer {
             async move {
                 self.write_batch(topic, &trial, watermark, &[], false)
                     .await
-                    .map_err(|e| classify_sql(&e))
+                    .map(drop)
+                    .map_err(|e| classify_sql(&e.source))
             }
         })
         .instrument(span)

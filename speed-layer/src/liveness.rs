@@ -34,10 +34,12 @@ const END_OFFSET_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LivenessError {
-    #[error("recording partition liveness: {0}")]
-    Db(#[from] sqlx::Error),
-    #[error("asking the broker for end offsets: {0}")]
-    Source(#[from] SourceError),
+    #[error("asking the broker for the end offsets of {topic}: {source}")]
+    EndOffsets { topic: String, source: SourceError },
+    #[error("recording the liveness of {topic}'s partitions: {source}")]
+    Record { topic: String, source: sqlx::Error },
+    #[error("joining the group for {topic} again: {source}")]
+    Rejoin { topic: String, source: SourceError },
 }
 
 /// What `/readyz` reports: the partitions this instance owns and those no one consumes.
@@ -176,16 +178,33 @@ impl Watchdog {
     }
 
     async fn check(&mut self, source: &mut EventSource) -> Result<(), LivenessError> {
-        let ends = source.end_offsets(END_OFFSET_TIMEOUT)?;
-        let stored = load_positions(&self.pool, PositionTable::Speed, &self.topic).await?;
+        let topic = &self.topic;
+        let recording = |source| LivenessError::Record {
+            topic: topic.clone(),
+            source,
+        };
+        let ends =
+            source
+                .end_offsets(END_OFFSET_TIMEOUT)
+                .map_err(|source| LivenessError::EndOffsets {
+                    topic: topic.clone(),
+                    source,
+                })?;
+        let stored = load_positions(&self.pool, PositionTable::Speed, topic)
+            .await
+            .map_err(recording)?;
         let speed: BTreeMap<i32, i64> = stored
             .iter()
             .map(|(p, pos)| (*p, pos.next_offset))
             .collect();
-        record(&self.pool, &self.topic, &ends, &speed).await?;
-        shared_schema::coverage::prune_landed(&self.pool, &self.topic).await;
-        let mut connection = self.pool.acquire().await?;
-        let (evidence, now) = liveness::read_evidence(&mut connection, &self.topic).await?;
+        record(&self.pool, topic, &ends, &speed)
+            .await
+            .map_err(recording)?;
+        shared_schema::coverage::prune_landed(&self.pool, topic).await;
+        let mut connection = self.pool.acquire().await.map_err(recording)?;
+        let (evidence, now) = liveness::read_evidence(&mut connection, topic)
+            .await
+            .map_err(recording)?;
         drop(connection);
         let stall_ms = Millis::try_from(self.stall_timeout.as_millis()).unwrap_or(Millis::MAX);
         let stalled = liveness::stalled_partitions(&evidence, now, stall_ms);
@@ -213,7 +232,12 @@ impl Watchdog {
                 positions = %describe(&evidence, &orphaned),
                 "partitions have had no live consumer for the stall timeout; joining the group again as a new member"
             );
-            source.rejoin_group()?;
+            source
+                .rejoin_group()
+                .map_err(|source| LivenessError::Rejoin {
+                    topic: topic.clone(),
+                    source,
+                })?;
         }
         Ok(())
     }

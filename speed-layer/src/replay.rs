@@ -11,8 +11,10 @@
 //! locks the live tables, so no live batch commits half in the old tables and half in the new.
 
 use crate::{SpeedError, SpeedLayer};
-use shared_schema::config::PlatformConfig;
-use shared_schema::kafka::{EventSource, PartitionPosition, ReplayStart, replay_positions};
+use shared_schema::config::{ConfigError, PlatformConfig};
+use shared_schema::kafka::{
+    EventSource, PartitionPosition, ReplayStart, SourceError, replay_positions,
+};
 use shared_schema::metrics::MetricCatalog;
 use shared_schema::time::to_datetime;
 use sqlx::postgres::PgPoolOptions;
@@ -37,6 +39,20 @@ const SPEED_TABLES: [&str; 7] = [
     "speed_offsets",
     "speed_coverage",
 ];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("preparing the replay's tables in schema {REPLAY_SCHEMA}: {0}")]
+    PrepareSchema(#[source] sqlx::Error),
+    #[error("connecting the replay to Postgres: {0}")]
+    DatabaseUrl(#[from] ConfigError),
+    #[error("connecting the replay to Postgres: {0}")]
+    Connect(#[source] sqlx::Error),
+    #[error("finding where to replay {topic} from: {source}")]
+    StartPositions { topic: String, source: SourceError },
+    #[error("reading {topic} to replay it: {source}")]
+    ConnectSource { topic: String, source: SourceError },
+}
 
 /// A token bucket: `rate` tokens a second, at most one second of them saved up.
 #[derive(Debug)]
@@ -104,19 +120,16 @@ impl Replay {
 
     /// Swaps the replayed tables in if every partition was read to its end and none is behind
     /// the live offsets; otherwise leaves everything as it is and returns false.
-    pub(crate) async fn try_swap(
-        &mut self,
-        positions: &BTreeMap<i32, PartitionPosition>,
-    ) -> Result<bool, SpeedError> {
+    pub(crate) async fn try_swap(&mut self, positions: &BTreeMap<i32, PartitionPosition>) -> bool {
         if positions.is_empty() || !positions.values().all(|p| p.caught_up) {
-            return Ok(false);
+            return false;
         }
         match swap(&self.live, &self.topic).await {
-            Ok(swapped) => Ok(swapped),
+            Ok(swapped) => swapped,
             // A lock timeout or a deadlock with a live batch: try again after the next batch.
             Err(e) => {
                 tracing::warn!(error = %e, "swap failed; will retry");
-                Ok(false)
+                false
             }
         }
     }
@@ -142,9 +155,16 @@ pub async fn replay(
 ) -> Result<ReplayOutcome, SpeedError> {
     let started = Instant::now();
     let topic = config.events_topic.clone();
-    prepare_schema(&live, &topic, start).await?;
+    prepare_schema(&live, &topic, start)
+        .await
+        .map_err(ReplayError::PrepareSchema)?;
     let pool = replay_pool(&config).await?;
-    let positions = replay_positions(&config.kafka_brokers, &topic, start).await?;
+    let positions = replay_positions(&config.kafka_brokers, &topic, start)
+        .await
+        .map_err(|source| ReplayError::StartPositions {
+            topic: topic.clone(),
+            source,
+        })?;
     tracing::info!(
         ?start,
         ?max_rate,
@@ -159,7 +179,11 @@ pub async fn replay(
         config.max_event_skew.millis(),
         config.kafka_metadata_refresh.as_std(),
     )
-    .await?;
+    .await
+    .map_err(|source| ReplayError::ConnectSource {
+        topic: topic.clone(),
+        source,
+    })?;
     let mut control = Replay {
         live,
         topic,
@@ -178,7 +202,7 @@ pub async fn replay(
 }
 
 /// A fresh, empty copy of the speed tables in [`REPLAY_SCHEMA`]; a killed replay's is dropped.
-async fn prepare_schema(live: &PgPool, topic: &str, start: ReplayStart) -> Result<(), SpeedError> {
+async fn prepare_schema(live: &PgPool, topic: &str, start: ReplayStart) -> Result<(), sqlx::Error> {
     let mut tx = live.begin().await?;
     tx.execute(
         format!("DROP SCHEMA IF EXISTS {REPLAY_SCHEMA} CASCADE; CREATE SCHEMA {REPLAY_SCHEMA}")
@@ -210,7 +234,7 @@ async fn prepare_schema(live: &PgPool, topic: &str, start: ReplayStart) -> Resul
 }
 
 /// Connections whose unqualified speed tables are the replay's; every other table is shared.
-async fn replay_pool(config: &PlatformConfig) -> Result<PgPool, SpeedError> {
+async fn replay_pool(config: &PlatformConfig) -> Result<PgPool, ReplayError> {
     let pool = PgPoolOptions::new()
         .max_connections(config.database_max_connections)
         .after_connect(|connection, _| {
@@ -222,7 +246,8 @@ async fn replay_pool(config: &PlatformConfig) -> Result<PgPool, SpeedError> {
             })
         })
         .connect(config.database_url()?)
-        .await?;
+        .await
+        .map_err(ReplayError::Connect)?;
     Ok(pool)
 }
 

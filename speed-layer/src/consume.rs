@@ -1,0 +1,192 @@
+//! The consume loop of `speed-layer run` and `replay`: poll a batch, enrich it with profiles,
+//! advance the event clock, commit it partition group by partition group, and between batches
+//! check the promoted definitions and apply retention.
+
+use crate::event_clock::EventClock;
+use crate::{CONSUMER_NAME, SERVICE, SpeedError, SpeedLayer, liveness, profiles, replay};
+use shared_schema::kafka::{EventSource, PartitionPosition};
+use shared_schema::observe;
+use shared_schema::positions::{PositionTable, load_positions};
+use shared_schema::registry::{self, RegistryError};
+use shared_schema::time::Millis;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+/// How often state already covered by a promoted batch view is deleted.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl SpeedLayer {
+    /// Consumes until `shutdown` resolves. A batch in flight at shutdown is not committed; the
+    /// next start reads it again.
+    pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), SpeedError> {
+        let topic = self.config.events_topic.clone();
+        sqlx::query("INSERT INTO speed_coverage (topic, covered_from) VALUES ($1, NULL) ON CONFLICT DO NOTHING")
+            .bind(&topic)
+            .execute(&self.pool)
+            .await
+            .map_err(|source| SpeedError::RegisterCoverage {
+                topic: topic.clone(),
+                source,
+            })?;
+        let stored = load_positions(&self.pool, PositionTable::Speed, &topic)
+            .await
+            .map_err(|source| SpeedError::LoadPositions {
+                topic: topic.clone(),
+                source,
+            })?;
+        observe::consumer().start(CONSUMER_NAME);
+        for (_, metric) in self.catalog.stored() {
+            observe::speed().count_late(&metric.name, 0);
+        }
+        let source = EventSource::connect_group(
+            &self.config.kafka_brokers,
+            &self.config.speed.group_id,
+            self.config.speed.session_timeout.as_std(),
+            &topic,
+            self.pool.clone(),
+            PositionTable::Speed,
+            self.config.max_event_skew.millis(),
+            self.config.kafka_metadata_refresh.as_std(),
+        )
+        .await
+        .map_err(|source| SpeedError::ConnectSource {
+            topic: topic.clone(),
+            source,
+        })?;
+        self.consume(source, &stored, shutdown, None).await?;
+        Ok(())
+    }
+
+    /// The consume loop of `run` and `replay`. With a `replay`, each batch first waits for the
+    /// rate limit, and the loop ends, returning true, once the replay has swapped in.
+    pub(crate) async fn consume(
+        &self,
+        mut source: EventSource,
+        stored: &BTreeMap<i32, PartitionPosition>,
+        shutdown: impl Future<Output = ()>,
+        mut replay: Option<&mut replay::Replay>,
+    ) -> Result<bool, SpeedError> {
+        let topic = self.config.events_topic.clone();
+        source.set_max_batch_bytes(self.config.speed.batch_max_bytes);
+        let mut clock = EventClock::new(stored, &self.config);
+        let definitions = self.catalog.canonical();
+        // Follows the profile changelog while this loop runs (the guard stops it on return).
+        let _follower = if self.catalog.needs_profiles() {
+            let history = profiles::load(&self.pool)
+                .await
+                .map_err(SpeedError::LoadProfiles)?;
+            tracing::info!(versions = history.len(), "loaded the profile changelog");
+            *self.profiles.write().unwrap_or_else(|e| e.into_inner()) = history;
+            Some(AbortOnDrop(tokio::spawn(profiles::follow(
+                self.pool.clone(),
+                self.config.clone(),
+                self.profiles.clone(),
+            ))))
+        } else {
+            None
+        };
+        tokio::pin!(shutdown);
+        let mut last_retention: Option<tokio::time::Instant> = None;
+        let max_events = match &replay {
+            Some(replay) => replay.max_batch(self.config.speed.batch_max_events),
+            None => self.config.speed.batch_max_events,
+        };
+        // A replay reads every partition itself; only the group needs watching.
+        let mut watchdog = replay.is_none().then(|| {
+            liveness::Watchdog::new(
+                self.pool.clone(),
+                &topic,
+                (
+                    self.config.speed.liveness_interval.as_std(),
+                    self.config.speed.stall_timeout.as_std(),
+                    self.config.speed.session_timeout.as_std(),
+                ),
+                self.readiness.clone(),
+            )
+        });
+        loop {
+            if let Some(watchdog) = watchdog.as_mut() {
+                watchdog.tick(&mut source).await;
+            }
+            // Retention runs between batches, never by interrupting one.
+            if last_retention.is_none_or(|at| at.elapsed() >= RETENTION_INTERVAL) {
+                // A view computed with other definitions was promoted while this instance ran:
+                // what it folds from now on would mean something else than the view, so it
+                // stops, and a restart with these definitions is refused, naming them.
+                match registry::check_promoted(&self.pool, SERVICE, &definitions).await {
+                    Ok(()) => {}
+                    Err(RegistryError::DefinitionsDiffer(differ)) => return Err(differ.into()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not check the promoted view's definitions; will retry")
+                    }
+                }
+                if let Err(e) = self.apply_retention().await {
+                    tracing::warn!(error = %e, "retention failed; will retry");
+                }
+                last_retention = Some(tokio::time::Instant::now());
+            }
+            let mut batch = tokio::select! {
+                _ = &mut shutdown => {
+                    tracing::info!("shutting down");
+                    source.close();
+                    return Ok(false);
+                }
+                batch = source.next_batch(max_events, self.config.speed.batch_max_wait.as_std()) => {
+                    batch.map_err(|source| SpeedError::ReadBatch { topic: topic.clone(), source })?
+                }
+            };
+            observe::consumer().record_batch(CONSUMER_NAME, &batch, &source.lag());
+            if self.catalog.needs_profiles() {
+                let history = self.profiles.read().unwrap_or_else(|e| e.into_inner());
+                profiles::enrich(&history, &mut batch.events);
+            }
+            if let Some(replay) = replay.as_deref_mut() {
+                replay.throttle(batch.events.len() + batch.bad.len()).await;
+            }
+            // Lateness is judged against the watermark before this batch, which a restart
+            // recomputes from the stored positions.
+            let watermark = clock.watermark();
+            clock.observe(&batch);
+            observe::speed().set_watermark(&topic, clock.watermark());
+            let positions = batch.positions.clone();
+            if batch.advanced {
+                let progress = clock.partition_watermarks(&batch);
+                let commits = batch
+                    .split_by_partition(self.config.speed.commit_parallelism)
+                    .into_iter()
+                    .map(|part| {
+                        // Each transaction updates only its own partitions' rows, so two never
+                        // wait on each other's. Postgres being away must not lose the batch:
+                        // it is retried until it commits, and a message Postgres refuses is
+                        // quarantined instead (see `guarded_commit`).
+                        let progress: Vec<(i32, Option<Millis>)> = progress
+                            .iter()
+                            .filter(|(p, _)| part.positions.contains_key(p))
+                            .copied()
+                            .collect();
+                        let topic = &topic;
+                        async move {
+                            self.commit_guarded(topic, &part, watermark, &progress)
+                                .await
+                        }
+                    });
+                futures::future::join_all(commits).await;
+            }
+            if let Some(replay) = replay.as_deref_mut()
+                && replay.try_swap(&positions).await
+            {
+                return Ok(true);
+            }
+        }
+    }
+}

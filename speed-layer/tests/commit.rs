@@ -1,0 +1,332 @@
+//! The speed layer's batch transaction (`SpeedLayer::commit_batch`) against the real test
+//! Postgres, without a broker or a binary: what one batch stores (claims, partials, offsets,
+//! watermarks, bad messages, late events, session starts), and that a batch committed again,
+//! or by two owners at once, is counted once.
+
+mod common;
+
+use common::*;
+use shared_schema::quarantine::BadMessage;
+use speed_layer::Committed;
+
+#[tokio::test]
+async fn a_batch_stores_its_partials_claims_and_offsets_in_one_commit() {
+    let (db, layer) = speed_layer("speed_commit_one").await;
+    let batch = batch(vec![
+        (0, 10, purchase("a", T0 + 1_000, "u1", "DE", 2_500_000)),
+        (0, 11, purchase("b", T0 + 2_000, "u2", "DE", 1_000_000)),
+        (1, 40, purchase("c", T0 + M + 5, "u3", "FR", 7_000_000)),
+    ]);
+    let progress = [(0, Some(T0)), (1, None)];
+
+    let committed = layer
+        .commit_batch(TOPIC, &batch, None, &progress)
+        .await
+        .expect("the batch commits");
+
+    assert_eq!(
+        committed,
+        Committed {
+            claimed: 3,
+            duplicates: 0
+        }
+    );
+    // One row per bucket, dimensions and Kafka partition.
+    assert_eq!(
+        aggregates(&db.pool, "purchases").await,
+        vec![
+            (T0, country("DE"), 0, 2, 3_500_000),
+            (T0 + M, country("FR"), 1, 1, 7_000_000),
+        ]
+    );
+    assert_eq!(
+        aggregates(&db.pool, "revenue").await,
+        vec![
+            (T0, country("DE"), 0, 2, 3_500_000),
+            (T0 + M, country("FR"), 1, 1, 7_000_000),
+        ]
+    );
+    // The next offset of each partition, and each partition's share of the watermark.
+    assert_eq!(
+        offsets(&db.pool).await,
+        vec![(0, 12, Some(T0)), (1, 41, None)]
+    );
+    assert_eq!(
+        count(&db.pool, "SELECT count(*) FROM speed_dedupe").await,
+        3
+    );
+    // The distinct count keeps a sketch per row: 2 users in the first minute, 1 in the second.
+    let sketched: Vec<(i64, bool)> = sqlx::query_as(
+        "SELECT event_count, sketch IS NOT NULL FROM speed_aggregates
+         WHERE metric = 'active_users' ORDER BY bucket_start",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("reading active_users");
+    assert_eq!(sketched, vec![(2, true), (1, true)]);
+}
+
+#[tokio::test]
+async fn a_batch_replayed_after_its_commit_is_not_counted_twice() {
+    let (db, layer) = speed_layer("speed_commit_replay").await;
+    let batch = batch(vec![
+        (0, 0, purchase("a", T0, "u1", "DE", 1_000_000)),
+        (0, 1, purchase("b", T0 + 1, "u2", "DE", 1_000_000)),
+    ]);
+    layer
+        .commit_batch(TOPIC, &batch, None, &[])
+        .await
+        .expect("the first commit");
+    let before = aggregates(&db.pool, "revenue").await;
+
+    // A restart that read the batch again before its offsets were seen commits it again.
+    let again = layer
+        .commit_batch(TOPIC, &batch, None, &[])
+        .await
+        .expect("the second commit");
+
+    assert_eq!(
+        again,
+        Committed {
+            claimed: 0,
+            duplicates: 2
+        }
+    );
+    assert_eq!(before, vec![(T0, country("DE"), 0, 2, 2_000_000)]);
+    assert_eq!(aggregates(&db.pool, "revenue").await, before);
+    assert_eq!(
+        count(&db.pool, "SELECT count(*) FROM speed_dedupe").await,
+        2
+    );
+    assert_eq!(offsets(&db.pool).await, vec![(0, 2, None)]);
+}
+
+#[tokio::test]
+async fn a_copy_inside_one_batch_and_one_in_a_later_batch_count_once() {
+    let (db, layer) = speed_layer("speed_commit_copies").await;
+    // The producer retried: "a" twice in one batch, on two partitions.
+    let first = batch(vec![
+        (0, 0, purchase("a", T0, "u1", "DE", 1_000_000)),
+        (1, 0, purchase("a", T0, "u1", "DE", 1_000_000)),
+        (1, 1, purchase("b", T0, "u2", "DE", 1_000_000)),
+    ]);
+    let committed = layer.commit_batch(TOPIC, &first, None, &[]).await.unwrap();
+    assert_eq!(
+        committed,
+        Committed {
+            claimed: 2,
+            duplicates: 1
+        }
+    );
+    // And once more in the next batch, beside a new event.
+    let second = batch(vec![
+        (0, 1, purchase("a", T0, "u1", "DE", 1_000_000)),
+        (0, 2, purchase("c", T0, "u3", "DE", 1_000_000)),
+    ]);
+    let committed = layer.commit_batch(TOPIC, &second, None, &[]).await.unwrap();
+    assert_eq!(
+        committed,
+        Committed {
+            claimed: 1,
+            duplicates: 1
+        }
+    );
+    let total: i64 = aggregates(&db.pool, "purchases")
+        .await
+        .iter()
+        .map(|row| row.3)
+        .sum();
+    assert_eq!(total, 3);
+}
+
+/// The speed layer has no owner fence: two instances may commit the same events while a
+/// partition moves between them, and the shared claims count each event once.
+#[tokio::test]
+async fn two_owners_committing_the_same_events_at_once_count_them_once() {
+    let (db, layer) = speed_layer("speed_commit_owners").await;
+    let other = speed_layer_on(&db, "speed_commit_owners_b");
+    let events: Vec<_> = (0..200)
+        .map(|i| (0, i, purchase(&format!("e{i}"), T0 + i, "u1", "DE", 1_000)))
+        .collect();
+    let batch = batch(events);
+
+    let (a, b) = tokio::join!(
+        layer.commit_batch(TOPIC, &batch, None, &[]),
+        other.commit_batch(TOPIC, &batch, None, &[]),
+    );
+    let (a, b) = (a.expect("owner a commits"), b.expect("owner b commits"));
+
+    assert_eq!(a.claimed + b.claimed, 200, "{a:?} {b:?}");
+    assert_eq!(
+        aggregates(&db.pool, "revenue").await,
+        vec![(T0, country("DE"), 0, 200, 200_000)]
+    );
+}
+
+fn speed_layer_on(db: &test_postgres::TestDatabase, _hint: &str) -> speed_layer::SpeedLayer {
+    let config = shared_schema::config::PlatformConfig {
+        events_topic: TOPIC.into(),
+        ..Default::default()
+    };
+    speed_layer::SpeedLayer::new(db.pool.clone(), config, catalog())
+}
+
+#[tokio::test]
+async fn late_events_are_counted_under_every_policy_and_applied_only_under_update() {
+    let (db, layer) = speed_layer("speed_commit_late").await;
+    // Buckets are a minute and lateness a minute: with the watermark at T0 + 3m, the bucket of
+    // T0 closed (T0 + 2m <= watermark) and the one of T0 + 2m is still open.
+    let watermark = Some(T0 + 3 * M);
+    let batch = batch(vec![
+        (0, 0, purchase("late", T0 + 5, "u1", "DE", 1_000_000)),
+        (0, 1, purchase("on-time", T0 + 2 * M, "u2", "DE", 1_000_000)),
+    ]);
+
+    layer
+        .commit_batch(TOPIC, &batch, watermark, &[])
+        .await
+        .expect("the batch commits");
+
+    // `update` applies the late event; `drop` and `side_output` keep it out.
+    let buckets = |rows: Vec<(i64, String, i32, i64, i64)>| -> Vec<(i64, i64)> {
+        rows.into_iter().map(|r| (r.0, r.3)).collect()
+    };
+    assert_eq!(
+        buckets(aggregates(&db.pool, "purchases").await),
+        vec![(T0, 1), (T0 + 2 * M, 1)]
+    );
+    for kept_out in ["purchases_dropping_late", "purchases_late_to_side"] {
+        assert_eq!(
+            buckets(aggregates(&db.pool, kept_out).await),
+            vec![(T0 + 2 * M, 1)],
+            "{kept_out}"
+        );
+    }
+    // Counted (seen, late) per metric and bucket under every policy.
+    let counts: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT metric, extract(epoch FROM bucket_start)::bigint * 1000, seen_count, late_count
+         FROM speed_late_counts WHERE metric LIKE 'purchases%' ORDER BY metric, bucket_start",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let mut expected = Vec::new();
+    for metric in [
+        "purchases",
+        "purchases_dropping_late",
+        "purchases_late_to_side",
+    ] {
+        expected.push((metric.to_string(), T0, 1, 1));
+        expected.push((metric.to_string(), T0 + 2 * M, 1, 0));
+    }
+    assert_eq!(counts, expected);
+    // Only `side_output` keeps a record of the event itself.
+    let side: Vec<(String, String, i32, i64)> = sqlx::query_as(
+        "SELECT metric, event_id, partition, kafka_offset FROM speed_late_events ORDER BY metric",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        side,
+        vec![("purchases_late_to_side".into(), "late".into(), 0, 0)]
+    );
+}
+
+#[tokio::test]
+async fn session_starts_move_when_an_earlier_event_arrives_in_a_later_batch() {
+    let (db, layer) = speed_layer("speed_commit_sessions").await;
+    // Two events of u1 5 minutes apart: one session, started at T0 + 10m.
+    let first = batch(vec![
+        (0, 0, page_view("v1", T0 + 10 * M, "u1")),
+        (0, 1, page_view("v2", T0 + 15 * M, "u1")),
+    ]);
+    layer.commit_batch(TOPIC, &first, None, &[]).await.unwrap();
+    let starts = |rows: Vec<(i64, String, i32, i64, i64)>| -> Vec<(i64, i64)> {
+        rows.into_iter().map(|r| (r.0, r.3)).collect()
+    };
+    assert_eq!(
+        starts(aggregates(&db.pool, "sessions").await),
+        vec![(T0 + 10 * M, 1)]
+    );
+
+    // An event 8 minutes before it, within the 30-minute gap, moves the start back to T0 + 2m;
+    // one an hour later starts a second session.
+    let second = batch(vec![
+        (0, 2, page_view("v0", T0 + 2 * M, "u1")),
+        (0, 3, page_view("v3", T0 + 75 * M, "u1")),
+    ]);
+    layer.commit_batch(TOPIC, &second, None, &[]).await.unwrap();
+
+    assert_eq!(
+        starts(aggregates(&db.pool, "sessions").await),
+        vec![(T0 + 2 * M, 1), (T0 + 10 * M, 0), (T0 + 75 * M, 1)]
+    );
+    assert_eq!(
+        count(
+            &db.pool,
+            "SELECT count(*) FROM speed_session_events WHERE metric = 'sessions'"
+        )
+        .await,
+        4
+    );
+}
+
+#[tokio::test]
+async fn bad_messages_are_kept_with_the_offsets_that_skip_them() {
+    let (db, layer) = speed_layer("speed_commit_bad").await;
+    let mut batch = batch(vec![(2, 7, purchase("a", T0, "u1", "DE", 1))]);
+    batch.bad.push(BadMessage {
+        partition: 2,
+        offset: 8,
+        raw: Some(b"{not json".to_vec()),
+        reason: "not a JSON object".into(),
+    });
+    batch.positions.get_mut(&2).unwrap().next_offset = 9;
+
+    layer.commit_batch(TOPIC, &batch, None, &[]).await.unwrap();
+
+    let kept: Vec<(String, i32, i64, String, String)> = sqlx::query_as(
+        "SELECT topic, partition, kafka_offset, reason, detected_by FROM quarantine",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        kept,
+        vec![(
+            TOPIC.into(),
+            2,
+            8,
+            "not a JSON object".into(),
+            "speed-layer".into()
+        )]
+    );
+    assert_eq!(offsets(&db.pool).await, vec![(2, 9, None)]);
+}
+
+#[tokio::test]
+async fn a_refused_batch_stores_nothing() {
+    let (db, layer) = speed_layer("speed_commit_refused").await;
+    // Postgres refuses a NUL byte in text: the claim fails, and the whole batch with it.
+    let batch = batch(vec![
+        (0, 0, purchase("fine", T0, "u1", "DE", 1)),
+        (0, 1, purchase("nul\0id", T0, "u1", "DE", 1)),
+    ]);
+
+    let refused = layer
+        .commit_batch(TOPIC, &batch, None, &[])
+        .await
+        .expect_err("Postgres refuses the batch");
+
+    assert_eq!(refused.step, "claiming event ids", "{refused}");
+    assert_eq!(
+        count(&db.pool, "SELECT count(*) FROM speed_dedupe").await,
+        0
+    );
+    assert_eq!(
+        count(&db.pool, "SELECT count(*) FROM speed_aggregates").await,
+        0
+    );
+    assert_eq!(offsets(&db.pool).await, vec![]);
+}
