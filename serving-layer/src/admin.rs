@@ -4,7 +4,8 @@
 //! connection (`DATABASE_URL`), never on the read-only one HTTP reads use. Like the commands,
 //! they take the batch run lock, so a promotion waits for a run in progress.
 
-use crate::api::{ApiError, AppState};
+use crate::error::ApiError;
+use crate::state::AppState;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;

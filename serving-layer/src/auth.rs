@@ -2,7 +2,8 @@
 //! the read endpoints under `/v1/`. Tokens are compared in constant time, so the time a refusal
 //! takes says nothing about how much of a guess was right.
 
-use crate::api::{ApiError, AppState};
+use crate::error::ApiError;
+use crate::state::AppState;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;

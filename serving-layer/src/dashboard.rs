@@ -3,7 +3,7 @@
 //! query, `/v1/freshness`, `/v1/divergence`, `/v1/alerts`), so the page shows nothing a client
 //! could not ask for itself.
 
-use crate::api::AppState;
+use crate::state::AppState;
 use axum::Router;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};

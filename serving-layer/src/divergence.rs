@@ -1,23 +1,21 @@
 //! What the batch layer found when it compared each promoted view with the speed layer (see
 //! `batch_layer::divergence` for what is compared and how): `GET /v1/divergence`, the
-//! `lambda_divergence_ratio` gauges of `GET /metrics`, and one alert per metric,
-//! `divergence:<metric>`, raised and resolved by the alert evaluator.
+//! `lambda_divergence_ratio` gauges of `GET /metrics`, and what the alert
+//! `divergence:<metric>` follows (`divergence_alert`).
 
-use crate::alerts::Transition;
-use crate::api::{ApiError, AppState};
+use crate::error::{ApiError, ErrorBody};
+use crate::interval::Interval;
+use crate::state::AppState;
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use chrono::{DateTime, Utc};
-use serde_json::{Value, json};
-use shared_schema::metrics::encode_dims;
+use serde::Serialize;
 use shared_schema::observe;
 use shared_schema::time::format_rfc3339;
-use sqlx::{PgConnection, PgExecutor};
-use std::collections::{BTreeSet, HashMap};
-
-/// Alerts of this module are named `divergence:<metric>`.
-pub const RULE_PREFIX: &str = "divergence:";
+use sqlx::PgExecutor;
+use std::collections::HashMap;
+use utoipa::ToSchema;
 
 /// Most comparisons `?limit=` may ask for per metric (the table keeps fewer anyway).
 const MAX_LIMIT: i64 = 1000;
@@ -38,11 +36,46 @@ pub struct Entry {
     pub differing_buckets: i64,
 }
 
+/// `GET /v1/divergence`'s answer.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct DivergenceList {
+    /// `batch.divergence_alert_ratio`.
+    threshold: f64,
+    metrics: Vec<MetricDivergence>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct MetricDivergence {
+    metric: String,
+    above_threshold: bool,
+    latest: Option<Comparison>,
+    /// Newest first, `latest` included.
+    history: Vec<Comparison>,
+}
+
+/// One comparison of a promoted view with the speed layer (README, "Divergence").
+#[derive(Serialize, ToSchema)]
+struct Comparison {
+    version: String,
+    #[schema(format = DateTime)]
+    computed_at: String,
+    range: Interval,
+    /// `null` when the speed layer covered none of the range.
+    compared: Option<Interval>,
+    uncovered: Vec<Interval>,
+    batch_total: Option<f64>,
+    speed_total: Option<f64>,
+    difference: Option<f64>,
+    ratio: Option<f64>,
+    buckets: i64,
+    differing_buckets: i64,
+}
+
 impl Entry {
-    fn to_json(&self) -> Value {
-        let interval = |(from, to): (DateTime<Utc>, DateTime<Utc>)| json!({"from": rfc3339(from), "to": rfc3339(to)});
+    fn comparison(&self) -> Comparison {
+        let interval = |(from, to)| Interval::between(from, to);
         // The parts of the range left out because the speed layer did not cover them.
-        let uncovered: Vec<Value> = match self.compared {
+        let uncovered = match self.compared {
             None => vec![interval(self.range)],
             Some((start, end)) => [(self.range.0, start), (end, self.range.1)]
                 .into_iter()
@@ -50,24 +83,25 @@ impl Entry {
                 .map(interval)
                 .collect(),
         };
-        json!({
-            "version": self.version,
-            "computed_at": rfc3339(self.computed_at),
-            "range": interval(self.range),
-            "compared": self.compared.map(interval),
-            "uncovered": uncovered,
-            "batch_total": self.batch_total,
-            "speed_total": self.speed_total,
-            "difference": self.difference,
-            "ratio": self.ratio,
-            "buckets": self.buckets,
-            "differing_buckets": self.differing_buckets,
-        })
+        Comparison {
+            version: self.version.clone(),
+            computed_at: format_rfc3339(self.computed_at.timestamp_millis()),
+            range: interval(self.range),
+            compared: self.compared.map(interval),
+            uncovered,
+            batch_total: self.batch_total,
+            speed_total: self.speed_total,
+            difference: self.difference,
+            ratio: self.ratio,
+            buckets: self.buckets,
+            differing_buckets: self.differing_buckets,
+        }
     }
-}
 
-fn rfc3339(t: DateTime<Utc>) -> String {
-    format_rfc3339(t.timestamp_millis())
+    #[cfg(test)]
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self.comparison()).unwrap_or_default()
+    }
 }
 
 /// The newest `limit` comparisons of every metric, newest first.
@@ -134,7 +168,7 @@ pub async fn read<'e>(
 }
 
 /// Whether `entry` is above the alert threshold (`batch.divergence_alert_ratio`).
-fn above(entry: &Entry, threshold: f64) -> bool {
+pub(crate) fn above(entry: &Entry, threshold: f64) -> bool {
     entry.ratio.is_some_and(|r| r > threshold)
 }
 
@@ -144,15 +178,15 @@ fn above(entry: &Entry, threshold: f64) -> bool {
     params(("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "Comparisons per metric, newest first; default all kept")),
     security((), ("bearer" = [])),
     responses(
-        (status = 200, description = "Every metric's latest comparison and history", body = crate::openapi::DivergenceList),
-        (status = 400, description = "Bad `limit`", body = crate::openapi::ErrorBody),
-        (status = 401, description = "serving.read_token is set and was not presented", body = crate::openapi::ErrorBody),
-        (status = 503, description = "Postgres unavailable", body = crate::openapi::ErrorBody),
+        (status = 200, description = "Every metric's latest comparison and history", body = DivergenceList),
+        (status = 400, description = "Bad `limit`", body = ErrorBody),
+        (status = 401, description = "serving.read_token is set and was not presented", body = ErrorBody),
+        (status = 503, description = "Postgres unavailable", body = ErrorBody),
     ))]
 pub async fn get(
     State(state): State<AppState>,
     params: Result<Query<HashMap<String, String>>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DivergenceList>, ApiError> {
     let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let limit = match params.get("limit") {
         None => MAX_LIMIT,
@@ -170,21 +204,21 @@ pub async fn get(
         .await
         .map_err(|e| ApiError::dependency_down("divergence (Postgres)", &e))?;
     let threshold = state.config.batch.divergence_alert_ratio;
-    let metrics: Vec<Value> = state
+    let metrics = state
         .catalog
         .metrics
         .iter()
         .map(|metric| {
             let history = entries.remove(&metric.name).unwrap_or_default();
-            json!({
-                "metric": metric.name,
-                "above_threshold": history.first().is_some_and(|e| above(e, threshold)),
-                "latest": history.first().map(Entry::to_json),
-                "history": history.iter().map(Entry::to_json).collect::<Vec<_>>(),
-            })
+            MetricDivergence {
+                metric: metric.name.clone(),
+                above_threshold: history.first().is_some_and(|e| above(e, threshold)),
+                latest: history.first().map(Entry::comparison),
+                history: history.iter().map(Entry::comparison).collect(),
+            }
         })
         .collect();
-    Ok(Json(json!({"threshold": threshold, "metrics": metrics})))
+    Ok(Json(DivergenceList { threshold, metrics }))
 }
 
 /// Sets the `lambda_divergence_ratio` gauges of `GET /metrics`: one per metric whose latest
@@ -198,117 +232,10 @@ pub async fn refresh_gauges(state: &AppState) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// Raises `divergence:<metric>` while the metric's latest comparison is above the threshold,
-/// and resolves it once a later one is at or below it (or the metric left the catalogue). A
-/// comparison that compared nothing changes nothing. Runs inside the evaluator's transaction.
-pub async fn evaluate(
-    connection: &mut PgConnection,
-    state: &AppState,
-) -> Result<Vec<Transition>, sqlx::Error> {
-    let threshold = state.config.batch.divergence_alert_ratio;
-    let latest = read(&mut *connection, 1).await?;
-    let firing: BTreeSet<String> = sqlx::query_scalar(
-        "SELECT rule FROM alerts WHERE starts_with(rule, $1) AND state = 'firing'",
-    )
-    .bind(RULE_PREFIX)
-    .fetch_all(&mut *connection)
-    .await?
-    .into_iter()
-    .collect();
-    let group_key = encode_dims(&[]);
-    let mut transitions = Vec::new();
-    let describe =
-        |metric: &str, state: &str, value: Option<f64>, window: (String, String)| Transition {
-            body: json!({
-                "rule": format!("{RULE_PREFIX}{metric}"),
-                "metric": metric,
-                "group": {},
-                "state": state,
-                "value": value,
-                "threshold": threshold,
-                "window": {"from": window.0, "to": window.1},
-            }),
-        };
-    for metric in &state.catalog.metrics {
-        let rule = format!("{RULE_PREFIX}{}", metric.name);
-        let Some(entry) = latest.get(&metric.name).and_then(|e| e.first()) else {
-            continue;
-        };
-        let (Some(ratio), Some((start, end))) = (entry.ratio, entry.compared) else {
-            continue;
-        };
-        let window = (rfc3339(start), rfc3339(end));
-        if ratio > threshold {
-            if firing.contains(&rule) {
-                sqlx::query(
-                    "UPDATE alerts SET value = $3, window_start = $4, window_end = $5
-                     WHERE rule = $1 AND group_key = $2 AND state = 'firing'",
-                )
-                .bind(&rule)
-                .bind(&group_key)
-                .bind(ratio)
-                .bind(start)
-                .bind(end)
-                .execute(&mut *connection)
-                .await?;
-            } else {
-                sqlx::query(
-                    "INSERT INTO alerts (rule, metric, group_key, state, value, threshold, window_start, window_end)
-                     VALUES ($1, $2, $3, 'firing', $4, $5, $6, $7)",
-                )
-                .bind(&rule)
-                .bind(&metric.name)
-                .bind(&group_key)
-                .bind(ratio)
-                .bind(threshold)
-                .bind(start)
-                .bind(end)
-                .execute(&mut *connection)
-                .await?;
-                tracing::warn!(metric = %metric.name, ratio, threshold, version = %entry.version,
-                    "the speed layer diverged from the batch view");
-                transitions.push(describe(&metric.name, "firing", Some(ratio), window));
-            }
-        } else if firing.contains(&rule) {
-            sqlx::query(
-                "UPDATE alerts SET state = 'resolved', resolved_at = now(), window_start = $3, window_end = $4
-                 WHERE rule = $1 AND group_key = $2 AND state = 'firing'",
-            )
-            .bind(&rule)
-            .bind(&group_key)
-            .bind(start)
-            .bind(end)
-            .execute(&mut *connection)
-            .await?;
-            transitions.push(describe(&metric.name, "resolved", None, window));
-        }
-    }
-    // A metric that left the catalogue has no comparison to clear its alert any more.
-    for rule in &firing {
-        let metric = &rule[RULE_PREFIX.len()..];
-        if state.catalog.get(metric).is_some() {
-            continue;
-        }
-        let window: (DateTime<Utc>, DateTime<Utc>) = sqlx::query_as(
-            "UPDATE alerts SET state = 'resolved', resolved_at = now()
-             WHERE rule = $1 AND state = 'firing' RETURNING window_start, window_end",
-        )
-        .bind(rule)
-        .fetch_one(&mut *connection)
-        .await?;
-        transitions.push(describe(
-            metric,
-            "resolved",
-            None,
-            (rfc3339(window.0), rfc3339(window.1)),
-        ));
-    }
-    Ok(transitions)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{Value, json};
 
     fn at(minute: i64) -> DateTime<Utc> {
         shared_schema::time::to_datetime(minute * 60_000)

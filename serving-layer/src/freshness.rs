@@ -8,7 +8,8 @@
 //!
 //! Everything is read in one snapshot, so the figures agree with one another.
 
-use crate::api::{ApiError, AppState};
+use crate::error::ApiError;
+use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
 use chrono::{DateTime, Utc};

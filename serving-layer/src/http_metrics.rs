@@ -4,7 +4,7 @@
 //! line and one latency observation per request by route template and status, and
 //! `GET /metrics`.
 
-use crate::api::AppState;
+use crate::state::AppState;
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::Method;

@@ -1,8 +1,8 @@
 //! The router's answers that need no database: authentication, CORS and the OpenAPI
 //! description. Queries themselves are tested end to end (tests/tests/security.rs, openapi.rs).
 
-use crate::api::test_state;
 use crate::router;
+use crate::state::test_state;
 use axum::body::{Body, to_bytes};
 use axum::http::{Method, Request, StatusCode, header};
 use serde_json::Value;

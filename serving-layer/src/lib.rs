@@ -3,28 +3,40 @@
 //! `shared_schema::query::assemble`, which enforces the split.
 
 mod admin;
+mod alert_lifecycle;
+mod alert_list;
 pub mod alerts;
 mod answer_cache;
-mod api;
 mod auth;
 mod cors;
 mod dashboard;
 mod divergence;
+mod divergence_alert;
 mod encoding;
+mod error;
 mod freshness;
 mod generation_cache;
+mod health;
 pub mod http_metrics;
 #[cfg(test)]
 mod http_tests;
+mod interval;
 mod limits;
+mod metric_list;
+mod metric_query;
 pub mod openapi;
 pub mod reader;
+mod router;
 mod run_watch;
 mod snapshot;
 mod stall_alert;
+mod state;
 mod state_changes;
 mod versions;
 
-pub use api::{AppState, Group, MergedPoint, merged_points, router};
+pub use metric_query::{PointsError, merged_points};
+pub use router::router;
+pub use shared_schema::query::{Group, MergedPoint};
 pub use snapshot::ViewCache;
+pub use state::AppState;
 pub use state_changes::StateGeneration;

@@ -5,7 +5,7 @@
 //! and answer points once the rows are grouped, before any window is computed
 //! (`shared_schema::sliding::MergeBudget`).
 
-use crate::api::ApiError;
+use crate::error::ApiError;
 use crate::snapshot::Snapshot;
 use shared_schema::config::ServingConfig;
 use shared_schema::metrics::MetricDef;

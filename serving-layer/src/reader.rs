@@ -11,9 +11,10 @@ use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReaderError {
+    /// Neither `serving.database_url` nor `DATABASE_URL` is usable.
     #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error("serving.database_url: {0}")]
+    FindDatabaseUrl(#[from] ConfigError),
+    #[error("connecting the read-only pool (serving.database_url): {0}")]
     Connect(#[from] sqlx::Error),
 }
 

@@ -21,21 +21,35 @@ use tokio::sync::OnceCell;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    #[error("Postgres: {0}")]
-    Db(#[from] sqlx::Error),
-    #[error("batch view: {0}")]
-    View(#[from] ViewError),
-    #[error("speed layer sketch: {0}")]
-    Sketch(#[from] shared_schema::hll::SketchError),
-    #[error("batch view read was interrupted: {0}")]
-    Join(#[from] tokio::task::JoinError),
+    #[error("opening or closing the snapshot's transaction: {source}")]
+    Transaction { source: sqlx::Error },
+    #[error("reading the served version and its cutover: {source}")]
+    ReadServed { source: sqlx::Error },
+    #[error("reading the speed rows of {metrics:?}: {source}")]
+    ReadSpeedRows {
+        metrics: Vec<String>,
+        source: SpeedStateError,
+    },
+    #[error("reading the speed layer's progress on topic {topic} ({what}): {source}")]
+    ReadSpeedProgress {
+        topic: String,
+        what: &'static str,
+        source: sqlx::Error,
+    },
+    #[error("reading batch view {path}: {source}")]
+    ReadView { path: String, source: ViewError },
 }
 
-impl From<SpeedStateError> for SnapshotError {
-    fn from(e: SpeedStateError) -> Self {
-        match e {
-            SpeedStateError::Db(e) => SnapshotError::Db(e),
-            SpeedStateError::Sketch(e) => SnapshotError::Sketch(e),
+impl SnapshotError {
+    /// What an answer that failed with this says is unavailable.
+    pub fn dependency(&self) -> &'static str {
+        match self {
+            SnapshotError::ReadView { .. } => "the batch view",
+            SnapshotError::ReadSpeedRows {
+                source: SpeedStateError::Sketch(_),
+                ..
+            } => "the speed layer's state",
+            _ => "Postgres",
         }
     }
 }
@@ -70,10 +84,19 @@ pub async fn read_snapshot(
     range: (Millis, Millis),
     stall_after: Millis,
 ) -> Result<Snapshot, SnapshotError> {
-    let mut tx = pool.begin().await?;
+    let transaction = |source| SnapshotError::Transaction { source };
+    let progress = |what| {
+        move |source| SnapshotError::ReadSpeedProgress {
+            topic: topic.to_string(),
+            what,
+            source,
+        }
+    };
+    let mut tx = pool.begin().await.map_err(transaction)?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .execute(&mut *tx)
-        .await?;
+        .await
+        .map_err(transaction)?;
     let (version, cutover, view_path): (Option<String>, Option<DateTime<Utc>>, Option<String>) =
         sqlx::query_as(
             "SELECT s.version, s.cutover, v.view_path
@@ -81,15 +104,22 @@ pub async fn read_snapshot(
          WHERE s.id = 1",
         )
         .fetch_one(&mut *tx)
-        .await?;
+        .await
+        .map_err(|source| SnapshotError::ReadServed { source })?;
     let cutover = cutover.map(|t| t.timestamp_millis());
     let speed_from = cutover.map_or(range.0, |t| t.max(range.0));
-    let speed_rows = speed_state::read_rows(&mut tx, metrics, speed_from, range.1).await?;
+    let speed_rows = speed_state::read_rows(&mut tx, metrics, speed_from, range.1)
+        .await
+        .map_err(|source| SnapshotError::ReadSpeedRows {
+            metrics: metrics.iter().map(|m| m.to_string()).collect(),
+            source,
+        })?;
     let watermark: Option<DateTime<Utc>> =
         sqlx::query_scalar("SELECT min(watermark) FROM speed_offsets WHERE topic = $1")
             .bind(topic)
             .fetch_one(&mut *tx)
-            .await?;
+            .await
+            .map_err(progress("watermark"))?;
     let (late_events, seen_events): (i64, i64) = sqlx::query_as(
         "SELECT coalesce(sum(late_count), 0)::bigint, coalesce(sum(seen_count), 0)::bigint
          FROM speed_late_counts
@@ -99,11 +129,16 @@ pub async fn read_snapshot(
     .bind(to_datetime(range.0))
     .bind(to_datetime(range.1))
     .fetch_one(&mut *tx)
-    .await?;
-    let speed_covered_from = speed_state::read_covered_from(&mut tx, topic).await?;
-    let (evidence, now) = liveness::read_evidence(&mut tx, topic).await?;
+    .await
+    .map_err(progress("late events"))?;
+    let speed_covered_from = speed_state::read_covered_from(&mut tx, topic)
+        .await
+        .map_err(progress("coverage"))?;
+    let (evidence, now) = liveness::read_evidence(&mut tx, topic)
+        .await
+        .map_err(progress("liveness"))?;
     let speed_stalled_from = liveness::stalled_from(&evidence, now, stall_after);
-    tx.commit().await?;
+    tx.commit().await.map_err(transaction)?;
     Ok(Snapshot {
         cutover,
         batch_version: version,
@@ -162,7 +197,8 @@ pub async fn read_snapshot_cached(
         .await
 }
 
-type View = Arc<HashMap<String, Vec<BucketRow>>>;
+/// A batch view read whole: its rows per metric, in bucket order.
+pub type View = Arc<HashMap<String, Vec<BucketRow>>>;
 
 /// Batch views by version. Versions are immutable, so an entry never goes stale; only the most
 /// recent few are kept. Requests arriving while a version is read (after a promotion, every
@@ -187,8 +223,16 @@ impl ViewCache {
         let slot = self.slot(version);
         let view = slot
             .get_or_try_init(|| async {
-                let lake = Lake::open(&self.lake_dir).map_err(ViewError::from)?;
-                Ok::<_, SnapshotError>(Arc::new(read_lake_view(&lake, relative_path).await?))
+                let read = async {
+                    let lake = Lake::open(&self.lake_dir).map_err(ViewError::from)?;
+                    read_lake_view(&lake, relative_path).await
+                };
+                read.await
+                    .map(Arc::new)
+                    .map_err(|source| SnapshotError::ReadView {
+                        path: relative_path.to_string(),
+                        source,
+                    })
             })
             .await?;
         Ok(view.clone())

@@ -1,6 +1,7 @@
 //! `GET /v1/versions`: the view versions, as `batch-layer versions` lists them.
 
-use crate::api::{ApiError, AppState};
+use crate::error::ApiError;
+use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
 use serde_json::{Value, json};
