@@ -16,7 +16,7 @@
 //!   differ (or that only one side has), which catches what cancels out in the totals.
 //!
 //! Both sides are finished by `shared_schema::query::finish_points`, the serving layer's own
-//! code, from rows read as the serving layer reads them (`shared_schema::speed_state`, the view
+//! code, from rows read as the serving layer reads them (`shared_io::speed_state`, the view
 //! file), so the check sees what clients were served and what they are served now.
 //!
 //! Buckets the speed layer did not cover are not divergence and are left out: those before its
@@ -32,14 +32,14 @@
 
 use crate::BatchError;
 use chrono::{DateTime, Utc};
+use shared_io::speed_state;
+use shared_io::storage::Lake;
+use shared_io::view::read_lake_view;
 use shared_schema::config::PlatformConfig;
 use shared_schema::cutover::{LandedPartition, lake_complete_until};
 use shared_schema::metrics::{MetricCatalog, MetricDef, Partial, finish_ratio};
 use shared_schema::query::{BucketRow, Group, MergedPoint, SeriesQuery, finish_points, rows_in};
-use shared_schema::speed_state;
-use shared_schema::storage::Lake;
 use shared_schema::time::{Millis, bucket_ceil, bucket_start, format_rfc3339, to_datetime};
-use shared_schema::view::read_lake_view;
 use sqlx::PgPool;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;

@@ -14,7 +14,7 @@ const PARTITIONS: i32 = 4;
 
 pub async fn run(rows_per_batch: usize, batches: usize) -> Result<Vec<Figure>> {
     let platform = crate::load::bench_platform("bench_pg_write", 1).await?;
-    let pool = shared_schema::db::connect_and_migrate(&platform.database_url, 4).await?;
+    let pool = shared_io::db::connect_and_migrate(&platform.database_url, 4).await?;
     let catalog = MetricCatalog::load(None)?;
     let (index, metric) = catalog
         .get("page_views")

@@ -19,8 +19,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
+use shared_io::db::MIGRATOR;
 use shared_schema::config::{PlatformConfig, ServingConfig};
-use shared_schema::db::MIGRATOR;
 use shared_schema::metrics::{Dimension, MetricCatalog, MetricDef};
 use shared_schema::query::{
     BucketRow, SeriesQuery, check_budget, finish_points_within, gaps, rows_in,
@@ -864,7 +864,7 @@ impl AnswerInputs<'_> {
 
     fn answer_with(&self, series: Vec<SeriesOut>) -> MetricAnswer {
         let (query, snapshot) = (&self.request.query, self.snapshot);
-        let gaps = shared_schema::liveness::with_stall_gap(
+        let gaps = shared_io::liveness::with_stall_gap(
             gaps(
                 self.request.from,
                 query.to,

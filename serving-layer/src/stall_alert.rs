@@ -1,12 +1,12 @@
 //! The alert `speed_stalled`: some partition of the topic has had no live speed consumer for
-//! the stall timeout (`shared_schema::liveness`), so answers from its speed watermark on carry
+//! the stall timeout (`shared_io::liveness`), so answers from its speed watermark on carry
 //! a gap. Fires while any partition is stalled, naming them; resolves once all move again.
 
 use crate::alerts::Transition;
 use crate::api::AppState;
 use chrono::{DateTime, Utc};
 use serde_json::json;
-use shared_schema::liveness;
+use shared_io::liveness;
 use shared_schema::metrics::encode_dims;
 use shared_schema::time::{format_rfc3339, to_datetime};
 use sqlx::PgConnection;

@@ -10,11 +10,8 @@
 //! tests in the batch layer check that the two agree.
 
 use crate::time::{Millis, format_rfc3339, parse_rfc3339};
-use arrow::array::{ArrayRef, BooleanArray, Int32Array, Int64Array, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::Arc;
 
 /// The profile field value of an event without a profile version at its time.
 pub const UNKNOWN: &str = "unknown";
@@ -93,7 +90,7 @@ impl ProfileHistory {
 }
 
 /// The temporal join as SQL over two registered tables: `events`, which has `user_id` and
-/// `event_time_ms` (epoch milliseconds), and `versions`, in [`changelog_schema`]. The result is
+/// `event_time_ms` (epoch milliseconds), and `versions`, in the lake's changelog schema. The result is
 /// every event row, once, with `tier` and `signup_country` added by the rule of [`version_at`].
 pub fn temporal_join_sql(events: &str, versions: &str) -> String {
     // Identifiers come from the caller's constants, never from input.
@@ -115,62 +112,12 @@ pub fn temporal_join_sql(events: &str, versions: &str) -> String {
     )
 }
 
-/// The changelog as the lake keeps it (`profiles/part-*.parquet`), one row per change record.
-pub fn changelog_schema() -> SchemaRef {
-    let text = |name: &str, nullable| Field::new(name, DataType::Utf8, nullable);
-    Arc::new(Schema::new(vec![
-        text("user_id", false),
-        Field::new("valid_from", DataType::Int64, false),
-        Field::new("lsn", DataType::Int64, false),
-        text("tier", true),
-        text("signup_country", true),
-        Field::new("deleted", DataType::Boolean, false),
-        // Lineage: where the record was read.
-        Field::new("kafka_partition", DataType::Int32, false),
-        Field::new("kafka_offset", DataType::Int64, false),
-    ]))
-}
-
 /// A change record and where it was read.
 #[derive(Debug, Clone)]
 pub struct SourcedVersion {
     pub partition: i32,
     pub offset: i64,
     pub version: ProfileVersion,
-}
-
-pub fn versions_to_batch(
-    versions: &[SourcedVersion],
-) -> Result<RecordBatch, arrow::error::ArrowError> {
-    let text = |f: fn(&SourcedVersion) -> Option<&str>| -> ArrayRef {
-        Arc::new(versions.iter().map(f).collect::<StringArray>())
-    };
-    let columns: Vec<ArrayRef> = vec![
-        text(|s| Some(s.version.user_id.as_str())),
-        Arc::new(Int64Array::from_iter_values(
-            versions.iter().map(|s| s.version.valid_from),
-        )),
-        Arc::new(Int64Array::from_iter_values(
-            versions.iter().map(|s| s.version.lsn),
-        )),
-        text(|s| s.version.profile.as_ref().map(|p| p.tier.as_str())),
-        text(|s| {
-            s.version
-                .profile
-                .as_ref()
-                .and_then(|p| p.signup_country.as_deref())
-        }),
-        Arc::new(BooleanArray::from_iter(
-            versions.iter().map(|s| Some(s.version.profile.is_none())),
-        )),
-        Arc::new(Int32Array::from_iter_values(
-            versions.iter().map(|s| s.partition),
-        )),
-        Arc::new(Int64Array::from_iter_values(
-            versions.iter().map(|s| s.offset),
-        )),
-    ];
-    RecordBatch::try_new(changelog_schema(), columns)
 }
 
 /// A row of `user_profiles` in a change record.

@@ -11,22 +11,22 @@
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
+use shared_io::kafka::SourcedEvent;
+use shared_io::kafka::{Batch, EventSource, PartitionPosition, SourceError};
+use shared_io::positions::{PositionTable, load_positions, store_positions};
+use shared_io::registry::{self, DefinitionsDiffer, RegistryError};
+use shared_io::{observe, quarantine};
 use shared_schema::config::PlatformConfig;
 use shared_schema::event::AMOUNT_SCALE;
 use shared_schema::hll::Hll;
-use shared_schema::kafka::SourcedEvent;
-use shared_schema::kafka::{Batch, EventSource, PartitionPosition, SourceError};
 use shared_schema::metrics::{
     Aggregation, LatePolicy, MetricCatalog, MetricDef, Partial, PartialKey, encode_dims,
 };
-use shared_schema::positions::{PositionTable, load_positions, store_positions};
 use shared_schema::profiles::ProfileHistory;
-use shared_schema::registry::{self, DefinitionsDiffer, RegistryError};
 use shared_schema::sessions;
 use shared_schema::time::Millis;
 use shared_schema::time::{bucket_start, to_datetime};
 use shared_schema::watermark::{self, PartitionTime};
-use shared_schema::{observe, quarantine};
 use sqlx::PgPool;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -62,7 +62,7 @@ pub enum SpeedError {
     #[error(transparent)]
     Config(#[from] shared_schema::config::ConfigError),
     #[error(transparent)]
-    Db(#[from] shared_schema::db::DbError),
+    Db(#[from] shared_io::db::DbError),
     #[error("Postgres: {0}")]
     Sql(#[from] sqlx::Error),
     #[error(transparent)]
@@ -367,7 +367,7 @@ impl SpeedLayer {
             store_watermarks(&mut tx, topic, progress).await?;
             quarantine::record(&mut tx, topic, CONSUMER_NAME, &batch.bad).await?;
             // What a promotion must find in the lake before moving T past it (CONTRACT §5.3).
-            shared_schema::coverage::record_counted(&mut tx, topic, &batch.events).await?;
+            shared_io::coverage::record_counted(&mut tx, topic, &batch.events).await?;
             if !commit {
                 return tx.rollback().await;
             }
@@ -390,7 +390,7 @@ impl SpeedLayer {
     /// period (CONTRACT §5.4). Buckets at or after T are never touched.
     pub async fn apply_retention(&self) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        shared_schema::failpoint::hit("speed.retention.begun").await;
+        shared_io::failpoint::hit("speed.retention.begun").await;
         // T is read in the deleting transaction, share-locked: a promotion or rollback (which
         // update this row) waits for the deletes, or the deletes wait for it and see its T.
         let cutover: Option<DateTime<Utc>> =

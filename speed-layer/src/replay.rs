@@ -11,8 +11,8 @@
 //! locks the live tables, so no live batch commits half in the old tables and half in the new.
 
 use crate::{SpeedError, SpeedLayer};
+use shared_io::kafka::{EventSource, PartitionPosition, ReplayStart, replay_positions};
 use shared_schema::config::PlatformConfig;
-use shared_schema::kafka::{EventSource, PartitionPosition, ReplayStart, replay_positions};
 use shared_schema::metrics::MetricCatalog;
 use shared_schema::time::to_datetime;
 use sqlx::postgres::PgPoolOptions;

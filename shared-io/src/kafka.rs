@@ -5,11 +5,8 @@
 //! therefore assigned partitions at the stored positions rather than committing to Kafka, and
 //! it hands out batches that carry the positions to store with them.
 
-use crate::event::{Event, decode};
 use crate::positions::{PositionTable, load_positions};
 use crate::quarantine::BadMessage;
-use crate::time::{Millis, now_millis};
-use crate::validity::judging_clock;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
@@ -18,6 +15,9 @@ use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
+use shared_schema::event::{Event, decode};
+use shared_schema::time::{Millis, now_millis};
+use shared_schema::validity::judging_clock;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -787,7 +787,7 @@ impl std::str::FromStr for ReplayStart {
                 Err(format!("offset {offset} is negative"))
             };
         }
-        crate::time::parse_rfc3339(text)
+        shared_schema::time::parse_rfc3339(text)
             .map(ReplayStart::Time)
             .ok_or_else(|| {
                 format!("`{text}` is neither `earliest`, an offset nor an RFC 3339 time")
@@ -854,8 +854,8 @@ pub async fn replay_positions(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Event;
     use proptest::prelude::*;
+    use shared_schema::event::Event;
 
     fn sourced(partition: i32, offset: i64) -> SourcedEvent {
         SourcedEvent {

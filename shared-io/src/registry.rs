@@ -3,14 +3,14 @@
 //! the start-up check that keeps them in agreement.
 //!
 //! The rule: the promoted batch view is the reference. A service whose definitions (see
-//! [`crate::fingerprint`]) differ from the promoted view's refuses to start, naming each
+//! [`shared_schema::fingerprint`]) differ from the promoted view's refuses to start, naming each
 //! difference; with no promoted view, or one promoted before the registry existed, there is
 //! nothing to disagree with. New definitions are rolled out by a batch run that accepts them
 //! (`batch-layer run --accept-definitions`), whose view then becomes the reference.
 
-use crate::event::SCHEMA_VERSIONS;
-use crate::fingerprint::{CanonicalCatalog, Difference};
-use crate::metrics::MetricCatalog;
+use shared_schema::event::SCHEMA_VERSIONS;
+use shared_schema::fingerprint::{CanonicalCatalog, Difference};
+use shared_schema::metrics::MetricCatalog;
 use sqlx::{PgConnection, PgPool};
 use std::fmt;
 use std::time::Duration;
@@ -382,7 +382,7 @@ mod tests {
     #[test]
     fn a_disagreement_names_service_view_metric_field_and_values() {
         let view = MetricCatalog::default();
-        let here = MetricCatalog::from_toml(&crate::metrics::DEFAULT_METRICS.replace(
+        let here = MetricCatalog::from_toml(&shared_schema::metrics::DEFAULT_METRICS.replace(
             "dimensions = [\"country\"]\n\n[[metric]]\nname = \"page_views\"",
             "dimensions = [\"city\"]\n\n[[metric]]\nname = \"page_views\"",
         ))

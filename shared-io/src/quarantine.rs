@@ -118,7 +118,7 @@ pub async fn apply_retention(
 
 /// Applies [`apply_retention`] every `config.retention_interval` until the task is dropped,
 /// counting what it deleted. A failed pass is logged and tried again at the next interval.
-pub async fn keep_bounded(pool: sqlx::PgPool, config: crate::config::QuarantineConfig) {
+pub async fn keep_bounded(pool: sqlx::PgPool, config: shared_schema::config::QuarantineConfig) {
     let max_bytes = config.max_mb.saturating_mul(1024 * 1024);
     let mut interval = tokio::time::interval(config.retention_interval.as_std());
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -7,12 +7,12 @@
 //! [`speed`], [`batch`], [`serving`]), so each process exposes only its own.
 
 use crate::kafka::Batch;
-use crate::time::{Millis, now_millis};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use prometheus::{
     GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use shared_schema::time::{Millis, now_millis};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Mutex, OnceLock};
@@ -639,9 +639,9 @@ pub async fn serve_with_readiness(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Event;
     use crate::kafka::SourcedEvent;
     use crate::quarantine::BadMessage;
+    use shared_schema::event::Event;
 
     fn all(registry: &Registry) -> (ConsumerMetrics, SpeedMetrics, BatchMetrics, ServingMetrics) {
         (

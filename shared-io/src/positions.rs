@@ -2,8 +2,8 @@
 //! as the output they account for. The speed layer and the lander each have their own table.
 
 use crate::kafka::PartitionPosition;
-use crate::time::to_datetime;
 use chrono::{DateTime, Utc};
+use shared_schema::time::to_datetime;
 use sqlx::{PgPool, Postgres, Transaction};
 use std::collections::BTreeMap;
 

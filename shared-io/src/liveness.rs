@@ -7,8 +7,8 @@
 //! it. Its missing messages may belong to any bucket from the partition's speed watermark on,
 //! so answers report `[max(T, watermark), to)` as a gap (CONTRACT §5.5) until it moves again.
 
-use crate::time::Millis;
 use chrono::{DateTime, Utc};
+use shared_schema::time::Millis;
 use sqlx::PgConnection;
 
 /// What Postgres holds about one partition.
