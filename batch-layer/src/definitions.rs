@@ -4,8 +4,8 @@
 
 use crate::BatchError;
 use shared_io::registry::{self, RegistryError};
+use shared_schema::catalog::MetricCatalog;
 use shared_schema::fingerprint::CanonicalCatalog;
-use shared_schema::metrics::MetricCatalog;
 use sqlx::{PgConnection, PgPool};
 
 /// The name batch runs register and report under.

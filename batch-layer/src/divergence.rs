@@ -37,9 +37,12 @@ use shared_io::storage::Lake;
 use shared_io::view::read_lake_view;
 use shared_schema::config::PlatformConfig;
 use shared_schema::cutover::{LandedPartition, lake_complete_until};
-use shared_schema::metrics::{MetricCatalog, MetricDef, Partial, finish_ratio};
 use shared_schema::query::{BucketRow, Group, MergedPoint, SeriesQuery, finish_points, rows_in};
 use shared_schema::time::{Millis, bucket_ceil, bucket_start, format_rfc3339, to_datetime};
+use shared_schema::{
+    catalog::MetricCatalog,
+    metrics::{MetricDef, Partial, finish_ratio},
+};
 use sqlx::PgPool;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;

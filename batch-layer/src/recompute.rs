@@ -37,9 +37,12 @@ use shared_schema::cutover::with_unrecorded_partitions;
 use shared_schema::cutover::{LandedPartition, lake_complete_until};
 use shared_schema::hll::Hll;
 use shared_schema::metrics::{Aggregation, Dimension, ValueField};
-use shared_schema::metrics::{MetricCatalog, MetricDef, Partial, encode_dims};
 use shared_schema::query::BucketRow;
 use shared_schema::time::{Millis, format_rfc3339, now_millis, to_datetime};
+use shared_schema::{
+    catalog::MetricCatalog,
+    metrics::{MetricDef, Partial, encode_dims},
+};
 use sqlx::PgPool;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;

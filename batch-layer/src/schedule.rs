@@ -6,8 +6,8 @@ use crate::recompute::{RunOptions, describe, run_once};
 use chrono::Utc;
 use shared_io::observe::{self, RunRows};
 use shared_io::registry::RegistryError;
+use shared_schema::catalog::MetricCatalog;
 use shared_schema::config::PlatformConfig;
-use shared_schema::metrics::MetricCatalog;
 use sqlx::PgPool;
 use std::future::Future;
 

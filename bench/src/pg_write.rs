@@ -5,8 +5,11 @@
 use crate::report::Figure;
 use anyhow::{Context, Result};
 use shared_schema::event::Event;
-use shared_schema::metrics::{MetricCatalog, Partial, PartialKey};
 use shared_schema::time::{MINUTE_MS, bucket_start, now_millis};
+use shared_schema::{
+    catalog::MetricCatalog,
+    metrics::{Partial, PartialKey},
+};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 

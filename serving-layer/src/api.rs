@@ -21,13 +21,16 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use shared_io::db::MIGRATOR;
 use shared_schema::config::{PlatformConfig, ServingConfig};
-use shared_schema::metrics::{Dimension, MetricCatalog, MetricDef};
 use shared_schema::query::{
     BucketRow, SeriesQuery, check_budget, finish_points_within, gaps, rows_in,
 };
 pub use shared_schema::query::{Group, MergedPoint};
 use shared_schema::sliding::{MergeBudget, MergeError};
 use shared_schema::time::{HumanDuration, Millis, bucket_ceil, format_rfc3339, parse_rfc3339};
+use shared_schema::{
+    catalog::MetricCatalog,
+    metrics::{Dimension, MetricDef},
+};
 use sqlx::PgPool;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

@@ -6,8 +6,8 @@
 //! broker's ack and advancing its slot) carries the same LSN, and both readers key what they
 //! keep by it, so it is applied once.
 
+use crate::kafka::BadMessage;
 use crate::kafka::{SourceContext, SourceError, plain_consumer, wait_for_partitions};
-use crate::quarantine::BadMessage;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;

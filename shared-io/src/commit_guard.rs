@@ -9,9 +9,10 @@
 //! and shows as a failing commit in `/metrics` and `/readyz` until a commit succeeds
 //! ([`CommitHealth`]).
 
+use crate::kafka::BadMessage;
 use crate::kafka::{Batch, SourcedEvent};
 use crate::observe;
-use crate::quarantine::BadMessage;
+use crate::quarantine::printable;
 use crate::readiness::readiness;
 use shared_schema::event::Event;
 use shared_schema::time::format_rfc3339;
@@ -57,14 +58,6 @@ pub fn classify_sql(error: &sqlx::Error) -> Failure {
         }
         other => Failure::Infrastructure(other.to_string()),
     }
-}
-
-/// `text` without control characters, which a quarantine reason (Postgres `text`) cannot
-/// always hold.
-pub fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
 }
 
 /// Finds the items among `0..count` that make `trial` fail with a data error, by bisection:

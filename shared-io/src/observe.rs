@@ -639,8 +639,8 @@ pub async fn serve_with_readiness(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kafka::BadMessage;
     use crate::kafka::SourcedEvent;
-    use crate::quarantine::BadMessage;
     use shared_schema::event::Event;
 
     fn all(registry: &Registry) -> (ConsumerMetrics, SpeedMetrics, BatchMetrics, ServingMetrics) {

@@ -3,7 +3,7 @@
 
 use crate::db::{DbError, connect_and_migrate};
 use shared_schema::config::{ConfigError, PlatformConfig};
-use shared_schema::metrics::{MetricCatalog, MetricError};
+use shared_schema::{catalog::MetricCatalog, metrics::MetricError};
 use sqlx::PgPool;
 
 #[derive(Debug, thiserror::Error)]

@@ -13,7 +13,10 @@
 //! no value) and the `[[alert]]` rules (evaluated by the serving layer over the merged answer,
 //! they change no stored partial).
 
-use crate::metrics::{Aggregation, LatePolicy, MetricCatalog, MetricDef};
+use crate::{
+    catalog::MetricCatalog,
+    metrics::{Aggregation, LatePolicy, MetricDef},
+};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -249,7 +252,7 @@ impl MetricCatalog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::DEFAULT_METRICS;
+    use crate::catalog::DEFAULT_METRICS;
 
     fn catalog(text: &str) -> MetricCatalog {
         MetricCatalog::from_toml(text).unwrap()

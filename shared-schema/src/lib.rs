@@ -6,20 +6,25 @@
 //! from drifting apart.
 
 pub mod alerts;
+pub mod catalog;
 pub mod config;
 pub mod cutover;
+pub mod definitions;
 pub mod event;
 pub mod fingerprint;
 pub mod hll;
+pub mod liveness;
 pub mod metrics;
 pub mod profiles;
 pub mod query;
+pub mod series;
 pub mod sessions;
 pub mod sliding;
 pub mod time;
 pub mod validity;
 pub mod watermark;
 
+pub use catalog::MetricCatalog;
 pub use config::PlatformConfig;
 pub use event::Event;
-pub use metrics::{MetricCatalog, MetricDef, Partial};
+pub use metrics::{MetricDef, Partial};

@@ -12,21 +12,25 @@
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use shared_io::kafka::SourcedEvent;
-use shared_io::kafka::{Batch, EventSource, PartitionPosition, SourceError};
 use shared_io::positions::{PositionTable, load_positions, store_positions};
 use shared_io::registry::{self, DefinitionsDiffer, RegistryError};
+use shared_io::{
+    kafka::{Batch, EventSource, SourceError},
+    positions::PartitionPosition,
+};
 use shared_io::{observe, quarantine};
 use shared_schema::config::PlatformConfig;
 use shared_schema::event::AMOUNT_SCALE;
 use shared_schema::hll::Hll;
-use shared_schema::metrics::{
-    Aggregation, LatePolicy, MetricCatalog, MetricDef, Partial, PartialKey, encode_dims,
-};
 use shared_schema::profiles::ProfileHistory;
 use shared_schema::sessions;
 use shared_schema::time::Millis;
 use shared_schema::time::{bucket_start, to_datetime};
 use shared_schema::watermark::{self, PartitionTime};
+use shared_schema::{
+    catalog::MetricCatalog,
+    metrics::{Aggregation, LatePolicy, MetricDef, Partial, PartialKey, encode_dims},
+};
 use sqlx::PgPool;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -40,6 +44,7 @@ pub mod liveness;
 mod profiles;
 pub mod quarantine_admin;
 pub mod replay;
+pub mod replay_start;
 
 /// Aborts a background task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
