@@ -249,7 +249,7 @@ pub fn reencode(event: &Event) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kafka::PartitionPosition;
+    use crate::positions::PartitionPosition;
 
     async fn culprits_of(count: usize, bad: &BTreeSet<usize>) -> (Vec<Vec<usize>>, usize) {
         let mut trials = 0;

@@ -1,6 +1,7 @@
 //! Unit tests of the catalogue, the definitions and the partial arithmetic.
 
 use super::*;
+use crate::hll::Hll;
 use crate::metrics::*;
 use proptest::prelude::*;
 

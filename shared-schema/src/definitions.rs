@@ -1,7 +1,7 @@
 //! The rule that keeps the services' metric definitions in agreement: the promoted batch view
 //! is the reference, and a service whose definitions (see [`crate::fingerprint`]) differ from
-//! its definitions is refused, naming each difference. The registry in Postgres that records
-//! both is `shared_io::registry`.
+//! the view's is refused, naming each difference. The registry in Postgres that records both
+//! is `shared_io::registry`.
 
 use crate::fingerprint::{CanonicalCatalog, Difference};
 use std::fmt;
