@@ -20,6 +20,7 @@ WORKDIR /src
 # sqlx::migrate! embeds into the binaries at compile time.
 COPY Cargo.toml Cargo.lock ./
 COPY shared-schema shared-schema
+COPY shared-io shared-io
 COPY speed-layer speed-layer
 COPY batch-layer batch-layer
 COPY serving-layer serving-layer

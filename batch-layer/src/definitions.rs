@@ -1,11 +1,11 @@
 //! The metric definitions of a batch run: checked against the promoted view's before any work,
 //! and recorded with the version the run promotes, so that every view names the definitions it
-//! was computed with (see `shared_schema::registry`).
+//! was computed with (see `shared_io::registry`).
 
 use crate::BatchError;
+use shared_io::registry::{self, RegistryError};
+use shared_schema::catalog::MetricCatalog;
 use shared_schema::fingerprint::CanonicalCatalog;
-use shared_schema::metrics::MetricCatalog;
-use shared_schema::registry::{self, RegistryError};
 use sqlx::{PgConnection, PgPool};
 
 /// The name batch runs register and report under.

@@ -16,7 +16,7 @@
 //!   differ (or that only one side has), which catches what cancels out in the totals.
 //!
 //! Both sides are finished by `shared_schema::query::finish_points`, the serving layer's own
-//! code, from rows read as the serving layer reads them (`shared_schema::speed_state`, the view
+//! code, from rows read as the serving layer reads them (`shared_io::speed_state`, the view
 //! file), so the check sees what clients were served and what they are served now.
 //!
 //! Buckets the speed layer did not cover are not divergence and are left out: those before its
@@ -34,14 +34,17 @@ mod compare;
 
 pub use compare::{Comparison, compare, compared_range, relative_difference, speed_complete_until};
 
+use shared_io::positions::{PositionTable, load_positions};
+use shared_io::speed_state::{self, SpeedStateError};
+use shared_io::storage::{Lake, StorageError};
+use shared_io::view::{ViewError, read_lake_view};
 use shared_schema::config::PlatformConfig;
-use shared_schema::metrics::{MetricCatalog, MetricDef, MetricError};
-use shared_schema::positions::{PositionTable, load_positions};
 use shared_schema::query::{BucketRow, rows_in};
-use shared_schema::speed_state::{self, SpeedStateError};
-use shared_schema::storage::{Lake, StorageError};
 use shared_schema::time::{Millis, bucket_start, format_rfc3339, to_datetime};
-use shared_schema::view::{ViewError, read_lake_view};
+use shared_schema::{
+    catalog::MetricCatalog,
+    metrics::{MetricDef, MetricError},
+};
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::path::Path;

@@ -19,8 +19,8 @@ use datafusion::execution::registry::FunctionRegistry;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::session_state::SessionState;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use shared_io::storage::Lake;
 use shared_schema::config::PlatformConfig;
-use shared_schema::storage::Lake;
 use std::fmt;
 use std::sync::Arc;
 

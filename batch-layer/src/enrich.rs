@@ -4,8 +4,9 @@
 //! `shared_schema::profiles::version_at`. The tests below check that the two agree.
 
 use crate::BatchError;
+use crate::changelog_batch::changelog_schema;
 use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext, lit};
-use shared_schema::profiles::{UNKNOWN, changelog_schema, temporal_join_sql};
+use shared_schema::profiles::{UNKNOWN, temporal_join_sql};
 
 const EVENTS_TABLE: &str = "events_for_join";
 const VERSIONS_TABLE: &str = "profile_versions";
@@ -41,12 +42,13 @@ pub async fn enrich(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::changelog_batch::versions_to_batch;
     use arrow::array::{Array, AsArray, Int64Array, RecordBatch, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
     use datafusion::datasource::MemTable;
     use proptest::prelude::*;
     use shared_schema::profiles::{
-        Profile, ProfileHistory, ProfileVersion, SourcedVersion, UNKNOWN, versions_to_batch,
+        Profile, ProfileHistory, ProfileVersion, SourcedVersion, UNKNOWN,
     };
     use std::collections::BTreeMap;
     use std::sync::Arc;

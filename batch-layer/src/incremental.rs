@@ -16,7 +16,7 @@
 //! Every other row is copied from the promoted view. Anything that breaks the link between the
 //! two, a changed catalogue or an unreadable view, makes the run a full one.
 
-use shared_schema::metrics::MetricCatalog;
+use shared_schema::catalog::MetricCatalog;
 use shared_schema::time::{HOUR_MS, Millis, bucket_start};
 use std::collections::{BTreeMap, BTreeSet};
 

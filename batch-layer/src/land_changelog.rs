@@ -5,14 +5,14 @@
 //! share its LSN, and the batch layer's join keeps one version per LSN.
 
 use crate::BatchError;
+use crate::changelog_batch::versions_to_batch;
 use crate::lake::{partition_of, write_parquet};
 use chrono::{DateTime, Utc};
-use shared_schema::changelog::{ChangelogBatch, ChangelogReader, store_positions};
+use shared_io::changelog::{ChangelogBatch, ChangelogReader, store_positions};
+use shared_io::storage::Lake;
+use shared_io::{quarantine, retry};
 use shared_schema::config::PlatformConfig;
-use shared_schema::profiles::versions_to_batch;
-use shared_schema::storage::Lake;
 use shared_schema::time::to_datetime;
-use shared_schema::{quarantine, retry};
 use sqlx::PgPool;
 
 /// Name under which the lander keeps its changelog positions and bad records.

@@ -1,4 +1,4 @@
-//! The lander's batch, guarded (see `shared_schema::commit_guard`): an event Arrow or Parquet
+//! The lander's batch, guarded (see `shared_io::commit_guard`): an event Arrow or Parquet
 //! refuses to encode is quarantined with the reason and the rest lands; the lake or Postgres
 //! being away is retried with backoff and shows in `/metrics` and `/readyz`.
 //!
@@ -10,11 +10,11 @@ use crate::BatchError;
 use crate::lake::{events_to_batch, partition_of, write_parquet};
 use crate::land::{LakeFile, commit, write_files};
 use crate::lander_lock::Fence;
-use shared_schema::commit_guard::{
+use shared_io::commit_guard::{
     Backoff, CommitHealth, Failure, classify_sql, find_culprits, quarantine_culprits,
 };
+use shared_io::kafka::{Batch, SourcedEvent};
 use shared_schema::config::PlatformConfig;
-use shared_schema::kafka::{Batch, SourcedEvent};
 use sqlx::PgPool;
 use std::collections::BTreeMap;
 

@@ -3,6 +3,7 @@
 //! with its cutover in one Postgres transaction (`run`, `schedule`). Its output is the source of
 //! truth for every bucket before the cutover.
 
+pub mod changelog_batch;
 pub mod cluster;
 pub mod crontab;
 pub mod cutover_clock;
@@ -27,15 +28,15 @@ pub enum BatchError {
     #[error(transparent)]
     Config(#[from] shared_schema::config::ConfigError),
     #[error(transparent)]
-    Db(#[from] shared_schema::db::DbError),
+    Db(#[from] shared_io::db::DbError),
     #[error("Postgres: {0}")]
     Sql(#[from] sqlx::Error),
     #[error(transparent)]
     Metrics(#[from] shared_schema::metrics::MetricError),
     #[error(transparent)]
-    SpeedState(#[from] shared_schema::speed_state::SpeedStateError),
+    SpeedState(#[from] shared_io::speed_state::SpeedStateError),
     #[error(transparent)]
-    Source(#[from] shared_schema::kafka::SourceError),
+    Source(#[from] shared_io::kafka::SourceError),
     #[error("lake I/O: {0}")]
     Io(#[from] std::io::Error),
     #[error("Parquet: {0}")]
@@ -56,19 +57,19 @@ pub enum BatchError {
     #[error("Ballista: {0}")]
     Ballista(#[from] ballista_core::error::BallistaError),
     #[error(transparent)]
-    View(#[from] shared_schema::view::ViewError),
+    View(#[from] shared_io::view::ViewError),
     #[error(transparent)]
-    Storage(#[from] shared_schema::storage::StorageError),
+    Storage(#[from] shared_io::storage::StorageError),
     #[error("cannot promote: {0}")]
     Cutover(#[from] shared_schema::cutover::CutoverError),
     #[error("cannot promote: {0}")]
-    Coverage(#[from] shared_schema::coverage::CoverageError),
+    Coverage(#[from] shared_io::coverage::CoverageError),
     #[error("lake: {0}")]
     Lake(String),
     #[error("{0}")]
     Versions(String),
     #[error(transparent)]
-    Registry(#[from] shared_schema::registry::RegistryError),
+    Registry(#[from] shared_io::registry::RegistryError),
     #[error("cron expression `{expr}`: {message}")]
     Cron { expr: String, message: String },
     /// The session holding the batch run lock ended, so this run, pin or rollback may no

@@ -6,11 +6,11 @@ use batch_layer::land::Lander;
 use batch_layer::recompute::{RunOptions, describe, run_once};
 use batch_layer::schedule::{parse_cron, run_on_schedule};
 use clap::{Parser, Subcommand};
+use shared_io::service::{self, Started};
+use shared_io::telemetry;
+use shared_io::{observe, registry};
 use shared_schema::config::PlatformConfig;
-use shared_schema::service::{self, Started};
-use shared_schema::telemetry;
 use shared_schema::time::{format_rfc3339, parse_rfc3339};
-use shared_schema::{observe, registry};
 
 // DataFusion's sorts and merges allocate per row; mimalloc is faster at it than glibc's malloc
 // (BENCHMARKS.md, the batch profile).
@@ -126,7 +126,7 @@ async fn main() -> anyhow::Result<()> {
             observe::serve(&config.lander.metrics_addr)
                 .await
                 .context("starting the lander")?;
-            tokio::spawn(shared_schema::quarantine::keep_bounded(
+            tokio::spawn(shared_io::quarantine::keep_bounded(
                 pool.clone(),
                 config.quarantine.clone(),
             ));
@@ -164,7 +164,7 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         Command::Versions => {
-            let versions = shared_schema::versions::list(&pool).await?;
+            let versions = shared_io::versions::list(&pool).await?;
             println!(
                 "{:<30} {:<24} {:<24} {:>10} {:<16} state",
                 "version", "cutover", "created", "rows", "definitions"

@@ -8,7 +8,7 @@
 //! 2. one snapshot reads the manifest, the lander's progress and the promoted T;
 //! 3. T is chosen and checked against the lake's completeness before any work;
 //! 4. the view is published under a version-unique name: locally written under a staging name
-//!    and renamed, on S3 one PUT of a new key (`shared_schema::storage`);
+//!    and renamed, on S3 one PUT of a new key (`shared_io::storage`);
 //! 5. one transaction records the version and moves T. Until it commits, the previous view
 //!    and T stay served; a run killed at any earlier step changes nothing that is served.
 
@@ -29,17 +29,20 @@ use datafusion::functions_aggregate::expr_fn::{count, max, min, sum};
 use datafusion::logical_expr::cast as cast_expr;
 use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext, col, lit};
 use indicatif::{ProgressBar, ProgressStyle};
+use shared_io::coverage;
+use shared_io::storage::Lake;
+use shared_io::view::{SUM_TYPE, VIEW_FILE, VIEWS_DIR, ViewRow, read_lake_view, write_view_to};
 use shared_schema::config::PlatformConfig;
-use shared_schema::coverage;
 use shared_schema::cutover::with_unrecorded_partitions;
 use shared_schema::cutover::{LandedPartition, lake_complete_until};
 use shared_schema::hll::Hll;
 use shared_schema::metrics::{Aggregation, Dimension, ValueField};
-use shared_schema::metrics::{MetricCatalog, MetricDef, Partial, encode_dims};
 use shared_schema::query::BucketRow;
-use shared_schema::storage::Lake;
 use shared_schema::time::{Millis, format_rfc3339, now_millis, to_datetime};
-use shared_schema::view::{SUM_TYPE, VIEW_FILE, VIEWS_DIR, ViewRow, read_lake_view, write_view_to};
+use shared_schema::{
+    catalog::MetricCatalog,
+    metrics::{MetricDef, Partial, encode_dims},
+};
 use sqlx::PgPool;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -86,7 +89,7 @@ struct LakeSnapshot {
     /// The lander's next offset per partition: the lake the view is computed from holds every
     /// message before it.
     landed_offsets: BTreeMap<i32, i64>,
-    /// What the speed layer counted at or after T (`shared_schema::coverage`).
+    /// What the speed layer counted at or after T (`shared_io::coverage`).
     counted: Vec<coverage::CountedRange>,
     current_cutover: Option<Millis>,
     /// The promoted view, its lake digests and its catalogue digest, if it recorded them.
@@ -154,8 +157,7 @@ async fn lake_complete_until_now(
     landed: &[LandedPartition],
     allowed_lateness: Millis,
 ) -> Option<Millis> {
-    match shared_schema::kafka::topic_partitions(&config.kafka_brokers, &config.events_topic).await
-    {
+    match shared_io::kafka::topic_partitions(&config.kafka_brokers, &config.events_topic).await {
         Ok(partitions) => lake_complete_until(
             &with_unrecorded_partitions(landed.to_vec(), &partitions),
             allowed_lateness,
@@ -176,7 +178,7 @@ pub async fn run_once(
     let version = new_version_id();
     let span = tracing::info_span!("batch_run", run_id = %version);
     async {
-        shared_schema::failpoint::hit("batch.run.start").await;
+        shared_io::failpoint::hit("batch.run.start").await;
         let engine = Engine::from_config(config)?;
         let mut lock = RunLock::acquire(config).await?;
         let definitions = crate::definitions::check_for_run(pool, catalog, options.accept_definitions).await?;
@@ -267,7 +269,7 @@ pub async fn run_once(
             changelog_digest: &changelog_digest,
             recomputed_hours,
         };
-        shared_schema::failpoint::hit("batch.run.before_promote").await;
+        shared_io::failpoint::hit("batch.run.before_promote").await;
         promote(&mut lock, &record, &snapshot, (&config.events_topic, catalog.cutover_alignment())).await?;
         tracing::info!(cutover = %format_rfc3339(cutover), rows = view_rows, "promoted");
         // The speed state of [previous T, T) is kept for the retention grace: compare it now.

@@ -4,10 +4,10 @@ use crate::BatchError;
 use crate::crontab::CronSchedule;
 use crate::recompute::{RunOptions, describe, run_once};
 use chrono::Utc;
+use shared_io::observe::{self, RunRows};
+use shared_io::registry::RegistryError;
+use shared_schema::catalog::MetricCatalog;
 use shared_schema::config::PlatformConfig;
-use shared_schema::metrics::MetricCatalog;
-use shared_schema::observe::{self, RunRows};
-use shared_schema::registry::RegistryError;
 use sqlx::PgPool;
 use std::future::Future;
 

@@ -79,7 +79,7 @@ async fn serve(
     let Some((cutover, view_path)) = row else {
         return Err(BatchError::Versions(format!("no view version `{version}`")));
     };
-    let lake = shared_schema::storage::Lake::open(&config.lake_dir)?;
+    let lake = shared_io::storage::Lake::open(&config.lake_dir)?;
     if !lake.exists(&view_path).await? {
         return Err(BatchError::Versions(format!(
             "the view of `{version}` is gone from {}",

@@ -4,10 +4,10 @@
 
 use batch_layer::lake::{events_to_batch, write_parquet_atomically};
 use batch_layer::recompute::{compute_view, session_context};
+use shared_io::kafka::SourcedEvent;
+use shared_schema::catalog::MetricCatalog;
 use shared_schema::config::PlatformConfig;
 use shared_schema::event::Event;
-use shared_schema::kafka::SourcedEvent;
-use shared_schema::metrics::MetricCatalog;
 use shared_schema::time::{MINUTE_MS, Millis};
 
 const BASE: Millis = 1_795_000_000_000 - 1_795_000_000_000 % MINUTE_MS;

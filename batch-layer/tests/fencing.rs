@@ -22,7 +22,7 @@ async fn database(name: &str) -> (PgPool, PlatformConfig) {
         .expect("create database");
     let (base, _) = admin_url.rsplit_once('/').expect("a database in the URL");
     let url = format!("{base}/{unique}");
-    let pool = shared_schema::db::connect_and_migrate(&url, 4)
+    let pool = shared_io::db::connect_and_migrate(&url, 4)
         .await
         .expect("migrated");
     let config = PlatformConfig {

@@ -8,12 +8,12 @@ use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::SessionContext;
+use shared_io::kafka::SourcedEvent;
+use shared_io::view::ViewRow;
+use shared_schema::catalog::MetricCatalog;
 use shared_schema::config::PlatformConfig;
 use shared_schema::event::Event;
-use shared_schema::kafka::SourcedEvent;
-use shared_schema::metrics::MetricCatalog;
 use shared_schema::time::{MINUTE_MS, Millis};
-use shared_schema::view::ViewRow;
 
 const BASE: Millis = 1_795_000_000_000 - 1_795_000_000_000 % MINUTE_MS;
 const EVENTS: usize = 160_000;

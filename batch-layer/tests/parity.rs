@@ -8,13 +8,16 @@
 use batch_layer::lake::{events_to_batch, write_parquet_atomically};
 use batch_layer::recompute::compute_view;
 use proptest::prelude::*;
+use shared_io::kafka::SourcedEvent;
+use shared_io::view::ViewRow;
 use shared_schema::event::Event;
-use shared_schema::kafka::SourcedEvent;
-use shared_schema::metrics::{Aggregation, DEFAULT_METRICS, MetricCatalog, Partial, PartialKey};
 use shared_schema::query::{BucketRow, SeriesQuery, assemble};
 use shared_schema::sessions::start_changes;
 use shared_schema::time::{MINUTE_MS, Millis, bucket_start};
-use shared_schema::view::ViewRow;
+use shared_schema::{
+    catalog::{DEFAULT_METRICS, MetricCatalog},
+    metrics::{Aggregation, Partial, PartialKey},
+};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 const BASE: Millis = 1_795_000_000_000 - 1_795_000_000_000 % MINUTE_MS;

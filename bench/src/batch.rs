@@ -10,12 +10,12 @@ use batch_layer::lake::{events_to_batch, partition_of, write_parquet_atomically}
 use batch_layer::recompute::{compute_view, session_context};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use shared_io::kafka::SourcedEvent;
+use shared_io::view::{ViewRow, read_view, write_view};
+use shared_schema::catalog::MetricCatalog;
 use shared_schema::config::PlatformConfig;
 use shared_schema::event::Event;
-use shared_schema::kafka::SourcedEvent;
-use shared_schema::metrics::MetricCatalog;
 use shared_schema::time::{HOUR_MS, bucket_start, now_millis};
-use shared_schema::view::{ViewRow, read_view, write_view};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;

@@ -5,8 +5,11 @@
 use crate::report::Figure;
 use anyhow::{Context, Result};
 use shared_schema::event::Event;
-use shared_schema::metrics::{MetricCatalog, Partial, PartialKey};
 use shared_schema::time::{MINUTE_MS, bucket_start, now_millis};
+use shared_schema::{
+    catalog::MetricCatalog,
+    metrics::{Partial, PartialKey},
+};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
@@ -14,7 +17,7 @@ const PARTITIONS: i32 = 4;
 
 pub async fn run(rows_per_batch: usize, batches: usize) -> Result<Vec<Figure>> {
     let platform = crate::load::bench_platform("bench_pg_write", 1).await?;
-    let pool = shared_schema::db::connect_and_migrate(&platform.database_url, 4).await?;
+    let pool = shared_io::db::connect_and_migrate(&platform.database_url, 4).await?;
     let catalog = MetricCatalog::load(None)?;
     let (index, metric) = catalog
         .get("page_views")

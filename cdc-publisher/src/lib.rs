@@ -8,7 +8,7 @@
 //! confirmed LSN is therefore the resume point: a publisher killed at any moment reads again
 //! everything it had not confirmed, so nothing is lost. A crash between the acknowledgement and
 //! the advance publishes some changes twice, with the same LSN, and the readers keep one copy
-//! per LSN (see `shared_schema::changelog`).
+//! per LSN (see `shared_io::changelog`).
 //!
 //! On the first start for a slot, the rows already in the table are published once as `op: r`
 //! (a snapshot), recorded in `cdc_snapshots`.

@@ -1,8 +1,8 @@
 use anyhow::Context;
 use cdc_publisher::Publisher;
 use clap::{Parser, Subcommand};
-use shared_schema::service::{self, Started};
-use shared_schema::telemetry;
+use shared_io::service::{self, Started};
+use shared_io::telemetry;
 
 #[derive(Parser)]
 #[command(

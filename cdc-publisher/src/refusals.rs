@@ -7,7 +7,7 @@
 //! the source table as its topic, partition -1 and its LSN as its offset.
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use shared_schema::commit_guard::printable;
+use shared_io::quarantine::printable;
 use shared_schema::profiles::{ChangeEnvelope, SOURCE_TABLE, parse_lsn};
 use sqlx::PgPool;
 

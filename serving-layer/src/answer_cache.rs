@@ -8,8 +8,8 @@
 //! (BENCHMARKS.md).
 
 use serde::Serialize;
+use shared_io::observe;
 use shared_schema::cutover::Source;
-use shared_schema::observe;
 use shared_schema::query::{Group, MergedPoint};
 use shared_schema::time::{Millis, format_rfc3339};
 use std::collections::{BTreeMap, HashMap};

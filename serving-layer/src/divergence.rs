@@ -11,7 +11,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use shared_schema::observe;
+use shared_io::observe;
 use shared_schema::time::format_rfc3339;
 use sqlx::PgExecutor;
 use std::collections::HashMap;

@@ -10,7 +10,7 @@
 //! A generation's values are capped by their size in bytes (`Weigh`), not by their number: a
 //! cached snapshot or answer can be a few bytes or tens of megabytes.
 
-use shared_schema::observe;
+use shared_io::observe;
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;

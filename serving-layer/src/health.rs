@@ -6,7 +6,7 @@ use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
 use serde::Serialize;
-use shared_schema::db::MIGRATOR;
+use shared_io::db::MIGRATOR;
 use utoipa::ToSchema;
 
 /// `{"status":"alive"}` or `{"status":"ready"}`.

@@ -11,7 +11,7 @@ use axum::http::Method;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
-use shared_schema::observe::{self, ServedVersion};
+use shared_io::observe::{self, ServedVersion};
 use sqlx::PgPool;
 use std::time::Instant;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};

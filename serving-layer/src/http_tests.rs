@@ -101,7 +101,7 @@ async fn a_read_token_guards_the_reads_but_not_the_probes() {
         )
         .await;
         assert_eq!(status, StatusCode::OK, "{token}");
-        let defaults = shared_schema::metrics::MetricCatalog::default()
+        let defaults = shared_schema::catalog::MetricCatalog::default()
             .metrics
             .len();
         assert_eq!(body["metrics"].as_array().map(Vec::len), Some(defaults));

@@ -145,7 +145,7 @@ mod tests {
 
     #[test]
     fn rows_are_counted_on_both_sides_of_t() {
-        use shared_schema::metrics::{MetricCatalog, Partial};
+        use shared_schema::{catalog::MetricCatalog, metrics::Partial};
         let catalog = MetricCatalog::default();
         let purchases = catalog.get("purchases").unwrap().1;
         let row = |minute: i64| BucketRow {

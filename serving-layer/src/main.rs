@@ -1,9 +1,9 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serving_layer::{AppState, StateGeneration, alerts, http_metrics, reader, router};
-use shared_schema::registry;
-use shared_schema::service::{self, Started};
-use shared_schema::telemetry;
+use shared_io::registry;
+use shared_io::service::{self, Started};
+use shared_io::telemetry;
 
 // Every answer allocates its points and their JSON; glibc's malloc and free were 45% of a
 // profile under load (BENCHMARKS.md).

@@ -6,13 +6,13 @@
 
 use crate::generation_cache::GenerationCache;
 use chrono::{DateTime, Utc};
+use shared_io::liveness;
+use shared_io::speed_state::{self, SpeedStateError};
+use shared_io::storage::Lake;
+use shared_io::view::{ViewError, read_lake_view};
 use shared_schema::hll::PRECISION;
-use shared_schema::liveness;
 use shared_schema::query::BucketRow;
-use shared_schema::speed_state::{self, SpeedStateError};
-use shared_schema::storage::Lake;
 use shared_schema::time::{Millis, to_datetime};
-use shared_schema::view::{ViewError, read_lake_view};
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -70,7 +70,7 @@ pub struct Snapshot {
     /// `None`: the speed layer covers the topic from its start; `Some(t)`: only from `t` on.
     pub speed_covered_from: Option<Millis>,
     /// Some partition has had no live speed consumer for the stall timeout: from here on the
-    /// speed side may be missing its events (`shared_schema::liveness`).
+    /// speed side may be missing its events (`shared_io::liveness`).
     pub speed_stalled_from: Option<Millis>,
 }
 
@@ -259,8 +259,8 @@ impl ViewCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shared_io::view::{ViewRow, write_view};
     use shared_schema::metrics::Partial;
-    use shared_schema::view::{ViewRow, write_view};
 
     fn rows(count: i64) -> Vec<ViewRow> {
         (0..count)

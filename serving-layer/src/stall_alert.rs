@@ -1,11 +1,11 @@
 //! The alert `speed_stalled`: some partition of the topic has had no live speed consumer for
-//! the stall timeout (`shared_schema::liveness`), so answers from its speed watermark on carry
+//! the stall timeout (`shared_io::liveness`), so answers from its speed watermark on carry
 //! a gap. Fires while any partition is stalled, naming them; resolves once all move again.
 
 use crate::alert_lifecycle::{Finding, Rules, Transition, read_firing, settle};
 use crate::alerts::EvaluateError;
 use crate::state::AppState;
-use shared_schema::liveness;
+use shared_io::liveness;
 use shared_schema::metrics::encode_dims;
 use shared_schema::time::to_datetime;
 use sqlx::PgConnection;

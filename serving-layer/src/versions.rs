@@ -15,7 +15,7 @@ use serde_json::{Value, json};
         (status = 503, description = "Postgres unavailable", body = crate::openapi::ErrorBody),
     ))]
 pub async fn get(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let versions = shared_schema::versions::list(&state.pool)
+    let versions = shared_io::versions::list(&state.pool)
         .await
         .map_err(|e| ApiError::dependency_down("versions (Postgres)", &e))?;
     Ok(Json(json!({ "versions": versions })))

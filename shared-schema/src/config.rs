@@ -315,8 +315,8 @@ impl PlatformConfig {
     /// The metric catalogue this deployment computes.
     pub fn metric_catalog(
         &self,
-    ) -> Result<crate::metrics::MetricCatalog, crate::metrics::MetricError> {
-        crate::metrics::MetricCatalog::load(self.metrics_file.as_deref())
+    ) -> Result<crate::catalog::MetricCatalog, crate::metrics::MetricError> {
+        crate::catalog::MetricCatalog::load(self.metrics_file.as_deref())
     }
 
     /// Where the batch layer publishes view versions.

@@ -10,11 +10,8 @@
 //! tests in the batch layer check that the two agree.
 
 use crate::time::{Millis, format_rfc3339, parse_rfc3339};
-use arrow::array::{ArrayRef, BooleanArray, Int32Array, Int64Array, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::Arc;
 
 /// The profile field value of an event without a profile version at its time.
 pub const UNKNOWN: &str = "unknown";
@@ -93,7 +90,7 @@ impl ProfileHistory {
 }
 
 /// The temporal join as SQL over two registered tables: `events`, which has `user_id` and
-/// `event_time_ms` (epoch milliseconds), and `versions`, in [`changelog_schema`]. The result is
+/// `event_time_ms` (epoch milliseconds), and `versions`, in the lake's changelog schema. The result is
 /// every event row, once, with `tier` and `signup_country` added by the rule of [`version_at`].
 pub fn temporal_join_sql(events: &str, versions: &str) -> String {
     // Identifiers come from the caller's constants, never from input.
@@ -115,62 +112,12 @@ pub fn temporal_join_sql(events: &str, versions: &str) -> String {
     )
 }
 
-/// The changelog as the lake keeps it (`profiles/part-*.parquet`), one row per change record.
-pub fn changelog_schema() -> SchemaRef {
-    let text = |name: &str, nullable| Field::new(name, DataType::Utf8, nullable);
-    Arc::new(Schema::new(vec![
-        text("user_id", false),
-        Field::new("valid_from", DataType::Int64, false),
-        Field::new("lsn", DataType::Int64, false),
-        text("tier", true),
-        text("signup_country", true),
-        Field::new("deleted", DataType::Boolean, false),
-        // Lineage: where the record was read.
-        Field::new("kafka_partition", DataType::Int32, false),
-        Field::new("kafka_offset", DataType::Int64, false),
-    ]))
-}
-
 /// A change record and where it was read.
 #[derive(Debug, Clone)]
 pub struct SourcedVersion {
     pub partition: i32,
     pub offset: i64,
     pub version: ProfileVersion,
-}
-
-pub fn versions_to_batch(
-    versions: &[SourcedVersion],
-) -> Result<RecordBatch, arrow::error::ArrowError> {
-    let text = |f: fn(&SourcedVersion) -> Option<&str>| -> ArrayRef {
-        Arc::new(versions.iter().map(f).collect::<StringArray>())
-    };
-    let columns: Vec<ArrayRef> = vec![
-        text(|s| Some(s.version.user_id.as_str())),
-        Arc::new(Int64Array::from_iter_values(
-            versions.iter().map(|s| s.version.valid_from),
-        )),
-        Arc::new(Int64Array::from_iter_values(
-            versions.iter().map(|s| s.version.lsn),
-        )),
-        text(|s| s.version.profile.as_ref().map(|p| p.tier.as_str())),
-        text(|s| {
-            s.version
-                .profile
-                .as_ref()
-                .and_then(|p| p.signup_country.as_deref())
-        }),
-        Arc::new(BooleanArray::from_iter(
-            versions.iter().map(|s| Some(s.version.profile.is_none())),
-        )),
-        Arc::new(Int32Array::from_iter_values(
-            versions.iter().map(|s| s.partition),
-        )),
-        Arc::new(Int64Array::from_iter_values(
-            versions.iter().map(|s| s.offset),
-        )),
-    ];
-    RecordBatch::try_new(changelog_schema(), columns)
 }
 
 /// A row of `user_profiles` in a change record.
@@ -327,101 +274,5 @@ pub fn format_lsn(lsn: i64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn version(valid_from: Millis, lsn: i64, tier: Option<&str>) -> ProfileVersion {
-        ProfileVersion {
-            user_id: "u1".into(),
-            valid_from,
-            lsn,
-            profile: tier.map(|t| Profile {
-                tier: t.into(),
-                signup_country: None,
-            }),
-        }
-    }
-
-    #[test]
-    fn an_event_sees_the_version_valid_at_its_time() {
-        let versions = [
-            version(100, 5, Some("gold")),
-            version(0, 1, Some("bronze")),
-            version(100, 9, Some("silver")),
-            version(200, 7, None),
-        ];
-        let tier = |t| profile_at(&versions, t).map(|p| p.tier.as_str());
-        assert_eq!(tier(-1), None, "before the first version");
-        assert_eq!(tier(0), Some("bronze"));
-        assert_eq!(tier(99), Some("bronze"));
-        assert_eq!(
-            tier(100),
-            Some("silver"),
-            "the later write of the same time"
-        );
-        assert_eq!(tier(199), Some("silver"));
-        assert_eq!(tier(200), None, "deleted");
-    }
-
-    #[test]
-    fn a_change_delivered_twice_is_applied_once() {
-        let mut history = ProfileHistory::default();
-        assert!(history.apply(version(0, 1, Some("bronze"))));
-        assert!(!history.apply(version(0, 1, Some("bronze"))));
-        assert_eq!(history.len(), 1);
-        assert_eq!(
-            history.at(Some("u1"), 5).map(|p| p.tier.as_str()),
-            Some("bronze")
-        );
-        assert_eq!(history.at(None, 5), None);
-        assert_eq!(history.at(Some("u2"), 5), None);
-    }
-
-    #[test]
-    fn envelopes_give_versions() {
-        let source = ChangeSource {
-            connector: "x".into(),
-            db: "d".into(),
-            schema: "public".into(),
-            table: SOURCE_TABLE.into(),
-            lsn: 42,
-            lsn_text: format_lsn(42),
-            tx_id: None,
-            ts_ms: 5_000,
-            snapshot: false,
-        };
-        let row = ProfileRow::new("u1", "gold", Some("DE"), 1_000);
-        let update = ChangeEnvelope {
-            before: None,
-            after: Some(row.clone()),
-            op: "u".into(),
-            ts_ms: 6_000,
-            source: source.clone(),
-        };
-        let text = serde_json::to_vec(&update).unwrap();
-        let version = ChangeEnvelope::decode(&text).unwrap().version().unwrap();
-        assert_eq!((version.valid_from, version.lsn), (1_000, 42));
-        assert_eq!(
-            version.profile.unwrap().signup_country.as_deref(),
-            Some("DE")
-        );
-        let delete = ChangeEnvelope {
-            before: Some(row),
-            after: None,
-            op: "d".into(),
-            ts_ms: 6_000,
-            source,
-        };
-        let tombstone = delete.version().unwrap();
-        assert_eq!((tombstone.valid_from, tombstone.profile), (5_000, None));
-        assert!(ChangeEnvelope::decode(b"{}").is_err());
-    }
-
-    #[test]
-    fn lsns_round_trip() {
-        assert_eq!(parse_lsn("0/1526230"), Some(0x1526230));
-        assert_eq!(parse_lsn("1/0"), Some(1 << 32));
-        assert_eq!(format_lsn(0x1_0152_6230), "1/1526230");
-        assert_eq!(parse_lsn("x"), None);
-    }
-}
+#[path = "profiles_tests.rs"]
+mod tests;

@@ -14,7 +14,7 @@
 //! bounded by the buckets plus the points that have data.
 
 use crate::metrics::Partial;
-use crate::query::SeriesQuery;
+use crate::series::SeriesQuery;
 use crate::time::Millis;
 use std::time::Instant;
 

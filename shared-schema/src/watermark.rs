@@ -45,7 +45,7 @@ pub fn is_late(metric: &MetricDef, event_time: Millis, watermark: Option<Millis>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::MetricCatalog;
+    use crate::catalog::MetricCatalog;
     use crate::time::MINUTE_MS;
 
     fn p(max: Option<Millis>, idle: bool) -> PartitionTime {

@@ -10,12 +10,15 @@ use crate::sessions::apply_sessions;
 use crate::upsert::upsert_partials;
 use crate::{CONSUMER_NAME, SpeedLayer};
 use chrono::{DateTime, Utc};
-use shared_schema::kafka::{Batch, SourcedEvent};
-use shared_schema::metrics::{LatePolicy, MetricCatalog, Partial, PartialKey};
-use shared_schema::positions::{PositionTable, store_positions};
-use shared_schema::quarantine;
+use shared_io::kafka::{Batch, SourcedEvent};
+use shared_io::positions::{PositionTable, store_positions};
+use shared_io::quarantine;
 use shared_schema::time::{Millis, bucket_start, to_datetime};
 use shared_schema::watermark;
+use shared_schema::{
+    catalog::MetricCatalog,
+    metrics::{LatePolicy, Partial, PartialKey},
+};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 use tracing::Instrument;
@@ -144,7 +147,7 @@ impl SpeedLayer {
                 .await
                 .map_err(failed("quarantining bad messages"))?;
             // What a promotion must find in the lake before moving T past it (CONTRACT §5.3).
-            shared_schema::coverage::record_counted(&mut tx, topic, &batch.events)
+            shared_io::coverage::record_counted(&mut tx, topic, &batch.events)
                 .await
                 .map_err(failed("recording counted offsets"))?;
             let done = Committed {

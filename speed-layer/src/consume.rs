@@ -4,10 +4,10 @@
 
 use crate::event_clock::EventClock;
 use crate::{CONSUMER_NAME, SERVICE, SpeedError, SpeedLayer, liveness, profiles, replay};
-use shared_schema::kafka::{EventSource, PartitionPosition};
-use shared_schema::observe;
-use shared_schema::positions::{PositionTable, load_positions};
-use shared_schema::registry::{self, RegistryError};
+use shared_io::observe;
+use shared_io::positions::{PositionTable, load_positions};
+use shared_io::registry::{self, RegistryError};
+use shared_io::{kafka::EventSource, positions::PartitionPosition};
 use shared_schema::time::Millis;
 use std::collections::BTreeMap;
 use std::future::Future;

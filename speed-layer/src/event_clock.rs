@@ -4,8 +4,8 @@
 //! (`speed_offsets.watermark`), which the serving layer reads.
 
 use chrono::{DateTime, Utc};
+use shared_io::{kafka::Batch, positions::PartitionPosition};
 use shared_schema::config::PlatformConfig;
-use shared_schema::kafka::{Batch, PartitionPosition};
 use shared_schema::time::{Millis, to_datetime};
 use shared_schema::watermark::{self, PartitionTime};
 use std::collections::{BTreeMap, HashMap};

@@ -1,14 +1,14 @@
-//! The speed layer's batch commit, guarded (see `shared_schema::commit_guard`): a message
+//! The speed layer's batch commit, guarded (see `shared_io::commit_guard`): a message
 //! whose values Postgres refuses is quarantined with the reason and the rest of the batch
 //! commits in one transaction as before (ids claimed, partials added, offsets stored, bad
 //! messages kept); Postgres being away is retried with backoff and shows in `/metrics` and
 //! `/readyz`.
 
 use crate::{CONSUMER_NAME, SpeedLayer};
-use shared_schema::commit_guard::{
+use shared_io::commit_guard::{
     Backoff, CommitHealth, Failure, classify_sql, find_culprits, quarantine_culprits,
 };
-use shared_schema::kafka::Batch;
+use shared_io::kafka::Batch;
 use shared_schema::time::Millis;
 use std::collections::BTreeMap;
 use tracing::Instrument;

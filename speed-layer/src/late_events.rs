@@ -4,10 +4,13 @@
 //! folded only under `update`.
 
 use chrono::{DateTime, Utc};
-use shared_schema::kafka::SourcedEvent;
-use shared_schema::metrics::{LatePolicy, MetricCatalog, MetricDef};
-use shared_schema::observe;
+use shared_io::kafka::SourcedEvent;
+use shared_io::observe;
 use shared_schema::time::{Millis, to_datetime};
+use shared_schema::{
+    catalog::MetricCatalog,
+    metrics::{LatePolicy, MetricDef},
+};
 use std::collections::BTreeMap;
 
 /// Late events of one batch: counts per metric, bucket and partition, and the `side_output`

@@ -15,11 +15,11 @@
 //! writes), `retention` (deleting what a promoted view covers), `profiles` (the temporal
 //! join), `liveness` (the watchdog), `replay` and `quarantine_admin` (the other subcommands).
 
+use shared_io::kafka::SourceError;
+use shared_io::registry::DefinitionsDiffer;
+use shared_schema::catalog::MetricCatalog;
 use shared_schema::config::PlatformConfig;
-use shared_schema::kafka::SourceError;
-use shared_schema::metrics::MetricCatalog;
 use shared_schema::profiles::ProfileHistory;
-use shared_schema::registry::DefinitionsDiffer;
 use sqlx::PgPool;
 use std::sync::{Arc, RwLock};
 
@@ -32,6 +32,7 @@ pub mod liveness;
 mod profiles;
 pub mod quarantine_admin;
 pub mod replay;
+pub mod replay_start;
 mod retention;
 mod sessions;
 mod sketch_merge;

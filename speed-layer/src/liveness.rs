@@ -5,7 +5,7 @@
 //! dead member the broker has not expired. Every `liveness_interval` each instance asks the
 //! broker for the end offset of every partition and records it beside the speed layer's stored
 //! position in `speed_partition_liveness`, which keeps, shared by all instances, since when the
-//! position has stood still below the end (see `shared_schema::liveness`). When a partition
+//! position has stood still below the end (see `shared_io::liveness`). When a partition
 //! this instance does not own has stood still for `stall_timeout`, the instance leaves the group
 //! and joins again as a new member, which makes the coordinator rebalance and hand the
 //! partition to a live member. A new member first waits a session timeout (a dead member's
@@ -17,9 +17,9 @@
 //! The same records tell `/readyz` what this instance owns, and the serving layer which
 //! buckets a stalled partition may be missing.
 
-use shared_schema::kafka::{EventSource, SourceError};
-use shared_schema::liveness::{self, PartitionEvidence};
-use shared_schema::positions::{PositionTable, load_positions};
+use shared_io::kafka::{EventSource, SourceError};
+use shared_io::liveness::{self, PartitionEvidence};
+use shared_io::positions::{PositionTable, load_positions};
 use shared_schema::time::Millis;
 use sqlx::PgPool;
 use std::collections::BTreeMap;
@@ -61,7 +61,7 @@ impl Readiness {
 pub type SharedReadiness = Arc<Mutex<Readiness>>;
 
 /// `/readyz` of `speed-layer run`: `{"ready":..,"owned_partitions":[..],"stalled_partitions":[..]}`.
-pub fn readiness_check(readiness: SharedReadiness) -> shared_schema::observe::ReadinessCheck {
+pub fn readiness_check(readiness: SharedReadiness) -> shared_io::observe::ReadinessCheck {
     Arc::new(move || {
         let r = readiness
             .lock()
@@ -200,7 +200,7 @@ impl Watchdog {
         record(&self.pool, topic, &ends, &speed)
             .await
             .map_err(recording)?;
-        shared_schema::coverage::prune_landed(&self.pool, topic).await;
+        shared_io::coverage::prune_landed(&self.pool, topic).await;
         let mut connection = self.pool.acquire().await.map_err(recording)?;
         let (evidence, now) = liveness::read_evidence(&mut connection, topic)
             .await

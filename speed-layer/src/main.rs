@@ -1,9 +1,9 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use shared_schema::kafka::ReplayStart;
-use shared_schema::service::{self, Started};
-use shared_schema::telemetry;
-use shared_schema::{observe, quarantine, registry};
+use shared_io::service::{self, Started};
+use shared_io::telemetry;
+use shared_io::{observe, quarantine, registry};
+use speed_layer::replay_start::ReplayStart;
 use speed_layer::{SERVICE, SpeedLayer, liveness, quarantine_admin, replay};
 
 #[derive(Parser)]

@@ -7,11 +7,11 @@
 //! next batch run recomputes them from the lake's changelog. Only events folded after the
 //! change see it.
 
-use shared_schema::changelog::{ChangelogBatch, ChangelogReader, store_positions};
+use shared_io::changelog::{ChangelogBatch, ChangelogReader, store_positions};
+use shared_io::kafka::SourcedEvent;
+use shared_io::{quarantine, retry};
 use shared_schema::config::PlatformConfig;
-use shared_schema::kafka::SourcedEvent;
 use shared_schema::profiles::{Profile, ProfileHistory, ProfileVersion};
-use shared_schema::{quarantine, retry};
 use sqlx::PgPool;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;

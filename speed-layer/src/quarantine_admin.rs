@@ -8,9 +8,9 @@
 
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use shared_io::quarantine::{self, Kept, QuarantineError, Selection};
 use shared_schema::config::PlatformConfig;
 use shared_schema::event;
-use shared_schema::quarantine::{self, Kept, QuarantineError, Selection};
 use shared_schema::time::now_millis;
 use sqlx::PgPool;
 use std::time::Duration;

@@ -10,12 +10,14 @@
 //! is either new (counted there) or replayed already (dropped by the dedupe claims). The swap
 //! locks the live tables, so no live batch commits half in the old tables and half in the new.
 
+use crate::replay_start::{ReplayStart, replay_positions};
 use crate::{SpeedError, SpeedLayer};
-use shared_schema::config::{ConfigError, PlatformConfig};
-use shared_schema::kafka::{
-    EventSource, PartitionPosition, ReplayStart, SourceError, replay_positions,
+use shared_io::{
+    kafka::{EventSource, SourceError},
+    positions::PartitionPosition,
 };
-use shared_schema::metrics::MetricCatalog;
+use shared_schema::catalog::MetricCatalog;
+use shared_schema::config::{ConfigError, PlatformConfig};
 use shared_schema::time::to_datetime;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Executor, PgPool};
@@ -329,17 +331,5 @@ mod tests {
             (0.99..1.01).contains(&elapsed),
             "the second 50 took {elapsed}s"
         );
-    }
-
-    #[test]
-    fn replay_starts_parse() {
-        assert_eq!("earliest".parse(), Ok(ReplayStart::Earliest));
-        assert_eq!("42".parse(), Ok(ReplayStart::Offset(42)));
-        assert!("-1".parse::<ReplayStart>().is_err());
-        assert!(matches!(
-            "2026-11-22T00:00:00Z".parse(),
-            Ok(ReplayStart::Time(_))
-        ));
-        assert!("yesterday".parse::<ReplayStart>().is_err());
     }
 }

@@ -47,7 +47,7 @@ impl SpeedLayer {
             .begin()
             .await
             .map_err(RetentionError::ReadCutover)?;
-        shared_schema::failpoint::hit("speed.retention.begun").await;
+        shared_io::failpoint::hit("speed.retention.begun").await;
         // T is read in the deleting transaction, share-locked: a promotion or rollback (which
         // update this row) waits for the deletes, or the deletes wait for it and see its T.
         let cutover: Option<DateTime<Utc>> =

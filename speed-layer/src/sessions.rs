@@ -3,10 +3,13 @@
 //! events are added to the metric's partials (see `shared_schema::sessions`).
 
 use chrono::{DateTime, Utc};
-use shared_schema::kafka::SourcedEvent;
-use shared_schema::metrics::{Aggregation, MetricCatalog, Partial, PartialKey, encode_dims};
+use shared_io::kafka::SourcedEvent;
 use shared_schema::sessions;
 use shared_schema::time::{Millis, bucket_start, to_datetime};
+use shared_schema::{
+    catalog::MetricCatalog,
+    metrics::{Aggregation, Partial, PartialKey, encode_dims},
+};
 use std::collections::{BTreeMap, HashMap};
 
 /// Adds the session starts that the claimed events create or remove (see

@@ -2,8 +2,11 @@
 
 use chrono::{DateTime, Utc};
 use shared_schema::hll::Hll;
-use shared_schema::metrics::{MetricCatalog, Partial, PartialKey};
 use shared_schema::time::to_datetime;
+use shared_schema::{
+    catalog::MetricCatalog,
+    metrics::{Partial, PartialKey},
+};
 
 /// Sketches cannot be merged in SQL, so the stored sketch of every row the batch touches is
 /// read (and locked) and merged into the batch's partial, which then replaces it. Sketch union

@@ -6,8 +6,11 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use shared_schema::event::AMOUNT_SCALE;
 use shared_schema::hll::Hll;
-use shared_schema::metrics::{MetricCatalog, Partial, PartialKey};
 use shared_schema::time::to_datetime;
+use shared_schema::{
+    catalog::MetricCatalog,
+    metrics::{Partial, PartialKey},
+};
 use std::collections::{BTreeMap, HashMap};
 
 /// Adds partials to `speed_aggregates`: one `INSERT ... SELECT FROM UNNEST ... ON CONFLICT DO

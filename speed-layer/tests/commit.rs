@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use shared_schema::quarantine::BadMessage;
+use shared_io::kafka::BadMessage;
 use speed_layer::Committed;
 
 #[tokio::test]

@@ -43,7 +43,7 @@ impl TestDatabase {
                 name: name.clone(),
                 source,
             })?;
-        shared_schema::db::MIGRATOR
+        shared_io::db::MIGRATOR
             .run(&pool)
             .await
             .map_err(|source| TestDatabaseError::Migrate {

@@ -754,12 +754,11 @@ mod tests {
 
     #[test]
     fn reads_assignments_from_coloured_and_plain_log_lines() {
-        let coloured = "\u{1b}[2m2026-11-22T13:49:33Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m shared_schema::kafka: \
+        let coloured = "\u{1b}[2m2026-11-22T13:49:33Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m shared_io::kafka: \
                         assigned by the group \u{1b}[3mtopic\u{1b}[0m\u{1b}[2m=\u{1b}[0mevents \
                         \u{1b}[3mpartitions\u{1b}[0m\u{1b}[2m=\u{1b}[0m[]";
         assert_eq!(assigned_partitions(coloured).as_deref(), Some("[]"));
-        let plain =
-            "INFO shared_schema::kafka: assigned by the group topic=events partitions=[2, 3]";
+        let plain = "INFO shared_io::kafka: assigned by the group topic=events partitions=[2, 3]";
         assert_eq!(assigned_partitions(plain).as_deref(), Some("[2, 3]"));
         assert_eq!(
             assigned_partitions("INFO revoked by the group partitions=[2, 3]"),

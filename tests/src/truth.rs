@@ -5,7 +5,7 @@ use crate::Platform;
 use anyhow::{Context, Result, ensure};
 use rand::Rng;
 use serde_json::json;
-use shared_schema::metrics::MetricCatalog;
+use shared_schema::catalog::MetricCatalog;
 use shared_schema::time::{MINUTE_MS, Millis, bucket_start, format_rfc3339, parse_rfc3339};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 

@@ -11,7 +11,7 @@ use platform_tests::Platform;
 use platform_tests::truth::{Ledger, Sent};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use shared_schema::metrics::DEFAULT_METRICS;
+use shared_schema::catalog::DEFAULT_METRICS;
 use shared_schema::time::{MINUTE_MS, Millis, bucket_start, format_rfc3339, now_millis};
 
 const PARTITIONS: i32 = 3;

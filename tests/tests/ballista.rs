@@ -10,9 +10,9 @@ use platform_tests::truth::{Sent, check_served, default_metrics, send_all};
 use platform_tests::{Platform, Service, free_local_addr, wait_until};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use shared_io::view::read_view;
 use shared_schema::query::BucketRow;
 use shared_schema::time::{Millis, format_rfc3339, now_millis};
-use shared_schema::view::read_view;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 

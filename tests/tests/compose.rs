@@ -730,7 +730,7 @@ fn dockerfile_builds_the_four_binaries_with_the_migrations() {
     }
 }
 
-/// Where each service that exports metrics (`shared_schema::observe::FAMILIES`) serves them.
+/// Where each service that exports metrics (`shared_io::observe::FAMILIES`) serves them.
 const METRICS_ADDRESSES: [(&str, &str); 4] = [
     ("speed-layer", "PLATFORM_SPEED__METRICS_ADDR"),
     ("lander", "PLATFORM_LANDER__METRICS_ADDR"),
@@ -806,7 +806,7 @@ fn dashboard_targets(dashboard: &serde_json::Value) -> Vec<(String, Option<Strin
 
 #[test]
 fn prometheus_scrapes_every_exporter_and_grafana_provisions_the_dashboard() {
-    use shared_schema::observe::{FAMILIES, Kind};
+    use shared_io::observe::{FAMILIES, Kind};
     let doc = compose();
     let names = service_names(&doc);
     for expected in ["prometheus", "grafana"] {

@@ -6,7 +6,7 @@
 use anyhow::{Result, ensure};
 use platform_tests::{Cluster, create_topic, producer, send};
 use serde_json::json;
-use shared_schema::kafka::EventSource;
+use shared_io::kafka::EventSource;
 use shared_schema::time::now_millis;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

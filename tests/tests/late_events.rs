@@ -7,7 +7,7 @@ use platform_tests::Platform;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
-use shared_schema::metrics::DEFAULT_METRICS;
+use shared_schema::catalog::DEFAULT_METRICS;
 use shared_schema::time::{
     MINUTE_MS, Millis, bucket_start, format_rfc3339, now_millis, parse_rfc3339,
 };

@@ -1,12 +1,12 @@
 //! Observability (issue 8): the speed layer, the lander, the batch scheduler and the serving
-//! layer each serve Prometheus `/metrics` with every family `shared_schema::observe` says they
+//! layer each serve Prometheus `/metrics` with every family `shared_io::observe` says they
 //! export, with values that agree with what was sent and with Postgres; and the serving layer
 //! echoes request ids and logs, in JSON, a line carrying the id of each request.
 
 use anyhow::{Context, Result, ensure};
 use platform_tests::{Platform, Service, free_local_addr, wait_until};
 use serde_json::{Value, json};
-use shared_schema::observe::{FAMILIES, Kind};
+use shared_io::observe::{FAMILIES, Kind};
 use shared_schema::time::{MINUTE_MS, Millis, bucket_start, now_millis};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;

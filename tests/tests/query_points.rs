@@ -10,7 +10,7 @@ use platform_tests::truth::{Ledger, Sent, group_by, truth};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde_json::Value;
-use shared_schema::metrics::DEFAULT_METRICS;
+use shared_schema::catalog::DEFAULT_METRICS;
 use shared_schema::time::{
     HOUR_MS, MINUTE_MS, Millis, SECOND_MS, bucket_start, format_rfc3339, now_millis, parse_rfc3339,
 };

@@ -1,6 +1,6 @@
 use super::*;
+use shared_schema::catalog::MetricCatalog;
 use shared_schema::hll::Hll;
-use shared_schema::metrics::MetricCatalog;
 use shared_schema::metrics::{Partial, encode_dims};
 use shared_schema::time::MINUTE_MS;
 

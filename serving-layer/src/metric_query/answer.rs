@@ -67,7 +67,7 @@ impl AnswerInputs<'_> {
     /// The answer holding `series`.
     pub(super) fn answer_with(&self, series: Vec<SeriesOut>) -> MetricAnswer {
         let (query, snapshot) = (&self.request.query, self.snapshot);
-        let gaps = shared_schema::liveness::with_stall_gap(
+        let gaps = shared_io::liveness::with_stall_gap(
             gaps(
                 self.request.from,
                 query.to,

@@ -8,9 +8,12 @@ use axum::http::StatusCode;
 use proptest::prelude::*;
 use serde_json::Value;
 use shared_schema::config::PlatformConfig;
-use shared_schema::metrics::{MetricCatalog, MetricDef, Partial, encode_dims};
 use shared_schema::query::BucketRow;
 use shared_schema::time::{MINUTE_MS, format_rfc3339};
+use shared_schema::{
+    catalog::MetricCatalog,
+    metrics::{MetricDef, Partial, encode_dims},
+};
 use std::collections::HashMap;
 
 fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {

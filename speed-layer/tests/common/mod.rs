@@ -4,10 +4,13 @@
 
 #![allow(dead_code)] // Each test file uses a part.
 
+use shared_io::{
+    kafka::{Batch, SourcedEvent},
+    positions::PartitionPosition,
+};
+use shared_schema::catalog::{DEFAULT_METRICS, MetricCatalog};
 use shared_schema::config::PlatformConfig;
 use shared_schema::event::Event;
-use shared_schema::kafka::{Batch, PartitionPosition, SourcedEvent};
-use shared_schema::metrics::{DEFAULT_METRICS, MetricCatalog};
 use shared_schema::time::{MINUTE_MS, Millis};
 use speed_layer::SpeedLayer;
 use sqlx::PgPool;

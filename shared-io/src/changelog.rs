@@ -6,13 +6,13 @@
 //! broker's ack and advancing its slot) carries the same LSN, and both readers key what they
 //! keep by it, so it is applied once.
 
+use crate::kafka::BadMessage;
 use crate::kafka::{SourceContext, SourceError, plain_consumer, wait_for_partitions};
-use crate::profiles::{ChangeEnvelope, SourcedVersion};
-use crate::quarantine::BadMessage;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
+use shared_schema::profiles::{ChangeEnvelope, SourcedVersion};
 use sqlx::{PgPool, Postgres, Transaction};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -38,7 +38,7 @@ impl ChangelogReader {
     /// until the broker and Postgres answer.
     pub async fn connect_until_success(
         pool: &PgPool,
-        config: &crate::config::PlatformConfig,
+        config: &shared_schema::config::PlatformConfig,
         consumer: &str,
     ) -> ChangelogReader {
         crate::retry::until_success("connecting to the profile changelog", || {

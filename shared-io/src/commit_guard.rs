@@ -9,12 +9,13 @@
 //! and shows as a failing commit in `/metrics` and `/readyz` until a commit succeeds
 //! ([`CommitHealth`]).
 
-use crate::event::Event;
+use crate::kafka::BadMessage;
 use crate::kafka::{Batch, SourcedEvent};
 use crate::observe;
-use crate::quarantine::BadMessage;
+use crate::quarantine::printable;
 use crate::readiness::readiness;
-use crate::time::format_rfc3339;
+use shared_schema::event::Event;
+use shared_schema::time::format_rfc3339;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::time::Duration;
@@ -57,14 +58,6 @@ pub fn classify_sql(error: &sqlx::Error) -> Failure {
         }
         other => Failure::Infrastructure(other.to_string()),
     }
-}
-
-/// `text` without control characters, which a quarantine reason (Postgres `text`) cannot
-/// always hold.
-pub fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
 }
 
 /// Finds the items among `0..count` that make `trial` fail with a data error, by bisection:
@@ -237,7 +230,7 @@ fn bad_message(sourced: &SourcedEvent, reason: &str) -> BadMessage {
 pub fn reencode(event: &Event) -> Vec<u8> {
     let amount = event
         .amount_micros
-        .map(|m| crate::event::micros_to_f64(i128::from(m)));
+        .map(|m| shared_schema::event::micros_to_f64(i128::from(m)));
     serde_json::json!({
         "event_id": event.event_id,
         "event_type": event.event_type,
@@ -256,7 +249,7 @@ pub fn reencode(event: &Event) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kafka::PartitionPosition;
+    use crate::positions::PartitionPosition;
 
     async fn culprits_of(count: usize, bad: &BTreeSet<usize>) -> (Vec<Vec<usize>>, usize) {
         let mut trials = 0;
@@ -332,7 +325,7 @@ mod tests {
         SourcedEvent {
             partition: 0,
             offset,
-            event: crate::event::decode(
+            event: shared_schema::event::decode(
                 Some(
                     format!(r#"{{"event_id":"{id}","event_type":"click","event_time":60000,"amount":1.5}}"#)
                         .as_bytes(),
@@ -376,7 +369,7 @@ mod tests {
         assert!(reduced.bad[0].reason.starts_with("refused"));
         assert_eq!(reduced.positions, batch.positions);
         // The re-encoded event decodes to the same event.
-        let again = crate::event::decode(reduced.bad[0].raw.as_deref(), 60_000, 0).unwrap();
+        let again = shared_schema::event::decode(reduced.bad[0].raw.as_deref(), 60_000, 0).unwrap();
         assert_eq!(again.event_id, "a");
         assert_eq!(again.amount_micros, Some(1_500_000));
     }

@@ -3,16 +3,16 @@
 //! the start-up check that keeps them in agreement.
 //!
 //! The rule: the promoted batch view is the reference. A service whose definitions (see
-//! [`crate::fingerprint`]) differ from the promoted view's refuses to start, naming each
+//! [`shared_schema::fingerprint`]) differ from the promoted view's refuses to start, naming each
 //! difference; with no promoted view, or one promoted before the registry existed, there is
 //! nothing to disagree with. New definitions are rolled out by a batch run that accepts them
 //! (`batch-layer run --accept-definitions`), whose view then becomes the reference.
 
-use crate::event::SCHEMA_VERSIONS;
-use crate::fingerprint::{CanonicalCatalog, Difference};
-use crate::metrics::MetricCatalog;
+use shared_schema::catalog::MetricCatalog;
+pub use shared_schema::definitions::{DefinitionsDiffer, PromotedDefinitions, check};
+use shared_schema::event::SCHEMA_VERSIONS;
+use shared_schema::fingerprint::CanonicalCatalog;
 use sqlx::{PgConnection, PgPool};
-use std::fmt;
 use std::time::Duration;
 use tracing::Instrument;
 
@@ -34,52 +34,6 @@ pub enum RegistryError {
     },
     #[error(transparent)]
     DefinitionsDiffer(#[from] DefinitionsDiffer),
-}
-
-/// A service's metric definitions disagree with the promoted view's.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct DefinitionsDiffer {
-    pub service: String,
-    pub fingerprint: String,
-    pub view_version: String,
-    pub view_fingerprint: String,
-    /// Empty only when the stored definitions could not be read back.
-    pub differences: Vec<Difference>,
-}
-
-impl fmt::Display for DefinitionsDiffer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "the metric definitions of {} (fingerprint {}) differ from those of the promoted batch view {} (fingerprint {}):",
-            self.service, self.fingerprint, self.view_version, self.view_fingerprint
-        )?;
-        if self.differences.is_empty() {
-            writeln!(
-                f,
-                "  (the promoted view's definitions are stored in a form this binary cannot read)"
-            )?;
-        }
-        for difference in &self.differences {
-            writeln!(f, "  {difference}")?;
-        }
-        write!(
-            f,
-            "To roll these definitions out, run `batch-layer run --accept-definitions` with them first; \
-             to keep the promoted ones, start this service with the promoted view's definitions \
-             (docs/DESIGN.md, \"Changing metric definitions\")"
-        )
-    }
-}
-
-/// The definitions the promoted view was computed with.
-#[derive(Debug, Clone)]
-pub struct PromotedDefinitions {
-    pub version: String,
-    /// `None` for a view promoted before the registry existed.
-    pub fingerprint: Option<String>,
-    /// `None` when unknown, or stored in a form this binary cannot read.
-    pub canonical: Option<CanonicalCatalog>,
 }
 
 /// How a registered start went.
@@ -196,36 +150,6 @@ async fn try_register(
             outcome,
         }),
     }
-}
-
-/// Compares `canonical` with the promoted view's definitions; no view, or one without a
-/// recorded fingerprint, agrees with everything.
-pub fn check(
-    service: &str,
-    canonical: &CanonicalCatalog,
-    promoted: Option<&PromotedDefinitions>,
-) -> Result<(), DefinitionsDiffer> {
-    let Some(promoted) = promoted else {
-        return Ok(());
-    };
-    let Some(view_fingerprint) = &promoted.fingerprint else {
-        return Ok(());
-    };
-    let fingerprint = canonical.fingerprint();
-    if *view_fingerprint == fingerprint {
-        return Ok(());
-    }
-    Err(DefinitionsDiffer {
-        service: service.to_string(),
-        fingerprint,
-        view_version: promoted.version.clone(),
-        view_fingerprint: view_fingerprint.clone(),
-        differences: promoted
-            .canonical
-            .as_ref()
-            .map(|old| old.diff(canonical))
-            .unwrap_or_default(),
-    })
 }
 
 /// The check alone, against the view promoted now: for a running service to notice that
@@ -345,59 +269,4 @@ fn host_name() -> String {
         .filter(|h| !h.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "unknown".to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn promoted(catalog: &MetricCatalog) -> PromotedDefinitions {
-        PromotedDefinitions {
-            version: "v1".into(),
-            fingerprint: Some(catalog.fingerprint()),
-            canonical: Some(catalog.canonical()),
-        }
-    }
-
-    #[test]
-    fn no_view_or_a_view_before_the_registry_agrees_with_everything() {
-        let catalog = MetricCatalog::default();
-        assert!(check("speed-layer run", &catalog.canonical(), None).is_ok());
-        let old = PromotedDefinitions {
-            version: "v0".into(),
-            fingerprint: None,
-            canonical: None,
-        };
-        assert!(check("speed-layer run", &catalog.canonical(), Some(&old)).is_ok());
-        assert!(
-            check(
-                "speed-layer run",
-                &catalog.canonical(),
-                Some(&promoted(&catalog))
-            )
-            .is_ok()
-        );
-    }
-
-    #[test]
-    fn a_disagreement_names_service_view_metric_field_and_values() {
-        let view = MetricCatalog::default();
-        let here = MetricCatalog::from_toml(&crate::metrics::DEFAULT_METRICS.replace(
-            "dimensions = [\"country\"]\n\n[[metric]]\nname = \"page_views\"",
-            "dimensions = [\"city\"]\n\n[[metric]]\nname = \"page_views\"",
-        ))
-        .unwrap();
-        let err = check("speed-layer run", &here.canonical(), Some(&promoted(&view))).unwrap_err();
-        let text = err.to_string();
-        assert!(text.contains("speed-layer run"), "{text}");
-        assert!(text.contains("promoted batch view v1"), "{text}");
-        assert!(
-            text.contains(
-                r#"metric `revenue`, field `dimensions`: ["country"] in the promoted view, ["city"] here"#
-            ),
-            "{text}"
-        );
-        assert!(text.contains("--accept-definitions"), "{text}");
-        assert_eq!(err.differences.len(), 1);
-    }
 }

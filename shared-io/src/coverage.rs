@@ -11,8 +11,8 @@
 //! those counted when T moves.
 
 use crate::kafka::SourcedEvent;
-use crate::time::{Millis, bucket_start, format_rfc3339, to_datetime};
 use chrono::{DateTime, Utc};
+use shared_schema::time::{Millis, bucket_start, format_rfc3339, to_datetime};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use std::collections::BTreeMap;
 
@@ -241,8 +241,8 @@ pub async fn prune_landed(pool: &PgPool, topic: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Event;
-    use crate::time::MINUTE_MS;
+    use shared_schema::event::Event;
+    use shared_schema::time::MINUTE_MS;
 
     const M: Millis = MINUTE_MS;
 

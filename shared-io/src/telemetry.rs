@@ -1,6 +1,6 @@
 //! Logging and process lifecycle helpers for the binaries.
 
-use crate::config::LogFormat;
+use shared_schema::config::LogFormat;
 use tracing_subscriber::EnvFilter;
 
 /// Logs to stderr in `format`; a JSON line carries the fields of its enclosing spans (`span`,

@@ -5,10 +5,10 @@
 //! A problem is a fixed phrase saying what is down (`"Postgres refuses or drops the batch
 //! commit"`), never a driver's error text, which goes to the log.
 
-use crate::time::{Millis, format_rfc3339, now_millis};
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use shared_schema::time::{Millis, format_rfc3339, now_millis};
 use std::collections::BTreeMap;
 use std::sync::{Mutex, OnceLock};
 

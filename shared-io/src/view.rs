@@ -5,9 +5,6 @@
 //! the same micro-unit sums as the speed layer's rows, so the two sides merge without
 //! conversion.
 
-use crate::hll::{Hll, SketchError};
-use crate::metrics::Partial;
-use crate::query::BucketRow;
 use crate::storage::{Lake, StorageError};
 use arrow::array::{
     Array, ArrayRef, AsArray, BinaryArray, Decimal128Array, Int64Array, RecordBatch, StringArray,
@@ -23,6 +20,9 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use parquet::file::reader::ChunkReader;
+use shared_schema::hll::{Hll, SketchError};
+use shared_schema::metrics::Partial;
+use shared_schema::query::BucketRow;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;

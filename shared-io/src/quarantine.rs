@@ -1,14 +1,7 @@
 //! The quarantine: bad input kept with where it came from, and why (CONTRACT §1).
 
+use crate::kafka::BadMessage;
 use sqlx::{Postgres, Transaction};
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BadMessage {
-    pub partition: i32,
-    pub offset: i64,
-    pub raw: Option<Vec<u8>>,
-    pub reason: String,
-}
 
 /// Records bad messages in the caller's transaction, so they are kept exactly when the offsets
 /// that skip them are committed. Several consumers read the same message; it is kept once.
@@ -25,10 +18,7 @@ pub async fn record(
     let offsets: Vec<i64> = bad.iter().map(|b| b.offset).collect();
     let raws: Vec<Option<Vec<u8>>> = bad.iter().map(|b| b.raw.clone()).collect();
     // A reason may quote the input; Postgres text cannot hold every character of it.
-    let reasons: Vec<String> = bad
-        .iter()
-        .map(|b| crate::commit_guard::printable(&b.reason))
-        .collect();
+    let reasons: Vec<String> = bad.iter().map(|b| printable(&b.reason)).collect();
     sqlx::query(
         "INSERT INTO quarantine (topic, partition, kafka_offset, raw, reason, detected_by)
          SELECT $1, p, o, r, why, $6
@@ -44,6 +34,14 @@ pub async fn record(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// `text` without control characters, which a quarantine reason (Postgres `text`) cannot
+/// always hold.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,7 +116,7 @@ pub async fn apply_retention(
 
 /// Applies [`apply_retention`] every `config.retention_interval` until the task is dropped,
 /// counting what it deleted. A failed pass is logged and tried again at the next interval.
-pub async fn keep_bounded(pool: sqlx::PgPool, config: crate::config::QuarantineConfig) {
+pub async fn keep_bounded(pool: sqlx::PgPool, config: shared_schema::config::QuarantineConfig) {
     let max_bytes = config.max_mb.saturating_mul(1024 * 1024);
     let mut interval = tokio::time::interval(config.retention_interval.as_std());
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -2,14 +2,14 @@
 //! has read. The serving layer answers from it, and the batch layer compares a new view with it
 //! (divergence); both read it through here, so both see the same rows and the same coverage.
 
-use crate::event::AMOUNT_SCALE;
-use crate::hll::{Hll, SketchError};
-use crate::metrics::Partial;
 use crate::positions::{PositionTable, load_positions};
-use crate::query::BucketRow;
-use crate::time::{Millis, to_datetime};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
+use shared_schema::event::AMOUNT_SCALE;
+use shared_schema::hll::{Hll, SketchError};
+use shared_schema::metrics::Partial;
+use shared_schema::query::BucketRow;
+use shared_schema::time::{Millis, to_datetime};
 use sqlx::PgConnection;
 use std::collections::HashMap;
 

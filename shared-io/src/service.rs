@@ -1,9 +1,9 @@
 //! What every service does at start: load the configuration and the metric definitions (either
 //! broken one refuses the start with its message), connect to Postgres and apply migrations.
 
-use crate::config::{ConfigError, PlatformConfig};
 use crate::db::{DbError, connect_and_migrate};
-use crate::metrics::{MetricCatalog, MetricError};
+use shared_schema::config::{ConfigError, PlatformConfig};
+use shared_schema::{catalog::MetricCatalog, metrics::MetricError};
 use sqlx::PgPool;
 
 #[derive(Debug, thiserror::Error)]

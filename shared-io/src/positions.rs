@@ -1,11 +1,21 @@
 //! Consumer positions kept in Postgres, one row per partition, written in the same transaction
 //! as the output they account for. The speed layer and the lander each have their own table.
 
-use crate::kafka::PartitionPosition;
-use crate::time::to_datetime;
 use chrono::{DateTime, Utc};
+use shared_schema::time::{Millis, to_datetime};
 use sqlx::{Postgres, Transaction};
 use std::collections::BTreeMap;
+
+/// A consumer's place in one partition.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PartitionPosition {
+    /// The offset of the next message to read.
+    pub next_offset: i64,
+    /// The greatest event time seen in this partition so far.
+    pub max_event_time: Option<Millis>,
+    /// The last read reached the end of the partition.
+    pub caught_up: bool,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PositionTable {

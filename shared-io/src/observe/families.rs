@@ -1,0 +1,171 @@
+//! Every metric family the services export: name, help, labels and exporting services.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One metric family as the services export it.
+#[derive(Debug, Clone, Copy)]
+pub struct Family {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: Kind,
+    pub labels: &'static [&'static str],
+    /// The processes exporting it, named as the services of docker-compose.yml.
+    pub exported_by: &'static [&'static str],
+}
+
+const CONSUMERS: &[&str] = &["speed-layer", "lander"];
+
+pub const CONSUMER_EVENTS: Family = Family {
+    name: "lambda_consumer_events_total",
+    help: "Events read from the topic and handed to the consumer (duplicates included, bad messages not); rate() is events/s.",
+    kind: Kind::Counter,
+    labels: &["consumer", "partition"],
+    exported_by: CONSUMERS,
+};
+pub const CONSUMER_QUARANTINED: Family = Family {
+    name: "lambda_consumer_quarantined_total",
+    help: "Messages the consumer kept in quarantine as bad input.",
+    kind: Kind::Counter,
+    labels: &["consumer"],
+    exported_by: CONSUMERS,
+};
+pub const CONSUMER_OFFSETS_MISSING: Family = Family {
+    name: "lambda_consumer_offsets_missing_total",
+    help: "Offsets the consumer passed over because the broker, asked for them twice, returned later ones.",
+    kind: Kind::Counter,
+    labels: &["consumer"],
+    exported_by: CONSUMERS,
+};
+pub const QUARANTINE_DROPPED: Family = Family {
+    name: "lambda_quarantine_dropped_total",
+    help: "Quarantined messages deleted by retention: `age` (older than quarantine.max_age), `size` (past quarantine.max_mb, oldest first).",
+    kind: Kind::Counter,
+    labels: &["cause"],
+    exported_by: CONSUMERS,
+};
+pub const CONSUMER_COMMIT_FAILURES: Family = Family {
+    name: "lambda_consumer_commit_failures_total",
+    help: "Failed commits of a consumer's batch, by cause: `data` (the batch's content was refused; the offending messages are then quarantined) or `infrastructure` (Postgres, the lake or the broker away; retried with backoff).",
+    kind: Kind::Counter,
+    labels: &["consumer", "cause"],
+    exported_by: CONSUMERS,
+};
+pub const CONSUMER_COMMIT_FAILING: Family = Family {
+    name: "lambda_consumer_commit_failing",
+    help: "1 while the consumer's latest batch commit failed for an infrastructure cause and is being retried, 0 once it committed.",
+    kind: Kind::Gauge,
+    labels: &["consumer"],
+    exported_by: CONSUMERS,
+};
+pub const CONSUMER_LAG: Family = Family {
+    name: "lambda_consumer_lag_messages",
+    help: "Messages in the partition not yet read by the consumer: high watermark minus next offset.",
+    kind: Kind::Gauge,
+    labels: &["consumer", "partition"],
+    exported_by: CONSUMERS,
+};
+pub const WATERMARK_DELAY: Family = Family {
+    name: "lambda_speed_watermark_delay_seconds",
+    help: "Wall clock minus the speed layer's event-time watermark.",
+    kind: Kind::Gauge,
+    labels: &["topic"],
+    exported_by: &["speed-layer"],
+};
+pub const LATE_EVENTS: Family = Family {
+    name: "lambda_speed_late_events_total",
+    help: "Events the speed layer saw after their bucket of the metric had closed.",
+    kind: Kind::Counter,
+    labels: &["metric"],
+    exported_by: &["speed-layer"],
+};
+pub const BATCH_RUN_DURATION: Family = Family {
+    name: "lambda_batch_run_duration_seconds",
+    help: "Duration of the scheduled batch runs, by outcome (promoted or failed).",
+    kind: Kind::Histogram,
+    labels: &["outcome"],
+    exported_by: &["batch-scheduler"],
+};
+pub const BATCH_RUN_ROWS: Family = Family {
+    name: "lambda_batch_run_rows",
+    help: "Rows of the latest promoted scheduled run: view (written), reused (copied from the previous view), lake (read).",
+    kind: Kind::Gauge,
+    labels: &["kind"],
+    exported_by: &["batch-scheduler"],
+};
+pub const PROMOTED_AGE: Family = Family {
+    name: "lambda_promoted_version_age_seconds",
+    help: "Seconds since the served batch view version finished computing.",
+    kind: Kind::Gauge,
+    labels: &["version"],
+    exported_by: &["serving-layer"],
+};
+pub const PROMOTED_ROWS: Family = Family {
+    name: "lambda_promoted_version_rows",
+    help: "Rows of the served batch view version.",
+    kind: Kind::Gauge,
+    labels: &["version"],
+    exported_by: &["serving-layer"],
+};
+pub const PROMOTED_RUN_SECONDS: Family = Family {
+    name: "lambda_promoted_version_run_seconds",
+    help: "How long the batch run that computed the served version took (scheduled or from cron).",
+    kind: Kind::Gauge,
+    labels: &["version"],
+    exported_by: &["serving-layer"],
+};
+pub const CUTOVER_AGE: Family = Family {
+    name: "lambda_cutover_age_seconds",
+    help: "Wall clock minus the cutover T: how far the batch side lags.",
+    kind: Kind::Gauge,
+    labels: &["version"],
+    exported_by: &["serving-layer"],
+};
+pub const DIVERGENCE_RATIO: Family = Family {
+    name: "lambda_divergence_ratio",
+    help: "|speed - batch| / max(|batch|, |speed|) over the buckets the latest promotion newly covered.",
+    kind: Kind::Gauge,
+    labels: &["metric"],
+    exported_by: &["serving-layer"],
+};
+pub const HTTP_DURATION: Family = Family {
+    name: "lambda_http_request_duration_seconds",
+    help: "Serving-layer HTTP requests by route template, method and status.",
+    kind: Kind::Histogram,
+    labels: &["method", "route", "status"],
+    exported_by: &["serving-layer"],
+};
+
+pub const CACHE_LOOKUPS: Family = Family {
+    name: "lambda_serving_cache_lookups_total",
+    help: "Serving-layer cache lookups: `snapshot` (a query's snapshot) and `body` (a whole answer), both reused until Postgres notifies a change, and `answer` (a chunk of rendered batch points); `miss`: this request computed the value, `hit`: it was there, or being computed for another request.",
+    kind: Kind::Counter,
+    labels: &["cache", "outcome"],
+    exported_by: &["serving-layer"],
+};
+
+/// Every family of the platform.
+pub const FAMILIES: &[Family] = &[
+    CONSUMER_EVENTS,
+    CONSUMER_QUARANTINED,
+    CONSUMER_OFFSETS_MISSING,
+    QUARANTINE_DROPPED,
+    CONSUMER_COMMIT_FAILURES,
+    CONSUMER_COMMIT_FAILING,
+    CONSUMER_LAG,
+    WATERMARK_DELAY,
+    LATE_EVENTS,
+    BATCH_RUN_DURATION,
+    BATCH_RUN_ROWS,
+    PROMOTED_AGE,
+    PROMOTED_ROWS,
+    PROMOTED_RUN_SECONDS,
+    CUTOVER_AGE,
+    DIVERGENCE_RATIO,
+    HTTP_DURATION,
+    CACHE_LOOKUPS,
+];

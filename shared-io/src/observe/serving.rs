@@ -1,0 +1,103 @@
+//! What the serving layer reports.
+
+use super::families::*;
+use super::{HTTP_BUCKETS, counter, gauge, histogram};
+use prometheus::{GaugeVec, HistogramVec, IntCounterVec, Registry};
+use shared_schema::time::{Millis, now_millis};
+
+/// The served batch view version, as the serving layer reads it at each scrape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServedVersion {
+    pub version: String,
+    pub cutover: Millis,
+    pub started_at: Millis,
+    pub finished_at: Millis,
+    pub rows: i64,
+}
+
+/// What the serving layer reports.
+pub struct ServingMetrics {
+    http: HistogramVec,
+    divergence: GaugeVec,
+    promoted_age: GaugeVec,
+    promoted_rows: GaugeVec,
+    promoted_run: GaugeVec,
+    cutover_age: GaugeVec,
+    cache_lookups: IntCounterVec,
+}
+
+impl ServingMetrics {
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        Ok(ServingMetrics {
+            http: histogram(registry, &HTTP_DURATION, HTTP_BUCKETS)?,
+            divergence: gauge(registry, &DIVERGENCE_RATIO)?,
+            promoted_age: gauge(registry, &PROMOTED_AGE)?,
+            promoted_rows: gauge(registry, &PROMOTED_ROWS)?,
+            promoted_run: gauge(registry, &PROMOTED_RUN_SECONDS)?,
+            cutover_age: gauge(registry, &CUTOVER_AGE)?,
+            cache_lookups: {
+                let lookups = counter(registry, &CACHE_LOOKUPS)?;
+                // Exported from the start, so a hit ratio is defined before the first query.
+                for cache in ["snapshot", "body", "answer"] {
+                    for outcome in ["hit", "miss"] {
+                        lookups.with_label_values(&[cache, outcome]);
+                    }
+                }
+                lookups
+            },
+        })
+    }
+
+    /// `cache` is `snapshot`, `body` or `answer`.
+    pub fn cache_lookup(&self, cache: &str, hit: bool) {
+        self.cache_lookups
+            .with_label_values(&[cache, if hit { "hit" } else { "miss" }])
+            .inc();
+    }
+
+    /// `route` is the route template (`/v1/metrics/{name}`), never the raw path, so that the
+    /// series stay few.
+    pub fn observe_request(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        self.http
+            .with_label_values(&[method, route, &status.to_string()])
+            .observe(seconds);
+    }
+
+    /// Replaces the divergence gauges: one per metric whose latest comparison compared something.
+    pub fn set_divergence<'a>(&self, ratios: impl IntoIterator<Item = (&'a str, f64)>) {
+        self.divergence.reset();
+        for (metric, ratio) in ratios {
+            self.divergence.with_label_values(&[metric]).set(ratio);
+        }
+    }
+
+    /// Replaces the served version's gauges; `None` (before the first promotion, or when
+    /// Postgres could not tell) leaves none rather than stale ones.
+    pub fn set_served(&self, served: Option<&ServedVersion>) {
+        let gauges = [
+            &self.promoted_age,
+            &self.promoted_rows,
+            &self.promoted_run,
+            &self.cutover_age,
+        ];
+        for gauge in gauges {
+            gauge.reset();
+        }
+        let Some(served) = served else { return };
+        let now = now_millis();
+        let seconds = |millis: Millis| millis as f64 / 1000.0;
+        let label = [served.version.as_str()];
+        self.promoted_age
+            .with_label_values(&label)
+            .set(seconds(now - served.finished_at));
+        self.promoted_rows
+            .with_label_values(&label)
+            .set(served.rows as f64);
+        self.promoted_run
+            .with_label_values(&label)
+            .set(seconds(served.finished_at - served.started_at));
+        self.cutover_age
+            .with_label_values(&label)
+            .set(seconds(now - served.cutover));
+    }
+}
