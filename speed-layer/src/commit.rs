@@ -121,8 +121,11 @@ impl SpeedLayer {
                 .map(|&i| &batch.events[i])
                 .filter(|sourced| claimed.contains(&sourced.event.event_id))
                 .collect();
-            let (late, applied, mut per_partition) =
-                fold(&self.catalog, &claimed_events, watermark);
+            let Folded {
+                late,
+                applied,
+                mut per_partition,
+            } = fold(&self.catalog, &claimed_events, watermark);
             phases.lap("fold");
             apply_sessions(&mut tx, &self.catalog, &applied, &mut per_partition)
                 .await
@@ -192,19 +195,23 @@ fn first_copies(batch: &Batch) -> Vec<usize> {
     candidates
 }
 
+/// What the claimed events of a batch come to before anything is written.
+struct Folded<'a> {
+    late: LateEvents<'a>,
+    /// Per stored metric (by index), the events it applies.
+    applied: Vec<Vec<&'a SourcedEvent>>,
+    /// The partials of the metrics that fold per event, per Kafka partition.
+    per_partition: BTreeMap<i32, HashMap<PartialKey, Partial>>,
+}
+
 /// The claimed events per stored metric: late ones recorded (under every policy) and applied
 /// only under `update`; the applied ones folded into partials per Kafka partition, except for
 /// sessions, whose starts need the stored events (`sessions`).
-#[allow(clippy::type_complexity)]
 fn fold<'a>(
     catalog: &MetricCatalog,
     claimed: &[&'a SourcedEvent],
     watermark: Option<Millis>,
-) -> (
-    LateEvents<'a>,
-    Vec<Vec<&'a SourcedEvent>>,
-    BTreeMap<i32, HashMap<PartialKey, Partial>>,
-) {
+) -> Folded<'a> {
     let mut late = LateEvents::default();
     let mut applied: Vec<Vec<&SourcedEvent>> = vec![Vec::new(); catalog.metrics.len()];
     for (index, metric) in catalog.stored() {
@@ -224,7 +231,11 @@ fn fold<'a>(
             MetricCatalog::fold_one(index, metric, &sourced.event, table);
         }
     }
-    (late, applied, per_partition)
+    Folded {
+        late,
+        applied,
+        per_partition,
+    }
 }
 
 /// Where a batch commit spends its time, for the debug log and profiling.

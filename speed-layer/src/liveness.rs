@@ -54,7 +54,7 @@ pub struct Readiness {
 impl Readiness {
     /// Ready unless this instance owns nothing while some partition has no live consumer.
     pub fn ready(&self) -> bool {
-        !self.unknown && !(self.owned.is_empty() && !self.stalled.is_empty())
+        !self.unknown && (!self.owned.is_empty() || self.stalled.is_empty())
     }
 }
 

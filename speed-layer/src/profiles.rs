@@ -31,7 +31,9 @@ pub fn enrich(history: &ProfileHistory, events: &mut [SourcedEvent]) {
 
 /// Every version the speed layer has kept.
 pub async fn load(pool: &PgPool) -> Result<ProfileHistory, sqlx::Error> {
-    let rows: Vec<(String, i64, i64, Option<String>, Option<String>, bool)> = sqlx::query_as(
+    // user_id, valid_from, lsn, tier, signup_country, deleted
+    type Row = (String, i64, i64, Option<String>, Option<String>, bool);
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT user_id, valid_from, lsn, tier, signup_country, deleted FROM speed_profile_versions",
     )
     .fetch_all(pool)
