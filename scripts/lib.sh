@@ -17,6 +17,14 @@ pg_bin() {
   ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1
 }
 
+# ensure_rust_tools: rustfmt and clippy, which scripts/test.sh runs before building.
+ensure_rust_tools() {
+  if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+    log "installing rustfmt and clippy"
+    rustup component add rustfmt clippy
+  fi
+}
+
 ensure_postgres() {
   if [ -z "$(pg_bin)" ] || [ ! -x "$(pg_bin)/initdb" ]; then
     log "installing PostgreSQL from Debian's packages"

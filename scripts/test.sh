@@ -9,6 +9,7 @@ cd "$ROOT"
 PG_PORT=${E2E_PG_PORT:-55432}
 KAFKA_PORT=${E2E_KAFKA_PORT:-19092}
 
+ensure_rust_tools
 ensure_postgres
 ensure_wal2json
 ensure_tansu
@@ -36,6 +37,9 @@ export E2E_SCHEMATHESIS="$SCHEMATHESIS"
 # Formatting is part of the build: a change that rustfmt would rewrite fails here, first.
 log "checking formatting"
 cargo fmt --all -- --check
+# Lints are part of the build too: the workspace's lints (Cargo.toml) and clippy's defaults.
+log "linting"
+cargo clippy --workspace --all-targets -- -D warnings
 
 log "building"
 cargo build --workspace --all-targets

@@ -401,8 +401,7 @@ gap = "30m""#,
         );
         let hours: BTreeSet<Millis> = (0..5).map(|h| T0 + h * HOUR_MS).collect();
         let chunks = chunks(&sessions, &hours, 2);
-        let shapes: Vec<(Vec<Millis>, Vec<Millis>)> =
-            chunks.iter().map(|c| self::hours(c)).collect();
+        let shapes: Vec<(Vec<Millis>, Vec<Millis>)> = chunks.iter().map(self::hours).collect();
         assert_eq!(
             shapes,
             vec![

@@ -97,6 +97,8 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 
 /// The version served now, `None` before the first promotion.
 async fn served_version(pool: &PgPool) -> Result<Option<ServedVersion>, sqlx::Error> {
+    // version, cutover, run started, run finished, rows
+    #[allow(clippy::type_complexity)]
     let row: Option<(String, DateTime<Utc>, DateTime<Utc>, DateTime<Utc>, i64)> = sqlx::query_as(
         "SELECT v.version, s.cutover, v.started_at, v.finished_at, v.row_count
          FROM serving_state s JOIN batch_versions v ON v.version = s.version

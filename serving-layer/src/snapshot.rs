@@ -200,13 +200,16 @@ pub async fn read_snapshot_cached(
 /// A batch view read whole: its rows per metric, in bucket order.
 pub type View = Arc<HashMap<String, Vec<BucketRow>>>;
 
+/// A version and its view, loaded once by whichever request asks first.
+type LoadingView = (String, Arc<OnceCell<View>>);
+
 /// Batch views by version. Versions are immutable, so an entry never goes stale; only the most
 /// recent few are kept. Requests arriving while a version is read (after a promotion, every
 /// request at once) wait for that one read.
 #[derive(Clone, Default)]
 pub struct ViewCache {
     lake_dir: PathBuf,
-    entries: Arc<Mutex<Vec<(String, Arc<OnceCell<View>>)>>>,
+    entries: Arc<Mutex<Vec<LoadingView>>>,
 }
 
 const CACHED_VERSIONS: usize = 2;

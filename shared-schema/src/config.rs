@@ -326,6 +326,8 @@ impl PlatformConfig {
 }
 
 #[cfg(test)]
+// figment::Jail's closures return figment's own (large) error.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 

@@ -49,7 +49,7 @@ pub fn version_at(versions: &[ProfileVersion], t: Millis) -> Option<&ProfileVers
 }
 
 /// The profile an event of `user_id` at `t` sees: `None` for none (its fields are `unknown`).
-pub fn profile_at<'a>(versions: &'a [ProfileVersion], t: Millis) -> Option<&'a Profile> {
+pub fn profile_at(versions: &[ProfileVersion], t: Millis) -> Option<&Profile> {
     version_at(versions, t).and_then(|v| v.profile.as_ref())
 }
 

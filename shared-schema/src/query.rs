@@ -11,6 +11,9 @@ use crate::time::Millis;
 use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
+/// One part's finished points: (group, t) -> (value, source).
+type FinishedPoints = BTreeMap<(Group, Millis), (Option<f64>, Source)>;
+
 /// One stored partial: a metric's bucket and group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BucketRow {
@@ -229,7 +232,7 @@ where
     S: IntoIterator<Item = BucketRow>,
 {
     // Per part: (group, t) -> (finished value, source).
-    let mut finished: Vec<BTreeMap<(Group, Millis), (Option<f64>, Source)>> = Vec::new();
+    let mut finished: Vec<FinishedPoints> = Vec::new();
     for (part, batch, speed) in parts {
         let mut points = BTreeMap::new();
         for_each_point(query, cutover, batch, speed, budget, |group, p| {

@@ -78,6 +78,7 @@ fn sliding_window_and_group_by_and_filter() {
         vec![row(0, Some("DE"), 1)],
         speed.clone(),
     );
+    #[allow(clippy::type_complexity)] // the answer's shape, spelled out for the assertion
     let by_group: Vec<(Option<Option<String>>, Vec<(Millis, i64, Source)>)> = series
         .iter()
         .map(|s| {

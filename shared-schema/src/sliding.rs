@@ -54,7 +54,7 @@ impl Clock {
 
     pub fn tick(&mut self) -> Result<(), MergeError> {
         self.steps = self.steps.wrapping_add(1);
-        if self.steps % 1024 == 0
+        if self.steps.is_multiple_of(1024)
             && let Some(deadline) = self.deadline
             && Instant::now() >= deadline
         {

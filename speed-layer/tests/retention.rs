@@ -18,6 +18,7 @@ async fn promote(pool: &PgPool, cutover: Millis) {
         .expect("setting T");
 }
 
+#[allow(clippy::unwrap_used)] // a test helper: a failed read fails the test
 async fn covered_from(pool: &PgPool) -> Option<Option<Millis>> {
     let row: Option<Option<DateTime<Utc>>> =
         sqlx::query_scalar("SELECT covered_from FROM speed_coverage WHERE topic = $1")

@@ -447,7 +447,7 @@ async fn every_service_exports_its_families_and_serving_logs_carry_request_ids()
     );
     let run_seconds = total(&samples, "lambda_promoted_version_run_seconds", &[v]);
     ensure!(
-        run_seconds >= 0.0 && run_seconds < 600.0,
+        (0.0..600.0).contains(&run_seconds),
         "run seconds {run_seconds}"
     );
     let cutover: chrono::DateTime<chrono::Utc> =

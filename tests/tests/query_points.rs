@@ -113,7 +113,10 @@ fn window_truth(
 }
 
 /// `(t, group) -> (value, source)` of an answer.
-fn points(metric: &str, body: &Value) -> Result<BTreeMap<(Millis, Option<String>), (f64, String)>> {
+type Points = BTreeMap<(Millis, Option<String>), (f64, String)>;
+
+/// `(t, group) -> (value, source)` of an answer.
+fn points(metric: &str, body: &Value) -> Result<Points> {
     let mut out = BTreeMap::new();
     for series in body["series"].as_array().context("series")? {
         let group = group_by(metric).and_then(|d| series["group"][d].as_str().map(str::to_string));

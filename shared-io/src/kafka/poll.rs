@@ -22,10 +22,12 @@ impl EventSource {
         max_wait: Duration,
     ) -> Result<Batch, SourceError> {
         let deadline = Instant::now() + max_wait;
-        let mut batch = Batch::default();
         // A new partition's position is handed out at once, so that its (empty) progress is
         // stored before anything is read from it.
-        batch.advanced = !self.discover_partitions()?.is_empty();
+        let mut batch = Batch {
+            advanced: !self.discover_partitions()?.is_empty(),
+            ..Batch::default()
+        };
         let mut reading = self.positions.clone();
         Self::apply_assignment_changes(self.consumer.context(), &mut self.positions, &mut reading);
         if self.batch_in_flight {

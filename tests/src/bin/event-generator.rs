@@ -106,7 +106,7 @@ async fn main() -> Result<()> {
                 };
             send(&producer, &args.topic, partition, b"", &payload).await?;
             sent += 1;
-            if sent % 1000 == 0 {
+            if sent.is_multiple_of(1000) {
                 eprintln!("sent {sent} messages");
             }
             if args.count.is_some_and(|c| sent >= c) {
