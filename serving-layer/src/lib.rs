@@ -19,7 +19,6 @@ mod http_tests;
 mod limits;
 pub mod openapi;
 pub mod reader;
-mod run_watch;
 mod snapshot;
 mod stall_alert;
 mod state_changes;
