@@ -290,6 +290,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn refusals_are_conflicts_and_failures_unavailable() {
+        let open = run_request_error(RunRequestError::InProgress {
+            id: 3,
+            state: run_requests::RunState::Running,
+        });
+        assert_eq!(open.status(), StatusCode::CONFLICT);
+        for refused in [
+            PromotionError::NothingToRollBack,
+            PromotionError::NoSuchVersion {
+                version: "v9".into(),
+            },
+        ] {
+            assert_eq!(promotion_error(refused).status(), StatusCode::CONFLICT);
+        }
+        let down = promotion_error(PromotionError::LockServingState(sqlx::Error::PoolTimedOut));
+        assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
     fn bodies_are_json_and_an_empty_run_request_is_the_default() {
         let empty: RunRequest =
             parse_body(&Bytes::from_static(b" "), Some(RunRequest::default())).unwrap();
