@@ -54,7 +54,17 @@ impl LanderLock {
     /// Takes the topic's lock, waiting for another lander to stop if one holds it, and raises
     /// the topic's epoch.
     pub async fn acquire(config: &PlatformConfig, topic: &str) -> Result<LanderLock, BatchError> {
-        let mut connection = PgConnection::connect(config.database_url()?).await?;
+        let url = config.database_url()?;
+        Self::take(url, topic)
+            .await
+            .map_err(|source| BatchError::TakeLanderLock {
+                topic: topic.to_string(),
+                source,
+            })
+    }
+
+    async fn take(url: &str, topic: &str) -> Result<LanderLock, sqlx::Error> {
+        let mut connection = PgConnection::connect(url).await?;
         let key = key_text(topic);
         let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
             .bind(&key)
@@ -129,7 +139,10 @@ impl LanderLock {
     }
 
     pub async fn release(self) -> Result<(), BatchError> {
-        self.connection.close().await?;
-        Ok(())
+        let topic = self.fence.topic;
+        self.connection
+            .close()
+            .await
+            .map_err(|source| BatchError::ReleaseLanderLock { topic, source })
     }
 }

@@ -13,15 +13,19 @@ pub mod engine;
 pub mod enrich;
 pub mod incremental;
 pub mod lake;
+pub mod lake_snapshot;
 pub mod land;
 pub mod land_changelog;
 pub mod land_guard;
 pub mod lander_lock;
+pub mod plan_rows;
+pub mod publish;
 pub mod recompute;
-pub mod run_lock;
+pub mod requested;
 pub mod schedule;
 pub mod sketch_udaf;
-pub mod versions;
+pub mod view_gc;
+pub mod view_plan;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
@@ -64,24 +68,56 @@ pub enum BatchError {
     Cutover(#[from] shared_schema::cutover::CutoverError),
     #[error("cannot promote: {0}")]
     Coverage(#[from] shared_io::coverage::CoverageError),
-    #[error("lake: {0}")]
-    Lake(String),
-    #[error("{0}")]
-    Versions(String),
+    /// The metadata snapshot a run starts from (manifest, lander progress, promoted view).
+    #[error("could not read the lake's manifest and the promoted state: {0}")]
+    ReadSnapshot(#[source] sqlx::Error),
+    #[error("could not read the promoted view {path} to reuse its rows: {source}")]
+    ReadPromotedView {
+        path: String,
+        source: shared_io::view::ViewError,
+    },
+    #[error("the plan of metric {metric} produced no column {column}")]
+    PlanOutput { metric: String, column: String },
+    #[error("could not decode the plan output of metric {metric}: {source}")]
+    DecodePlanOutput {
+        metric: String,
+        source: arrow::error::ArrowError,
+    },
+    #[error("a distinct sketch of metric {metric} is malformed: {reason}")]
+    DecodeSketch { metric: String, reason: String },
+    #[error("could not publish the view of version {version}: {source}")]
+    PublishView {
+        version: String,
+        source: shared_io::view::ViewError,
+    },
+    #[error("could not record view version {version}: {source}")]
+    RecordVersion {
+        version: String,
+        source: sqlx::Error,
+    },
+    #[error(transparent)]
+    Promotion(#[from] shared_io::promotion::PromotionError),
+    #[error(transparent)]
+    RunRequest(#[from] shared_io::run_requests::RunRequestError),
     #[error(transparent)]
     Registry(#[from] shared_io::registry::RegistryError),
     #[error("cron expression `{expr}`: {message}")]
     Cron { expr: String, message: String },
-    /// The session holding the batch run lock ended, so this run, pin or rollback may no
-    /// longer be the only one: it must not promote.
-    #[error("lost the batch run lock ({0}); not promoting, the served view and T are unchanged")]
-    RunLockLost(String),
+    /// Taking the batch run lock, or losing it before promoting.
+    #[error(transparent)]
+    RunLock(#[from] shared_io::run_lock::RunLockError),
+    #[error("could not take the lake lander lock of topic {topic}: {source}")]
+    TakeLanderLock { topic: String, source: sqlx::Error },
+    #[error("could not release the lake lander lock of topic {topic}: {source}")]
+    ReleaseLanderLock { topic: String, source: sqlx::Error },
     /// Another lander was given the topic's lake since this one took it.
     #[error("lost the lake lander lock of topic {topic}: {reason}")]
     LanderFenced { topic: String, reason: String },
     /// The cutover would pass the wall clock minus the allowed lateness.
     #[error("cannot promote: {0}")]
     Clock(#[from] crate::cutover_clock::ClockError),
+    #[error("the run panicked: {0}")]
+    Panicked(String),
     #[error("background task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }

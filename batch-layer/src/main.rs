@@ -3,14 +3,18 @@ use batch_layer::cluster;
 use batch_layer::definitions::SERVICE;
 use batch_layer::incremental::Request;
 use batch_layer::land::Lander;
-use batch_layer::recompute::{RunOptions, describe, run_once};
+use batch_layer::recompute::{RunOptions, RunProgress, describe, log_progress, run_once};
+use batch_layer::requested::run_next;
 use batch_layer::schedule::{parse_cron, run_on_schedule};
 use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use shared_io::promotion;
 use shared_io::service::{self, Started};
 use shared_io::telemetry;
 use shared_io::{observe, registry};
 use shared_schema::config::PlatformConfig;
 use shared_schema::time::{format_rfc3339, parse_rfc3339};
+use std::io::IsTerminal;
 
 // DataFusion's sorts and merges allocate per row; mimalloc is faster at it than glibc's malloc
 // (BENCHMARKS.md, the batch profile).
@@ -35,6 +39,11 @@ enum Command {
     /// Recompute the metrics, then promote the view and its cutover. By default only the lake
     /// hours that changed since the promoted view are recomputed; the rest of it is reused.
     Run {
+        /// Instead: run the batch runs requested over HTTP (`POST /v1/admin/runs`) that wait,
+        /// one after another, reporting each one's outcome; for deployments that run the batch
+        /// layer from cron rather than `schedule`.
+        #[arg(long, conflicts_with_all = ["cutover", "full", "from", "to", "accept_definitions"])]
+        requested: bool,
         /// The cutover T (RFC 3339), rounded down to a bucket boundary. Default: the latest
         /// boundary at which the lake is complete.
         #[arg(long, value_parser = parse_time)]
@@ -63,13 +72,14 @@ enum Command {
     },
     /// Undo the latest promotion, serving the previous version and its cutover again.
     Rollback,
-    /// Run the recomputation on a cron schedule until SIGTERM.
+    /// Run the recomputation on a cron schedule, and every run requested over HTTP
+    /// (`POST /v1/admin/runs`), until SIGTERM.
     Schedule {
         /// A crontab(5) expression, e.g. "*/5 * * * *", "0 2 * * mon-fri" or "@daily" (Sunday
         /// is 0 or 7), read in `batch.cron_timezone` (default UTC); a sixth field in front
-        /// gives seconds ("*/20 * * * * *").
+        /// gives seconds ("*/20 * * * * *"). Without it, only requested runs.
         #[arg(long)]
-        cron: String,
+        cron: Option<String>,
     },
     /// A Ballista scheduler for `BATCH_ENGINE=ballista://host:port`, knowing the platform's
     /// functions. Needs no database. Runs until SIGTERM.
@@ -135,6 +145,25 @@ async fn main() -> anyhow::Result<()> {
                 .await?
         }
         Command::Run {
+            requested: true, ..
+        } => {
+            registry::register_service(&pool, SERVICE, &catalog, false)
+                .await
+                .context("starting the requested batch runs")?;
+            let mut failed = 0;
+            while let Some(run) = run_next(&pool, &config, &catalog).await? {
+                match run.result {
+                    Ok(outcome) => println!("run {}: {}", run.id, describe(&outcome)),
+                    Err(e) => {
+                        failed += 1;
+                        println!("run {} failed: {e}", run.id);
+                    }
+                }
+            }
+            anyhow::ensure!(failed == 0, "{failed} requested batch run(s) failed");
+        }
+        Command::Run {
+            requested: false,
             cutover,
             full,
             from,
@@ -152,11 +181,23 @@ async fn main() -> anyhow::Result<()> {
                 },
                 accept_definitions,
             };
-            let outcome = run_once(&pool, &config, &catalog, &options).await?;
+            let outcome = match std::io::stderr().is_terminal() {
+                true => {
+                    let bar = progress_bar();
+                    let draw = |p: RunProgress| {
+                        bar.set_length(p.total);
+                        bar.set_position(p.done);
+                    };
+                    let outcome = run_once(&pool, &config, &catalog, &options, &draw).await;
+                    bar.finish_and_clear();
+                    outcome?
+                }
+                false => run_once(&pool, &config, &catalog, &options, &log_progress).await?,
+            };
             println!("{}", describe(&outcome));
         }
         Command::Promote { version } => {
-            let served = batch_layer::versions::pin(&config, &version).await?;
+            let served = promotion::pin(config.database_url()?, &config.lake_dir, &version).await?;
             println!(
                 "serving version {} with cutover {}",
                 served.version,
@@ -188,7 +229,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Rollback => {
-            let served = batch_layer::versions::rollback(&config).await?;
+            let served = promotion::rollback(config.database_url()?, &config.lake_dir).await?;
             println!(
                 "rolled back: serving version {} with cutover {}",
                 served.version,
@@ -196,7 +237,7 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         Command::Schedule { cron } => {
-            let schedule = parse_cron(&cron, &config)?;
+            let schedule = cron.map(|cron| parse_cron(&cron, &config)).transpose()?;
             registry::register_service(&pool, "batch-layer schedule", &catalog, false)
                 .await
                 .context("starting the batch schedule")?;
@@ -207,7 +248,7 @@ async fn main() -> anyhow::Result<()> {
                 &pool,
                 &config,
                 &catalog,
-                &schedule,
+                schedule.as_ref(),
                 telemetry::shutdown_signal(),
             )
             .await?;
@@ -215,6 +256,16 @@ async fn main() -> anyhow::Result<()> {
         Command::BallistaScheduler { .. } | Command::BallistaExecutor { .. } => {}
     }
     Ok(())
+}
+
+/// Recomputed hours out of the run's total, on a terminal.
+fn progress_bar() -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} hours ({eta} left)")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
 }
 
 /// The Ballista processes, which need the configuration but no database; `None` for the other

@@ -3,7 +3,7 @@
 //! for malformed input, and it is what makes such input recompute the same way every time.
 
 use batch_layer::lake::{events_to_batch, write_parquet_atomically};
-use batch_layer::recompute::{compute_view, session_context};
+use batch_layer::view_plan::{compute_view, session_context};
 use shared_io::kafka::SourcedEvent;
 use shared_schema::catalog::MetricCatalog;
 use shared_schema::config::PlatformConfig;

@@ -4,7 +4,7 @@
 
 use batch_layer::BatchError;
 use batch_layer::lander_lock::{Fence, LanderLock};
-use batch_layer::run_lock::RunLock;
+use shared_io::run_lock::{RunLock, RunLockError};
 use shared_schema::config::PlatformConfig;
 use sqlx::{Connection, Executor, PgConnection, PgPool};
 
@@ -47,15 +47,16 @@ async fn terminate_lock_holders(pool: &PgPool) -> i64 {
 #[tokio::test]
 async fn a_run_lock_whose_session_died_cannot_promote() {
     let (pool, config) = database("run_lock_fence").await;
-    let mut lock = RunLock::acquire(&config).await.expect("lock");
+    let url = config.database_url().expect("a database URL");
+    let mut lock = RunLock::acquire(url).await.expect("lock");
     // Held: a transaction begins on its session.
     let tx = lock.begin().await.expect("begin while held");
     tx.rollback().await.expect("rollback");
     assert_eq!(terminate_lock_holders(&pool).await, 1);
     // Another run can take the lock now; the first must not promote.
-    let second = RunLock::acquire(&config).await.expect("second lock");
+    let second = RunLock::acquire(url).await.expect("second lock");
     match lock.begin().await {
-        Err(BatchError::RunLockLost(_)) => {}
+        Err(RunLockError::Lost(_)) => {}
         Err(other) => panic!("expected RunLockLost, got {other}"),
         Ok(_) => panic!("a lost run lock began a promoting transaction"),
     }

@@ -3,7 +3,7 @@
 //! the same limit fails, which shows that the limit binds for this input.
 
 use batch_layer::lake::{events_to_batch, write_parquet_atomically};
-use batch_layer::recompute::{compute_view, session_context};
+use batch_layer::view_plan::{compute_view, session_context};
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;

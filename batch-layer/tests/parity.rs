@@ -6,7 +6,7 @@
 //! order, instants on and just before bucket boundaries, and every metric kind.
 
 use batch_layer::lake::{events_to_batch, write_parquet_atomically};
-use batch_layer::recompute::compute_view;
+use batch_layer::view_plan::compute_view;
 use proptest::prelude::*;
 use shared_io::kafka::SourcedEvent;
 use shared_io::view::ViewRow;

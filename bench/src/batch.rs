@@ -7,7 +7,7 @@ use crate::report::Figure;
 use anyhow::{Context, Result, ensure};
 use batch_layer::incremental::{Previous, Request, Scope, hour_digests, plan};
 use batch_layer::lake::{events_to_batch, partition_of, write_parquet_atomically};
-use batch_layer::recompute::{compute_view, session_context};
+use batch_layer::view_plan::{compute_view, session_context};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use shared_io::kafka::SourcedEvent;

@@ -1,8 +1,10 @@
 //! Admin endpoints, behind `serving.admin_token` (see `auth`): promote a view version, roll the
-//! latest promotion back, and start a batch run. They are the batch layer's own operations
-//! (`batch-layer promote|rollback|run`), called in-process on the serving layer's writing
-//! connection (`DATABASE_URL`), never on the read-only one HTTP reads use. Like the commands,
-//! they take the batch run lock, so a promotion waits for a run in progress.
+//! latest promotion back, and request a batch run. Promotion and rollback are the shared code
+//! `batch-layer promote|rollback` also call (`shared_io::promotion`), on the serving
+//! layer's writing connection (`DATABASE_URL`), never on the read-only one HTTP reads use; they
+//! take the batch run lock, so a promotion waits for a run in progress. A run is only recorded
+//! here (`shared_io::run_requests`): the batch layer's scheduler runs it and reports back,
+//! so no recompute ever competes with the queries this process answers.
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -11,19 +13,12 @@ use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use batch_layer::BatchError;
-use batch_layer::recompute::{RunOptions, run_once};
-use batch_layer::versions;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use shared_schema::time::{format_rfc3339, now_millis, parse_rfc3339};
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
-use tokio::task::AbortHandle;
+use shared_io::promotion::{self, PromotionError};
+use shared_io::run_requests::{self, RunRequestError};
+use shared_schema::time::{format_rfc3339, parse_rfc3339};
 use utoipa::ToSchema;
-
-/// Runs started over HTTP that are remembered for `GET /v1/admin/runs` (in memory only).
-const KEPT_RUNS: usize = 100;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -40,8 +35,8 @@ pub struct Served {
     pub cutover: String,
 }
 
-impl From<versions::Served> for Served {
-    fn from(served: versions::Served) -> Self {
+impl From<promotion::Served> for Served {
+    fn from(served: promotion::Served) -> Self {
         Served {
             version: served.version,
             cutover: format_rfc3339(served.cutover),
@@ -61,18 +56,34 @@ pub struct RunRequest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunState {
+    /// Waiting for the batch layer's scheduler (`batch-layer schedule`, `run --requested`).
+    Requested,
     Running,
     Succeeded,
     Failed,
 }
 
-/// A batch run started over HTTP.
+impl From<run_requests::RunState> for RunState {
+    fn from(state: run_requests::RunState) -> Self {
+        match state {
+            run_requests::RunState::Requested => RunState::Requested,
+            run_requests::RunState::Running => RunState::Running,
+            run_requests::RunState::Succeeded => RunState::Succeeded,
+            run_requests::RunState::Failed => RunState::Failed,
+        }
+    }
+}
+
+/// A batch run requested over HTTP, as the batch layer reported it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct RunStatus {
-    pub id: u64,
+    pub id: i64,
     pub state: RunState,
     #[schema(format = DateTime)]
-    pub started_at: String,
+    pub requested_at: String,
+    /// When the batch layer started it.
+    #[schema(format = DateTime)]
+    pub started_at: Option<String>,
     #[schema(format = DateTime)]
     pub finished_at: Option<String>,
     /// The promoted version, once succeeded.
@@ -84,109 +95,25 @@ pub struct RunStatus {
     pub error: Option<String>,
 }
 
+impl From<run_requests::RunRequest> for RunStatus {
+    fn from(run: run_requests::RunRequest) -> Self {
+        RunStatus {
+            id: run.id,
+            state: run.state.into(),
+            requested_at: format_rfc3339(run.requested_at),
+            started_at: run.started_at.map(format_rfc3339),
+            finished_at: run.finished_at.map(format_rfc3339),
+            version: run.version,
+            cutover: run.promoted_cutover.map(format_rfc3339),
+            error: run.error,
+        }
+    }
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RunList {
     /// Newest first.
     pub runs: Vec<RunStatus>,
-}
-
-/// The runs started over HTTP, newest last, and the tasks that finish them.
-#[derive(Clone, Default)]
-pub struct Runs(Arc<Mutex<RunsInner>>);
-
-#[derive(Default)]
-struct RunsInner {
-    runs: VecDeque<RunStatus>,
-    /// The watcher task of each running run.
-    tasks: HashMap<u64, AbortHandle>,
-}
-
-impl Runs {
-    fn lock(&self) -> std::sync::MutexGuard<'_, RunsInner> {
-        // A panic while holding the lock leaves plain data behind; it stays usable.
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Remembers the task that will finish run `id`.
-    pub(crate) fn track(&self, id: u64, task: AbortHandle) {
-        self.lock().tasks.insert(id, task);
-    }
-
-    /// Records a new running run, unless one is running already. A run still marked running
-    /// whose task has ended without finishing it is marked failed first: it never blocks.
-    pub(crate) fn start(&self) -> Result<RunStatus, ApiError> {
-        let mut runs = self.lock();
-        let inner = &mut *runs;
-        let ended: Vec<u64> = inner
-            .tasks
-            .iter()
-            .filter(|(_, task)| task.is_finished())
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ended {
-            inner.tasks.remove(&id);
-            if let Some(run) = inner
-                .runs
-                .iter_mut()
-                .find(|r| r.id == id && r.state == RunState::Running)
-            {
-                run.state = RunState::Failed;
-                run.finished_at = Some(format_rfc3339(now_millis()));
-                run.error = Some("the run's task ended without a result".into());
-            }
-        }
-        if let Some(running) = inner.runs.iter().find(|r| r.state == RunState::Running) {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "run_in_progress",
-                format!("batch run {} is still running", running.id),
-            ));
-        }
-        let status = RunStatus {
-            id: inner.runs.back().map_or(1, |r| r.id + 1),
-            state: RunState::Running,
-            started_at: format_rfc3339(now_millis()),
-            finished_at: None,
-            version: None,
-            cutover: None,
-            error: None,
-        };
-        if inner.runs.len() == KEPT_RUNS {
-            inner.runs.pop_front();
-        }
-        inner.runs.push_back(status.clone());
-        Ok(status)
-    }
-
-    pub(crate) fn finish(&self, id: u64, outcome: Result<(String, i64), String>) {
-        let mut runs = self.lock();
-        runs.tasks.remove(&id);
-        let Some(run) = runs.runs.iter_mut().find(|r| r.id == id) else {
-            return;
-        };
-        run.finished_at = Some(format_rfc3339(now_millis()));
-        match outcome {
-            Ok((version, cutover)) => {
-                run.state = RunState::Succeeded;
-                run.version = Some(version);
-                run.cutover = Some(format_rfc3339(cutover));
-            }
-            Err(error) => {
-                run.state = RunState::Failed;
-                run.error = Some(error);
-            }
-        }
-    }
-
-    pub(crate) fn get(&self, id: u64) -> Option<RunStatus> {
-        self.lock().runs.iter().find(|r| r.id == id).cloned()
-    }
-
-    fn newest_first(&self) -> Vec<RunStatus> {
-        self.lock().runs.iter().rev().cloned().collect()
-    }
 }
 
 /// A JSON body; an empty one is `T::default()` where `default` is given.
@@ -198,13 +125,30 @@ fn parse_body<T: DeserializeOwned>(body: &Bytes, default: Option<T>) -> Result<T
     }
 }
 
-/// A refusal of the batch layer (no such version, nothing to roll back) is the client's 409;
+/// A refusal (no such version, its view is gone, nothing to roll back) is the client's 409;
 /// anything else is a dependency failing.
-fn batch_error(e: BatchError) -> ApiError {
-    match e {
-        BatchError::Versions(message) => ApiError::new(StatusCode::CONFLICT, "refused", message),
-        e => ApiError::dependency_down("the batch layer's state (Postgres or the lake)", &e),
+fn promotion_error(e: PromotionError) -> ApiError {
+    match e.is_refusal() {
+        true => ApiError::new(StatusCode::CONFLICT, "refused", e.to_string()),
+        false => ApiError::dependency_down("the batch layer's state (Postgres or the lake)", &e),
     }
+}
+
+fn run_request_error(e: RunRequestError) -> ApiError {
+    match e {
+        RunRequestError::InProgress { .. } => {
+            ApiError::new(StatusCode::CONFLICT, "run_in_progress", e.to_string())
+        }
+        e => ApiError::dependency_down("Postgres", &e),
+    }
+}
+
+/// `DATABASE_URL`, which promotions take the run lock on.
+fn database_url(state: &AppState) -> Result<&str, ApiError> {
+    state
+        .config
+        .database_url()
+        .map_err(|e| ApiError::dependency_down("Postgres", &e))
 }
 
 /// Serve an existing view version, and its cutover (`batch-layer promote --version V`).
@@ -224,9 +168,13 @@ pub(crate) async fn promote(
     body: Bytes,
 ) -> Result<Json<Served>, ApiError> {
     let request: PromoteRequest = parse_body(&body, None)?;
-    let served = versions::pin(&state.config, &request.version)
-        .await
-        .map_err(batch_error)?;
+    let served = promotion::pin(
+        database_url(&state)?,
+        &state.config.lake_dir,
+        &request.version,
+    )
+    .await
+    .map_err(promotion_error)?;
     tracing::info!(version = %served.version, "promoted over HTTP");
     Ok(Json(served.into()))
 }
@@ -243,24 +191,27 @@ pub(crate) async fn promote(
         (status = 503, description = "Postgres unavailable", body = crate::openapi::ErrorBody),
     ))]
 pub(crate) async fn rollback(State(state): State<AppState>) -> Result<Json<Served>, ApiError> {
-    let served = versions::rollback(&state.config)
+    let served = promotion::rollback(database_url(&state)?, &state.config.lake_dir)
         .await
-        .map_err(batch_error)?;
+        .map_err(promotion_error)?;
     tracing::info!(version = %served.version, "rolled back over HTTP");
     Ok(Json(served.into()))
 }
 
-/// Start one batch run (`batch-layer run [--cutover T]`) in the background; its progress is at
-/// `GET /v1/admin/runs/{id}`. One at a time per serving instance.
+/// Request one batch run (`batch-layer run [--cutover T]`). It is recorded in Postgres, so it
+/// survives a restart of this process; the batch layer's scheduler (`batch-layer schedule`, or
+/// `batch-layer run --requested`) runs it and reports its progress at `GET /v1/admin/runs/{id}`.
+/// One open request at a time.
 #[utoipa::path(post, path = "/v1/admin/runs", tag = "admin",
     request_body(content = Option<RunRequest>, description = "Optional; empty means no `--cutover`"),
     security(("bearer" = [])),
     responses(
-        (status = 202, description = "Started", body = RunStatus),
+        (status = 202, description = "Requested", body = RunStatus),
         (status = 400, description = "Malformed body or cutover", body = crate::openapi::ErrorBody),
         (status = 401, description = "Missing or wrong admin token", body = crate::openapi::ErrorBody),
         (status = 403, description = "Admin endpoints disabled (no serving.admin_token)", body = crate::openapi::ErrorBody),
-        (status = 409, description = "A run started over HTTP is still running", body = crate::openapi::ErrorBody),
+        (status = 409, description = "A requested run has not finished yet", body = crate::openapi::ErrorBody),
+        (status = 503, description = "Postgres unavailable", body = crate::openapi::ErrorBody),
     ))]
 pub(crate) async fn start_run(
     State(state): State<AppState>,
@@ -277,38 +228,32 @@ pub(crate) async fn start_run(
             })
         })
         .transpose()?;
-    let status = state.runs.start()?;
-    let id = status.id;
-    let runs = state.runs.clone();
-    // The run is a task of its own, so a panic in it ends that task only; its watcher marks
-    // the run failed (`run_watch`). The watcher itself is tracked too, in case it is aborted.
-    let run = tokio::spawn(async move {
-        let options = RunOptions {
-            cutover,
-            ..RunOptions::default()
-        };
-        run_once(&state.writer, &state.config, &state.catalog, &options).await
-    });
-    let watcher = tokio::spawn(crate::run_watch::watch(runs.clone(), id, run));
-    runs.track(id, watcher.abort_handle());
-    Ok((StatusCode::ACCEPTED, Json(status)))
+    let run = run_requests::request(&state.writer, cutover)
+        .await
+        .map_err(run_request_error)?;
+    tracing::info!(id = run.id, "batch run requested over HTTP");
+    Ok((StatusCode::ACCEPTED, Json(run.into())))
 }
 
-/// The batch runs this serving instance started, newest first.
+/// The latest batch runs requested over HTTP, newest first.
 #[utoipa::path(get, path = "/v1/admin/runs", tag = "admin",
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "Runs started over HTTP since this instance started", body = RunList),
+        (status = 200, description = "The latest 100 runs requested over HTTP", body = RunList),
         (status = 401, description = "Missing or wrong admin token", body = crate::openapi::ErrorBody),
         (status = 403, description = "Admin endpoints disabled (no serving.admin_token)", body = crate::openapi::ErrorBody),
+        (status = 503, description = "Postgres unavailable", body = crate::openapi::ErrorBody),
     ))]
-pub(crate) async fn list_runs(State(state): State<AppState>) -> Json<RunList> {
-    Json(RunList {
-        runs: state.runs.newest_first(),
-    })
+pub(crate) async fn list_runs(State(state): State<AppState>) -> Result<Json<RunList>, ApiError> {
+    let runs = run_requests::list(&state.writer)
+        .await
+        .map_err(run_request_error)?;
+    Ok(Json(RunList {
+        runs: runs.into_iter().map(RunStatus::from).collect(),
+    }))
 }
 
-/// One batch run started over HTTP.
+/// One batch run requested over HTTP.
 #[utoipa::path(get, path = "/v1/admin/runs/{id}", tag = "admin",
     params(("id" = String, Path, description = "The run's id, as `POST /v1/admin/runs` answered")),
     security(("bearer" = [])),
@@ -317,23 +262,28 @@ pub(crate) async fn list_runs(State(state): State<AppState>) -> Json<RunList> {
         (status = 401, description = "Missing or wrong admin token", body = crate::openapi::ErrorBody),
         (status = 403, description = "Admin endpoints disabled (no serving.admin_token)", body = crate::openapi::ErrorBody),
         (status = 404, description = "No such run", body = crate::openapi::ErrorBody),
+        (status = 503, description = "Postgres unavailable", body = crate::openapi::ErrorBody),
     ))]
 pub(crate) async fn get_run(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<RunStatus>, ApiError> {
     let id = id.map(|Path(id)| id).unwrap_or_default();
-    id.parse()
-        .ok()
-        .and_then(|id| state.runs.get(id))
-        .map(Json)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "unknown_run",
-                format!("no batch run `{id}`"),
-            )
-        })
+    let unknown = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_run",
+            format!("no batch run `{id}`"),
+        )
+    };
+    let Ok(number) = id.parse::<i64>() else {
+        return Err(unknown());
+    };
+    run_requests::get(&state.writer, number)
+        .await
+        .map_err(run_request_error)?
+        .map(|run| Json(run.into()))
+        .ok_or_else(unknown)
 }
 
 #[cfg(test)]
@@ -341,20 +291,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_run_at_a_time_and_ids_grow() {
-        let runs = Runs::default();
-        let first = runs.start().unwrap();
-        assert_eq!(first.id, 1);
-        let refused = runs.start().unwrap_err();
-        assert_eq!(refused.status(), StatusCode::CONFLICT);
-        runs.finish(1, Err("lake incomplete".into()));
-        let second = runs.start().unwrap();
-        assert_eq!(second.id, 2);
-        runs.finish(2, Ok(("v2".into(), 0)));
-        let listed = runs.newest_first();
-        assert_eq!(listed[0].state, RunState::Succeeded);
-        assert_eq!(listed[0].version.as_deref(), Some("v2"));
-        assert_eq!(listed[1].error.as_deref(), Some("lake incomplete"));
+    fn refusals_are_conflicts_and_failures_unavailable() {
+        let open = run_request_error(RunRequestError::InProgress {
+            id: 3,
+            state: run_requests::RunState::Running,
+        });
+        assert_eq!(open.status(), StatusCode::CONFLICT);
+        for refused in [
+            PromotionError::NothingToRollBack,
+            PromotionError::NoSuchVersion {
+                version: "v9".into(),
+            },
+        ] {
+            assert_eq!(promotion_error(refused).status(), StatusCode::CONFLICT);
+        }
+        let down = promotion_error(PromotionError::LockServingState(sqlx::Error::PoolTimedOut));
+        assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 
     #[test]

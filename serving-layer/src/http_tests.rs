@@ -70,10 +70,11 @@ async fn admin_endpoints_need_the_admin_token() {
         assert_eq!(body["error"]["code"], "unauthorized");
         assert_eq!(headers[header::WWW_AUTHENTICATE], "Bearer");
     }
-    // Past authentication, an unknown run is the handler's own 404.
+    // Past authentication, an unknown run is the handler's own 404 (an id that is no number
+    // is unknown without asking Postgres, which this router has none of).
     let (status, _, body) = call(
         config,
-        request(Method::GET, "/v1/admin/runs/7", Some("admin-s3cret")),
+        request(Method::GET, "/v1/admin/runs/seven", Some("admin-s3cret")),
     )
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);

@@ -27,7 +27,6 @@ mod metric_query;
 pub mod openapi;
 pub mod reader;
 mod router;
-mod run_watch;
 mod snapshot;
 mod stall_alert;
 mod state;

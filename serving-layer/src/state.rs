@@ -27,7 +27,6 @@ pub struct AppState {
     /// Whole answers of the latest state generation, by request.
     pub bodies: Arc<GenerationCache<AnswerKey, CachedBody>>,
     pub answers: AnswerCache,
-    pub runs: crate::admin::Runs,
     /// Answers being merged and rendered at once, off the async workers: one per core, so
     /// expensive queries queue (within their timeout) instead of starving `/healthz`.
     pub compute: Arc<Semaphore>,
@@ -66,7 +65,6 @@ impl AppState {
             snapshots,
             bodies,
             answers,
-            runs: Default::default(),
             compute: Arc::new(Semaphore::new(cores)),
         }
     }

@@ -1,6 +1,8 @@
-//! A batch run started over HTTP that panics (issue 15, coordination) is recorded as failed
-//! and does not block the next `POST /v1/admin/runs`. The panic is injected with a failpoint
-//! read only by debug builds.
+//! A batch run requested over HTTP that panics (issue 15, coordination) is recorded as failed
+//! and does not block the next `POST /v1/admin/runs`. Since issue 16 the serving layer only
+//! records the request; the batch layer's scheduler runs it, so the panic happens there, fails
+//! that run only, and the scheduler goes on. The panic is injected with a failpoint read only
+//! by debug builds.
 
 use anyhow::{Context, Result, ensure};
 use platform_tests::{Platform, wait_until};
@@ -43,10 +45,15 @@ async fn a_panicking_http_run_fails_and_does_not_block_the_next() -> Result<()> 
         .extra_env
         .push(("LAMBDA_FAILPOINTS".into(), "batch.run.start=panic".into()));
     let mut serving = platform.spawn("serving-layer", &["run"])?;
+    // Runs requested runs only: no cron.
+    let mut scheduler = platform.spawn("batch-layer", &["schedule"])?;
     platform.wait_for_http().await?;
 
     let (status, body) = post_run(&platform).await?;
-    ensure!(status == 202, "the run starts: {status} {body}");
+    ensure!(
+        status == 202 && body["state"] == "requested",
+        "the run is requested: {status} {body}"
+    );
     let id = body["id"].as_u64().context("a run id")?;
     wait_until(
         Duration::from_secs(30),
@@ -75,5 +82,6 @@ async fn a_panicking_http_run_fails_and_does_not_block_the_next() -> Result<()> 
     let (status, _) = platform.get("/healthz").await?;
     ensure!(status == 200, "the serving layer is alive: {status}");
     serving.assert_running()?;
+    scheduler.assert_running()?;
     Ok(())
 }

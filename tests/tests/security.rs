@@ -1,7 +1,8 @@
 //! Security of the serving layer (issue 8): requests read through the read-only role of
 //! migration 0011, which cannot write; SQL-looking input is a 4xx and changes nothing; the
 //! limits on range, points and groups answer 400 naming the limit; and the admin endpoints
-//! promote, roll back and start batch runs only with the admin token.
+//! promote, roll back and request batch runs (which `batch-layer schedule` runs) only with the
+//! admin token.
 
 use anyhow::{Context, Result, bail, ensure};
 use platform_tests::{Platform, READER_ROLE};
@@ -241,7 +242,7 @@ async fn run_over_http(platform: &Platform, cutover: Millis) -> Result<Value> {
     let body = json!({"cutover": format_rfc3339(cutover)});
     let (status, started) = admin_post(platform, "/v1/admin/runs", Some(body)).await?;
     ensure!(
-        status == 202 && started["state"] == "running",
+        status == 202 && started["state"] == "requested",
         "{status} {started}"
     );
     let id = started["id"].as_u64().context("a run id")?.to_string();
@@ -250,7 +251,7 @@ async fn run_over_http(platform: &Platform, cutover: Millis) -> Result<Value> {
     loop {
         let (status, run) = call(platform, Method::GET, &path, &[], Some(ADMIN), None).await?;
         ensure!(status == 200, "{path}: {status} {run}");
-        if run["state"] != "running" {
+        if run["state"] != "requested" && run["state"] != "running" {
             ensure!(
                 run["state"] == "succeeded",
                 "run {id}: {run}\n{}",
@@ -278,6 +279,8 @@ async fn admin_endpoints_need_the_token_then_run_promote_and_roll_back() -> Resu
     let _speed = platform.spawn("speed-layer", &["run"])?;
     let _lander = platform.spawn("batch-layer", &["land"])?;
     let _serving = platform.spawn("serving-layer", &["run"])?;
+    // Runs the batch runs requested over HTTP.
+    let _scheduler = platform.spawn("batch-layer", &["schedule"])?;
     platform.wait_for_http().await?;
     let (base, ends) = send_purchases(&platform, "a").await?;
     platform.wait_both_caught_up(&ends).await?;

@@ -1,0 +1,192 @@
+//! The view as DataFusion plans: the lake deduplicated per event id, optionally joined with the
+//! profile history, then one plan per metric (filter, bucket, group, aggregate; sessions by
+//! their gap rule). Their output is decoded into view rows by `plan_rows`.
+
+use crate::BatchError;
+use crate::lake::lake_schema;
+use crate::plan_rows::append_rows;
+use crate::sketch_udaf::hll_sketch;
+use arrow::datatypes::DataType;
+use datafusion::functions_aggregate::expr_fn::{count, max, min, sum};
+use datafusion::logical_expr::cast as cast_expr;
+use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext, col, lit};
+use shared_io::view::ViewRow;
+use shared_schema::config::PlatformConfig;
+use shared_schema::time::Millis;
+use shared_schema::{
+    catalog::MetricCatalog,
+    metrics::{Aggregation, Dimension, MetricDef, ValueField},
+};
+
+/// A local DataFusion context of the batch run's configuration (`engine::session_state`).
+pub fn session_context(config: &PlatformConfig) -> Result<SessionContext, BatchError> {
+    Ok(SessionContext::new_with_state(
+        crate::engine::session_state(config)?,
+    ))
+}
+
+/// A copy's place in the topic as one orderable number, partition above offset, for columns
+/// qualified by `table` ("" or "alias."). Offsets stay below 2^40, a trillion per partition.
+fn copy_position(table: &str) -> String {
+    format!("(CAST({table}kafka_partition AS BIGINT) * 1099511627776 + {table}kafka_offset)")
+}
+
+/// Every metric's partials for every bucket before `cutover`, from the deduplicated lake, with
+/// no profile history (every enriched field is `unknown`).
+pub async fn compute_view(
+    ctx: &SessionContext,
+    lake_paths: &[String],
+    catalog: &MetricCatalog,
+    cutover: Millis,
+) -> Result<Vec<ViewRow>, BatchError> {
+    compute_enriched_view(ctx, lake_paths, &[], catalog, cutover).await
+}
+
+/// Every metric's partials for every bucket before `cutover`, from the deduplicated lake; the
+/// metrics that read the buyer's profile join it from the changelog files `changelog_paths`.
+pub async fn compute_enriched_view(
+    ctx: &SessionContext,
+    lake_paths: &[String],
+    changelog_paths: &[String],
+    catalog: &MetricCatalog,
+    cutover: Millis,
+) -> Result<Vec<ViewRow>, BatchError> {
+    if lake_paths.is_empty() {
+        return Ok(Vec::new());
+    }
+    let schema = lake_schema();
+    let lake = ctx
+        .read_parquet(
+            lake_paths.to_vec(),
+            ParquetReadOptions::default().schema(&schema),
+        )
+        .await?;
+    ctx.register_table("lake", lake.into_view())?;
+    // One copy per event_id: the first the lander read, by (partition, offset). Copies of an id
+    // are the same event (CONTRACT §1), so which one is kept only matters for malformed input.
+    // Most ids have one copy, so the repeated ids are found with a hash aggregate (which spills
+    // under a memory limit) and only they are joined back; a window over every id sorted all of
+    // them and was the batch layer's main cost (BENCHMARKS.md).
+    let deduped = ctx
+        .sql(&format!(
+            "WITH repeated AS (
+                 SELECT event_id, min({position}) AS first_copy
+                 FROM lake GROUP BY event_id HAVING count(*) > 1
+             )
+             SELECT l.event_id, l.event_type, CAST(l.event_time AS BIGINT) AS event_time_ms,
+                    l.user_id, l.product_id, l.amount, l.city, l.country
+             FROM repeated r RIGHT JOIN lake l ON r.event_id = l.event_id
+             WHERE r.first_copy IS NULL OR {l_position} = r.first_copy",
+            position = copy_position(""),
+            l_position = copy_position("l."),
+        ))
+        .await?
+        .filter(col("event_time_ms").lt(lit(cutover)))?
+        .cache()
+        .await?;
+    let enriched = match catalog.needs_profiles() {
+        true => Some(
+            crate::enrich::enrich(ctx, deduped.clone(), changelog_paths)
+                .await?
+                .cache()
+                .await?,
+        ),
+        false => None,
+    };
+
+    let mut rows = Vec::new();
+    for (_, metric) in catalog.stored() {
+        let events = match (&enriched, metric.needs_profile()) {
+            (Some(enriched), true) => enriched.clone(),
+            _ => deduped.clone(),
+        };
+        let plan = match &metric.aggregation {
+            Aggregation::Sessions { key, gap } => {
+                sessions_plan(ctx, events, metric, *key, gap.millis()).await?
+            }
+            _ => metric_plan(events, metric)?,
+        };
+        let batches = plan.collect().await?;
+        for batch in &batches {
+            append_rows(&mut rows, metric, batch)?;
+        }
+    }
+    Ok(rows)
+}
+
+/// The metric definition as a DataFusion plan: filter, bucket, group, aggregate. It produces
+/// the partials `Partial::of_event` and `Partial::merge` produce in the speed layer: the bucket
+/// is floor division on epoch milliseconds (the arithmetic of `time::bucket_start`), and the
+/// filter is `MetricDef::matches`.
+fn metric_plan(events: DataFrame, metric: &MetricDef) -> Result<DataFrame, BatchError> {
+    let mut events = events;
+    if let Some(event_type) = &metric.event_type {
+        events = events.filter(col("event_type").eq(lit(event_type.clone())))?;
+    }
+    let required = match &metric.aggregation {
+        Aggregation::Distinct(dimension) => Some(dimension.name()),
+        other => other.value_field().map(ValueField::name),
+    };
+    if let Some(field) = required {
+        events = events.filter(col(field).is_not_null())?;
+    }
+    let width = metric.bucket.millis();
+    let t = col("event_time_ms");
+    let bucket = (t.clone() - (t % lit(width) + lit(width)) % lit(width)).alias("bucket_start");
+    let mut group = vec![bucket];
+    group.extend(
+        metric
+            .dimensions
+            .iter()
+            .enumerate()
+            .map(|(i, d)| col(d.name()).alias(format!("d{i}"))),
+    );
+    let mut aggregates = vec![
+        count(lit(1)).alias("event_count"),
+        sum(col("amount")).alias("sum_micros"),
+        min(col("amount")).alias("min_micros"),
+        max(col("amount")).alias("max_micros"),
+    ];
+    if let Aggregation::Distinct(dimension) = &metric.aggregation {
+        aggregates.push(
+            hll_sketch()
+                .call(vec![cast_expr(col(dimension.name()), DataType::Utf8)])
+                .alias("sketch"),
+        );
+    }
+    Ok(events.aggregate(group, aggregates)?)
+}
+
+/// Sessions as a DataFusion plan: an event starts a session when the previous event of its key
+/// is `gap` or more before it (or there is none), the rule of `shared_schema::sessions`; starts
+/// are counted per bucket. Everything before T is in the plan's input, so a start before T is
+/// decided exactly as the speed layer decides one after it.
+async fn sessions_plan(
+    ctx: &SessionContext,
+    events: DataFrame,
+    metric: &MetricDef,
+    key: Dimension,
+    gap: Millis,
+) -> Result<DataFrame, BatchError> {
+    let mut events = events.filter(col(key.name()).is_not_null())?;
+    if let Some(event_type) = &metric.event_type {
+        events = events.filter(col("event_type").eq(lit(event_type.clone())))?;
+    }
+    let input = format!("session_input_{}", metric.name);
+    ctx.register_table(input.as_str(), events.into_view())?;
+    // Identifiers come from the Dimension enum and numbers, never from free text.
+    let starts = ctx
+        .sql(&format!(
+            "SELECT event_time_ms FROM (
+                 SELECT event_time_ms,
+                        event_time_ms - lag(event_time_ms) OVER (PARTITION BY {key} ORDER BY event_time_ms) AS since
+                 FROM {input})
+             WHERE since IS NULL OR since >= {gap}",
+            key = key.name(),
+        ))
+        .await?;
+    let width = metric.bucket.millis();
+    let t = col("event_time_ms");
+    let bucket = (t.clone() - (t % lit(width) + lit(width)) % lit(width)).alias("bucket_start");
+    Ok(starts.aggregate(vec![bucket], vec![count(lit(1)).alias("event_count")])?)
+}
