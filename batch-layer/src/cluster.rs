@@ -35,10 +35,13 @@ pub async fn run_scheduler(
     .with_override_session_builder(Arc::new(move |session: SessionConfig| {
         cluster_session_state(&session_config, session)
     }));
-    let cluster = BallistaCluster::new_from_config(&scheduler).await?;
+    let failed = |source| BatchError::RunScheduler { bind, source };
+    let cluster = BallistaCluster::new_from_config(&scheduler)
+        .await
+        .map_err(failed)?;
     tracing::info!(%bind, "Ballista scheduler listening");
     tokio::select! {
-        result = start_server(cluster, bind, Arc::new(scheduler)) => Ok(result?),
+        result = start_server(cluster, bind, Arc::new(scheduler)) => result.map_err(failed),
         () = shutdown => Ok(()),
     }
 }
@@ -67,7 +70,8 @@ pub async fn run_executor(
     options: ExecutorOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BatchError> {
-    let functions = cluster_session_state(&config, SessionConfig::new())?;
+    let functions = cluster_session_state(&config, SessionConfig::new())
+        .map_err(|source| BatchError::BuildSession { source })?;
     let runtime_config = config.clone();
     let defaults = ExecutorProcessConfig::default();
     let executor = ExecutorProcessConfig {
@@ -90,7 +94,9 @@ pub async fn run_executor(
         ..defaults
     };
     tokio::select! {
-        result = start_executor_process(Arc::new(executor)) => Ok(result?),
+        result = start_executor_process(Arc::new(executor)) => {
+            result.map_err(|source| BatchError::RunExecutor { source })
+        }
         () = shutdown => Ok(()),
     }
 }

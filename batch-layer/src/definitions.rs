@@ -28,9 +28,14 @@ pub async fn check_for_run(
     accept: bool,
 ) -> Result<RunDefinitions, BatchError> {
     let canonical = catalog.canonical();
-    let mut conn = pool.acquire().await?;
-    let fingerprint = registry::record_definitions(&mut conn, &canonical).await?;
-    let promoted = registry::promoted_definitions(&mut conn).await?;
+    let checked = |source| BatchError::CheckDefinitions { source };
+    let mut conn = pool.acquire().await.map_err(checked)?;
+    let fingerprint = registry::record_definitions(&mut conn, &canonical)
+        .await
+        .map_err(checked)?;
+    let promoted = registry::promoted_definitions(&mut conn)
+        .await
+        .map_err(checked)?;
     match registry::check(SERVICE, &canonical, promoted.as_ref()) {
         Ok(()) => {}
         Err(differ) if accept => {

@@ -67,7 +67,12 @@ impl Engine {
         match self {
             Engine::Local => Ok(SessionContext::new_with_state(state)),
             Engine::Ballista { scheduler } => {
-                Ok(SessionContext::remote_with_state(&format!("df://{scheduler}"), state).await?)
+                SessionContext::remote_with_state(&format!("df://{scheduler}"), state)
+                    .await
+                    .map_err(|source| BatchError::ConnectCluster {
+                        scheduler: scheduler.clone(),
+                        source,
+                    })
             }
         }
     }
@@ -127,12 +132,13 @@ pub fn session_state(config: &PlatformConfig) -> Result<SessionState, BatchError
         // than a small limit holds.
         session = session.with_sort_spill_reservation_bytes((bytes / 16).min(10 * 1024 * 1024));
     }
+    let built = |source| BatchError::BuildSession { source };
     let mut state = SessionStateBuilder::new()
         .with_config(session)
-        .with_runtime_env(runtime_env(config)?)
+        .with_runtime_env(runtime_env(config).map_err(built)?)
         .with_default_features()
         .build();
-    register_functions(&mut state)?;
+    register_functions(&mut state).map_err(built)?;
     Ok(state)
 }
 

@@ -5,6 +5,7 @@
 
 use crate::BatchError;
 use crate::changelog_batch::changelog_schema;
+use datafusion::error::Result as DfResult;
 use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext, lit};
 use shared_schema::profiles::{UNKNOWN, temporal_join_sql};
 
@@ -12,19 +13,34 @@ const EVENTS_TABLE: &str = "events_for_join";
 const VERSIONS_TABLE: &str = "profile_versions";
 
 /// `events` (with `user_id` and `event_time_ms`) with `tier` and `signup_country` added from the
-/// changelog files at `changelog_paths` (none: every event's are `unknown`).
+/// changelog files at `changelog_paths` (none: every event's are `unknown`), cached.
 pub async fn enrich(
     ctx: &SessionContext,
     events: DataFrame,
     changelog_paths: &[String],
 ) -> Result<DataFrame, BatchError> {
+    let joined = match join(ctx, events, changelog_paths).await {
+        Ok(joined) => joined.cache().await,
+        Err(e) => Err(e),
+    };
+    joined.map_err(|source| BatchError::JoinProfiles {
+        files: changelog_paths.len(),
+        source,
+    })
+}
+
+async fn join(
+    ctx: &SessionContext,
+    events: DataFrame,
+    changelog_paths: &[String],
+) -> DfResult<DataFrame> {
     if changelog_paths.is_empty() {
         // What the join gives an event without a version, without joining an empty table: a
         // Ballista cluster receives plans as protobuf, which has no form for an in-memory table
         // and drops the columns of an empty relation.
-        return Ok(events
+        return events
             .with_column("tier", lit(UNKNOWN))?
-            .with_column("signup_country", lit(UNKNOWN))?);
+            .with_column("signup_country", lit(UNKNOWN));
     }
     ctx.register_table(EVENTS_TABLE, events.into_view())?;
     let versions = ctx
@@ -34,9 +50,8 @@ pub async fn enrich(
         )
         .await?;
     ctx.register_table(VERSIONS_TABLE, versions.into_view())?;
-    Ok(ctx
-        .sql(&temporal_join_sql(EVENTS_TABLE, VERSIONS_TABLE))
-        .await?)
+    ctx.sql(&temporal_join_sql(EVENTS_TABLE, VERSIONS_TABLE))
+        .await
 }
 
 #[cfg(test)]

@@ -110,19 +110,26 @@ pub fn write_parquet_atomically(
     final_path: &Path,
     batch: &RecordBatch,
 ) -> Result<(), crate::BatchError> {
-    write_file_atomically(final_path, |out| write_parquet(out, batch))
+    let path = final_path.display().to_string();
+    write_file_atomically(final_path, |out| write_parquet(out, &path, batch))
 }
 
-/// Writes `batch` as one Parquet file to `out`.
+/// Writes `batch` as one Parquet file to `out`, which is (or becomes) the lake file `path`.
 pub fn write_parquet(
     out: &mut (dyn Write + Send),
+    path: &str,
     batch: &RecordBatch,
 ) -> Result<(), crate::BatchError> {
     let properties = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .build();
-    let mut writer = ArrowWriter::try_new(out, batch.schema(), Some(properties))?;
-    writer.write(batch)?;
-    writer.finish()?;
-    Ok(())
+    let written =
+        ArrowWriter::try_new(out, batch.schema(), Some(properties)).and_then(|mut writer| {
+            writer.write(batch)?;
+            writer.finish().map(drop)
+        });
+    written.map_err(|source| crate::BatchError::WriteLakeFile {
+        path: path.to_string(),
+        source,
+    })
 }

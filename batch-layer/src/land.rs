@@ -86,7 +86,12 @@ impl Lander {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), BatchError> {
         let topic = self.config.events_topic.clone();
-        let stored = load_positions(&self.pool, PositionTable::Lake, &topic).await?;
+        let stored = load_positions(&self.pool, PositionTable::Lake, &topic)
+            .await
+            .map_err(|source| BatchError::ReadLakePositions {
+                topic: topic.clone(),
+                source,
+            })?;
         let mut source = EventSource::connect(
             &self.config.kafka_brokers,
             &self.config.lander.group_id,
@@ -133,11 +138,15 @@ pub async fn write_files(
     let lake = Lake::open(&config.lake_dir)?;
     let mut files = Vec::with_capacity(by_partition.len());
     for (partition, events) in by_partition {
-        let record_batch = events_to_batch(&events)?;
+        let record_batch = events_to_batch(&events).map_err(|source| BatchError::EncodeEvents {
+            events: events.len(),
+            source,
+        })?;
         let relative = format!("{}/part-{}.parquet", partition.dir(), uuid::Uuid::now_v7());
         let span = tracing::debug_span!("write_lake_file", path = %relative, rows = events.len());
+        let path = lake.location(&relative);
         lake.publish(&relative, move |out| {
-            span.in_scope(|| write_parquet(out, &record_batch))
+            span.in_scope(|| write_parquet(out, &path, &record_batch))
         })
         .await?;
         files.push(LakeFile {

@@ -59,11 +59,18 @@ async fn write_file(
     if batch.versions.is_empty() {
         return Ok(None);
     }
-    let record_batch = versions_to_batch(&batch.versions)?;
+    let record_batch =
+        versions_to_batch(&batch.versions).map_err(|source| BatchError::EncodeProfileVersions {
+            versions: batch.versions.len(),
+            source,
+        })?;
     let path = format!("{CHANGELOG_DIR}/part-{}.parquet", uuid::Uuid::now_v7());
-    Lake::open(&config.lake_dir)?
-        .publish(&path, move |out| write_parquet(out, &record_batch))
-        .await?;
+    let lake = Lake::open(&config.lake_dir)?;
+    let location = lake.location(&path);
+    lake.publish(&path, move |out| {
+        write_parquet(out, &location, &record_batch)
+    })
+    .await?;
     let times = batch.versions.iter().map(|v| v.version.valid_from);
     Ok(Some(ChangelogFile {
         path,

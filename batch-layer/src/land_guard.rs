@@ -43,7 +43,10 @@ pub async fn land(
             Ok(files) => break files,
             Err(e) => e,
         };
-        if !matches!(error, BatchError::Arrow(_) | BatchError::Parquet(_)) {
+        if !matches!(
+            error,
+            BatchError::EncodeEvents { .. } | BatchError::WriteLakeFile { .. }
+        ) {
             HEALTH.infrastructure_failed(LAKE_AWAY, &error.to_string());
             backoff.sleep().await;
             continue;
@@ -115,9 +118,12 @@ fn encode_in_memory(events: &[&SourcedEvent]) -> Result<(), BatchError> {
             .push(sourced);
     }
     for events in by_partition.values() {
-        let record_batch = events_to_batch(events)?;
+        let record_batch = events_to_batch(events).map_err(|source| BatchError::EncodeEvents {
+            events: events.len(),
+            source,
+        })?;
         let mut sink: Vec<u8> = Vec::new();
-        write_parquet(&mut sink, &record_batch)?;
+        write_parquet(&mut sink, "(in memory)", &record_batch)?;
     }
     Ok(())
 }

@@ -33,22 +33,56 @@ pub enum BatchError {
     Config(#[from] shared_schema::config::ConfigError),
     #[error(transparent)]
     Db(#[from] shared_io::db::DbError),
-    #[error("Postgres: {0}")]
-    Sql(#[from] sqlx::Error),
     #[error(transparent)]
     Metrics(#[from] shared_schema::metrics::MetricError),
     #[error(transparent)]
     SpeedState(#[from] shared_io::speed_state::SpeedStateError),
     #[error(transparent)]
     Source(#[from] shared_io::kafka::SourceError),
-    #[error("lake I/O: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("Parquet: {0}")]
-    Parquet(#[from] parquet::errors::ParquetError),
-    #[error("Arrow: {0}")]
-    Arrow(#[from] arrow::error::ArrowError),
-    #[error("DataFusion: {0}")]
-    DataFusion(#[from] datafusion::error::DataFusionError),
+    /// Events the lake's Arrow schema cannot hold (see `land_guard`).
+    #[error("could not arrange {events} events as lake columns: {source}")]
+    EncodeEvents {
+        events: usize,
+        source: arrow::error::ArrowError,
+    },
+    #[error("could not arrange {versions} profile versions as changelog columns: {source}")]
+    EncodeProfileVersions {
+        versions: usize,
+        source: arrow::error::ArrowError,
+    },
+    /// Encoding a lake file as Parquet, or writing its bytes to `path`.
+    #[error("could not write the lake file {path} as Parquet: {source}")]
+    WriteLakeFile {
+        path: String,
+        source: parquet::errors::ParquetError,
+    },
+    /// The session a run plans in (runtime, memory pool, the lake's object store, functions).
+    #[error("could not build the DataFusion session: {source}")]
+    BuildSession {
+        source: datafusion::error::DataFusionError,
+    },
+    #[error("could not connect to the Ballista scheduler at {scheduler}: {source}")]
+    ConnectCluster {
+        scheduler: String,
+        source: datafusion::error::DataFusionError,
+    },
+    /// Reading the lake's listed Parquet files and keeping one copy of each event.
+    #[error("could not read the {files} listed lake files: {source}")]
+    ReadLake {
+        files: usize,
+        source: datafusion::error::DataFusionError,
+    },
+    /// The temporal join of the events with the buyers' profile changelog.
+    #[error("could not join the {files} profile changelog files: {source}")]
+    JoinProfiles {
+        files: usize,
+        source: datafusion::error::DataFusionError,
+    },
+    #[error("could not plan or execute metric {metric}: {source}")]
+    PlanMetric {
+        metric: String,
+        source: datafusion::error::DataFusionError,
+    },
     /// `batch.engine` (`BATCH_ENGINE`) names no engine.
     #[error("batch engine {0}")]
     Engine(String),
@@ -58,8 +92,15 @@ pub enum BatchError {
         engine: String,
         cause: Box<BatchError>,
     },
-    #[error("Ballista: {0}")]
-    Ballista(#[from] ballista_core::error::BallistaError),
+    #[error("the Ballista scheduler on {bind} failed: {source}")]
+    RunScheduler {
+        bind: std::net::SocketAddr,
+        source: ballista_core::error::BallistaError,
+    },
+    #[error("the Ballista executor failed: {source}")]
+    RunExecutor {
+        source: ballista_core::error::BallistaError,
+    },
     #[error(transparent)]
     View(#[from] shared_io::view::ViewError),
     #[error(transparent)]
@@ -76,6 +117,11 @@ pub enum BatchError {
         path: String,
         source: shared_io::view::ViewError,
     },
+    #[error("could not read the stored offsets of topic {topic} in the lake: {source}")]
+    ReadLakePositions { topic: String, source: sqlx::Error },
+    /// Recording this run's metric definitions and reading the promoted view's.
+    #[error("could not record and compare the metric definitions: {source}")]
+    CheckDefinitions { source: sqlx::Error },
     #[error("the plan of metric {metric} produced no column {column}")]
     PlanOutput { metric: String, column: String },
     #[error("could not decode the plan output of metric {metric}: {source}")]

@@ -6,7 +6,9 @@ use crate::BatchError;
 use crate::lake::lake_schema;
 use crate::plan_rows::append_rows;
 use crate::sketch_udaf::hll_sketch;
+use arrow::array::RecordBatch;
 use arrow::datatypes::DataType;
+use datafusion::error::Result as DfResult;
 use datafusion::functions_aggregate::expr_fn::{count, max, min, sum};
 use datafusion::logical_expr::cast as cast_expr;
 use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext, col, lit};
@@ -54,6 +56,57 @@ pub async fn compute_enriched_view(
     if lake_paths.is_empty() {
         return Ok(Vec::new());
     }
+    let deduped = deduplicated(ctx, lake_paths, cutover)
+        .await
+        .map_err(|source| BatchError::ReadLake {
+            files: lake_paths.len(),
+            source,
+        })?;
+    let enriched = match catalog.needs_profiles() {
+        true => Some(crate::enrich::enrich(ctx, deduped.clone(), changelog_paths).await?),
+        false => None,
+    };
+
+    let mut rows = Vec::new();
+    for (_, metric) in catalog.stored() {
+        let events = match (&enriched, metric.needs_profile()) {
+            (Some(enriched), true) => enriched.clone(),
+            _ => deduped.clone(),
+        };
+        let batches = metric_batches(ctx, events, metric)
+            .await
+            .map_err(|source| BatchError::PlanMetric {
+                metric: metric.name.clone(),
+                source,
+            })?;
+        for batch in &batches {
+            append_rows(&mut rows, metric, batch)?;
+        }
+    }
+    Ok(rows)
+}
+
+/// The metric's plan over `events`, executed.
+async fn metric_batches(
+    ctx: &SessionContext,
+    events: DataFrame,
+    metric: &MetricDef,
+) -> DfResult<Vec<RecordBatch>> {
+    let plan = match &metric.aggregation {
+        Aggregation::Sessions { key, gap } => {
+            sessions_plan(ctx, events, metric, *key, gap.millis()).await?
+        }
+        _ => metric_plan(events, metric)?,
+    };
+    plan.collect().await
+}
+
+/// The lake files at `lake_paths`, one copy per event id, before `cutover`, cached.
+async fn deduplicated(
+    ctx: &SessionContext,
+    lake_paths: &[String],
+    cutover: Millis,
+) -> DfResult<DataFrame> {
     let schema = lake_schema();
     let lake = ctx
         .read_parquet(
@@ -67,9 +120,8 @@ pub async fn compute_enriched_view(
     // Most ids have one copy, so the repeated ids are found with a hash aggregate (which spills
     // under a memory limit) and only they are joined back; a window over every id sorted all of
     // them and was the batch layer's main cost (BENCHMARKS.md).
-    let deduped = ctx
-        .sql(&format!(
-            "WITH repeated AS (
+    ctx.sql(&format!(
+        "WITH repeated AS (
                  SELECT event_id, min({position}) AS first_copy
                  FROM lake GROUP BY event_id HAVING count(*) > 1
              )
@@ -77,48 +129,20 @@ pub async fn compute_enriched_view(
                     l.user_id, l.product_id, l.amount, l.city, l.country
              FROM repeated r RIGHT JOIN lake l ON r.event_id = l.event_id
              WHERE r.first_copy IS NULL OR {l_position} = r.first_copy",
-            position = copy_position(""),
-            l_position = copy_position("l."),
-        ))
-        .await?
-        .filter(col("event_time_ms").lt(lit(cutover)))?
-        .cache()
-        .await?;
-    let enriched = match catalog.needs_profiles() {
-        true => Some(
-            crate::enrich::enrich(ctx, deduped.clone(), changelog_paths)
-                .await?
-                .cache()
-                .await?,
-        ),
-        false => None,
-    };
-
-    let mut rows = Vec::new();
-    for (_, metric) in catalog.stored() {
-        let events = match (&enriched, metric.needs_profile()) {
-            (Some(enriched), true) => enriched.clone(),
-            _ => deduped.clone(),
-        };
-        let plan = match &metric.aggregation {
-            Aggregation::Sessions { key, gap } => {
-                sessions_plan(ctx, events, metric, *key, gap.millis()).await?
-            }
-            _ => metric_plan(events, metric)?,
-        };
-        let batches = plan.collect().await?;
-        for batch in &batches {
-            append_rows(&mut rows, metric, batch)?;
-        }
-    }
-    Ok(rows)
+        position = copy_position(""),
+        l_position = copy_position("l."),
+    ))
+    .await?
+    .filter(col("event_time_ms").lt(lit(cutover)))?
+    .cache()
+    .await
 }
 
 /// The metric definition as a DataFusion plan: filter, bucket, group, aggregate. It produces
 /// the partials `Partial::of_event` and `Partial::merge` produce in the speed layer: the bucket
 /// is floor division on epoch milliseconds (the arithmetic of `time::bucket_start`), and the
 /// filter is `MetricDef::matches`.
-fn metric_plan(events: DataFrame, metric: &MetricDef) -> Result<DataFrame, BatchError> {
+fn metric_plan(events: DataFrame, metric: &MetricDef) -> DfResult<DataFrame> {
     let mut events = events;
     if let Some(event_type) = &metric.event_type {
         events = events.filter(col("event_type").eq(lit(event_type.clone())))?;
@@ -154,7 +178,7 @@ fn metric_plan(events: DataFrame, metric: &MetricDef) -> Result<DataFrame, Batch
                 .alias("sketch"),
         );
     }
-    Ok(events.aggregate(group, aggregates)?)
+    events.aggregate(group, aggregates)
 }
 
 /// Sessions as a DataFusion plan: an event starts a session when the previous event of its key
@@ -167,7 +191,7 @@ async fn sessions_plan(
     metric: &MetricDef,
     key: Dimension,
     gap: Millis,
-) -> Result<DataFrame, BatchError> {
+) -> DfResult<DataFrame> {
     let mut events = events.filter(col(key.name()).is_not_null())?;
     if let Some(event_type) = &metric.event_type {
         events = events.filter(col("event_type").eq(lit(event_type.clone())))?;
@@ -188,5 +212,5 @@ async fn sessions_plan(
     let width = metric.bucket.millis();
     let t = col("event_time_ms");
     let bucket = (t.clone() - (t % lit(width) + lit(width)) % lit(width)).alias("bucket_start");
-    Ok(starts.aggregate(vec![bucket], vec![count(lit(1)).alias("event_count")])?)
+    starts.aggregate(vec![bucket], vec![count(lit(1)).alias("event_count")])
 }

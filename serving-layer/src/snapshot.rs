@@ -46,7 +46,7 @@ impl SnapshotError {
         match self {
             SnapshotError::ReadView { .. } => "the batch view",
             SnapshotError::ReadSpeedRows {
-                source: SpeedStateError::Sketch(_),
+                source: SpeedStateError::DecodeSketch { .. },
                 ..
             } => "the speed layer's state",
             _ => "Postgres",

@@ -68,9 +68,15 @@ impl ChangelogReader {
         .bind(consumer)
         .bind(topic)
         .fetch_all(pool)
-        .await?;
+        .await
+        .map_err(|source| ChangelogError::ReadPositions {
+            consumer: consumer.to_string(),
+            topic: topic.to_string(),
+            source,
+        })?;
         let stored: BTreeMap<i32, i64> = stored.into_iter().collect();
-        let kafka = plain_consumer(brokers, group_id).map_err(SourceError::from)?;
+        let kafka =
+            plain_consumer(brokers, group_id).map_err(SourceError::create_consumer(group_id))?;
         let partitions = wait_for_partitions(&kafka, topic).await?;
         let mut assignment = TopicPartitionList::new();
         let mut positions = BTreeMap::new();
@@ -82,10 +88,12 @@ impl ChangelogReader {
                     partition,
                     offset.map_or(Offset::Beginning, Offset::Offset),
                 )
-                .map_err(SourceError::from)?;
+                .map_err(SourceError::assign(topic))?;
             positions.insert(partition, offset.unwrap_or(0));
         }
-        kafka.assign(&assignment).map_err(SourceError::from)?;
+        kafka
+            .assign(&assignment)
+            .map_err(SourceError::assign(topic))?;
         tracing::info!(topic, consumer, "reading the profile changelog");
         Ok(ChangelogReader {
             consumer: kafka,
@@ -183,6 +191,10 @@ pub async fn store_positions(
 pub enum ChangelogError {
     #[error(transparent)]
     Source(#[from] SourceError),
-    #[error("Postgres: {0}")]
-    Sql(#[from] sqlx::Error),
+    #[error("could not read the changelog positions of {consumer} on topic {topic}: {source}")]
+    ReadPositions {
+        consumer: String,
+        topic: String,
+        source: sqlx::Error,
+    },
 }

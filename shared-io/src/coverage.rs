@@ -41,8 +41,8 @@ pub enum CoverageError {
         cutover: String,
         floor: String,
     },
-    #[error("reading what the speed layer counted: {0}")]
-    Db(#[from] sqlx::Error),
+    #[error("reading what the speed layer counted on topic {topic}: {source}")]
+    ReadCounted { topic: String, source: sqlx::Error },
 }
 
 /// The range with the earliest event time among those `landed` (next offset per partition;
@@ -218,8 +218,17 @@ pub async fn check_in_promotion(
     )
     .bind(topic)
     .execute(&mut **tx)
-    .await?;
-    let counted = read_counted(tx, topic, Some(cutover)).await?;
+    .await
+    .map_err(|source| CoverageError::ReadCounted {
+        topic: topic.to_string(),
+        source,
+    })?;
+    let counted = read_counted(tx, topic, Some(cutover))
+        .await
+        .map_err(|source| CoverageError::ReadCounted {
+            topic: topic.to_string(),
+            source,
+        })?;
     check(cutover, current, &counted, landed, alignment)
 }
 

@@ -18,8 +18,15 @@ use tracing::Instrument;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("schema registry: {0}")]
-    Sql(#[from] sqlx::Error),
+    #[error("schema registry: could not register the event schema versions: {source}")]
+    RegisterSchemaVersions { source: sqlx::Error },
+    #[error("schema registry: could not record the start of {service}: {source}")]
+    RegisterService {
+        service: String,
+        source: sqlx::Error,
+    },
+    #[error("schema registry: could not read the promoted view's definitions: {source}")]
+    ReadPromotedDefinitions { source: sqlx::Error },
     #[error(
         "event schema version {version} is registered with fields {registered} (fingerprint {registered_fingerprint}), \
          but this binary decodes it with fields {here} (fingerprint {fingerprint}): a recorded version must never change \
@@ -85,7 +92,10 @@ pub async fn register_service(
         let mut backoff = Duration::from_millis(100);
         loop {
             match try_register(pool, service, &canonical, accept).await {
-                Err(RegistryError::Sql(e)) if tokio::time::Instant::now() + backoff < deadline => {
+                Err(
+                    e @ (RegistryError::RegisterSchemaVersions { .. }
+                    | RegistryError::RegisterService { .. }),
+                ) if tokio::time::Instant::now() + backoff < deadline => {
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "could not register; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -106,9 +116,15 @@ async fn try_register(
 ) -> Result<Registration, RegistryError> {
     let fingerprint = canonical.fingerprint();
     register_schema_versions(pool).await?;
-    let mut conn = pool.acquire().await?;
-    record_definitions(&mut conn, canonical).await?;
-    let promoted = promoted_definitions(&mut conn).await?;
+    let failed = |source| RegistryError::RegisterService {
+        service: service.to_string(),
+        source,
+    };
+    let mut conn = pool.acquire().await.map_err(failed)?;
+    record_definitions(&mut conn, canonical)
+        .await
+        .map_err(failed)?;
+    let promoted = promoted_definitions(&mut conn).await.map_err(failed)?;
     let verdict = check(service, canonical, promoted.as_ref());
     let (outcome, detail) = match &verdict {
         Ok(()) => (Outcome::Started, None),
@@ -126,7 +142,8 @@ async fn try_register(
     .bind(outcome.as_str())
     .bind(detail)
     .fetch_one(&mut *conn)
-    .await?;
+    .await
+    .map_err(failed)?;
     match (outcome, &promoted) {
         (Outcome::Refused, _) => {}
         (_, None) => tracing::info!("registered; no promoted view to compare definitions with"),
@@ -159,8 +176,9 @@ pub async fn check_promoted(
     service: &str,
     canonical: &CanonicalCatalog,
 ) -> Result<(), RegistryError> {
-    let mut conn = pool.acquire().await?;
-    let promoted = promoted_definitions(&mut conn).await?;
+    let failed = |source| RegistryError::ReadPromotedDefinitions { source };
+    let mut conn = pool.acquire().await.map_err(failed)?;
+    let promoted = promoted_definitions(&mut conn).await.map_err(failed)?;
     Ok(check(service, canonical, promoted.as_ref())?)
 }
 
@@ -215,6 +233,7 @@ pub async fn promoted_definitions(
 /// with other fields. Versions recorded by newer binaries are only warned about: this one
 /// quarantines their events as unsupported.
 pub async fn register_schema_versions(pool: &PgPool) -> Result<(), RegistryError> {
+    let failed = |source| RegistryError::RegisterSchemaVersions { source };
     for version in &SCHEMA_VERSIONS {
         let fields = version.fields_json();
         let fingerprint = version.fingerprint();
@@ -227,13 +246,15 @@ pub async fn register_schema_versions(pool: &PgPool) -> Result<(), RegistryError
         .bind(&fields)
         .bind(&fingerprint)
         .execute(pool)
-        .await?;
+        .await
+        .map_err(failed)?;
         let (registered_fingerprint, registered): (String, String) = sqlx::query_as(
             "SELECT fingerprint, fields::text FROM event_schema_versions WHERE version = $1",
         )
         .bind(version.version)
         .fetch_one(pool)
-        .await?;
+        .await
+        .map_err(failed)?;
         if registered_fingerprint != fingerprint {
             return Err(RegistryError::SchemaVersionChanged {
                 version: version.version,
@@ -250,7 +271,8 @@ pub async fn register_schema_versions(pool: &PgPool) -> Result<(), RegistryError
     )
     .bind(newest)
     .fetch_all(pool)
-    .await?;
+    .await
+    .map_err(failed)?;
     if !unknown.is_empty() {
         tracing::warn!(
             ?unknown,

@@ -15,10 +15,10 @@ use std::collections::HashMap;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpeedStateError {
-    #[error("Postgres: {0}")]
-    Db(#[from] sqlx::Error),
-    #[error("speed layer sketch: {0}")]
-    Sketch(#[from] SketchError),
+    #[error("could not read the speed rows from Postgres: {source}")]
+    ReadRows { source: sqlx::Error },
+    #[error("a speed layer sketch of metric {metric} is malformed: {source}")]
+    DecodeSketch { metric: String, source: SketchError },
 }
 
 /// The speed rows of `metrics` with a bucket in `[from, to)`, per metric, one per Kafka
@@ -49,10 +49,17 @@ pub async fn read_rows(
     .bind(to_datetime(from))
     .bind(to_datetime(to))
     .fetch_all(&mut *connection)
-    .await?;
+    .await
+    .map_err(|source| SpeedStateError::ReadRows { source })?;
     let mut by_metric: HashMap<String, Vec<BucketRow>> = HashMap::new();
     for (metric, bucket, dims, count, sum, min_micros, max_micros, sketch) in rows {
-        let sketch = sketch.map(|bytes| Hll::from_bytes(&bytes)).transpose()?;
+        let sketch = sketch
+            .map(|bytes| Hll::from_bytes(&bytes))
+            .transpose()
+            .map_err(|source| SpeedStateError::DecodeSketch {
+                metric: metric.clone(),
+                source,
+            })?;
         by_metric.entry(metric).or_default().push(BucketRow {
             bucket_start: bucket.timestamp_millis(),
             dims,

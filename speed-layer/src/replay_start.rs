@@ -50,7 +50,8 @@ pub async fn replay_positions(
     topic: &str,
     start: ReplayStart,
 ) -> Result<BTreeMap<i32, PartitionPosition>, SourceError> {
-    let consumer = plain_consumer(brokers, "replay-positions")?;
+    const GROUP: &str = "replay-positions";
+    let consumer = plain_consumer(brokers, GROUP).map_err(SourceError::create_consumer(GROUP))?;
     let partitions = wait_for_partitions(&consumer, topic).await?;
     let offsets: Vec<(i32, i64)> = match start {
         // An absent partition starts at its beginning.
@@ -59,10 +60,15 @@ pub async fn replay_positions(
         ReplayStart::Time(time) => {
             let mut list = TopicPartitionList::new();
             for partition in &partitions {
-                list.add_partition_offset(topic, *partition, Offset::Offset(time))?;
+                list.add_partition_offset(topic, *partition, Offset::Offset(time))
+                    .map_err(SourceError::assign(topic))?;
             }
             let found = tokio::task::block_in_place(|| {
                 consumer.offsets_for_times(list, Duration::from_secs(10))
+            })
+            .map_err(|source| SourceError::OffsetsForTimes {
+                topic: topic.to_string(),
+                source,
             })?;
             let mut offsets = Vec::new();
             for element in found.elements() {
@@ -76,6 +82,11 @@ pub async fn replay_positions(
                                 element.partition(),
                                 Duration::from_secs(10),
                             )
+                        })
+                        .map_err(|source| SourceError::ReadOffsets {
+                            topic: topic.to_string(),
+                            partition: element.partition(),
+                            source,
                         })?
                         .1
                     }

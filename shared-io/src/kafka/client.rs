@@ -87,8 +87,12 @@ pub async fn wait_for_partitions(
 /// The partitions `topic` has now, from one metadata request (no waiting for the topic to
 /// exist): what the batch layer judges the lake's completeness over.
 pub async fn topic_partitions(brokers: &str, topic: &str) -> Result<Vec<i32>, SourceError> {
-    let consumer = plain_consumer(brokers, "topic-partitions")?;
-    Ok(partitions_of(&consumer, topic)?)
+    const GROUP: &str = "topic-partitions";
+    let consumer = plain_consumer(brokers, GROUP).map_err(SourceError::create_consumer(GROUP))?;
+    partitions_of(&consumer, topic).map_err(|source| SourceError::ListPartitions {
+        topic: topic.to_string(),
+        source,
+    })
 }
 
 pub(super) fn partitions_of(

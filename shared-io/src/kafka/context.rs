@@ -50,6 +50,11 @@ pub(super) struct GroupRecipe {
 }
 
 impl GroupRecipe {
+    /// The `group.id` its consumers join.
+    pub(super) fn group_id(&self) -> String {
+        self.config.get("group.id").unwrap_or_default().to_string()
+    }
+
     /// A consumer of the group, not yet subscribed.
     pub(super) fn consumer(
         &self,

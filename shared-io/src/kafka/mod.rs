@@ -19,6 +19,52 @@ pub use source::EventSource;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("Kafka: {0}")]
-    Kafka(#[from] KafkaError),
+    #[error("could not create the Kafka consumer of group {group}: {source}")]
+    CreateConsumer { group: String, source: KafkaError },
+    #[error("could not list the Kafka partitions of topic {topic}: {source}")]
+    ListPartitions { topic: String, source: KafkaError },
+    #[error("could not assign the Kafka partitions of topic {topic}: {source}")]
+    Assign { topic: String, source: KafkaError },
+    #[error("could not subscribe to Kafka topic {topic}: {source}")]
+    Subscribe { topic: String, source: KafkaError },
+    #[error("could not seek on Kafka topic {topic}: {source}")]
+    Seek { topic: String, source: KafkaError },
+    #[error("could not read the Kafka offsets of topic {topic} partition {partition}: {source}")]
+    ReadOffsets {
+        topic: String,
+        partition: i32,
+        source: KafkaError,
+    },
+    #[error("could not find the Kafka offsets of topic {topic} at a time: {source}")]
+    OffsetsForTimes { topic: String, source: KafkaError },
+}
+
+impl SourceError {
+    pub fn create_consumer(group: &str) -> impl FnOnce(KafkaError) -> SourceError + '_ {
+        move |source| SourceError::CreateConsumer {
+            group: group.to_string(),
+            source,
+        }
+    }
+
+    pub fn assign(topic: &str) -> impl FnOnce(KafkaError) -> SourceError + '_ {
+        move |source| SourceError::Assign {
+            topic: topic.to_string(),
+            source,
+        }
+    }
+
+    pub fn subscribe(topic: &str) -> impl FnOnce(KafkaError) -> SourceError + '_ {
+        move |source| SourceError::Subscribe {
+            topic: topic.to_string(),
+            source,
+        }
+    }
+
+    pub fn seek(topic: &str) -> impl FnOnce(KafkaError) -> SourceError + '_ {
+        move |source| SourceError::Seek {
+            topic: topic.to_string(),
+            source,
+        }
+    }
 }

@@ -48,7 +48,8 @@ impl EventSource {
         metadata_refresh: Duration,
     ) -> Result<Self, SourceError> {
         let consumer = consumer_config(brokers, group_id, metadata_refresh)
-            .create_with_context(SourceContext::new(None))?;
+            .create_with_context(SourceContext::new(None))
+            .map_err(SourceError::create_consumer(group_id))?;
         let partitions = wait_for_partitions(&consumer, topic).await?;
         let mut source = EventSource {
             consumer,
@@ -83,10 +84,14 @@ impl EventSource {
         let mut assignment = TopicPartitionList::new();
         for partition in &new {
             let (offset, position) = start_of(self.stored.get(partition));
-            assignment.add_partition_offset(&self.topic, *partition, offset)?;
+            assignment
+                .add_partition_offset(&self.topic, *partition, offset)
+                .map_err(SourceError::assign(&self.topic))?;
             self.positions.insert(*partition, position);
         }
-        self.consumer.incremental_assign(&assignment)?;
+        self.consumer
+            .incremental_assign(&assignment)
+            .map_err(SourceError::assign(&self.topic))?;
         Ok(new)
     }
 
@@ -150,9 +155,13 @@ impl EventSource {
             table,
             session_timeout,
         };
-        let consumer = recipe.consumer(topic)?;
+        let consumer = recipe
+            .consumer(topic)
+            .map_err(SourceError::create_consumer(group_id))?;
         let partitions = wait_for_partitions(&consumer, topic).await?;
-        consumer.subscribe(&[topic])?;
+        consumer
+            .subscribe(&[topic])
+            .map_err(SourceError::subscribe(topic))?;
         tracing::info!(topic, group_id, "joined the consumer group");
         Ok(EventSource {
             consumer,
@@ -207,7 +216,8 @@ impl EventSource {
                 &self.topic,
                 *partition,
                 Offset::Offset(position.next_offset),
-            )?;
+            )
+            .map_err(SourceError::seek(&self.topic))?;
         }
         if list.count() == 0 {
             return Ok(());
@@ -215,7 +225,8 @@ impl EventSource {
         tracing::info!(positions = ?self.positions.iter().map(|(p, pos)| (*p, pos.next_offset)).collect::<Vec<_>>(), "rewinding after an interrupted batch");
         let result = tokio::task::block_in_place(|| {
             self.consumer.seek_partitions(list, Duration::from_secs(10))
-        })?;
+        })
+        .map_err(SourceError::seek(&self.topic))?;
         for element in result.elements() {
             if let Err(e) = element.error() {
                 tracing::error!(partition = element.partition(), error = %e, "could not rewind a partition");
@@ -232,8 +243,8 @@ impl EventSource {
                 Offset::Offset(offset),
                 Duration::from_secs(10),
             )
-        })?;
-        Ok(())
+        })
+        .map_err(SourceError::seek(&self.topic))
     }
 
     pub fn topic(&self) -> &str {
@@ -252,14 +263,19 @@ impl EventSource {
         let Some(recipe) = &self.group else {
             return Ok(());
         };
-        let old = std::mem::replace(&mut self.consumer, recipe.consumer(&self.topic)?);
+        let group = recipe.group_id();
+        let fresh = recipe
+            .consumer(&self.topic)
+            .map_err(SourceError::create_consumer(&group))?;
+        let old = std::mem::replace(&mut self.consumer, fresh);
         // Closing leaves the group at once: the group need not wait out the old session.
         tokio::task::block_in_place(|| close_within(old, recipe.session_timeout));
         // What the old member held, the group assigns again.
         self.positions.clear();
         self.batch_in_flight = false;
-        self.consumer.subscribe(&[&self.topic])?;
-        Ok(())
+        self.consumer
+            .subscribe(&[&self.topic])
+            .map_err(SourceError::subscribe(&self.topic))
     }
 
     /// The partitions this instance owns, as of the last batch handed out.
@@ -276,6 +292,11 @@ impl EventSource {
             let (_, high) = tokio::task::block_in_place(|| {
                 self.consumer
                     .fetch_watermarks(&self.topic, *partition, timeout)
+            })
+            .map_err(|source| SourceError::ReadOffsets {
+                topic: self.topic.clone(),
+                partition: *partition,
+                source,
             })?;
             ends.insert(*partition, high);
         }
