@@ -26,14 +26,40 @@ const S3_SCHEME: &str = "s3://";
 pub enum StorageError {
     #[error("LAKE_DIR `{0}`: an S3 location is s3://bucket or s3://bucket/prefix")]
     Location(String),
-    #[error("lake I/O: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("object store: {0}")]
-    ObjectStore(#[from] object_store::Error),
-    #[error("object store path: {0}")]
-    Path(#[from] object_store::path::Error),
-    #[error("lake task failed: {0}")]
-    Join(#[from] tokio::task::JoinError),
+    #[error("could not configure the S3 store of bucket {bucket}: {source}")]
+    ConfigureS3 {
+        bucket: String,
+        source: Box<object_store::Error>,
+    },
+    #[error("lake path {path} is not a valid object key: {source}")]
+    InvalidKey {
+        path: String,
+        source: Box<object_store::path::Error>,
+    },
+    #[error("could not publish lake file {path}: {source}")]
+    Publish { path: String, source: Cause },
+    #[error("could not read lake file {path}: {source}")]
+    Read { path: String, source: Cause },
+    #[error("could not check whether lake file {path} exists: {source}")]
+    CheckExists { path: String, source: Cause },
+    #[error("could not list the directories under {path} in the lake: {source}")]
+    ListDirs { path: String, source: Cause },
+    #[error("could not remove lake directory {path}: {source}")]
+    RemoveDir { path: String, source: Cause },
+    #[error("a lake task stopped before it finished: {0}")]
+    RunBlocking(#[source] tokio::task::JoinError),
+}
+
+/// What the disk or the object store said: the operation is the variant around it.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+impl StorageError {
+    fn publish(path: impl std::fmt::Display, source: impl Into<Cause>) -> StorageError {
+        StorageError::Publish {
+            path: path.to_string(),
+            source: source.into(),
+        }
+    }
 }
 
 /// The lake's root. Cheap to clone.
@@ -62,7 +88,11 @@ impl Lake {
         }
         let store = AmazonS3Builder::from_env()
             .with_bucket_name(bucket)
-            .build()?;
+            .build()
+            .map_err(|source| StorageError::ConfigureS3 {
+                bucket: bucket.to_string(),
+                source: Box::new(source),
+            })?;
         Ok(Lake::S3 {
             url: format!("{S3_SCHEME}{bucket}"),
             prefix: prefix.trim_matches('/').to_string(),
@@ -96,7 +126,10 @@ impl Lake {
     }
 
     fn key(&self, relative: &str) -> Result<ObjectPath, StorageError> {
-        Ok(ObjectPath::parse(self.key_text(relative))?)
+        ObjectPath::parse(self.key_text(relative)).map_err(|source| StorageError::InvalidKey {
+            path: relative.to_string(),
+            source: Box::new(source),
+        })
     }
 
     /// Publishes the file `relative`, whose bytes `write` produces, atomically.
@@ -118,7 +151,9 @@ impl Lake {
                     Ok(buffer)
                 })
                 .await?;
-                put(store, &key, bytes).await.map_err(E::from)
+                put(store, &key, bytes)
+                    .await
+                    .map_err(|e| E::from(StorageError::publish(relative, e)))
             }
         }
     }
@@ -142,12 +177,13 @@ impl Lake {
         let staging = parent.join(format!(".staging-{}", name.to_string_lossy()));
         let file = file.to_string();
         blocking(move || {
-            std::fs::create_dir_all(&staging).map_err(StorageError::from)?;
-            let mut out = File::create(staging.join(file)).map_err(StorageError::from)?;
+            let failed = |e: std::io::Error| StorageError::publish(published.display(), e);
+            std::fs::create_dir_all(&staging).map_err(failed)?;
+            let mut out = File::create(staging.join(file)).map_err(failed)?;
             write(&mut out)?;
-            out.sync_all().map_err(StorageError::from)?;
-            std::fs::rename(&staging, &published).map_err(StorageError::from)?;
-            sync_dir(&parent).map_err(StorageError::from)?;
+            out.sync_all().map_err(failed)?;
+            std::fs::rename(&staging, &published).map_err(failed)?;
+            sync_dir(&parent).map_err(failed)?;
             Ok(())
         })
         .await
@@ -155,35 +191,56 @@ impl Lake {
 
     /// The whole content of `relative`.
     pub async fn read(&self, relative: &str) -> Result<Bytes, StorageError> {
+        let failed = |source: Cause| StorageError::Read {
+            path: relative.to_string(),
+            source,
+        };
         match self {
-            Lake::Local(dir) => Ok(Bytes::from(tokio::fs::read(dir.join(relative)).await?)),
-            Lake::S3 { store, .. } => Ok(store.get(&self.key(relative)?).await?.bytes().await?),
+            Lake::Local(dir) => tokio::fs::read(dir.join(relative))
+                .await
+                .map(Bytes::from)
+                .map_err(|e| failed(e.into())),
+            Lake::S3 { store, .. } => match store.get(&self.key(relative)?).await {
+                Ok(got) => got.bytes().await.map_err(|e| failed(e.into())),
+                Err(e) => Err(failed(e.into())),
+            },
         }
     }
 
     pub async fn exists(&self, relative: &str) -> Result<bool, StorageError> {
+        let failed = |source: Cause| StorageError::CheckExists {
+            path: relative.to_string(),
+            source,
+        };
         match self {
-            Lake::Local(dir) => Ok(tokio::fs::try_exists(dir.join(relative)).await?),
+            Lake::Local(dir) => tokio::fs::try_exists(dir.join(relative))
+                .await
+                .map_err(|e| failed(e.into())),
             Lake::S3 { store, .. } => match store.head(&self.key(relative)?).await {
                 Ok(_) => Ok(true),
                 Err(object_store::Error::NotFound { .. }) => Ok(false),
-                Err(e) => Err(e.into()),
+                Err(e) => Err(failed(e.into())),
             },
         }
     }
 
     /// The names of the directories (on S3: the common prefixes) directly under `relative`.
     pub async fn list_dirs(&self, relative: &str) -> Result<Vec<String>, StorageError> {
+        let failed = |source: Cause| StorageError::ListDirs {
+            path: relative.to_string(),
+            source,
+        };
         match self {
             Lake::Local(dir) => {
                 let mut names = Vec::new();
                 let mut entries = match tokio::fs::read_dir(dir.join(relative)).await {
                     Ok(entries) => entries,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(names),
-                    Err(e) => return Err(e.into()),
+                    Err(e) => return Err(failed(e.into())),
                 };
-                while let Some(entry) = entries.next_entry().await? {
-                    if entry.file_type().await?.is_dir() {
+                while let Some(entry) = entries.next_entry().await.map_err(|e| failed(e.into()))? {
+                    let file_type = entry.file_type().await.map_err(|e| failed(e.into()))?;
+                    if file_type.is_dir() {
                         names.push(entry.file_name().to_string_lossy().into_owned());
                     }
                 }
@@ -192,7 +249,8 @@ impl Lake {
             Lake::S3 { store, .. } => {
                 let listed = store
                     .list_with_delimiter(Some(&self.key(relative)?))
-                    .await?;
+                    .await
+                    .map_err(|e| failed(e.into()))?;
                 Ok(listed
                     .common_prefixes
                     .iter()
@@ -204,9 +262,13 @@ impl Lake {
 
     /// Removes the directory `relative` and everything under it; nothing if it is absent.
     pub async fn remove_dir(&self, relative: &str) -> Result<(), StorageError> {
+        let failed = |source: Cause| StorageError::RemoveDir {
+            path: relative.to_string(),
+            source,
+        };
         match self {
             Lake::Local(dir) => match tokio::fs::remove_dir_all(dir.join(relative)).await {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(failed(e.into())),
                 _ => Ok(()),
             },
             Lake::S3 { store, .. } => {
@@ -214,9 +276,10 @@ impl Lake {
                     .list(Some(&self.key(relative)?))
                     .map_ok(|meta| meta.location)
                     .try_collect()
-                    .await?;
+                    .await
+                    .map_err(|e| failed(e.into()))?;
                 for key in keys {
-                    store.delete(&key).await?;
+                    store.delete(&key).await.map_err(|e| failed(e.into()))?;
                 }
                 Ok(())
             }
@@ -228,7 +291,7 @@ async fn put(
     store: &Arc<dyn ObjectStore>,
     key: &ObjectPath,
     bytes: Vec<u8>,
-) -> Result<(), StorageError> {
+) -> Result<(), object_store::Error> {
     use tracing::Instrument;
     let span = tracing::debug_span!("put_object", key = %key, bytes = bytes.len());
     store
@@ -245,7 +308,7 @@ where
 {
     tokio::task::spawn_blocking(work)
         .await
-        .map_err(|e| E::from(StorageError::from(e)))?
+        .map_err(|e| E::from(StorageError::RunBlocking(e)))?
 }
 
 /// Writes `path` atomically on a local disk: a temporary file beside it, synced, then renamed,
@@ -260,16 +323,17 @@ where
     let dir = path
         .parent()
         .ok_or_else(|| StorageError::Location(path.display().to_string()))?;
-    std::fs::create_dir_all(dir).map_err(StorageError::from)?;
+    let failed = |e: std::io::Error| StorageError::publish(path.display(), e);
+    std::fs::create_dir_all(dir).map_err(failed)?;
     let mut tmp_name = path.as_os_str().to_owned();
     tmp_name.push(".tmp");
     let tmp = PathBuf::from(tmp_name);
-    let mut file = File::create(&tmp).map_err(StorageError::from)?;
+    let mut file = File::create(&tmp).map_err(failed)?;
     write(&mut file)?;
-    file.sync_all().map_err(StorageError::from)?;
+    file.sync_all().map_err(failed)?;
     drop(file);
-    std::fs::rename(&tmp, path).map_err(StorageError::from)?;
-    sync_dir(dir).map_err(StorageError::from)?;
+    std::fs::rename(&tmp, path).map_err(failed)?;
+    sync_dir(dir).map_err(failed)?;
     Ok(())
 }
 
@@ -312,14 +376,18 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("storage-test-{}", std::process::id()));
         let lake = Lake::open(&dir).unwrap();
         lake.publish("events/a/part.parquet", |w| -> Result<(), StorageError> {
-            Ok(w.write_all(b"one")?)
+            w.write_all(b"one")
+                .map_err(|e| StorageError::publish("events/a/part.parquet", e))
         })
         .await
         .unwrap();
         lake.publish_in_new_dir(
             "views/v1",
             "view.parquet",
-            |w| -> Result<(), StorageError> { Ok(w.write_all(b"two")?) },
+            |w| -> Result<(), StorageError> {
+                w.write_all(b"two")
+                    .map_err(|e| StorageError::publish("events/a/part.parquet", e))
+            },
         )
         .await
         .unwrap();

@@ -37,16 +37,26 @@ pub const SUM_TYPE: DataType = DataType::Decimal128(38, 6);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ViewError {
-    #[error("view file I/O: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("view file Parquet: {0}")]
-    Parquet(#[from] parquet::errors::ParquetError),
-    #[error("view file Arrow: {0}")]
-    Arrow(#[from] arrow::error::ArrowError),
-    #[error("view file sketch: {0}")]
-    Sketch(#[from] SketchError),
+    #[error("could not write view file {path}: {source}")]
+    WriteFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("could not open view file {path}: {source}")]
+    OpenFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("could not encode the view's rows as Parquet: {0}")]
+    Encode(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("could not decode a view file: {0}")]
+    Decode(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("a distinct sketch in a view file is malformed: {0}")]
+    DecodeSketch(#[source] SketchError),
     #[error("view file has an unexpected column layout: {0}")]
     Layout(String),
+    #[error("reading a view stopped before it finished: {0}")]
+    RunBlocking(#[source] tokio::task::JoinError),
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -78,9 +88,13 @@ pub struct ViewRow {
 /// Writes `rows` to `path` and syncs it (not atomically: the caller publishes by renaming the
 /// directory it is in).
 pub fn write_view(path: &Path, rows: &[ViewRow]) -> Result<(), ViewError> {
-    let mut file = File::create(path)?;
+    let failed = |source| ViewError::WriteFile {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut file = File::create(path).map_err(failed)?;
     write_view_to(&mut file, rows)?;
-    file.sync_all()?;
+    file.sync_all().map_err(failed)?;
     Ok(())
 }
 
@@ -122,13 +136,15 @@ pub fn write_view_to<W: Write + Send>(out: W, rows: &[ViewRow]) -> Result<(), Vi
                 .collect::<BinaryArray>(),
         ),
     ];
-    let batch = RecordBatch::try_new(schema.clone(), columns)?;
+    let encode = |e: Box<dyn std::error::Error + Send + Sync>| ViewError::Encode(e);
+    let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| encode(e.into()))?;
     let properties = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .build();
-    let mut writer = ArrowWriter::try_new(out, schema, Some(properties))?;
-    writer.write(&batch)?;
-    writer.finish()?;
+    let mut writer =
+        ArrowWriter::try_new(out, schema, Some(properties)).map_err(|e| encode(e.into()))?;
+    writer.write(&batch).map_err(|e| encode(e.into()))?;
+    writer.finish().map_err(|e| encode(e.into()))?;
     Ok(())
 }
 
@@ -154,25 +170,32 @@ async fn run_blocking(
 ) -> Result<ViewRows, ViewError> {
     tokio::task::spawn_blocking(read)
         .await
-        .map_err(StorageError::from)?
+        .map_err(ViewError::RunBlocking)?
 }
 
 /// Reads a view into rows grouped by metric and sorted by bucket.
 pub fn read_view(path: &Path) -> Result<ViewRows, ViewError> {
-    read_view_from(File::open(path)?)
+    let file = File::open(path).map_err(|source| ViewError::OpenFile {
+        path: path.display().to_string(),
+        source,
+    })?;
+    read_view_from(file)
 }
 
 /// Reads a view from any Parquet source (a file, bytes fetched from an object store).
 pub fn read_view_from<R: ChunkReader + 'static>(source: R) -> Result<ViewRows, ViewError> {
-    let reader = ParquetRecordBatchReaderBuilder::try_new(source)?.build()?;
+    let decode = |e: Box<dyn std::error::Error + Send + Sync>| ViewError::Decode(e);
+    let reader = ParquetRecordBatchReaderBuilder::try_new(source)
+        .and_then(|builder| builder.build())
+        .map_err(|e| decode(e.into()))?;
     let mut by_metric: ViewRows = HashMap::new();
     for batch in reader {
-        let batch = batch?;
+        let batch = batch.map_err(|e| decode(e.into()))?;
         let column = |name: &str, data_type: &DataType| -> Result<ArrayRef, ViewError> {
             let array = batch
                 .column_by_name(name)
                 .ok_or_else(|| ViewError::Layout(format!("missing column {name}")))?;
-            Ok(cast(array, data_type)?)
+            cast(array, data_type).map_err(|e| decode(e.into()))
         };
         let metric = column("metric", &DataType::Utf8)?;
         let bucket = column(
@@ -203,7 +226,7 @@ pub fn read_view_from<R: ChunkReader + 'static>(source: R) -> Result<ViewRows, V
             let sketch = if sketch.is_null(i) {
                 None
             } else {
-                Some(Hll::from_bytes(sketch.value(i))?)
+                Some(Hll::from_bytes(sketch.value(i)).map_err(ViewError::DecodeSketch)?)
             };
             // Looked up before inserting, so the metric's name is not copied for every row.
             let name = metric.value(i);
