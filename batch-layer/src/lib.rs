@@ -164,6 +164,6 @@ pub enum BatchError {
     Clock(#[from] crate::cutover_clock::ClockError),
     #[error("the run panicked: {0}")]
     Panicked(String),
-    #[error("background task failed: {0}")]
-    Join(#[from] tokio::task::JoinError),
+    #[error("the run's task was cancelled before it finished: {0}")]
+    RunCancelled(#[source] tokio::task::JoinError),
 }

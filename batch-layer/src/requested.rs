@@ -67,7 +67,7 @@ pub async fn run_isolated(
     match task.await {
         Ok(result) => result,
         Err(e) if e.is_panic() => Err(BatchError::Panicked(panic_message(e.into_panic()))),
-        Err(e) => Err(BatchError::Join(e)),
+        Err(e) => Err(BatchError::RunCancelled(e)),
     }
 }
 
