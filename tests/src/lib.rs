@@ -4,6 +4,7 @@
 //! Every scenario gets its own database, topic and lake directory, so scenarios can run side by
 //! side on one pair of servers.
 
+mod admin;
 mod answers;
 mod cluster;
 mod kafka;
@@ -12,6 +13,7 @@ mod platform;
 mod service;
 pub mod truth;
 
+pub use admin::*;
 pub use answers::*;
 pub use cluster::*;
 pub use kafka::*;

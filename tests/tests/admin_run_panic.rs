@@ -5,34 +5,17 @@
 //! by debug builds.
 
 use anyhow::{Context, Result, ensure};
-use platform_tests::{Platform, wait_until};
+use platform_tests::{Platform, request_run, run_status, wait_until};
 use std::time::Duration;
 
 const ADMIN: &str = "e2e-admin-token-run-panic";
 
 async fn post_run(platform: &Platform) -> Result<(u16, serde_json::Value)> {
-    let response = platform
-        .http
-        .post(format!("http://{}/v1/admin/runs", platform.listen_addr))
-        .bearer_auth(ADMIN)
-        .send()
-        .await?;
-    let status = response.status().as_u16();
-    Ok((status, response.json().await.unwrap_or_default()))
+    request_run(platform, ADMIN, None).await
 }
 
 async fn get_run(platform: &Platform, id: u64) -> Result<serde_json::Value> {
-    Ok(platform
-        .http
-        .get(format!(
-            "http://{}/v1/admin/runs/{id}",
-            platform.listen_addr
-        ))
-        .bearer_auth(ADMIN)
-        .send()
-        .await?
-        .json()
-        .await?)
+    run_status(platform, ADMIN, id).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -4,7 +4,7 @@
 //! back, and `GET /v1/admin/runs/{id}` reads the outcome: succeeded, with the promoted version.
 
 use anyhow::{Context, Result, ensure};
-use platform_tests::{Platform, wait_until};
+use platform_tests::{Platform, request_run, run_status, wait_until};
 use serde_json::{Value, json};
 use shared_schema::time::{MINUTE_MS, bucket_start, format_rfc3339, now_millis};
 use std::collections::HashMap;
@@ -14,29 +14,16 @@ const ADMIN: &str = "e2e-admin-token-run-requests";
 const PARTITIONS: i32 = 2;
 
 async fn post_run(platform: &Platform, cutover: i64) -> Result<(u16, Value)> {
-    let response = platform
-        .http
-        .post(format!("http://{}/v1/admin/runs", platform.listen_addr))
-        .bearer_auth(ADMIN)
-        .json(&json!({"cutover": format_rfc3339(cutover)}))
-        .send()
-        .await?;
-    let status = response.status().as_u16();
-    Ok((status, response.json().await.unwrap_or_default()))
+    request_run(
+        platform,
+        ADMIN,
+        Some(&json!({"cutover": format_rfc3339(cutover)})),
+    )
+    .await
 }
 
 async fn get_run(platform: &Platform, id: u64) -> Result<Value> {
-    Ok(platform
-        .http
-        .get(format!(
-            "http://{}/v1/admin/runs/{id}",
-            platform.listen_addr
-        ))
-        .bearer_auth(ADMIN)
-        .send()
-        .await?
-        .json()
-        .await?)
+    run_status(platform, ADMIN, id).await
 }
 
 /// Waits for run `id` to end; fails unless it succeeded.
