@@ -178,10 +178,7 @@ impl MetricCatalog {
             bucket_start: metric.bucket_of(event),
             dims: metric.dims_key(event),
         };
-        table
-            .entry(key)
-            .or_default()
-            .merge(&Partial::of_event(metric, event));
+        table.entry(key).or_default().add_event(metric, event);
     }
 
     /// Whether any metric reads the joined profile.

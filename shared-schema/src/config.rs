@@ -68,11 +68,6 @@ config_section! {
         /// ...or when its messages (keys and values) hold this many bytes: with messages of up to
         /// 1 MiB, a count alone lets one batch hold gigabytes. A batch holds at least one message.
         pub batch_max_bytes: usize = 32 * 1024 * 1024,
-        /// Transactions one batch is committed in at once, each holding whole partitions, as two
-        /// instances sharing the topic would. A Postgres backend runs a transaction on one core,
-        /// and a single one was the speed layer's bound (BENCHMARKS.md). Needs as many database
-        /// connections, within `database_max_connections`.
-        pub commit_parallelism: usize = 2,
         /// Speed state for a bucket is deleted once a promoted batch view has covered it for this long.
         pub retention_grace: HumanDuration = HumanDuration::from_millis(10 * MINUTE_MS),
         /// How far behind the newest event time of a partition its events may still arrive in

@@ -1,25 +1,29 @@
-//! The batch transaction: (1) claim the batch's `event_id`s in `speed_dedupe`, (2) add the
-//! partials of the newly claimed events to `speed_aggregates` (with their session starts and
-//! late counts), (3) store the next offset and watermark of every partition and (4) keep the
-//! bad messages. A crash at any moment rolls back all four together, and the restart resumes
-//! from the stored offsets, so nothing is lost and nothing is counted twice.
+//! The checkpoint: one transaction per batch that (1) takes the log head, which orders the
+//! checkpoints of every instance, and reads the id log rows written since this instance last
+//! looked, (2) checks that this instance still owns the batch's partitions, (3) keeps the events
+//! whose id no instance counted yet, (4) adds their partials to `speed_aggregates` (with their
+//! session starts and late counts), (5) appends their ids to the log, (6) stores the next offset
+//! and watermark of every partition and (7) keeps the bad messages. A crash at any moment rolls
+//! back all of it, and the restart resumes from the stored offsets, so nothing is lost and
+//! nothing is counted twice. The in-memory state learns the batch's ids only once it committed.
 
 use crate::event_clock::store_watermarks;
 use crate::late_events::LateEvents;
 use crate::sessions::apply_sessions;
+use crate::state::log::{LogEntry, id_hash};
+use crate::state::store::{self, LoadStateError};
 use crate::upsert::upsert_partials;
 use crate::{CONSUMER_NAME, SpeedLayer};
-use chrono::{DateTime, Utc};
 use shared_io::kafka::{Batch, SourcedEvent};
 use shared_io::positions::{PositionTable, store_positions};
 use shared_io::quarantine;
-use shared_schema::time::{Millis, bucket_start, to_datetime};
+use shared_schema::time::Millis;
 use shared_schema::watermark;
 use shared_schema::{
     catalog::MetricCatalog,
     metrics::{LatePolicy, Partial, PartialKey},
 };
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 use tracing::Instrument;
 
@@ -34,27 +38,40 @@ pub struct CommitBatchError {
     pub source: sqlx::Error,
 }
 
+/// Why a checkpoint did not commit.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error(transparent)]
+    Commit(#[from] CommitBatchError),
+    /// Another instance took these partitions since this one claimed them: nothing of the
+    /// batch was written.
+    #[error("checkpointing {topic}: partitions {partitions:?} belong to another instance now")]
+    Fenced { topic: String, partitions: Vec<i32> },
+    #[error(transparent)]
+    LoadState(#[from] LoadStateError),
+}
+
 /// What a committed batch did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Committed {
-    /// Events whose id this batch claimed first, and so counted.
+    /// Events whose id no instance had counted, and so counted now.
     pub claimed: usize,
-    /// Events not counted: a second copy in the batch, or an id claimed before.
+    /// Events not counted: a second copy in the batch, or an id counted before.
     pub duplicates: usize,
 }
 
 impl SpeedLayer {
-    /// One transaction: claim ids, add partials, store offsets and the partitions' watermarks
-    /// (`progress`, per partition, see `event_clock`), keep bad messages. An event is late when its
-    /// bucket closed by `watermark`, the watermark before this batch. A batch committed again,
-    /// or by two instances, counts each event once: the claims decide.
+    /// One checkpoint: count the batch's new ids, add partials, store offsets and the
+    /// partitions' watermarks (`progress`, per partition, see `event_clock`), keep bad messages.
+    /// An event is late when its bucket closed by `watermark`, the watermark before this batch.
+    /// A batch committed again, or by two instances, counts each event once: the log decides.
     pub async fn commit_batch(
         &self,
         topic: &str,
         batch: &Batch,
         watermark: Option<Millis>,
         progress: &[(i32, Option<Millis>)],
-    ) -> Result<Committed, CommitBatchError> {
+    ) -> Result<Committed, CheckpointError> {
         self.write_batch(topic, batch, watermark, progress, true)
             .await
     }
@@ -68,7 +85,7 @@ impl SpeedLayer {
         watermark: Option<Millis>,
         progress: &[(i32, Option<Millis>)],
         commit: bool,
-    ) -> Result<Committed, CommitBatchError> {
+    ) -> Result<Committed, CheckpointError> {
         let span = tracing::info_span!(
             "commit_batch",
             topic,
@@ -84,61 +101,89 @@ impl SpeedLayer {
             }
         };
         async {
-            let candidates = first_copies(batch);
-            let alignment = self.catalog.cutover_alignment();
-            let ids: Vec<&str> = candidates
-                .iter()
-                .map(|&i| batch.events[i].event.event_id.as_str())
-                .collect();
-            let buckets: Vec<DateTime<Utc>> = candidates
-                .iter()
-                .map(|&i| to_datetime(bucket_start(batch.events[i].event.event_time, alignment)))
-                .collect();
-
             let mut phases = PhaseTimer::start();
-            let mut tx = self.pool.begin().await.map_err(failed("begin"))?;
-            let claimed: HashSet<String> = if ids.is_empty() {
-                HashSet::new()
-            } else {
-                sqlx::query_scalar(
-                    "INSERT INTO speed_dedupe (event_id, bucket_start)
-                     SELECT * FROM UNNEST($1::text[], $2::timestamptz[])
-                     ON CONFLICT DO NOTHING
-                     RETURNING event_id",
-                )
-                .bind(&ids)
-                .bind(&buckets)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(failed("claiming event ids"))?
-                .into_iter()
-                .collect()
+            let mut guard = self.state.lock().await;
+            let state = match &mut *guard {
+                Some(state) => state,
+                empty => empty.insert(self.load_state().await?),
             };
+            let mut tx = self.pool.begin().await.map_err(failed("begin"))?;
+            let (seq, generation) = store::lock_head(&mut tx)
+                .await
+                .map_err(failed("taking the log head"))?;
+            if generation != state.generation {
+                // A replay swapped in its log: what this instance knew is of the old one.
+                tracing::warn!("the speed log was replaced (a replay swapped in); loading it");
+                *state = self.load_state().await?;
+            }
+            store::catch_up(&mut tx, state, seq).await?;
+            phases.lap("log");
+            let held = {
+                let ownership = self.ownership.lock().unwrap_or_else(|e| e.into_inner());
+                if ownership.fencing {
+                    let partitions: BTreeSet<i32> = batch
+                        .positions
+                        .keys()
+                        .copied()
+                        .chain(batch.events.iter().map(|e| e.partition))
+                        .chain(batch.bad.iter().map(|b| b.partition))
+                        .collect();
+                    Some(ownership.held(partitions).map_err(|partitions| {
+                        CheckpointError::Fenced {
+                            topic: topic.to_string(),
+                            partitions,
+                        }
+                    })?)
+                } else {
+                    None
+                }
+            };
+            if let Some(held) = held {
+                let fenced = store::fenced_partitions(&mut tx, topic, &held)
+                    .await
+                    .map_err(failed("checking partition epochs"))?;
+                if !fenced.is_empty() {
+                    return Err(CheckpointError::Fenced {
+                        topic: topic.to_string(),
+                        partitions: fenced,
+                    });
+                }
+            }
 
-            phases.lap("claim");
-            let claimed_events: Vec<&SourcedEvent> = candidates
-                .iter()
-                .map(|&i| &batch.events[i])
-                .filter(|sourced| claimed.contains(&sourced.event.event_id))
+            let claimed_events: Vec<&SourcedEvent> = first_copies(batch)
+                .into_iter()
+                .map(|i| &batch.events[i])
+                .filter(|sourced| !state.contains(&id_hash(&sourced.event.event_id)))
                 .collect();
+            phases.lap("dedupe");
             let Folded {
                 late,
                 applied,
                 mut per_partition,
             } = fold(&self.catalog, &claimed_events, watermark);
+            let mut memberships =
+                apply_sessions(state, &self.catalog, &applied, &mut per_partition);
+            let entries: Vec<LogEntry> = claimed_events
+                .iter()
+                .map(|sourced| LogEntry {
+                    id: id_hash(&sourced.event.event_id),
+                    event_time: sourced.event.event_time,
+                    sessions: memberships
+                        .remove(sourced.event.event_id.as_str())
+                        .unwrap_or_default(),
+                })
+                .collect();
             phases.lap("fold");
-            apply_sessions(&mut tx, &self.catalog, &applied, &mut per_partition)
-                .await
-                .map_err(failed("session starts"))?;
-            phases.lap("sessions");
             late.write(&mut tx, &self.catalog)
                 .await
                 .map_err(failed("late events"))?;
-            phases.lap("late");
             upsert_partials(&mut tx, &self.catalog, per_partition)
                 .await
                 .map_err(failed("adding partials"))?;
             phases.lap("upsert");
+            store::append(&mut tx, seq, &entries)
+                .await
+                .map_err(failed("appending to the id log"))?;
             store_positions(&mut tx, PositionTable::Speed, topic, &batch.positions)
                 .await
                 .map_err(failed("storing offsets"))?;
@@ -154,8 +199,8 @@ impl SpeedLayer {
                 .await
                 .map_err(failed("recording counted offsets"))?;
             let done = Committed {
-                claimed: claimed.len(),
-                duplicates: batch.events.len() - claimed.len(),
+                claimed: claimed_events.len(),
+                duplicates: batch.events.len() - claimed_events.len(),
             };
             if !commit {
                 tx.rollback()
@@ -164,11 +209,15 @@ impl SpeedLayer {
                 return Ok(done);
             }
             tx.commit().await.map_err(failed("commit"))?;
+            for entry in &entries {
+                state.apply(entry);
+            }
+            state.applied_seq = seq;
             late.count(&self.catalog);
             phases.lap("commit");
             tracing::debug!(
-                claimed = claimed.len(),
-                duplicates = candidates.len() - claimed.len(),
+                claimed = done.claimed,
+                duplicates = done.duplicates,
                 phases_ms = %phases,
                 "committed"
             );
@@ -179,20 +228,12 @@ impl SpeedLayer {
     }
 }
 
-/// The index of the first copy of each id in the batch, sorted by id so that concurrent
-/// instances lock ids in the same order and cannot deadlock.
+/// The index of the first copy of each id in the batch, in batch order.
 fn first_copies(batch: &Batch) -> Vec<usize> {
     let mut seen = HashSet::with_capacity(batch.events.len());
-    let mut candidates: Vec<usize> = (0..batch.events.len())
+    (0..batch.events.len())
         .filter(|&i| seen.insert(batch.events[i].event.event_id.as_str()))
-        .collect();
-    candidates.sort_unstable_by(|a, b| {
-        batch.events[*a]
-            .event
-            .event_id
-            .cmp(&batch.events[*b].event.event_id)
-    });
-    candidates
+        .collect()
 }
 
 /// What the claimed events of a batch come to before anything is written.

@@ -3,13 +3,15 @@
 //! check the promoted definitions and apply retention.
 
 use crate::event_clock::EventClock;
+use crate::state::store;
 use crate::{CONSUMER_NAME, SERVICE, SpeedError, SpeedLayer, liveness, profiles, replay};
+use shared_io::commit_guard::Backoff;
+use shared_io::kafka::Batch;
 use shared_io::observe;
 use shared_io::positions::{PositionTable, load_positions};
 use shared_io::registry::{self, RegistryError};
 use shared_io::{kafka::EventSource, positions::PartitionPosition};
-use shared_schema::time::Millis;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::time::Duration;
 
@@ -26,6 +28,62 @@ impl Drop for AbortOnDrop {
 }
 
 impl SpeedLayer {
+    /// Claims, by raising their epochs, the partitions of this batch and of the assignment
+    /// that this instance holds no epoch for, once the group assigned them (see `ownership`).
+    /// Retried until Postgres answers: a partition checkpointed without a claim would be
+    /// refused.
+    async fn claim_partitions(&self, topic: &str, source: &EventSource, batch: &Batch) {
+        let unclaimed = {
+            let mut ownership = self.ownership.lock().unwrap_or_else(|e| e.into_inner());
+            if !ownership.fencing {
+                return;
+            }
+            ownership.reassigned(source.assignments());
+            ownership.unclaimed(
+                source
+                    .owned_partitions()
+                    .into_iter()
+                    .chain(batch.positions.keys().copied())
+                    .collect::<BTreeSet<i32>>(),
+            )
+        };
+        if unclaimed.is_empty() {
+            return;
+        }
+        let mut backoff = Backoff::default();
+        loop {
+            match store::claim(&self.pool, topic, &unclaimed, &self.instance).await {
+                Ok(epochs) => {
+                    tracing::info!(?epochs, "claimed partitions");
+                    self.ownership
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .epochs
+                        .extend(epochs);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, partitions = ?unclaimed, "could not claim partitions; will retry");
+                    backoff.sleep().await;
+                }
+            }
+        }
+    }
+
+    /// Claims `partitions` of `topic` for this instance and checks its epochs from then on, as
+    /// `run` does when the group assigns them.
+    pub async fn take_partitions(
+        &self,
+        topic: &str,
+        partitions: &[i32],
+    ) -> Result<(), sqlx::Error> {
+        let epochs = store::claim(&self.pool, topic, partitions, &self.instance).await?;
+        let mut ownership = self.ownership.lock().unwrap_or_else(|e| e.into_inner());
+        ownership.fencing = true;
+        ownership.epochs.extend(epochs);
+        Ok(())
+    }
+
     /// Consumes until `shutdown` resolves. A batch in flight at shutdown is not committed; the
     /// next start reads it again.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), SpeedError> {
@@ -63,6 +121,10 @@ impl SpeedLayer {
             topic: topic.clone(),
             source,
         })?;
+        self.ownership
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .fencing = true;
         self.consume(source, &stored, shutdown, None).await?;
         Ok(())
     }
@@ -160,27 +222,13 @@ impl SpeedLayer {
             observe::speed().set_watermark(&topic, clock.watermark());
             let positions = batch.positions.clone();
             if batch.advanced {
+                self.claim_partitions(&topic, &source, &batch).await;
                 let progress = clock.partition_watermarks(&batch);
-                let commits = batch
-                    .split_by_partition(self.config.speed.commit_parallelism)
-                    .into_iter()
-                    .map(|part| {
-                        // Each transaction updates only its own partitions' rows, so two never
-                        // wait on each other's. Postgres being away must not lose the batch:
-                        // it is retried until it commits, and a message Postgres refuses is
-                        // quarantined instead (see `guarded_commit`).
-                        let progress: Vec<(i32, Option<Millis>)> = progress
-                            .iter()
-                            .filter(|(p, _)| part.positions.contains_key(p))
-                            .copied()
-                            .collect();
-                        let topic = &topic;
-                        async move {
-                            self.commit_guarded(topic, &part, watermark, &progress)
-                                .await
-                        }
-                    });
-                futures::future::join_all(commits).await;
+                // One checkpoint per batch: checkpoints are ordered by the log head anyway.
+                // Postgres being away must not lose the batch: it is retried until it commits,
+                // and a message Postgres refuses is quarantined instead (see `guarded_commit`).
+                self.commit_guarded(&topic, &batch, watermark, &progress)
+                    .await;
             }
             if let Some(replay) = replay.as_deref_mut()
                 && replay.try_swap(&positions).await

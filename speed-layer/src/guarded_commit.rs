@@ -4,7 +4,7 @@
 //! messages kept); Postgres being away is retried with backoff and shows in `/metrics` and
 //! `/readyz`.
 
-use crate::{CONSUMER_NAME, SpeedLayer};
+use crate::{CONSUMER_NAME, CheckpointError, SpeedLayer};
 use shared_io::commit_guard::{
     Backoff, CommitHealth, Failure, classify_sql, find_culprits, quarantine_culprits,
 };
@@ -30,19 +30,45 @@ impl SpeedLayer {
         progress: &[(i32, Option<Millis>)],
     ) {
         let mut backoff = Backoff::default();
-        // The batch with the messages found bad so far moved to its bad ones.
+        // The batch with the messages found bad so far moved to its bad ones, and without the
+        // partitions another instance took.
         let mut reduced: Option<Batch> = None;
+        let mut progress: Vec<(i32, Option<Millis>)> = progress.to_vec();
         loop {
             let current = reduced.as_ref().unwrap_or(batch);
             let error = match self
-                .write_batch(topic, current, watermark, progress, true)
+                .write_batch(topic, current, watermark, &progress, true)
                 .await
             {
                 Ok(_) => {
                     HEALTH.succeeded();
                     return;
                 }
-                Err(e) => e,
+                Err(CheckpointError::Fenced { partitions, .. }) => {
+                    // A zombie's batch: the new owner reads these partitions from their stored
+                    // offsets, so dropping them here loses nothing.
+                    tracing::warn!(
+                        ?partitions,
+                        "another instance owns these partitions now; dropping their part of the batch"
+                    );
+                    self.ownership
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .fence(&partitions);
+                    progress.retain(|(p, _)| !partitions.contains(p));
+                    let rest = without_partitions(current, &partitions);
+                    if rest.events.is_empty() && rest.bad.is_empty() && rest.positions.is_empty() {
+                        return;
+                    }
+                    reduced = Some(rest);
+                    continue;
+                }
+                Err(CheckpointError::LoadState(e)) => {
+                    HEALTH.infrastructure_failed(POSTGRES_AWAY, &e.to_string());
+                    backoff.sleep().await;
+                    continue;
+                }
+                Err(CheckpointError::Commit(e)) => e,
             };
             match classify_sql(&error.source) {
                 Failure::Infrastructure(e) => {
@@ -95,7 +121,10 @@ impl SpeedLayer {
                 self.write_batch(topic, &trial, watermark, &[], false)
                     .await
                     .map(drop)
-                    .map_err(|e| classify_sql(&e.source))
+                    .map_err(|e| match e {
+                        CheckpointError::Commit(e) => classify_sql(&e.source),
+                        other => Failure::Infrastructure(other.to_string()),
+                    })
             }
         })
         .instrument(span)
@@ -109,5 +138,32 @@ impl SpeedLayer {
             by_reason.entry(reason).or_default().extend(indices);
         }
         Ok(by_reason)
+    }
+}
+
+/// `batch` without anything of `partitions`.
+fn without_partitions(batch: &Batch, partitions: &[i32]) -> Batch {
+    let keep = |p: &i32| !partitions.contains(p);
+    Batch {
+        events: batch
+            .events
+            .iter()
+            .filter(|e| keep(&e.partition))
+            .cloned()
+            .collect(),
+        bad: batch
+            .bad
+            .iter()
+            .filter(|b| keep(&b.partition))
+            .cloned()
+            .collect(),
+        positions: batch
+            .positions
+            .iter()
+            .filter(|(p, _)| keep(p))
+            .map(|(p, position)| (*p, *position))
+            .collect(),
+        advanced: batch.advanced,
+        missing_offsets: batch.missing_offsets,
     }
 }

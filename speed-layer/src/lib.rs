@@ -1,19 +1,21 @@
 //! The speed layer: events from Kafka to per-bucket partial aggregates in Postgres, seconds
 //! behind reality, exactly once.
 //!
-//! Each poll yields a batch. Decoding, in-batch deduplication and aggregation happen in memory;
-//! Postgres then sees one transaction per batch that (1) claims the batch's `event_id`s in
-//! `speed_dedupe`, (2) adds the partials of the newly claimed events to `speed_aggregates`,
-//! (3) stores the next offset of every partition and (4) keeps the bad messages. A crash at any
-//! moment rolls back all four together, and the restart resumes from the stored offsets, so
-//! nothing is lost and nothing is counted twice. Claiming ids in a shared table is also what
-//! makes deduplication hold across partitions and, later, across instances.
+//! Each poll yields a batch. Decoding, deduplication, session starts and aggregation happen in
+//! memory, against the ids and session times every instance holds (`state`); Postgres then
+//! sees one checkpoint per batch: the changed cells of `speed_aggregates`, one packed row of the
+//! batch's new ids in the id log, the offsets and the bad messages, in one transaction. No
+//! Postgres row is written per event. A crash at any moment rolls the checkpoint back, and the
+//! restart loads the log and resumes from the stored offsets, so nothing is lost and nothing is
+//! counted twice. Every instance reads every log row, which is what makes deduplication hold
+//! across partitions and instances.
 //!
-//! Where each part lives: `consume` (the loop of `run` and `replay`), `commit` (the batch
-//! transaction), `guarded_commit` (retries and quarantine around it), `event_clock`
-//! (watermarks), `late_events`, `sessions`, `upsert` and `sketch_merge` (what the transaction
-//! writes), `retention` (deleting what a promoted view covers), `profiles` (the temporal
-//! join), `liveness` (the watchdog), `replay` and `quarantine_admin` (the other subcommands).
+//! Where each part lives: `consume` (the loop of `run` and `replay`), `commit` (the
+//! checkpoint), `guarded_commit` (retries and quarantine around it), `state` (ids and session
+//! times, and the log), `ownership` (partition epochs), `event_clock` (watermarks),
+//! `late_events`, `sessions`, `upsert` and `sketch_merge` (what the checkpoint writes),
+//! `retention` (deleting what a promoted view covers), `profiles` (the temporal join),
+//! `liveness` (the watchdog), `replay` and `quarantine_admin` (the other subcommands).
 
 use shared_io::kafka::SourceError;
 use shared_io::registry::DefinitionsDiffer;
@@ -29,6 +31,7 @@ mod event_clock;
 mod guarded_commit;
 mod late_events;
 pub mod liveness;
+mod ownership;
 mod profiles;
 pub mod quarantine_admin;
 pub mod replay;
@@ -36,10 +39,12 @@ pub mod replay_start;
 mod retention;
 mod sessions;
 mod sketch_merge;
+mod state;
 mod upsert;
 
-pub use commit::{CommitBatchError, Committed};
+pub use commit::{CheckpointError, CommitBatchError, Committed};
 pub use retention::{Removed, RetentionError};
+pub use state::store::LoadStateError;
 pub use upsert::upsert_partials;
 
 /// Name under which this layer records quarantined messages.
@@ -75,6 +80,13 @@ pub struct SpeedLayer {
     profiles: Arc<RwLock<ProfileHistory>>,
     /// What `/readyz` reports, kept by the liveness watchdog of `run`.
     readiness: liveness::SharedReadiness,
+    /// Ids and session times of every partition, loaded from the id log at the first
+    /// checkpoint; one checkpoint at a time uses it.
+    state: tokio::sync::Mutex<Option<state::SpeedState>>,
+    /// The partitions this instance may checkpoint, under which epochs.
+    ownership: std::sync::Mutex<ownership::Ownership>,
+    /// Who claims partitions, as `speed_partition_epochs.owner` shows it.
+    instance: String,
 }
 
 impl SpeedLayer {
@@ -88,6 +100,13 @@ impl SpeedLayer {
                 unknown: true,
                 ..liveness::Readiness::default()
             })),
+            state: tokio::sync::Mutex::new(None),
+            ownership: std::sync::Mutex::default(),
+            instance: format!(
+                "{}:{}",
+                std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into()),
+                std::process::id()
+            ),
         }
     }
 

@@ -6,9 +6,13 @@
 //! the replayed ones take their names.
 //!
 //! Running instances need no restart. Their next statements resolve the table names again and
-//! land in the new tables, whose offsets are at or past theirs: what they read after the swap
-//! is either new (counted there) or replayed already (dropped by the dedupe claims). The swap
-//! locks the live tables, so no live batch commits half in the old tables and half in the new.
+//! land in the new tables, whose offsets are at or past theirs; their next checkpoint finds the
+//! replayed log's generation and loads it, so what they read after the swap is either new
+//! (counted there) or replayed already (dropped as a duplicate). The swap locks the live tables,
+//! so no live batch commits half in the old tables and half in the new.
+//!
+//! The partition epochs (`speed_partition_epochs`) are not swapped: they say which live instance
+//! owns a partition, and the replay, which reads every partition alone, claims none.
 
 use crate::replay_start::{ReplayStart, replay_positions};
 use crate::{SpeedError, SpeedLayer};
@@ -33,8 +37,8 @@ pub const PREVIOUS_SCHEMA: &str = "speed_previous";
 /// Every table of speed state, in the order a live batch first writes them, which the swap
 /// locks them in so that it does not deadlock with one.
 const SPEED_TABLES: [&str; 7] = [
-    "speed_dedupe",
-    "speed_session_events",
+    "speed_log_head",
+    "speed_log",
     "speed_late_counts",
     "speed_late_events",
     "speed_aggregates",
@@ -224,6 +228,13 @@ async fn prepare_schema(live: &PgPool, topic: &str, start: ReplayStart) -> Resul
         ReplayStart::Time(time) => Some(to_datetime(time)),
         ReplayStart::Earliest | ReplayStart::Offset(_) => None,
     };
+    // A log of its own generation: running instances load it once it is swapped in.
+    sqlx::query(&format!(
+        "INSERT INTO {REPLAY_SCHEMA}.speed_log_head (id, seq, generation)
+         VALUES (1, 0, (random() * 9e15)::bigint)"
+    ))
+    .execute(&mut *tx)
+    .await?;
     sqlx::query(&format!(
         "INSERT INTO {REPLAY_SCHEMA}.speed_coverage (topic, covered_from) VALUES ($1, $2)"
     ))

@@ -3,8 +3,10 @@
 //! the speed side is complete, so that a rollback below the horizon shows a gap, not zeros.
 
 use crate::SpeedLayer;
+use crate::state::Expired;
+use crate::state::store;
 use chrono::{DateTime, Utc};
-use shared_schema::time::Millis;
+use shared_schema::time::{Millis, to_datetime};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RetentionError {
@@ -33,8 +35,8 @@ pub struct Removed {
     pub horizon: Millis,
     /// `speed_aggregates` rows.
     pub aggregates: u64,
-    /// `speed_dedupe` claims.
-    pub ids: u64,
+    /// `speed_log` rows.
+    pub log_rows: u64,
 }
 
 impl SpeedLayer {
@@ -62,7 +64,6 @@ impl SpeedLayer {
             cutover - chrono::Duration::milliseconds(self.config.speed.retention_grace.millis());
         let aggregates =
             delete_before(&mut tx, "speed_aggregates", "bucket_start", horizon).await?;
-        let ids = delete_before(&mut tx, "speed_dedupe", "bucket_start", horizon).await?;
         // From here on the speed side holds nothing before the horizon: a rollback below it
         // must show a gap, not zeros.
         let topic = &self.config.events_topic;
@@ -82,24 +83,31 @@ impl SpeedLayer {
         // Late counts and side output follow their buckets; the lake keeps the events.
         delete_before(&mut tx, "speed_late_counts", "bucket_start", horizon).await?;
         delete_before(&mut tx, "speed_late_events", "event_time", horizon).await?;
-        // Session starts at or after the horizon still need the events one gap before them.
-        let session_horizon =
-            horizon - chrono::Duration::milliseconds(self.catalog.max_session_gap());
-        delete_before(
-            &mut tx,
-            "speed_session_events",
-            "event_time",
-            session_horizon,
-        )
-        .await?;
+        // Session starts at or after the horizon still need the events one gap before them:
+        // a log row goes once all of its events lie before that.
+        let horizons = self.horizons(Some(cutover));
+        let session_horizon = to_datetime(horizons.sessions);
+        let log_rows = store::delete_before(&mut tx, session_horizon)
+            .await
+            .map_err(|source| RetentionError::Delete {
+                table: "speed_log",
+                horizon: session_horizon,
+                source,
+            })?;
         tx.commit().await.map_err(RetentionError::Commit)?;
-        if aggregates + ids > 0 {
-            tracing::info!(%horizon, aggregates, ids, "retention removed state covered by the batch view");
+        // The memory of this instance follows; every other instance does the same on its own
+        // pass, and an id kept a little longer is harmless.
+        let expired = match self.state.lock().await.as_mut() {
+            Some(state) => state.expire(horizons.ids, horizons.sessions),
+            None => Expired::default(),
+        };
+        if aggregates + log_rows > 0 || expired.ids > 0 {
+            tracing::info!(%horizon, aggregates, log_rows, ids = expired.ids, session_times = expired.session_times, "retention removed state covered by the batch view");
         }
         Ok(Some(Removed {
             horizon: horizon.timestamp_millis(),
             aggregates,
-            ids,
+            log_rows,
         }))
     }
 }

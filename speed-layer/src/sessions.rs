@@ -1,91 +1,69 @@
-//! Session starts in the speed state: each claimed event of a `sessions` metric is kept in
-//! `speed_session_events`, and the session starts it creates or removes among its key's known
-//! events are added to the metric's partials (see `shared_schema::sessions`).
+//! Session starts from the in-memory state: for each claimed event of a `sessions` metric, the
+//! starts it creates or removes among its key's counted events (see `shared_schema::sessions`)
+//! are added to the metric's partials, and the event's (metric, key) goes into its log entry so
+//! that every instance learns the new event times.
 
-use chrono::{DateTime, Utc};
+use crate::state::log::key_hash;
+use crate::state::{SessionKey, SpeedState};
 use shared_io::kafka::SourcedEvent;
 use shared_schema::sessions;
-use shared_schema::time::{Millis, bucket_start, to_datetime};
+use shared_schema::time::{Millis, bucket_start};
 use shared_schema::{
     catalog::MetricCatalog,
     metrics::{Aggregation, Partial, PartialKey, encode_dims},
 };
 use std::collections::{BTreeMap, HashMap};
 
-/// Adds the session starts that the claimed events create or remove (see
-/// `shared_schema::sessions`). Each key's known events near the new ones are read under a
-/// transaction lock on the key, so concurrent instances never place events on a stale view.
-pub(crate) async fn apply_sessions(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+/// Per claimed event (by `event_id`), the (metric hash, key hash) of each `sessions` metric it
+/// was applied to: what its log entry carries.
+pub(crate) type Memberships<'a> = HashMap<&'a str, Vec<(u64, u64)>>;
+
+/// Adds the session starts that the claimed events create or remove. `state` holds every
+/// counted event of every partition up to this checkpoint, so the starts are those a single
+/// consumer of the whole topic would find.
+pub(crate) fn apply_sessions<'a>(
+    state: &SpeedState,
     catalog: &MetricCatalog,
-    applied: &[Vec<&SourcedEvent>],
+    applied: &[Vec<&'a SourcedEvent>],
     per_partition: &mut BTreeMap<i32, HashMap<PartialKey, Partial>>,
-) -> Result<(), sqlx::Error> {
+) -> Memberships<'a> {
+    let mut memberships: Memberships<'a> = HashMap::new();
     for (index, metric) in catalog.stored() {
         let Aggregation::Sessions { key, gap } = &metric.aggregation else {
             continue;
         };
         let gap = gap.millis();
-        // key -> (partition of its first event here, times, ids)
-        let mut added: BTreeMap<&str, (i32, Vec<Millis>, Vec<&str>)> = BTreeMap::new();
+        let metric_hash = key_hash(&metric.name);
+        // key -> (partition of its first event here, times)
+        let mut added: HashMap<&str, (i32, Vec<Millis>)> = HashMap::new();
         for sourced in &applied[index] {
             let Some(value) = key.value(&sourced.event) else {
                 continue;
             };
-            let entry = added
-                .entry(value)
-                .or_insert_with(|| (sourced.partition, Vec::new(), Vec::new()));
-            entry.1.push(sourced.event.event_time);
-            entry.2.push(sourced.event.event_id.as_str());
-        }
-        if added.is_empty() {
-            continue;
-        }
-        let keys: Vec<&str> = added.keys().copied().collect();
-        sqlx::query(
-            "SELECT pg_advisory_xact_lock(hashtextextended($1 || chr(31) || k, 0))
-             FROM UNNEST($2::text[]) AS k ORDER BY k",
-        )
-        .bind(&metric.name)
-        .bind(&keys)
-        .execute(&mut **tx)
-        .await?;
-        let bound = |f: fn(&[Millis]) -> Option<&Millis>, shift: Millis| -> Vec<DateTime<Utc>> {
             added
-                .values()
-                .map(|(_, times, _)| to_datetime(f(times).copied().unwrap_or_default() + shift))
-                .collect()
-        };
-        let (lows, highs) = (
-            bound(|t| t.iter().min(), -gap),
-            bound(|t| t.iter().max(), gap),
-        );
-        let known: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT s.session_key, s.event_time
-             FROM speed_session_events s
-             JOIN UNNEST($2::text[], $3::timestamptz[], $4::timestamptz[]) AS u(k, lo, hi)
-               ON s.session_key = u.k AND s.event_time BETWEEN u.lo AND u.hi
-             WHERE s.metric = $1",
-        )
-        .bind(&metric.name)
-        .bind(&keys)
-        .bind(&lows)
-        .bind(&highs)
-        .fetch_all(&mut **tx)
-        .await?;
-        let mut known_by_key: HashMap<String, Vec<Millis>> = HashMap::new();
-        for (k, t) in known {
-            known_by_key
-                .entry(k)
+                .entry(value)
+                .or_insert_with(|| (sourced.partition, Vec::new()))
+                .1
+                .push(sourced.event.event_time);
+            memberships
+                .entry(sourced.event.event_id.as_str())
                 .or_default()
-                .push(t.timestamp_millis());
+                .push((metric_hash, key_hash(value)));
         }
         let width = metric.bucket.millis();
-        for (value, (partition, times, _)) in &added {
-            let known = known_by_key
-                .get(*value)
-                .map(Vec::as_slice)
-                .unwrap_or_default();
+        for (value, (partition, times)) in &added {
+            let (Some(low), Some(high)) = (times.iter().min(), times.iter().max()) else {
+                continue;
+            };
+            let session_key = SessionKey {
+                metric: metric_hash,
+                key: key_hash(value),
+            };
+            let known = state.session_times(
+                &session_key,
+                low.saturating_sub(gap),
+                high.saturating_add(gap),
+            );
             for (t, change) in sessions::start_changes(known, times, gap) {
                 let cell = PartialKey {
                     metric: index,
@@ -100,25 +78,6 @@ pub(crate) async fn apply_sessions(
                     .count += change;
             }
         }
-        let (mut rows_key, mut rows_time, mut rows_id) = (Vec::new(), Vec::new(), Vec::new());
-        for (value, (_, times, ids)) in &added {
-            for (t, id) in times.iter().zip(ids) {
-                rows_key.push(*value);
-                rows_time.push(to_datetime(*t));
-                rows_id.push(*id);
-            }
-        }
-        sqlx::query(
-            "INSERT INTO speed_session_events (metric, session_key, event_time, event_id)
-             SELECT $1, * FROM UNNEST($2::text[], $3::timestamptz[], $4::text[])
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(&metric.name)
-        .bind(&rows_key)
-        .bind(&rows_time)
-        .bind(&rows_id)
-        .execute(&mut **tx)
-        .await?;
     }
-    Ok(())
+    memberships
 }

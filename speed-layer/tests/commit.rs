@@ -51,10 +51,7 @@ async fn a_batch_stores_its_partials_claims_and_offsets_in_one_commit() {
         offsets(&db.pool).await,
         vec![(0, 12, Some(T0)), (1, 41, None)]
     );
-    assert_eq!(
-        count(&db.pool, "SELECT count(*) FROM speed_dedupe").await,
-        3
-    );
+    assert_eq!(count(&db.pool, LOGGED_IDS).await, 3);
     // The distinct count keeps a sketch per row: 2 users in the first minute, 1 in the second.
     let sketched: Vec<(i64, bool)> = sqlx::query_as(
         "SELECT event_count, sketch IS NOT NULL FROM speed_aggregates
@@ -94,10 +91,7 @@ async fn a_batch_replayed_after_its_commit_is_not_counted_twice() {
     );
     assert_eq!(before, vec![(T0, country("DE"), 0, 2, 2_000_000)]);
     assert_eq!(aggregates(&db.pool, "revenue").await, before);
-    assert_eq!(
-        count(&db.pool, "SELECT count(*) FROM speed_dedupe").await,
-        2
-    );
+    assert_eq!(count(&db.pool, LOGGED_IDS).await, 2);
     assert_eq!(offsets(&db.pool).await, vec![(0, 2, None)]);
 }
 
@@ -139,8 +133,8 @@ async fn a_copy_inside_one_batch_and_one_in_a_later_batch_count_once() {
     assert_eq!(total, 3);
 }
 
-/// The speed layer has no owner fence: two instances may commit the same events while a
-/// partition moves between them, and the shared claims count each event once.
+/// Without fencing (as in a replay, or before partitions are claimed), two instances may commit
+/// the same events at once: the log head orders them, and the second finds the first's ids.
 #[tokio::test]
 async fn two_owners_committing_the_same_events_at_once_count_them_once() {
     let (db, layer) = speed_layer("speed_commit_owners").await;
@@ -262,14 +256,7 @@ async fn session_starts_move_when_an_earlier_event_arrives_in_a_later_batch() {
         starts(aggregates(&db.pool, "sessions").await),
         vec![(T0 + 2 * M, 1), (T0 + 10 * M, 0), (T0 + 75 * M, 1)]
     );
-    assert_eq!(
-        count(
-            &db.pool,
-            "SELECT count(*) FROM speed_session_events WHERE metric = 'sessions'"
-        )
-        .await,
-        4
-    );
+    assert_eq!(count(&db.pool, LOGGED_IDS).await, 4);
 }
 
 #[tokio::test]
@@ -308,10 +295,17 @@ async fn bad_messages_are_kept_with_the_offsets_that_skip_them() {
 #[tokio::test]
 async fn a_refused_batch_stores_nothing() {
     let (db, layer) = speed_layer("speed_commit_refused").await;
-    // Postgres refuses a NUL byte in text: the claim fails, and the whole batch with it.
+    // A rule the decoder does not know (as a NUL in text was): the cell fails, and the whole
+    // batch with it.
+    sqlx::query(
+        "ALTER TABLE speed_aggregates ADD CONSTRAINT test_refuses CHECK (dims NOT LIKE '%XX%')",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("adding the rule");
     let batch = batch(vec![
         (0, 0, purchase("fine", T0, "u1", "DE", 1)),
-        (0, 1, purchase("nul\0id", T0, "u1", "DE", 1)),
+        (0, 1, purchase("refused", T0, "u1", "XX", 1)),
     ]);
 
     let refused = layer
@@ -319,14 +313,183 @@ async fn a_refused_batch_stores_nothing() {
         .await
         .expect_err("Postgres refuses the batch");
 
-    assert_eq!(refused.step, "claiming event ids", "{refused}");
-    assert_eq!(
-        count(&db.pool, "SELECT count(*) FROM speed_dedupe").await,
-        0
-    );
+    let speed_layer::CheckpointError::Commit(refused) = refused else {
+        panic!("refused for another reason: {refused}");
+    };
+    assert_eq!(refused.step, "adding partials", "{refused}");
+    assert_eq!(count(&db.pool, LOGGED_IDS).await, 0);
     assert_eq!(
         count(&db.pool, "SELECT count(*) FROM speed_aggregates").await,
         0
     );
     assert_eq!(offsets(&db.pool).await, vec![]);
+}
+
+#[tokio::test]
+async fn a_restarted_instance_loads_the_log_and_counts_nothing_twice() {
+    let (db, layer) = speed_layer("speed_commit_restart").await;
+    let events: Vec<_> = (0..50)
+        .map(|i| (0, i, purchase(&format!("e{i}"), T0 + i, "u1", "DE", 1_000)))
+        .collect();
+    layer
+        .commit_batch(TOPIC, &batch(events.clone()), None, &[])
+        .await
+        .unwrap();
+    drop(layer);
+
+    // A new process: its state comes from the log alone.
+    let restarted = speed_layer_on(&db, "restart");
+    let committed = restarted
+        .commit_batch(TOPIC, &batch(events), None, &[])
+        .await
+        .unwrap();
+
+    assert_eq!(
+        committed,
+        Committed {
+            claimed: 0,
+            duplicates: 50
+        }
+    );
+    assert_eq!(
+        aggregates(&db.pool, "revenue").await,
+        vec![(T0, country("DE"), 0, 50, 50_000)]
+    );
+}
+
+/// Copies of one event on two partitions owned by two instances, each of which loaded its
+/// state before the other's copy was committed: the second learns the first's id from the log.
+#[tokio::test]
+async fn copies_on_two_instances_partitions_count_once() {
+    let (db, a) = speed_layer("speed_commit_two_partitions").await;
+    let b = speed_layer_on(&db, "b");
+    a.take_partitions(TOPIC, &[0]).await.unwrap();
+    b.take_partitions(TOPIC, &[1]).await.unwrap();
+    // Both load their state first.
+    a.commit_batch(
+        TOPIC,
+        &batch(vec![(0, 0, purchase("a0", T0, "u1", "DE", 1))]),
+        None,
+        &[],
+    )
+    .await
+    .unwrap();
+    b.commit_batch(
+        TOPIC,
+        &batch(vec![(1, 0, purchase("b0", T0, "u2", "DE", 1))]),
+        None,
+        &[],
+    )
+    .await
+    .unwrap();
+
+    let copy = |partition| batch(vec![(partition, 1, purchase("twice", T0, "u3", "DE", 1))]);
+    let first = a.commit_batch(TOPIC, &copy(0), None, &[]).await.unwrap();
+    let second = b.commit_batch(TOPIC, &copy(1), None, &[]).await.unwrap();
+
+    assert_eq!((first.claimed, second.claimed), (1, 0));
+    let total: i64 = aggregates(&db.pool, "purchases")
+        .await
+        .iter()
+        .map(|row| row.3)
+        .sum();
+    assert_eq!(total, 3);
+}
+
+/// An instance that lost a partition while paused (a zombie) cannot write for it after the new
+/// owner claimed it, not even its offsets.
+#[tokio::test]
+async fn a_zombie_cannot_commit_after_its_partition_moved() {
+    let (db, zombie) = speed_layer("speed_commit_zombie").await;
+    let owner = speed_layer_on(&db, "owner");
+    zombie.take_partitions(TOPIC, &[0]).await.unwrap();
+    owner.take_partitions(TOPIC, &[0]).await.unwrap();
+
+    let stale = batch(vec![(0, 0, purchase("z", T0, "u1", "DE", 1))]);
+    let refused = zombie
+        .commit_batch(TOPIC, &stale, None, &[])
+        .await
+        .expect_err("the zombie is fenced");
+
+    assert!(
+        matches!(&refused, speed_layer::CheckpointError::Fenced { partitions, .. } if partitions == &vec![0]),
+        "{refused}"
+    );
+    assert_eq!(
+        count(&db.pool, "SELECT count(*) FROM speed_aggregates").await,
+        0
+    );
+    assert_eq!(
+        count(&db.pool, "SELECT count(*) FROM speed_offsets").await,
+        0
+    );
+    // The new owner reads the partition from its stored offsets and counts the event.
+    let committed = owner.commit_batch(TOPIC, &stale, None, &[]).await.unwrap();
+    assert_eq!(committed.claimed, 1);
+}
+
+/// `speed-layer replay` swaps in another log under a new generation: a running instance
+/// notices at its next checkpoint and loads it, rather than deduplicating against the old one.
+#[tokio::test]
+async fn a_swapped_in_log_is_loaded_at_the_next_checkpoint() {
+    let (db, layer) = speed_layer("speed_commit_generation").await;
+    let events = batch(vec![(0, 0, purchase("e", T0, "u1", "DE", 1))]);
+    layer.commit_batch(TOPIC, &events, None, &[]).await.unwrap();
+    // What a replay that has not seen the event swaps in: an empty log of a new generation.
+    sqlx::query("DELETE FROM speed_log")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE speed_log_head SET generation = generation + 1")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+    let committed = layer.commit_batch(TOPIC, &events, None, &[]).await.unwrap();
+
+    assert_eq!(committed.claimed, 1);
+}
+
+/// Upgrading in place: ids an earlier version kept as rows still deduplicate, and its session
+/// events still place session starts.
+#[tokio::test]
+async fn an_earlier_versions_rows_move_into_the_log() {
+    let (db, layer) = speed_layer("speed_commit_legacy").await;
+    sqlx::query("INSERT INTO speed_dedupe (event_id, bucket_start) VALUES ('old', $1)")
+        .bind(shared_schema::time::to_datetime(T0))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO speed_session_events (metric, session_key, event_time, event_id)
+         VALUES ('sessions', 'u1', $1, 'old')",
+    )
+    .bind(shared_schema::time::to_datetime(T0))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    layer.take_partitions(TOPIC, &[0]).await.unwrap();
+
+    let copy_and_next = batch(vec![
+        (0, 0, page_view("old", T0, "u1")),
+        (0, 1, page_view("new", T0 + M, "u1")),
+    ]);
+    let committed = layer
+        .commit_batch(TOPIC, &copy_and_next, None, &[])
+        .await
+        .unwrap();
+
+    assert_eq!(
+        committed,
+        Committed {
+            claimed: 1,
+            duplicates: 1
+        }
+    );
+    assert_eq!(
+        count(&db.pool, "SELECT count(*) FROM speed_dedupe").await,
+        0
+    );
+    // The new event continues the session the old one started: no start of its own.
+    assert_eq!(aggregates(&db.pool, "sessions").await, vec![]);
 }

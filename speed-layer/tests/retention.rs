@@ -59,13 +59,14 @@ async fn retention_removes_only_what_lies_before_the_horizon() {
 
     // Minute 29: a row for each of the 7 metrics a purchase folds into (purchases, revenue,
     // revenue_by_tier, active_users, sessions and the two policy metrics); minute 28 only 5,
-    // as the policy metrics kept the late p28 out. And the two claims.
+    // as the policy metrics kept the late p28 out. The log row holds events after the session
+    // horizon (T0), so it stays.
     assert_eq!(
         removed,
         Some(Removed {
             horizon: T0 + 30 * M,
             aggregates: 12,
-            ids: 2
+            log_rows: 0
         })
     );
     let buckets: Vec<Millis> = aggregates(&db.pool, "purchases")
@@ -74,12 +75,16 @@ async fn retention_removes_only_what_lies_before_the_horizon() {
         .map(|row| row.0)
         .collect();
     assert_eq!(buckets, vec![T0 + 30 * M, T0 + 31 * M]);
-    let claims: Vec<String> =
-        sqlx::query_scalar("SELECT event_id FROM speed_dedupe ORDER BY event_id")
-            .fetch_all(&db.pool)
-            .await
-            .unwrap();
-    assert_eq!(claims, vec!["p30", "p31"]);
+    // The ids at or after the horizon still deduplicate.
+    let again = common::batch(vec![
+        (0, 4, purchase("p30", T0 + 30 * M, "u3", "DE", 1)),
+        (0, 5, purchase("p31", T0 + 31 * M, "u4", "DE", 1)),
+    ]);
+    let committed = layer
+        .commit_batch(TOPIC, &again, None, &[])
+        .await
+        .expect("committing copies");
+    assert_eq!(committed.claimed, 0, "{committed:?}");
     assert_eq!(covered_from(&db.pool).await, Some(Some(T0 + 30 * M)));
     // Late counts and records follow their buckets.
     assert_eq!(
@@ -95,10 +100,7 @@ async fn retention_removes_only_what_lies_before_the_horizon() {
         0
     );
     // Session events stay one gap (30 minutes) before the horizon, for the starts after it.
-    assert_eq!(
-        count(&db.pool, "SELECT count(*) FROM speed_session_events").await,
-        4
-    );
+    assert_eq!(count(&db.pool, LOGGED_IDS).await, 4);
 }
 
 #[tokio::test]
@@ -120,7 +122,7 @@ async fn retention_never_moves_the_coverage_back() {
         Some(Removed {
             horizon: T0 + 30 * M,
             aggregates: 0,
-            ids: 0
+            log_rows: 0
         })
     );
     assert_eq!(covered_from(&db.pool).await, Some(Some(T0 + 60 * M)));
@@ -136,8 +138,24 @@ async fn nothing_is_removed_while_no_view_is_promoted() {
 
     assert_eq!(removed, None);
     assert_eq!(aggregates(&db.pool, "purchases").await.len(), 1);
-    assert_eq!(
-        count(&db.pool, "SELECT count(*) FROM speed_dedupe").await,
-        1
-    );
+    assert_eq!(count(&db.pool, LOGGED_IDS).await, 1);
+}
+
+#[tokio::test]
+async fn a_log_row_goes_once_all_its_events_lie_a_gap_before_the_horizon() {
+    let (db, layer) = speed_layer("speed_retention_log").await;
+    for (offset, (id, time)) in [("early", T0), ("later", T0 + 60 * M)]
+        .into_iter()
+        .enumerate()
+    {
+        let one = batch(vec![(0, offset as i64, purchase(id, time, "u1", "DE", 1))]);
+        layer.commit_batch(TOPIC, &one, None, &[]).await.unwrap();
+    }
+    // T at T0 + 80m: the horizon is T0 + 70m, the session horizon 30 minutes before it.
+    promote(&db.pool, T0 + 80 * M).await;
+
+    let removed = layer.apply_retention().await.expect("retention runs");
+
+    assert_eq!(removed.map(|r| r.log_rows), Some(1));
+    assert_eq!(count(&db.pool, LOGGED_IDS).await, 1);
 }

@@ -287,10 +287,11 @@ async fn values_postgres_refuses_at_commit_are_isolated_and_an_outage_is_retried
     )
     .await?;
 
-    // A rule the decoder does not know: Postgres refuses some ids the decoder accepts. Their
-    // commit fails the same way on every retry, as a NUL or a too-long key did.
+    // A rule the decoder does not know: Postgres refuses some values the decoder accepts (here
+    // a product, which page views are grouped by). Their commit fails the same way on every
+    // retry, as a NUL or a too-long key did.
     sqlx::query(
-        "ALTER TABLE speed_dedupe ADD CONSTRAINT test_refuses_poison CHECK (event_id NOT LIKE 'poison%')",
+        "ALTER TABLE speed_aggregates ADD CONSTRAINT test_refuses_poison CHECK (dims NOT LIKE '%poison%')",
     )
     .execute(&platform.pool)
     .await?;
@@ -308,7 +309,11 @@ async fn values_postgres_refuses_at_commit_are_isolated_and_an_outage_is_retried
         *ends.entry(partition).or_default() = offset + 1;
         sent.insert(e.id.clone(), e);
         if i % 50 == 7 {
-            let p = Sent::random(&mut rng, format!("poison-{i}"), base);
+            let p = Sent {
+                kind: "page_view",
+                product: Some(format!("poison-{i}")),
+                ..Sent::random(&mut rng, format!("poison-{i}"), base)
+            };
             let offset = platform.send(partition, &p.payload()).await?;
             *ends.entry(partition).or_default() = offset + 1;
             poison.push((partition, offset));

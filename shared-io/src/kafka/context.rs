@@ -38,6 +38,8 @@ pub(super) struct GroupAssigner {
     pub(super) topic: String,
     pub(super) runtime: tokio::runtime::Handle,
     pub(super) changes: Mutex<Vec<AssignmentChange>>,
+    /// How many assignments the group has made to this member (see `EventSource::assignments`).
+    pub(super) assignments: std::sync::atomic::AtomicU64,
 }
 
 /// What a group member needs to join the group again as a new member.
@@ -67,6 +69,7 @@ impl GroupRecipe {
                 topic: topic.to_string(),
                 runtime: tokio::runtime::Handle::current(),
                 changes: Mutex::new(Vec::new()),
+                assignments: Default::default(),
             })))
     }
 }
@@ -149,6 +152,9 @@ impl ConsumerContext for SourceContext {
                     tracing::error!(error = %e, "assignment failed");
                 }
                 tracing::info!(topic = %group.topic, partitions = ?assigned, "assigned by the group");
+                group
+                    .assignments
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 AssignmentChange::Assigned(positions)
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {

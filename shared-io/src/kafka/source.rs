@@ -247,6 +247,14 @@ impl EventSource {
         .map_err(SourceError::seek(&self.topic))
     }
 
+    /// How many times the group has assigned partitions to this member: a change means some
+    /// partition may have had another owner in between. Without a group: always 0.
+    pub fn assignments(&self) -> u64 {
+        self.consumer.context().group.as_ref().map_or(0, |g| {
+            g.assignments.load(std::sync::atomic::Ordering::SeqCst)
+        })
+    }
+
     pub fn topic(&self) -> &str {
         &self.topic
     }

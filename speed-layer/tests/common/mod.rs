@@ -145,6 +145,9 @@ pub async fn offsets(pool: &PgPool) -> Vec<(i32, i64, Option<Millis>)> {
         .collect()
 }
 
+/// The ids the log holds: what `speed_dedupe` rows were before issue 17.
+pub const LOGGED_IDS: &str = "SELECT coalesce(sum(entries), 0)::bigint FROM speed_log";
+
 pub async fn count(pool: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql)
         .fetch_one(pool)
