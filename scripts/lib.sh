@@ -154,10 +154,14 @@ refuse_foreign_port() {
   fi
 }
 
-# start_postgres NAME PORT: a private cluster on 127.0.0.1:PORT, trust auth on loopback only.
-# DATABASE_URLs are postgres://postgres@127.0.0.1:PORT/<db>.
+# start_postgres NAME PORT [MAX_CONNECTIONS]: a private cluster on 127.0.0.1:PORT, trust auth on
+# loopback only. DATABASE_URLs are postgres://postgres@127.0.0.1:PORT/<db>. Postgres' default
+# settings, as users' servers have them, except logical WAL for the CDC publisher and, where
+# MAX_CONNECTIONS raises the default 100 (the test suite runs many services at once), fewer locks
+# per transaction: the shared lock table stays at its default 64 x 100 slots, since a larger one
+# hides the "out of shared memory" an ordinary server shows.
 start_postgres() {
-  local name=$1 port=$2 bin dir data run
+  local name=$1 port=$2 connections=${3:-100} bin dir data run
   bin=$(pg_bin)
   dir=$(pg_dir "$name")
   data="$dir/data"
@@ -174,7 +178,7 @@ start_postgres() {
   fi
   log "starting Postgres on 127.0.0.1:$port"
   pg_run "$bin/pg_ctl" -D "$data" -l "$dir/postgres.log" -w -t 60 start \
-    -o "-p $port -k $run -c listen_addresses=127.0.0.1 -c max_connections=400 -c wal_level=logical -c max_replication_slots=64" >/dev/null
+    -o "-p $port -k $run -c listen_addresses=127.0.0.1 -c max_connections=$connections -c max_locks_per_transaction=$((6400 / connections)) -c wal_level=logical -c max_replication_slots=64" >/dev/null
 }
 
 stop_postgres() {

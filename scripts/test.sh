@@ -17,7 +17,7 @@ ensure_sqlite3
 ensure_schemathesis
 ensure_moto # exports E2E_MOTO_SERVER for tests/tests/object_store.rs
 ensure_chromium # exports E2E_CHROMIUM for tests/tests/dashboard.rs
-start_postgres test-pg "$PG_PORT"
+start_postgres test-pg "$PG_PORT" 400
 start_tansu test-broker "$KAFKA_PORT" fresh
 cleanup() {
   stop_tansu test-broker

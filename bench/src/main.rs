@@ -2,10 +2,12 @@
 //! in the same run. `scripts/bench.sh` starts the servers, builds in release mode and runs this.
 
 mod batch;
+mod ceiling;
 mod freshness;
 mod load;
 mod memory;
 mod pg_write;
+mod recovery;
 mod report;
 mod scaling;
 mod serving;
@@ -23,13 +25,19 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(name = "bench", about = "Benchmarks against baselines run beside them")]
 struct Args {
-    /// Run only these benchmarks: throughput, freshness, batch, memory, pg-write, serving,
-    /// scaling.
+    /// Run only these benchmarks: throughput, ceiling, recovery, freshness, batch, memory,
+    /// pg-write, serving, scaling.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Events preloaded for the throughput figure.
     #[arg(long, default_value_t = 1_000_000)]
     throughput_events: u64,
+    /// Events decoded and folded from memory for the ceiling figure.
+    #[arg(long, default_value_t = 1_000_000)]
+    ceiling_events: u64,
+    /// Events (distinct ids in the dedupe horizon) before the SIGKILL of the recovery figure.
+    #[arg(long, default_value_t = 1_000_000)]
+    recovery_events: u64,
     /// Events preloaded for the 1-against-2-instances figure, and its alternating rounds.
     #[arg(long, default_value_t = 300_000)]
     scaling_events: u64,
@@ -88,6 +96,12 @@ async fn main() -> Result<()> {
     }
     if wanted("throughput") {
         keep("throughput", throughput::run(args.throughput_events).await);
+    }
+    if wanted("ceiling") {
+        keep("ceiling", ceiling::run(args.ceiling_events));
+    }
+    if wanted("recovery") {
+        keep("recovery", recovery::run(args.recovery_events).await);
     }
     if wanted("scaling") {
         keep(

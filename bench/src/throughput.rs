@@ -37,6 +37,7 @@ pub async fn run(events: u64) -> Result<Vec<Figure>> {
         tokio::task::spawn_blocking(move || bare_consume(&brokers, &topic, &bare_ends)).await??;
     let bare_rate = read as f64 / bare.elapsed().as_secs_f64();
 
+    let tuples_before = tuples_written(&platform.pool).await?;
     let started = Instant::now();
     let _speed = platform.spawn("speed-layer", &["run"])?;
     platform
@@ -44,7 +45,27 @@ pub async fn run(events: u64) -> Result<Vec<Figure>> {
         .await?;
     let speed_rate = events as f64 / started.elapsed().as_secs_f64();
     let ratio = speed_rate / bare_rate;
+    // Backends report their counts about once a second.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let tuples = tuples_written(&platform.pool).await? - tuples_before;
+    let per_event = tuples as f64 / events as f64;
+    let cells: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM speed_aggregates WHERE metric = 'failed_logins'")
+            .fetch_one(&platform.pool)
+            .await?;
     Ok(vec![
+        Figure::new(
+            "Postgres tuples written per event",
+            (per_event, "tuples/event"),
+            (
+                "failed_logins cells (one per user and minute) per event",
+                cells as f64 / events as f64,
+            ),
+            format!(
+                "inserted + updated + deleted in pg_stat_database (TOAST included) over the                  throughput run: {tuples} tuples for {events} events"
+            ),
+        )
+        .target("<= 0.05", per_event <= 0.05),
         Figure::new(
             "speed-layer throughput",
             (speed_rate, "events/s"),
@@ -56,4 +77,14 @@ pub async fn run(events: u64) -> Result<Vec<Figure>> {
         )
         .target(">= 300000 events/s and >= 0.7 of bare", speed_rate >= 300_000.0 && ratio >= 0.7),
     ])
+}
+
+/// Tuples inserted, updated and deleted in the current database so far.
+async fn tuples_written(pool: &sqlx::PgPool) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT (tup_inserted + tup_updated + tup_deleted)::bigint FROM pg_stat_database
+         WHERE datname = current_database()",
+    )
+    .fetch_one(pool)
+    .await?)
 }

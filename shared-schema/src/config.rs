@@ -68,6 +68,11 @@ config_section! {
         /// ...or when its messages (keys and values) hold this many bytes: with messages of up to
         /// 1 MiB, a count alone lets one batch hold gigabytes. A batch holds at least one message.
         pub batch_max_bytes: usize = 32 * 1024 * 1024,
+        /// Memory the dedupe and session state may hold, in MiB: about 60 bytes per event id
+        /// inside the horizon (BENCHMARKS.md), every partition's, in every instance. Past it the
+        /// instance stops reading (its lag grows) until retention, after the next promotion,
+        /// frees memory: a bound and a metric (`lambda_speed_state_bytes`), never an OOM kill.
+        pub state_max_mb: u64 = 4096,
         /// Speed state for a bucket is deleted once a promoted batch view has covered it for this long.
         pub retention_grace: HumanDuration = HumanDuration::from_millis(10 * MINUTE_MS),
         /// How far behind the newest event time of a partition its events may still arrive in

@@ -8,22 +8,15 @@
 //! nothing is counted twice. The in-memory state learns the batch's ids only once it committed.
 
 use crate::event_clock::store_watermarks;
-use crate::late_events::LateEvents;
-use crate::sessions::apply_sessions;
-use crate::state::log::{LogEntry, id_hash};
+use crate::plan::{Plan, plan};
 use crate::state::store::{self, LoadStateError};
 use crate::upsert::upsert_partials;
 use crate::{CONSUMER_NAME, SpeedLayer};
-use shared_io::kafka::{Batch, SourcedEvent};
+use shared_io::kafka::Batch;
 use shared_io::positions::{PositionTable, store_positions};
 use shared_io::quarantine;
 use shared_schema::time::Millis;
-use shared_schema::watermark;
-use shared_schema::{
-    catalog::MetricCatalog,
-    metrics::{LatePolicy, Partial, PartialKey},
-};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use tracing::Instrument;
 
@@ -150,29 +143,13 @@ impl SpeedLayer {
                 }
             }
 
-            let claimed_events: Vec<&SourcedEvent> = first_copies(batch)
-                .into_iter()
-                .map(|i| &batch.events[i])
-                .filter(|sourced| !state.contains(&id_hash(&sourced.event.event_id)))
-                .collect();
             phases.lap("dedupe");
-            let Folded {
+            let Plan {
+                claimed: claimed_events,
                 late,
-                applied,
-                mut per_partition,
-            } = fold(&self.catalog, &claimed_events, watermark);
-            let mut memberships =
-                apply_sessions(state, &self.catalog, &applied, &mut per_partition);
-            let entries: Vec<LogEntry> = claimed_events
-                .iter()
-                .map(|sourced| LogEntry {
-                    id: id_hash(&sourced.event.event_id),
-                    event_time: sourced.event.event_time,
-                    sessions: memberships
-                        .remove(sourced.event.event_id.as_str())
-                        .unwrap_or_default(),
-                })
-                .collect();
+                per_partition,
+                entries,
+            } = plan(state, &self.catalog, batch, watermark);
             phases.lap("fold");
             late.write(&mut tx, &self.catalog)
                 .await
@@ -225,57 +202,6 @@ impl SpeedLayer {
         }
         .instrument(span)
         .await
-    }
-}
-
-/// The index of the first copy of each id in the batch, in batch order.
-fn first_copies(batch: &Batch) -> Vec<usize> {
-    let mut seen = HashSet::with_capacity(batch.events.len());
-    (0..batch.events.len())
-        .filter(|&i| seen.insert(batch.events[i].event.event_id.as_str()))
-        .collect()
-}
-
-/// What the claimed events of a batch come to before anything is written.
-struct Folded<'a> {
-    late: LateEvents<'a>,
-    /// Per stored metric (by index), the events it applies.
-    applied: Vec<Vec<&'a SourcedEvent>>,
-    /// The partials of the metrics that fold per event, per Kafka partition.
-    per_partition: BTreeMap<i32, HashMap<PartialKey, Partial>>,
-}
-
-/// The claimed events per stored metric: late ones recorded (under every policy) and applied
-/// only under `update`; the applied ones folded into partials per Kafka partition, except for
-/// sessions, whose starts need the stored events (`sessions`).
-fn fold<'a>(
-    catalog: &MetricCatalog,
-    claimed: &[&'a SourcedEvent],
-    watermark: Option<Millis>,
-) -> Folded<'a> {
-    let mut late = LateEvents::default();
-    let mut applied: Vec<Vec<&SourcedEvent>> = vec![Vec::new(); catalog.metrics.len()];
-    for (index, metric) in catalog.stored() {
-        for sourced in claimed.iter().filter(|s| metric.matches(&s.event)) {
-            let is_late = watermark::is_late(metric, sourced.event.event_time, watermark);
-            late.record(index, metric, sourced, is_late);
-            if is_late && metric.late_policy != LatePolicy::Update {
-                continue;
-            }
-            applied[index].push(sourced);
-        }
-    }
-    let mut per_partition: BTreeMap<i32, HashMap<PartialKey, Partial>> = BTreeMap::new();
-    for (index, metric) in catalog.stored().filter(|(_, m)| m.folds_per_event()) {
-        for sourced in &applied[index] {
-            let table = per_partition.entry(sourced.partition).or_default();
-            MetricCatalog::fold_one(index, metric, &sourced.event, table);
-        }
-    }
-    Folded {
-        late,
-        applied,
-        per_partition,
     }
 }
 

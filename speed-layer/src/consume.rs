@@ -18,6 +18,9 @@ use std::time::Duration;
 /// How often state already covered by a promoted batch view is deleted.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(30);
 
+/// How often the state's size is measured (and `lambda_speed_state_bytes` set).
+const STATE_MEASURE_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Aborts a background task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -68,6 +71,26 @@ impl SpeedLayer {
                 }
             }
         }
+    }
+
+    /// Measures the state and reports it; true while it holds more than `speed.state_max_mb`.
+    async fn measure_state(&self, topic: &str) -> bool {
+        let (ids, bytes) = match self.state.lock().await.as_ref() {
+            Some(state) => (state.ids(), state.bytes()),
+            None => (0, 0),
+        };
+        observe::speed().set_state(topic, ids, bytes);
+        let bound = self.config.speed.state_max_mb.saturating_mul(1024 * 1024);
+        let over = bytes as u64 > bound;
+        if over {
+            tracing::warn!(
+                ids,
+                bytes,
+                bound,
+                "the speed state is over speed.state_max_mb: not reading until retention frees memory"
+            );
+        }
+        over
     }
 
     /// Claims `partitions` of `topic` for this instance and checks its epochs from then on, as
@@ -176,12 +199,24 @@ impl SpeedLayer {
                 self.readiness.clone(),
             )
         });
+        let mut last_measure = tokio::time::Instant::now();
+        let mut over_bound = false;
         loop {
             if let Some(watchdog) = watchdog.as_mut() {
                 watchdog.tick(&mut source).await;
             }
-            // Retention runs between batches, never by interrupting one.
-            if last_retention.is_none_or(|at| at.elapsed() >= RETENTION_INTERVAL) {
+            if last_measure.elapsed() >= STATE_MEASURE_INTERVAL {
+                last_measure = tokio::time::Instant::now();
+                over_bound = self.measure_state(&topic).await;
+            }
+            // Retention runs between batches, never by interrupting one; more often while the
+            // state is over its bound, as only retention shrinks it.
+            let retention_due = if over_bound {
+                STATE_MEASURE_INTERVAL
+            } else {
+                RETENTION_INTERVAL
+            };
+            if last_retention.is_none_or(|at| at.elapsed() >= retention_due) {
                 // A view computed with other definitions was promoted while this instance ran:
                 // what it folds from now on would mean something else than the view, so it
                 // stops, and a restart with these definitions is refused, naming them.
@@ -196,6 +231,16 @@ impl SpeedLayer {
                     tracing::warn!(error = %e, "retention failed; will retry");
                 }
                 last_retention = Some(tokio::time::Instant::now());
+            }
+            if over_bound {
+                // Reading on would only grow the state: wait for retention instead.
+                tokio::select! {
+                    _ = &mut shutdown => {
+                        source.close();
+                        return Ok(false);
+                    }
+                    _ = tokio::time::sleep(STATE_MEASURE_INTERVAL) => continue,
+                }
             }
             let mut batch = tokio::select! {
                 _ = &mut shutdown => {

@@ -32,6 +32,7 @@ mod guarded_commit;
 mod late_events;
 pub mod liveness;
 mod ownership;
+mod plan;
 mod profiles;
 pub mod quarantine_admin;
 pub mod replay;
@@ -43,6 +44,7 @@ mod state;
 mod upsert;
 
 pub use commit::{CheckpointError, CommitBatchError, Committed};
+pub use plan::{Folding, fold_without_postgres};
 pub use retention::{Removed, RetentionError};
 pub use state::store::LoadStateError;
 pub use upsert::upsert_partials;

@@ -38,9 +38,12 @@ pub(super) struct GroupAssigner {
     pub(super) topic: String,
     pub(super) runtime: tokio::runtime::Handle,
     pub(super) changes: Mutex<Vec<AssignmentChange>>,
-    /// How many assignments the group has made to this member (see `EventSource::assignments`).
-    pub(super) assignments: std::sync::atomic::AtomicU64,
 }
+
+/// How many assignments any consumer group has made to this process (see
+/// `EventSource::assignments`). Process-wide, so that joining again as a new member, with a new
+/// consumer, still counts on from where the old one stopped.
+pub(super) static ASSIGNMENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// What a group member needs to join the group again as a new member.
 pub(super) struct GroupRecipe {
@@ -69,7 +72,6 @@ impl GroupRecipe {
                 topic: topic.to_string(),
                 runtime: tokio::runtime::Handle::current(),
                 changes: Mutex::new(Vec::new()),
-                assignments: Default::default(),
             })))
     }
 }
@@ -152,9 +154,7 @@ impl ConsumerContext for SourceContext {
                     tracing::error!(error = %e, "assignment failed");
                 }
                 tracing::info!(topic = %group.topic, partitions = ?assigned, "assigned by the group");
-                group
-                    .assignments
-                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                ASSIGNMENTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 AssignmentChange::Assigned(positions)
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {

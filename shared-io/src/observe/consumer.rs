@@ -122,6 +122,8 @@ impl ConsumerMetrics {
 pub struct SpeedMetrics {
     watermark_delay: GaugeVec,
     late: IntCounterVec,
+    state_bytes: GaugeVec,
+    state_ids: GaugeVec,
 }
 
 impl SpeedMetrics {
@@ -129,6 +131,8 @@ impl SpeedMetrics {
         Ok(SpeedMetrics {
             watermark_delay: gauge(registry, &WATERMARK_DELAY)?,
             late: counter(registry, &LATE_EVENTS)?,
+            state_bytes: gauge(registry, &SPEED_STATE_BYTES)?,
+            state_ids: gauge(registry, &SPEED_STATE_IDS)?,
         })
     }
 
@@ -138,6 +142,14 @@ impl SpeedMetrics {
             let delay = (now_millis() - watermark) as f64 / 1000.0;
             self.watermark_delay.with_label_values(&[topic]).set(delay);
         }
+    }
+
+    /// The size of the dedupe and session state after a checkpoint or a retention pass.
+    pub fn set_state(&self, topic: &str, ids: usize, bytes: usize) {
+        self.state_ids.with_label_values(&[topic]).set(ids as f64);
+        self.state_bytes
+            .with_label_values(&[topic])
+            .set(bytes as f64);
     }
 
     pub fn count_late(&self, metric: &str, events: u64) {

@@ -83,6 +83,20 @@ pub const LATE_EVENTS: Family = Family {
     labels: &["metric"],
     exported_by: &["speed-layer"],
 };
+pub const SPEED_STATE_BYTES: Family = Family {
+    name: "lambda_speed_state_bytes",
+    help: "Memory the speed layer's dedupe and session state holds; past speed.state_max_mb it stops reading.",
+    kind: Kind::Gauge,
+    labels: &["topic"],
+    exported_by: &["speed-layer"],
+};
+pub const SPEED_STATE_IDS: Family = Family {
+    name: "lambda_speed_state_ids",
+    help: "Event ids the speed layer holds for deduplication (every partition, inside the horizon).",
+    kind: Kind::Gauge,
+    labels: &["topic"],
+    exported_by: &["speed-layer"],
+};
 pub const BATCH_RUN_DURATION: Family = Family {
     name: "lambda_batch_run_duration_seconds",
     help: "Duration of the scheduled batch runs, by outcome (promoted or failed).",
@@ -159,6 +173,8 @@ pub const FAMILIES: &[Family] = &[
     CONSUMER_LAG,
     WATERMARK_DELAY,
     LATE_EVENTS,
+    SPEED_STATE_BYTES,
+    SPEED_STATE_IDS,
     BATCH_RUN_DURATION,
     BATCH_RUN_ROWS,
     PROMOTED_AGE,
