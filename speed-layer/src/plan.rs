@@ -140,3 +140,72 @@ fn fold<'a>(
         per_partition,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared_schema::event::Event;
+
+    fn sourced(partition: i32, id: &str, time: Millis, user: &str) -> SourcedEvent {
+        SourcedEvent {
+            partition,
+            offset: 0,
+            event: Event {
+                event_id: id.into(),
+                event_type: "page_view".into(),
+                event_time: time,
+                schema_version: 2,
+                user_id: Some(user.into()),
+                product_id: Some("p1".into()),
+                amount_micros: None,
+                city: None,
+                country: None,
+                profile: None,
+            },
+        }
+    }
+
+    fn batch(events: Vec<SourcedEvent>) -> Batch {
+        Batch {
+            events,
+            advanced: true,
+            ..Batch::default()
+        }
+    }
+
+    #[test]
+    fn copies_in_later_batches_and_on_other_partitions_count_once() {
+        let catalog = MetricCatalog::load(None).expect("the default catalog");
+        let t = 1_767_225_600_000;
+        let batches = vec![
+            batch(vec![sourced(0, "a", t, "u1"), sourced(1, "a", t, "u1")]),
+            batch(vec![sourced(2, "a", t, "u1"), sourced(0, "b", t + 1, "u2")]),
+        ];
+        assert_eq!(fold_without_postgres(&catalog, &batches).counted, 2);
+    }
+
+    #[test]
+    fn a_log_entry_carries_the_session_key_of_each_sessions_metric() {
+        let catalog = MetricCatalog::load(None).expect("the default catalog");
+        let state = SpeedState::default();
+        let one = batch(vec![sourced(0, "a", 1_767_225_600_000, "u1")]);
+        let plan = plan(&state, &catalog, &one, None);
+        assert_eq!(plan.entries.len(), 1);
+        assert_eq!(
+            plan.entries[0].sessions,
+            vec![(
+                crate::state::log::key_hash("sessions"),
+                crate::state::log::key_hash("u1")
+            )]
+        );
+        // A first event of a user starts a session in its bucket.
+        let starts: i64 = plan
+            .per_partition
+            .values()
+            .flat_map(|cells| cells.iter())
+            .filter(|(key, _)| catalog.metrics[key.metric].name == "sessions")
+            .map(|(_, partial)| partial.count)
+            .sum();
+        assert_eq!(starts, 1);
+    }
+}

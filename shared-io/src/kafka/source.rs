@@ -250,9 +250,11 @@ impl EventSource {
     /// How many times the group has assigned partitions to this member: a change means some
     /// partition may have had another owner in between. Without a group: always 0.
     pub fn assignments(&self) -> u64 {
-        self.consumer.context().group.as_ref().map_or(0, |g| {
-            g.assignments.load(std::sync::atomic::Ordering::SeqCst)
-        })
+        if self.consumer.context().group.is_some() {
+            super::context::ASSIGNMENTS.load(std::sync::atomic::Ordering::SeqCst)
+        } else {
+            0
+        }
     }
 
     pub fn topic(&self) -> &str {
