@@ -94,6 +94,10 @@ impl SpeedLayer {
             }
         };
         async {
+            if commit {
+                // Holding a batch, before anything is written: where a scenario pauses a zombie.
+                shared_io::failpoint::hit("speed.checkpoint.begun").await;
+            }
             let mut phases = PhaseTimer::start();
             let mut guard = self.state.lock().await;
             let state = match &mut *guard {
@@ -185,6 +189,8 @@ impl SpeedLayer {
                     .map_err(failed("rolling back a trial"))?;
                 return Ok(done);
             }
+            // Everything written, nothing committed: where the scenarios SIGKILL a checkpoint.
+            shared_io::failpoint::hit("speed.checkpoint.written").await;
             tx.commit().await.map_err(failed("commit"))?;
             for entry in &entries {
                 state.apply(entry);

@@ -1,0 +1,177 @@
+//! The speed layer's checkpoints under the failures issue 17 names: an instance paused past its
+//! session timeout (a zombie) cannot commit after its partitions moved, and a SIGKILL while a
+//! checkpoint has written everything but not committed loses and doubles nothing. Both with
+//! copies of events on several partitions, and checked against the truth through the API.
+
+use anyhow::{Context, Result, ensure};
+use platform_tests::{Platform, Service, purchases_path, wait_until};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+use shared_schema::time::{MINUTE_MS, Millis, bucket_start, now_millis, parse_rfc3339};
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+const PARTITIONS: i32 = 4;
+const ASSIGNMENT_LIMIT: Duration = Duration::from_secs(60);
+
+/// Purchases sent so far, per bucket, and the end offset of each partition.
+struct Sent {
+    base: Millis,
+    truth: BTreeMap<Millis, f64>,
+    ends: HashMap<i32, i64>,
+    rng: StdRng,
+}
+
+impl Sent {
+    fn new(seed: u64) -> Sent {
+        Sent {
+            base: bucket_start(now_millis(), MINUTE_MS) - 20 * MINUTE_MS,
+            truth: BTreeMap::new(),
+            ends: HashMap::new(),
+            rng: StdRng::seed_from_u64(seed),
+        }
+    }
+
+    /// `n` purchases, a fifth of them sent twice on random partitions.
+    async fn send(&mut self, platform: &Platform, round: &str, n: usize) -> Result<()> {
+        for i in 0..n {
+            let time = self.base + self.rng.random_range(0..15 * MINUTE_MS);
+            let payload = json!({"event_id": format!("{round}-{i}"), "event_type": "purchase",
+                "event_time": time, "schema_version": 2});
+            let copies = if self.rng.random_bool(0.2) { 2 } else { 1 };
+            for _ in 0..copies {
+                let partition = self.rng.random_range(0..PARTITIONS);
+                platform
+                    .send_tracked(partition, &payload, &mut self.ends)
+                    .await?;
+            }
+            *self.truth.entry(bucket_start(time, MINUTE_MS)).or_default() += 1.0;
+        }
+        Ok(())
+    }
+
+    /// Waits for the speed layer to commit everything sent, then compares the served purchases
+    /// with the truth.
+    async fn check(&self, platform: &Platform, when: &str) -> Result<()> {
+        platform.wait_caught_up("speed_offsets", &self.ends).await?;
+        let url = purchases_path(self.base, self.base + 20 * MINUTE_MS);
+        let (status, body) = platform.get(&url).await?;
+        ensure!(status == 200, "{status} {body}");
+        let mut served: BTreeMap<Millis, f64> = BTreeMap::new();
+        for point in body["series"][0]["points"].as_array().context("points")? {
+            let t = parse_rfc3339(point["t"].as_str().context("t")?).context("t")?;
+            served.insert(t, point["value"].as_f64().context("value")?);
+        }
+        ensure!(
+            served == self.truth,
+            "{when}: served {served:?}\ntruth  {:?}",
+            self.truth
+        );
+        Ok(())
+    }
+}
+
+fn signal(service: &Service, signal: &str) -> Result<()> {
+    let pid = service.pid().context("a running process")?;
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()?;
+    ensure!(status.success(), "kill {signal} {pid}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_instance_cannot_commit_after_its_partitions_moved() -> Result<()> {
+    let mut platform = Platform::new("zombie", PARTITIONS).await?;
+    let _serving = platform.spawn("serving-layer", &["run"])?;
+    platform.wait_for_http().await?;
+    // The zombie-to-be holds every batch a while before its checkpoint begins, so that it is
+    // holding one when it is paused.
+    platform.extra_env.push((
+        "LAMBDA_FAILPOINTS".into(),
+        "speed.checkpoint.begun=sleep:4000".into(),
+    ));
+    let mut zombie = platform.spawn_as("speed-zombie", "speed-layer", &["run"])?;
+    platform.extra_env.pop();
+    zombie.wait_for_partitions(ASSIGNMENT_LIMIT).await?;
+    let mut sent = Sent::new(17);
+    sent.send(&platform, "before", 100).await?;
+    sent.check(&platform, "before the pause").await?;
+
+    sent.send(&platform, "held", 100).await?;
+    wait_until(
+        Duration::from_secs(30),
+        "the zombie to hold a batch",
+        || async {
+            zombie.log().matches("failpoint: sleeping").count()
+                > zombie.log().matches("failpoint: slept").count()
+        },
+    )
+    .await?;
+    signal(&zombie, "-STOP")?;
+    // The group drops it after its session timeout and hands everything to the other.
+    let mut owner = platform.spawn_as("speed-owner", "speed-layer", &["run"])?;
+    owner.wait_for_partitions(ASSIGNMENT_LIMIT).await?;
+    sent.send(&platform, "moved", 100).await?;
+    sent.check(&platform, "with the zombie paused").await?;
+
+    signal(&zombie, "-CONT")?;
+    wait_until(
+        Duration::from_secs(60),
+        "the zombie's held checkpoint to be refused",
+        || async {
+            zombie
+                .log()
+                .contains("another instance owns these partitions now")
+        },
+    )
+    .await?;
+    sent.send(&platform, "after", 100).await?;
+    sent.check(&platform, "after the zombie woke").await?;
+    zombie.assert_running()?;
+    owner.assert_running()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sigkill_inside_a_checkpoint_loses_and_doubles_nothing() -> Result<()> {
+    let mut platform = Platform::new("checkpoint_kill", PARTITIONS).await?;
+    let _serving = platform.spawn("serving-layer", &["run"])?;
+    platform.wait_for_http().await?;
+    let mut sent = Sent::new(18);
+    // Every checkpoint waits with all of it written and nothing committed.
+    platform.extra_env.push((
+        "LAMBDA_FAILPOINTS".into(),
+        "speed.checkpoint.written=sleep:3000".into(),
+    ));
+    let mut speed = platform.spawn("speed-layer", &["run"])?;
+    platform.extra_env.pop();
+    speed.wait_for_partitions(ASSIGNMENT_LIMIT).await?;
+    for round in 0..3 {
+        sent.send(&platform, &format!("r{round}"), 150).await?;
+        let held = speed.log().matches("failpoint: sleeping").count();
+        wait_until(
+            Duration::from_secs(30),
+            "a checkpoint to be written",
+            || async { speed.log().matches("failpoint: sleeping").count() > held },
+        )
+        .await?;
+        speed.kill9().await?;
+        platform_tests::wait_out_group_session().await;
+        platform.extra_env.push((
+            "LAMBDA_FAILPOINTS".into(),
+            "speed.checkpoint.written=sleep:3000".into(),
+        ));
+        speed = platform.spawn("speed-layer", &["run"])?;
+        platform.extra_env.pop();
+    }
+    // The last one runs without the failpoint: it commits everything.
+    speed.kill9().await?;
+    platform_tests::wait_out_group_session().await;
+    let mut speed = platform.spawn("speed-layer", &["run"])?;
+    sent.check(&platform, "after three kills inside checkpoints")
+        .await?;
+    speed.assert_running()?;
+    Ok(())
+}
