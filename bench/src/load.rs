@@ -164,5 +164,13 @@ pub async fn bench_platform(name: &str, partitions: i32) -> Result<platform_test
         "RUST_LOG".into(),
         std::env::var("BENCH_SERVICE_LOG").unwrap_or_else(|_| "warn".into()),
     ));
+    // The services' own default, not the scenarios' shorter one, unless asked otherwise.
+    platform.extra_env.push((
+        "PLATFORM_SPEED__BATCH_MAX_WAIT".into(),
+        std::env::var("BENCH_SPEED_BATCH_MAX_WAIT").unwrap_or_else(|_| {
+            let default = shared_schema::config::PlatformConfig::default();
+            format!("{}ms", default.speed.batch_max_wait.millis())
+        }),
+    ));
     Ok(platform)
 }

@@ -43,8 +43,13 @@ pub async fn run(events: u64) -> Result<Vec<Figure>> {
         .fetch_one(&platform.pool)
         .await?;
     let full = restart_until_fresh(&platform, &mut speed, "full").await?;
-    let loaded = speed
+    // The log is coloured: drop the escape sequences before reading the field.
+    let log: String = speed
         .log()
+        .split('\x1b')
+        .map(|part| part.split_once('m').map_or(part, |(_, rest)| rest))
+        .collect();
+    let loaded = log
         .lines()
         .find(|l| l.contains("loaded the speed state"))
         .and_then(|l| l.split("seconds=").nth(1))

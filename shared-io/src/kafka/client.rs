@@ -58,6 +58,9 @@ pub(super) fn consumer_config(
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
+        // How long the broker may hold a fetch waiting for data: the default (500 ms) is most of
+        // an event's way to an answer; an idle consumer sends 50 fetches a second instead of 2.
+        .set("fetch.wait.max.ms", "20")
         .set("auto.offset.reset", "earliest")
         .set("allow.auto.create.topics", "false")
         .set("statistics.interval.ms", STATISTICS_INTERVAL_MS)
