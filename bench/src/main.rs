@@ -54,11 +54,11 @@ struct Args {
     /// The Python that has DuckDB installed.
     #[arg(long, default_value = "python3")]
     python: PathBuf,
-    /// Events after which the speed layer's memory is sampled.
+    /// Events after which the speed layer's memory is sampled; T moves after the middle one.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "1000000,5000000,10000000"
+        default_value = "1000000,5000000,7500000,10000000"
     )]
     memory_checkpoints: Vec<u64>,
     /// Rows per upsert statement, and statements, of the write-path figure.
