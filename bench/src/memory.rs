@@ -1,8 +1,9 @@
 //! Speed-layer memory: resident set size after growing numbers of events with 1M distinct users.
 //! The dedupe and session state lives in memory (issue 17), bounded by the horizon, not by
 //! history: until the middle checkpoint nothing is promoted, so every id stays (the growth per
-//! id is what an id costs); then the bench moves T to 30 minutes before now (event times spread
-//! over the last hour), retention drops what lies before the horizon, and RSS must stop growing.
+//! id is what an id costs); then the bench moves T past every event time (they spread over the
+//! hour before the preload), as promotions do once events age past the horizon, retention drops
+//! what lies before it, and RSS must stop growing.
 
 use crate::load::{EventMaker, preload, rss_mib};
 use crate::report::Figure;
@@ -58,7 +59,8 @@ pub async fn run(checkpoints: &[u64]) -> Result<Vec<Figure>> {
             // What a promotion does to the speed side: T moves, and retention follows.
             sqlx::query("UPDATE serving_state SET cutover = $1 WHERE id = 1")
                 .bind(shared_schema::time::to_datetime(
-                    shared_schema::time::bucket_start(now_millis(), 60_000) - 30 * 60_000,
+                    // The horizon, T minus the 10-minute grace, then lies after every event.
+                    shared_schema::time::bucket_start(now_millis(), 60_000) + 20 * 60_000,
                 ))
                 .execute(&platform.pool)
                 .await?;
