@@ -102,7 +102,8 @@ impl SpeedLayer {
             let mut guard = self.state.lock().await;
             let state = match &mut *guard {
                 Some(state) => state,
-                empty => empty.insert(self.load_state().await?),
+                // The first checkpoint, before any transaction of this instance holds the head.
+                empty => empty.insert(self.load_state(true).await?),
             };
             let mut tx = self.pool.begin().await.map_err(failed("begin"))?;
             let (seq, generation) = store::lock_head(&mut tx)
@@ -111,7 +112,8 @@ impl SpeedLayer {
             if generation != state.generation {
                 // A replay swapped in its log: what this instance knew is of the old one.
                 tracing::warn!("the speed log was replaced (a replay swapped in); loading it");
-                *state = self.load_state().await?;
+                // This transaction holds the log head: no import, which would wait for it.
+                *state = self.load_state(false).await?;
             }
             store::catch_up(&mut tx, state, seq).await?;
             phases.lap("log");

@@ -38,16 +38,20 @@ impl SpeedLayer {
         }
     }
 
-    /// Builds the state from the id log, after moving an earlier version's rows into it (in
-    /// `run` only: a replay builds a log of its own from the bus).
-    pub(crate) async fn load_state(&self) -> Result<SpeedState, LoadStateError> {
+    /// Builds the state from the id log. With `import_legacy`, first moves an earlier version's
+    /// rows into it (in `run` only: a replay builds a log of its own from the bus). The import
+    /// takes the log head, so it must not run while the caller holds it.
+    pub(crate) async fn load_state(
+        &self,
+        import_legacy: bool,
+    ) -> Result<SpeedState, LoadStateError> {
         let started = Instant::now();
         let live = self
             .ownership
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .fencing;
-        let imported = if live {
+        let imported = if import_legacy && live {
             super::legacy::import(&self.pool).await?
         } else {
             0
