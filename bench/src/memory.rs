@@ -8,7 +8,7 @@
 use crate::load::{EventMaker, preload, rss_mib};
 use crate::report::Figure;
 use anyhow::{Context, Result};
-use shared_schema::time::now_millis;
+use shared_schema::time::{MINUTE_MS, bucket_start, now_millis, to_datetime};
 use std::time::{Duration, Instant};
 
 const PARTITIONS: i32 = 4;
@@ -58,9 +58,9 @@ pub async fn run(checkpoints: &[u64]) -> Result<Vec<Figure>> {
         if samples.len() == checkpoints.len().div_ceil(2) {
             // What a promotion does to the speed side: T moves, and retention follows.
             sqlx::query("UPDATE serving_state SET cutover = $1 WHERE id = 1")
-                .bind(shared_schema::time::to_datetime(
+                .bind(to_datetime(
                     // The horizon, T minus the 10-minute grace, then lies after every event.
-                    shared_schema::time::bucket_start(now_millis(), 60_000) + 20 * 60_000,
+                    bucket_start(now_millis(), MINUTE_MS) + 20 * MINUTE_MS,
                 ))
                 .execute(&platform.pool)
                 .await?;

@@ -1,7 +1,8 @@
 //! Reading answers: query paths, totals, and waiting for a condition.
 
-use anyhow::{Result, bail};
-use shared_schema::time::{Millis, format_rfc3339};
+use anyhow::{Context, Result, bail};
+use shared_schema::time::{Millis, format_rfc3339, parse_rfc3339};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// The path of a `purchases` query over `[from, to)`; a caller appends `&step=...` and the like.
@@ -20,6 +21,16 @@ pub fn first_series_total(body: &serde_json::Value) -> f64 {
         .map_or(0.0, |points| {
             points.iter().filter_map(|p| p["value"].as_f64()).sum()
         })
+}
+
+/// The points of an answer's first series, by bucket start; an answer without them is an error.
+pub fn first_series_points(body: &serde_json::Value) -> Result<BTreeMap<Millis, f64>> {
+    let mut points = BTreeMap::new();
+    for point in body["series"][0]["points"].as_array().context("points")? {
+        let t = point["t"].as_str().and_then(parse_rfc3339).context("t")?;
+        points.insert(t, point["value"].as_f64().context("value")?);
+    }
+    Ok(points)
 }
 
 pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut condition: F) -> Result<()>

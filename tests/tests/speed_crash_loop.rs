@@ -66,11 +66,7 @@ fn check_answer(
         (body["complete"] == true) == gaps.is_empty(),
         "complete and gaps disagree: {body}"
     );
-    let mut served: BTreeMap<Millis, f64> = BTreeMap::new();
-    for point in body["series"][0]["points"].as_array().context("points")? {
-        let t = point["t"].as_str().and_then(parse_rfc3339).context("t")?;
-        served.insert(t, point["value"].as_f64().context("value")?);
-    }
+    let served = platform_tests::first_series_points(body)?;
     let all = per_bucket(sent, None);
     let Some(owed_before) = asked.checked_sub(GRACE) else {
         return Ok(());

@@ -8,7 +8,7 @@ use platform_tests::{Platform, Service, purchases_path, wait_until};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
-use shared_schema::time::{MINUTE_MS, Millis, bucket_start, now_millis, parse_rfc3339};
+use shared_schema::time::{MINUTE_MS, Millis, bucket_start, now_millis};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
@@ -58,11 +58,7 @@ impl Sent {
         let url = purchases_path(self.base, self.base + 20 * MINUTE_MS);
         let (status, body) = platform.get(&url).await?;
         ensure!(status == 200, "{status} {body}");
-        let mut served: BTreeMap<Millis, f64> = BTreeMap::new();
-        for point in body["series"][0]["points"].as_array().context("points")? {
-            let t = parse_rfc3339(point["t"].as_str().context("t")?).context("t")?;
-            served.insert(t, point["value"].as_f64().context("value")?);
-        }
+        let served = platform_tests::first_series_points(&body)?;
         ensure!(
             served == self.truth,
             "{when}: served {served:?}\ntruth  {:?}",
