@@ -1,6 +1,6 @@
-//! The Postgres write path: rows/s of the speed layer's aggregate upserts (one UNNEST statement
-//! per batch, `speed_layer::upsert_partials`), against COPY of the same number of rows into a
-//! plain table, beside it on the same server.
+//! The Postgres write path: cells/s of the speed layer's packed cell writes (a row per metric and
+//! bucket, `speed_layer::write_cells`, merging a bucket's rows every `MAX_ROWS_PER_BUCKET`
+//! batches), against COPY of a row per cell into a plain table, beside it on the same server.
 
 use crate::report::Figure;
 use anyhow::{Context, Result};
@@ -10,7 +10,7 @@ use shared_schema::{
     catalog::MetricCatalog,
     metrics::{Partial, PartialKey},
 };
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Instant;
 
 const PARTITIONS: i32 = 4;
@@ -24,10 +24,10 @@ pub async fn run(rows_per_batch: usize, batches: usize) -> Result<Vec<Figure>> {
         .context("page_views is a default metric")?;
     let bucket = bucket_start(now_millis(), MINUTE_MS);
 
-    // Each batch upserts the same keys: the first inserts them, the rest take the conflict path,
-    // as a busy bucket does.
+    // Each batch changes the same cells of one bucket, as a busy bucket does: its rows pile up
+    // and are merged.
     let batch_partials = || {
-        let mut per_partition: BTreeMap<i32, HashMap<PartialKey, Partial>> = BTreeMap::new();
+        let mut cells: HashMap<PartialKey, Partial> = HashMap::new();
         for row in 0..rows_per_batch {
             let event = Event {
                 event_id: format!("w{row}"),
@@ -41,15 +41,14 @@ pub async fn run(rows_per_batch: usize, batches: usize) -> Result<Vec<Figure>> {
                 country: None,
                 profile: None,
             };
-            let table = per_partition.entry(row as i32 % PARTITIONS).or_default();
-            MetricCatalog::fold_one(index, metric, &event, table);
+            MetricCatalog::fold_one(index, metric, &event, &mut cells);
         }
-        per_partition
+        cells
     };
     let upserting = Instant::now();
-    for _ in 0..batches {
+    for seq in 0..batches {
         let mut tx = pool.begin().await?;
-        speed_layer::upsert_partials(&mut tx, &catalog, batch_partials()).await?;
+        speed_layer::write_cells(&mut tx, &catalog, seq as i64, batch_partials()).await?;
         tx.commit().await?;
     }
     let upsert_rate = (rows_per_batch * batches) as f64 / upserting.elapsed().as_secs_f64();
@@ -77,12 +76,13 @@ pub async fn run(rows_per_batch: usize, batches: usize) -> Result<Vec<Figure>> {
     }
     let copy_rate = (rows_per_batch * batches) as f64 / copying.elapsed().as_secs_f64();
     Ok(vec![Figure::new(
-        "aggregate upserts",
-        (upsert_rate, "rows/s"),
+        "packed cell writes",
+        (upsert_rate, "cells/s"),
         ("COPY into a plain table", copy_rate),
         format!(
-            "UNNEST insert .. on conflict do update, {rows_per_batch} rows per statement and transaction, \
-             {batches} batches over the same keys (the first inserts, the rest update)"
+            "{rows_per_batch} cells of one bucket per transaction, packed into one row, \
+             {batches} batches over the same cells (merged every {} batches)",
+            speed_layer::MAX_ROWS_PER_BUCKET
         ),
     )])
 }

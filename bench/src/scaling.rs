@@ -44,7 +44,7 @@ async fn run_once(
     let seconds = started.elapsed().as_secs_f64();
     let (counted, rows, bytes): (i64, i64, i64) = sqlx::query_as(
         "SELECT (SELECT coalesce(sum(entries), 0)::bigint FROM speed_log),
-                (SELECT count(*) FROM speed_log) + (SELECT count(*) FROM speed_aggregates),
+                (SELECT count(*) FROM speed_log) + (SELECT count(*) FROM speed_cells),
                 pg_database_size(current_database())",
     )
     .fetch_one(&platform.pool)

@@ -46,7 +46,7 @@ impl SnapshotError {
         match self {
             SnapshotError::ReadView { .. } => "the batch view",
             SnapshotError::ReadSpeedRows {
-                source: SpeedStateError::DecodeSketch { .. },
+                source: SpeedStateError::DecodeSketch { .. } | SpeedStateError::DecodeCells { .. },
                 ..
             } => "the speed layer's state",
             _ => "Postgres",
@@ -60,7 +60,8 @@ pub struct Snapshot {
     pub cutover: Option<Millis>,
     pub batch_version: Option<String>,
     pub view_path: Option<String>,
-    /// Speed rows per metric, one per partition, at or after T within the range.
+    /// Speed cells per metric at or after T within the range, possibly several per bucket and
+    /// dimensions (summed when merged).
     pub speed_rows: HashMap<String, Vec<BucketRow>>,
     pub speed_watermark: Option<Millis>,
     /// Events the speed layer saw after their bucket closed, over the range (all policies).

@@ -8,6 +8,7 @@ use rust_decimal::Decimal;
 use shared_schema::event::AMOUNT_SCALE;
 use shared_schema::hll::{Hll, SketchError};
 use shared_schema::metrics::Partial;
+use shared_schema::metrics::cells::{DecodeCellsError, decode_cells};
 use shared_schema::query::BucketRow;
 use shared_schema::time::{Millis, to_datetime};
 use sqlx::PgConnection;
@@ -19,12 +20,52 @@ pub enum SpeedStateError {
     ReadRows { source: sqlx::Error },
     #[error("a speed layer sketch of metric {metric} is malformed: {source}")]
     DecodeSketch { metric: String, source: SketchError },
+    #[error("the packed speed cells of metric {metric} are malformed: {source}")]
+    DecodeCells {
+        metric: String,
+        source: DecodeCellsError,
+    },
 }
 
-/// The speed rows of `metrics` with a bucket in `[from, to)`, per metric, one per Kafka
-/// partition (a merge sums them). Call it inside the transaction that reads whatever the rows
-/// must be consistent with.
+/// The speed cells of `metrics` with a bucket in `[from, to)`, per metric, possibly several per
+/// bucket and dimensions (a merge sums them): `speed_cells` packs a checkpoint's changed cells
+/// of one bucket into a row, and `speed_aggregates` holds what an earlier version wrote, a row
+/// per cell, until retention removes it. Call it inside the transaction that reads whatever the
+/// rows must be consistent with.
 pub async fn read_rows(
+    connection: &mut PgConnection,
+    metrics: &[&str],
+    from: Millis,
+    to: Millis,
+) -> Result<HashMap<String, Vec<BucketRow>>, SpeedStateError> {
+    let mut by_metric = read_legacy_rows(connection, metrics, from, to).await?;
+    let packed: Vec<(String, DateTime<Utc>, Vec<u8>)> = sqlx::query_as(
+        "SELECT metric, bucket_start, body FROM speed_cells
+         WHERE metric = ANY($1) AND bucket_start >= $2 AND bucket_start < $3",
+    )
+    .bind(metrics)
+    .bind(to_datetime(from))
+    .bind(to_datetime(to))
+    .fetch_all(&mut *connection)
+    .await
+    .map_err(|source| SpeedStateError::ReadRows { source })?;
+    for (metric, bucket, body) in packed {
+        let cells = decode_cells(&body).map_err(|source| SpeedStateError::DecodeCells {
+            metric: metric.clone(),
+            source,
+        })?;
+        let rows = by_metric.entry(metric).or_default();
+        rows.extend(cells.into_iter().map(|(dims, partial)| BucketRow {
+            bucket_start: bucket.timestamp_millis(),
+            dims,
+            partial,
+        }));
+    }
+    Ok(by_metric)
+}
+
+/// The rows an earlier version wrote to `speed_aggregates`, one per cell and Kafka partition.
+async fn read_legacy_rows(
     connection: &mut PgConnection,
     metrics: &[&str],
     from: Millis,
@@ -115,7 +156,11 @@ pub async fn read_extent(
     let first_bucket: Option<DateTime<Utc>> = match first_bucket_before {
         Some(before) => {
             sqlx::query_scalar(
-                "SELECT min(bucket_start) FROM speed_aggregates WHERE bucket_start < $1",
+                "SELECT min(b) FROM (
+                     SELECT min(bucket_start) AS b FROM speed_cells WHERE bucket_start < $1
+                     UNION ALL
+                     SELECT min(bucket_start) FROM speed_aggregates WHERE bucket_start < $1
+                 ) AS firsts",
             )
             .bind(to_datetime(before))
             .fetch_one(&mut *connection)

@@ -11,7 +11,7 @@
 use xxhash_rust::xxh3::xxh3_64;
 
 pub const PRECISION: u8 = 14;
-const REGISTERS: usize = 1 << PRECISION;
+pub const REGISTERS: usize = 1 << PRECISION;
 const FORMAT_VERSION: u8 = 1;
 /// The relative error bound the platform documents for distinct counts.
 pub const DOCUMENTED_RELATIVE_ERROR: f64 = 0.02;
@@ -82,6 +82,21 @@ impl Hll {
         bytes.push(PRECISION);
         bytes.extend_from_slice(&self.registers);
         bytes
+    }
+
+    /// The registers, one byte each: what a packed encoding (`metrics::cells`) writes.
+    pub fn registers(&self) -> &[u8] {
+        &self.registers
+    }
+
+    /// A sketch from its [`REGISTERS`] registers.
+    pub fn from_registers(registers: Vec<u8>) -> Result<Hll, SketchError> {
+        if registers.len() != REGISTERS {
+            return Err(SketchError::Format(registers.len()));
+        }
+        Ok(Hll {
+            registers: registers.into_boxed_slice(),
+        })
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Hll, SketchError> {

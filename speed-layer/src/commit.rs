@@ -1,16 +1,16 @@
 //! The checkpoint: one transaction per batch that (1) takes the log head, which orders the
 //! checkpoints of every instance, and reads the id log rows written since this instance last
 //! looked, (2) checks that this instance still owns the batch's partitions, (3) keeps the events
-//! whose id no instance counted yet, (4) adds their partials to `speed_aggregates` (with their
+//! whose id no instance counted yet, (4) writes their changed cells to `speed_cells` (with their
 //! session starts and late counts), (5) appends their ids to the log, (6) stores the next offset
 //! and watermark of every partition and (7) keeps the bad messages. A crash at any moment rolls
 //! back all of it, and the restart resumes from the stored offsets, so nothing is lost and
 //! nothing is counted twice. The in-memory state learns the batch's ids only once it committed.
 
+use crate::cells::write_cells;
 use crate::event_clock::store_watermarks;
 use crate::plan::{Plan, plan};
 use crate::state::store::{self, LoadStateError};
-use crate::upsert::upsert_partials;
 use crate::{CONSUMER_NAME, SpeedLayer};
 use shared_io::kafka::Batch;
 use shared_io::positions::{PositionTable, store_positions};
@@ -153,16 +153,16 @@ impl SpeedLayer {
             let Plan {
                 claimed: claimed_events,
                 late,
-                per_partition,
+                cells,
                 entries,
             } = plan(state, &self.catalog, batch, watermark);
             phases.lap("fold");
             late.write(&mut tx, &self.catalog)
                 .await
                 .map_err(failed("late events"))?;
-            upsert_partials(&mut tx, &self.catalog, per_partition)
+            write_cells(&mut tx, &self.catalog, seq, cells)
                 .await
-                .map_err(failed("adding partials"))?;
+                .map_err(failed("writing cells"))?;
             phases.lap("upsert");
             store::append(&mut tx, seq, &entries)
                 .await

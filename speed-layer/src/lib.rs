@@ -3,8 +3,8 @@
 //!
 //! Each poll yields a batch. Decoding, deduplication, session starts and aggregation happen in
 //! memory, against the ids and session times every instance holds (`state`); Postgres then
-//! sees one checkpoint per batch: the changed cells of `speed_aggregates`, one packed row of the
-//! batch's new ids in the id log, the offsets and the bad messages, in one transaction. No
+//! sees one checkpoint per batch: the changed cells packed into a row per metric and bucket
+//! (`speed_cells`), one packed row of the batch's new ids in the id log, the offsets and the bad messages, in one transaction. No
 //! Postgres row is written per event. A crash at any moment rolls the checkpoint back, and the
 //! restart loads the log and resumes from the stored offsets, so nothing is lost and nothing is
 //! counted twice. Every instance reads every log row, which is what makes deduplication hold
@@ -13,7 +13,7 @@
 //! Where each part lives: `consume` (the loop of `run` and `replay`), `commit` (the
 //! checkpoint), `guarded_commit` (retries and quarantine around it), `state` (ids and session
 //! times, and the log), `ownership` (partition epochs), `event_clock` (watermarks),
-//! `late_events`, `sessions`, `upsert` and `sketch_merge` (what the checkpoint writes),
+//! `late_events`, `sessions` and `cells` (what the checkpoint writes),
 //! `retention` (deleting what a promoted view covers), `profiles` (the temporal join),
 //! `liveness` (the watchdog), `replay` and `quarantine_admin` (the other subcommands).
 
@@ -25,6 +25,7 @@ use shared_schema::profiles::ProfileHistory;
 use sqlx::PgPool;
 use std::sync::{Arc, RwLock};
 
+mod cells;
 mod commit;
 mod consume;
 mod event_clock;
@@ -39,15 +40,13 @@ pub mod replay;
 pub mod replay_start;
 mod retention;
 mod sessions;
-mod sketch_merge;
 mod state;
-mod upsert;
 
+pub use cells::{CellsWritten, MAX_ROWS_PER_BUCKET, write_cells};
 pub use commit::{CheckpointError, CommitBatchError, Committed};
 pub use plan::{Folding, fold_without_postgres};
 pub use retention::{Removed, RetentionError};
 pub use state::store::LoadStateError;
-pub use upsert::upsert_partials;
 
 /// Name under which this layer records quarantined messages.
 const CONSUMER_NAME: &str = "speed-layer";

@@ -13,15 +13,15 @@ use shared_schema::{
     catalog::MetricCatalog,
     metrics::{LatePolicy, Partial, PartialKey},
 };
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 /// What a checkpoint writes, before it writes it.
 pub(crate) struct Plan<'a> {
     /// Events whose id no instance had counted: the first copy of each.
     pub claimed: Vec<&'a SourcedEvent>,
     pub late: LateEvents<'a>,
-    /// Changed cells, per Kafka partition.
-    pub per_partition: BTreeMap<i32, HashMap<PartialKey, Partial>>,
+    /// Changed cells, whichever partitions their events came from.
+    pub cells: HashMap<PartialKey, Partial>,
     /// The claimed events as the log keeps them.
     pub entries: Vec<LogEntry>,
 }
@@ -43,9 +43,9 @@ pub(crate) fn plan<'a>(
     let Folded {
         late,
         applied,
-        mut per_partition,
+        mut cells,
     } = fold(catalog, &claimed, watermark);
-    let mut memberships = apply_sessions(state, catalog, &applied, &mut per_partition);
+    let mut memberships = apply_sessions(state, catalog, &applied, &mut cells);
     let entries = claimed
         .iter()
         .zip(ids)
@@ -60,7 +60,7 @@ pub(crate) fn plan<'a>(
     Plan {
         claimed,
         late,
-        per_partition,
+        cells,
         entries,
     }
 }
@@ -81,7 +81,7 @@ pub fn fold_without_postgres(catalog: &MetricCatalog, batches: &[Batch]) -> Fold
     for batch in batches {
         let plan = plan(&state, catalog, batch, None);
         done.counted += plan.claimed.len();
-        done.cells += plan.per_partition.values().map(HashMap::len).sum::<usize>();
+        done.cells += plan.cells.len();
         done.log_bytes += encode(&plan.entries).len();
         for entry in &plan.entries {
             state.apply(entry);
@@ -103,12 +103,12 @@ struct Folded<'a> {
     late: LateEvents<'a>,
     /// Per stored metric (by index), the events it applies.
     applied: Vec<Vec<&'a SourcedEvent>>,
-    /// The partials of the metrics that fold per event, per Kafka partition.
-    per_partition: BTreeMap<i32, HashMap<PartialKey, Partial>>,
+    /// The partials of the metrics that fold per event.
+    cells: HashMap<PartialKey, Partial>,
 }
 
 /// The claimed events per stored metric: late ones recorded (under every policy) and applied
-/// only under `update`; the applied ones folded into partials per Kafka partition, except for
+/// only under `update`; the applied ones folded into partials, except for
 /// sessions, whose starts need the stored events (`sessions`).
 fn fold<'a>(
     catalog: &MetricCatalog,
@@ -127,17 +127,16 @@ fn fold<'a>(
             applied[index].push(sourced);
         }
     }
-    let mut per_partition: BTreeMap<i32, HashMap<PartialKey, Partial>> = BTreeMap::new();
+    let mut cells: HashMap<PartialKey, Partial> = HashMap::new();
     for (index, metric) in catalog.stored().filter(|(_, m)| m.folds_per_event()) {
         for sourced in &applied[index] {
-            let table = per_partition.entry(sourced.partition).or_default();
-            MetricCatalog::fold_one(index, metric, &sourced.event, table);
+            MetricCatalog::fold_one(index, metric, &sourced.event, &mut cells);
         }
     }
     Folded {
         late,
         applied,
-        per_partition,
+        cells,
     }
 }
 
@@ -200,9 +199,8 @@ mod tests {
         );
         // A first event of a user starts a session in its bucket.
         let starts: i64 = plan
-            .per_partition
-            .values()
-            .flat_map(|cells| cells.iter())
+            .cells
+            .iter()
             .filter(|(key, _)| catalog.metrics[key.metric].name == "sessions")
             .map(|(_, partial)| partial.count)
             .sum();

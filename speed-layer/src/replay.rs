@@ -36,12 +36,13 @@ pub const REPLAY_SCHEMA: &str = "speed_replay";
 pub const PREVIOUS_SCHEMA: &str = "speed_previous";
 /// Every table of speed state, in the order a live batch first writes them, which the swap
 /// locks them in so that it does not deadlock with one.
-const SPEED_TABLES: [&str; 7] = [
+const SPEED_TABLES: [&str; 8] = [
     "speed_log_head",
     "speed_log",
     "speed_late_counts",
     "speed_late_events",
     "speed_aggregates",
+    "speed_cells",
     "speed_offsets",
     "speed_coverage",
 ];

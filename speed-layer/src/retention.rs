@@ -33,7 +33,7 @@ pub enum RetentionError {
 pub struct Removed {
     /// Everything before it is gone: T minus the grace period.
     pub horizon: Millis,
-    /// `speed_aggregates` rows.
+    /// `speed_cells` rows (and `speed_aggregates` rows an earlier version wrote).
     pub aggregates: u64,
     /// `speed_log` rows.
     pub log_rows: u64,
@@ -62,8 +62,8 @@ impl SpeedLayer {
         };
         let horizon =
             cutover - chrono::Duration::milliseconds(self.config.speed.retention_grace.millis());
-        let aggregates =
-            delete_before(&mut tx, "speed_aggregates", "bucket_start", horizon).await?;
+        let aggregates = delete_before(&mut tx, "speed_cells", "bucket_start", horizon).await?
+            + delete_before(&mut tx, "speed_aggregates", "bucket_start", horizon).await?;
         // From here on the speed side holds nothing before the horizon: a rollback below it
         // must show a gap, not zeros.
         let topic = &self.config.events_topic;

@@ -12,7 +12,7 @@ use shared_schema::{
     catalog::MetricCatalog,
     metrics::{Aggregation, Partial, PartialKey, encode_dims},
 };
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 /// Per claimed event (by `event_id`), the (metric hash, key hash) of each `sessions` metric it
 /// was applied to: what its log entry carries.
@@ -25,7 +25,7 @@ pub(crate) fn apply_sessions<'a>(
     state: &SpeedState,
     catalog: &MetricCatalog,
     applied: &[Vec<&'a SourcedEvent>],
-    per_partition: &mut BTreeMap<i32, HashMap<PartialKey, Partial>>,
+    cells: &mut HashMap<PartialKey, Partial>,
 ) -> Memberships<'a> {
     let mut memberships: Memberships<'a> = HashMap::new();
     for (index, metric) in catalog.stored() {
@@ -34,16 +34,15 @@ pub(crate) fn apply_sessions<'a>(
         };
         let gap = gap.millis();
         let metric_hash = key_hash(&metric.name);
-        // key -> (partition of its first event here, times)
-        let mut added: HashMap<&str, (i32, Vec<Millis>)> = HashMap::new();
+        // key -> its event times in this batch
+        let mut added: HashMap<&str, Vec<Millis>> = HashMap::new();
         for sourced in &applied[index] {
             let Some(value) = key.value(&sourced.event) else {
                 continue;
             };
             added
                 .entry(value)
-                .or_insert_with(|| (sourced.partition, Vec::new()))
-                .1
+                .or_default()
                 .push(sourced.event.event_time);
             memberships
                 .entry(sourced.event.event_id.as_str())
@@ -51,7 +50,7 @@ pub(crate) fn apply_sessions<'a>(
                 .push((metric_hash, key_hash(value)));
         }
         let width = metric.bucket.millis();
-        for (value, (partition, times)) in &added {
+        for (value, times) in &added {
             let (Some(low), Some(high)) = (times.iter().min(), times.iter().max()) else {
                 continue;
             };
@@ -70,12 +69,7 @@ pub(crate) fn apply_sessions<'a>(
                     bucket_start: bucket_start(t, width),
                     dims: encode_dims(&[]),
                 };
-                per_partition
-                    .entry(*partition)
-                    .or_default()
-                    .entry(cell)
-                    .or_default()
-                    .count += change;
+                cells.entry(cell).or_default().count += change;
             }
         }
     }

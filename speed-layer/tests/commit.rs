@@ -31,20 +31,29 @@ async fn a_batch_stores_its_partials_claims_and_offsets_in_one_commit() {
             duplicates: 0
         }
     );
-    // One row per bucket, dimensions and Kafka partition.
+    // One cell per bucket and dimensions, whichever partitions its events came from.
     assert_eq!(
         aggregates(&db.pool, "purchases").await,
         vec![
-            (T0, country("DE"), 0, 2, 3_500_000),
-            (T0 + M, country("FR"), 1, 1, 7_000_000),
+            (T0, country("DE"), 2, 3_500_000),
+            (T0 + M, country("FR"), 1, 7_000_000),
         ]
     );
     assert_eq!(
         aggregates(&db.pool, "revenue").await,
         vec![
-            (T0, country("DE"), 0, 2, 3_500_000),
-            (T0 + M, country("FR"), 1, 1, 7_000_000),
+            (T0, country("DE"), 2, 3_500_000),
+            (T0 + M, country("FR"), 1, 7_000_000),
         ]
+    );
+    // One packed row per metric and bucket.
+    assert_eq!(
+        count(
+            &db.pool,
+            "SELECT count(*) FROM speed_cells WHERE metric = 'purchases'"
+        )
+        .await,
+        2
     );
     // The next offset of each partition, and each partition's share of the watermark.
     assert_eq!(
@@ -52,15 +61,13 @@ async fn a_batch_stores_its_partials_claims_and_offsets_in_one_commit() {
         vec![(0, 12, Some(T0)), (1, 41, None)]
     );
     assert_eq!(count(&db.pool, LOGGED_IDS).await, 3);
-    // The distinct count keeps a sketch per row: 2 users in the first minute, 1 in the second.
-    let sketched: Vec<(i64, bool)> = sqlx::query_as(
-        "SELECT event_count, sketch IS NOT NULL FROM speed_aggregates
-         WHERE metric = 'active_users' ORDER BY bucket_start",
-    )
-    .fetch_all(&db.pool)
-    .await
-    .expect("reading active_users");
-    assert_eq!(sketched, vec![(2, true), (1, true)]);
+    // The distinct count keeps a sketch per cell: 2 users in the first minute, 1 in the second.
+    let sketched: Vec<(i64, Option<f64>)> = cells(&db.pool, "active_users")
+        .await
+        .into_iter()
+        .map(|(_, _, p)| (p.count, p.sketch.map(|s| s.estimate().round())))
+        .collect();
+    assert_eq!(sketched, vec![(2, Some(2.0)), (1, Some(1.0))]);
 }
 
 #[tokio::test]
@@ -89,7 +96,7 @@ async fn a_batch_replayed_after_its_commit_is_not_counted_twice() {
             duplicates: 2
         }
     );
-    assert_eq!(before, vec![(T0, country("DE"), 0, 2, 2_000_000)]);
+    assert_eq!(before, vec![(T0, country("DE"), 2, 2_000_000)]);
     assert_eq!(aggregates(&db.pool, "revenue").await, before);
     assert_eq!(count(&db.pool, LOGGED_IDS).await, 2);
     assert_eq!(offsets(&db.pool).await, vec![(0, 2, None)]);
@@ -128,7 +135,7 @@ async fn a_copy_inside_one_batch_and_one_in_a_later_batch_count_once() {
     let total: i64 = aggregates(&db.pool, "purchases")
         .await
         .iter()
-        .map(|row| row.3)
+        .map(|row| row.2)
         .sum();
     assert_eq!(total, 3);
 }
@@ -153,7 +160,7 @@ async fn two_owners_committing_the_same_events_at_once_count_them_once() {
     assert_eq!(a.claimed + b.claimed, 200, "{a:?} {b:?}");
     assert_eq!(
         aggregates(&db.pool, "revenue").await,
-        vec![(T0, country("DE"), 0, 200, 200_000)]
+        vec![(T0, country("DE"), 200, 200_000)]
     );
 }
 
@@ -182,8 +189,8 @@ async fn late_events_are_counted_under_every_policy_and_applied_only_under_updat
         .expect("the batch commits");
 
     // `update` applies the late event; `drop` and `side_output` keep it out.
-    let buckets = |rows: Vec<(i64, String, i32, i64, i64)>| -> Vec<(i64, i64)> {
-        rows.into_iter().map(|r| (r.0, r.3)).collect()
+    let buckets = |rows: Vec<(i64, String, i64, i64)>| -> Vec<(i64, i64)> {
+        rows.into_iter().map(|r| (r.0, r.2)).collect()
     };
     assert_eq!(
         buckets(aggregates(&db.pool, "purchases").await),
@@ -236,8 +243,8 @@ async fn session_starts_move_when_an_earlier_event_arrives_in_a_later_batch() {
         (0, 1, page_view("v2", T0 + 15 * M, "u1")),
     ]);
     layer.commit_batch(TOPIC, &first, None, &[]).await.unwrap();
-    let starts = |rows: Vec<(i64, String, i32, i64, i64)>| -> Vec<(i64, i64)> {
-        rows.into_iter().map(|r| (r.0, r.3)).collect()
+    let starts = |rows: Vec<(i64, String, i64, i64)>| -> Vec<(i64, i64)> {
+        rows.into_iter().map(|r| (r.0, r.2)).collect()
     };
     assert_eq!(
         starts(aggregates(&db.pool, "sessions").await),
@@ -295,10 +302,10 @@ async fn bad_messages_are_kept_with_the_offsets_that_skip_them() {
 #[tokio::test]
 async fn a_refused_batch_stores_nothing() {
     let (db, layer) = speed_layer("speed_commit_refused").await;
-    // A rule the decoder does not know (as a NUL in text was): the cell fails, and the whole
-    // batch with it.
+    // A rule the decoder does not know (as a NUL in text was): the packed cells of the bucket
+    // fail, and the whole batch with them.
     sqlx::query(
-        "ALTER TABLE speed_aggregates ADD CONSTRAINT test_refuses CHECK (dims NOT LIKE '%XX%')",
+        "ALTER TABLE speed_cells ADD CONSTRAINT test_refuses CHECK (position('XX'::bytea in body) = 0)",
     )
     .execute(&db.pool)
     .await
@@ -316,12 +323,9 @@ async fn a_refused_batch_stores_nothing() {
     let speed_layer::CheckpointError::Commit(refused) = refused else {
         panic!("refused for another reason: {refused}");
     };
-    assert_eq!(refused.step, "adding partials", "{refused}");
+    assert_eq!(refused.step, "writing cells", "{refused}");
     assert_eq!(count(&db.pool, LOGGED_IDS).await, 0);
-    assert_eq!(
-        count(&db.pool, "SELECT count(*) FROM speed_aggregates").await,
-        0
-    );
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM speed_cells").await, 0);
     assert_eq!(offsets(&db.pool).await, vec![]);
 }
 
@@ -353,7 +357,7 @@ async fn a_restarted_instance_loads_the_log_and_counts_nothing_twice() {
     );
     assert_eq!(
         aggregates(&db.pool, "revenue").await,
-        vec![(T0, country("DE"), 0, 50, 50_000)]
+        vec![(T0, country("DE"), 50, 50_000)]
     );
 }
 
@@ -391,7 +395,7 @@ async fn copies_on_two_instances_partitions_count_once() {
     let total: i64 = aggregates(&db.pool, "purchases")
         .await
         .iter()
-        .map(|row| row.3)
+        .map(|row| row.2)
         .sum();
     assert_eq!(total, 3);
 }
@@ -415,10 +419,7 @@ async fn a_zombie_cannot_commit_after_its_partition_moved() {
         matches!(&refused, speed_layer::CheckpointError::Fenced { partitions, .. } if partitions == &vec![0]),
         "{refused}"
     );
-    assert_eq!(
-        count(&db.pool, "SELECT count(*) FROM speed_aggregates").await,
-        0
-    );
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM speed_cells").await, 0);
     assert_eq!(
         count(&db.pool, "SELECT count(*) FROM speed_offsets").await,
         0
@@ -492,4 +493,39 @@ async fn an_earlier_versions_rows_move_into_the_log() {
     );
     // The new event continues the session the old one started: no start of its own.
     assert_eq!(aggregates(&db.pool, "sessions").await, vec![]);
+}
+
+/// Every checkpoint adds a row to each bucket it touches; once a bucket holds
+/// `MAX_ROWS_PER_BUCKET`, the next checkpoint merges them into one. Sums and sketches survive it.
+#[tokio::test]
+async fn a_bucket_touched_by_many_checkpoints_keeps_few_rows_and_exact_sums() {
+    let (db, layer) = speed_layer("speed_commit_merge").await;
+    let checkpoints = 3 * speed_layer::MAX_ROWS_PER_BUCKET + 5;
+    for i in 0..checkpoints {
+        let batch = batch(vec![(
+            0,
+            i,
+            purchase(&format!("e{i}"), T0 + i, &format!("u{i}"), "DE", 1_000),
+        )]);
+        layer.commit_batch(TOPIC, &batch, None, &[]).await.unwrap();
+        let rows = count(
+            &db.pool,
+            "SELECT count(*) FROM speed_cells WHERE metric = 'revenue'",
+        )
+        .await;
+        assert!(
+            (1..=speed_layer::MAX_ROWS_PER_BUCKET).contains(&rows),
+            "after {i}: {rows} rows"
+        );
+    }
+    assert_eq!(
+        aggregates(&db.pool, "revenue").await,
+        vec![(T0, country("DE"), checkpoints, checkpoints * 1_000)]
+    );
+    let users: Vec<Option<f64>> = cells(&db.pool, "active_users")
+        .await
+        .into_iter()
+        .map(|(_, _, p)| p.sketch.map(|s| s.estimate().round()))
+        .collect();
+    assert_eq!(users, vec![Some(checkpoints as f64)]);
 }

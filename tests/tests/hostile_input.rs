@@ -291,7 +291,7 @@ async fn values_postgres_refuses_at_commit_are_isolated_and_an_outage_is_retried
     // a product, which page views are grouped by). Their commit fails the same way on every
     // retry, as a NUL or a too-long key did.
     sqlx::query(
-        "ALTER TABLE speed_aggregates ADD CONSTRAINT test_refuses_poison CHECK (dims NOT LIKE '%poison%')",
+        "ALTER TABLE speed_cells ADD CONSTRAINT test_refuses_poison CHECK (position('poison'::bytea in body) = 0)",
     )
     .execute(&platform.pool)
     .await?;

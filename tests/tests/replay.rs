@@ -65,12 +65,15 @@ async fn a_replay_rebuilds_damaged_state_at_its_rate_and_swaps_in() -> Result<()
     .await?;
 
     // A bug's damage: counts inflated, one bucket lost.
-    sqlx::query("UPDATE speed_aggregates SET event_count = event_count + 3")
+    // Every packed row twice (a second copy under another seq), and the first bucket gone.
+    sqlx::query("INSERT INTO speed_cells (metric, bucket_start, seq, cells, body) SELECT metric, bucket_start, seq + 1000000000, cells, body FROM speed_cells")
         .execute(&platform.pool)
         .await?;
-    sqlx::query("DELETE FROM speed_aggregates WHERE bucket_start = (SELECT min(bucket_start) FROM speed_aggregates)")
-        .execute(&platform.pool)
-        .await?;
+    sqlx::query(
+        "DELETE FROM speed_cells WHERE bucket_start = (SELECT min(bucket_start) FROM speed_cells)",
+    )
+    .execute(&platform.pool)
+    .await?;
     ensure!(
         check_served(
             &platform,
@@ -151,7 +154,7 @@ async fn a_replay_rebuilds_damaged_state_at_its_rate_and_swaps_in() -> Result<()
     .fetch_one(&platform.pool)
     .await?;
     ensure!(
-        previous == 7,
+        previous == 8,
         "the replaced tables are kept in speed_previous ({previous} there)"
     );
     Ok(())

@@ -122,13 +122,13 @@ async fn read_only_role_sql_looking_input_and_limits() -> Result<()> {
     );
     // ...which reads everything and writes nothing.
     let mut reader = sqlx::PgConnection::connect(&platform.reader_database_url).await?;
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM speed_aggregates")
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM speed_cells")
         .fetch_one(&mut reader)
         .await?;
     ensure!(rows > 0, "the reader sees the speed rows");
     for write in [
         "UPDATE serving_state SET cutover = now()",
-        "DELETE FROM speed_aggregates",
+        "DELETE FROM speed_cells",
         "INSERT INTO alerts (rule, metric, group_key, state, value, threshold, window_start, window_end)
          VALUES ('x', 'x', '', 'firing', 1, 1, now(), now())",
         "CREATE TABLE intruder (x int)",
@@ -189,7 +189,7 @@ async fn read_only_role_sql_looking_input_and_limits() -> Result<()> {
         status == 200 && platform_tests::first_series_total(&body) == 0.0,
         "{status} {body}"
     );
-    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM speed_aggregates")
+    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM speed_cells")
         .fetch_one(&platform.pool)
         .await?;
     ensure!(

@@ -8,6 +8,7 @@
 //! [`Partial::finish`]. Nothing about a metric's meaning lives anywhere else.
 //! The catalogue that holds them, with the alert rules, is the `catalog` module.
 
+pub mod cells;
 mod definition;
 mod parse;
 mod partial;

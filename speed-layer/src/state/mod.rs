@@ -6,8 +6,8 @@
 //! from (`store`). So a duplicate is recognised whichever partition or instance counted its
 //! first copy, and a partition moves to another instance without moving any state.
 //!
-//! What the cells add up to stays in Postgres (`speed_aggregates`), as before; only the
-//! per-event bookkeeping moved here.
+//! What the cells add up to stays in Postgres (`speed_cells`, packed per metric and bucket);
+//! only the per-event bookkeeping lives here.
 
 mod legacy;
 pub(crate) mod log;

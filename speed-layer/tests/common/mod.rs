@@ -11,9 +11,11 @@ use shared_io::{
 use shared_schema::catalog::{DEFAULT_METRICS, MetricCatalog};
 use shared_schema::config::PlatformConfig;
 use shared_schema::event::Event;
+use shared_schema::metrics::Partial;
 use shared_schema::time::{MINUTE_MS, Millis};
 use speed_layer::SpeedLayer;
 use sqlx::PgPool;
+use std::collections::BTreeMap;
 use test_postgres::TestDatabase;
 
 pub const TOPIC: &str = "events";
@@ -113,20 +115,32 @@ pub fn batch(events: Vec<(i32, i64, Event)>) -> Batch {
     batch
 }
 
-/// `(bucket start, dims, partition, count, sum in micro-units)` of `metric`, sorted. The
-/// column `sum_micros` holds the sum in units, with six decimals.
-pub async fn aggregates(pool: &PgPool, metric: &str) -> Vec<(Millis, String, i32, i64, i64)> {
-    let rows: Vec<(chrono::DateTime<chrono::Utc>, String, i32, i64, i64)> = sqlx::query_as(
-        "SELECT bucket_start, dims, partition, event_count, (sum_micros * 1000000)::bigint
-         FROM speed_aggregates WHERE metric = $1
-         ORDER BY bucket_start, dims, partition",
-    )
-    .bind(metric)
-    .fetch_all(pool)
-    .await
-    .expect("reading speed_aggregates");
-    rows.into_iter()
-        .map(|(b, d, p, c, s)| (b.timestamp_millis(), d, p, c, s))
+/// Later than any bucket a test writes.
+const YEAR_2100: Millis = 4_102_444_800_000;
+
+/// The speed cells of `metric`, as the readers see them (packed rows summed per bucket and
+/// dimensions), sorted.
+pub async fn cells(pool: &PgPool, metric: &str) -> Vec<(Millis, String, Partial)> {
+    let mut connection = pool.acquire().await.expect("a connection");
+    let rows = shared_io::speed_state::read_rows(&mut connection, &[metric], 0, YEAR_2100)
+        .await
+        .expect("reading the speed cells");
+    let mut merged: BTreeMap<(Millis, String), Partial> = BTreeMap::new();
+    for row in rows.into_values().flatten() {
+        merged
+            .entry((row.bucket_start, row.dims))
+            .or_default()
+            .merge(&row.partial);
+    }
+    merged.into_iter().map(|((b, d), p)| (b, d, p)).collect()
+}
+
+/// `(bucket start, dims, count, sum in micro-units)` of `metric`, sorted.
+pub async fn aggregates(pool: &PgPool, metric: &str) -> Vec<(Millis, String, i64, i64)> {
+    cells(pool, metric)
+        .await
+        .into_iter()
+        .map(|(b, d, p)| (b, d, p.count, p.sum_micros as i64))
         .collect()
 }
 

@@ -1,0 +1,40 @@
+-- Issue 17: the speed layer's cells, packed. A checkpoint writes one row per metric and bucket it
+-- changed, holding every changed cell of that bucket (`shared_schema::metrics::cells`), instead
+-- of one `speed_aggregates` row per cell and Kafka partition. Readers sum all rows of a bucket.
+-- Once a bucket has piled up rows, the checkpoint that next touches it merges them into one.
+-- Every writer holds the log head (`speed_log_head`) while it writes, so merges never race.
+CREATE TABLE speed_cells (
+    metric       TEXT        NOT NULL,
+    bucket_start TIMESTAMPTZ NOT NULL,
+    -- The log head's `seq` of the checkpoint that wrote the row (or merged it).
+    seq          BIGINT      NOT NULL,
+    cells        INT         NOT NULL,
+    body         BYTEA       NOT NULL,
+    PRIMARY KEY (metric, bucket_start, seq)
+);
+-- Mostly hashes, counts and sketch registers: compressing them would cost Postgres more CPU
+-- than it saves bytes.
+ALTER TABLE speed_cells ALTER COLUMN body SET STORAGE EXTERNAL;
+CREATE INDEX speed_cells_bucket ON speed_cells (bucket_start);
+
+-- `speed_aggregates` gets no more writes; the readers still add its rows, which retention
+-- removes as T passes them, so an upgrade neither loses nor doubles what was counted before.
+
+-- Serving caches drop on changes to the new table too.
+CREATE OR REPLACE FUNCTION lambda_watch_served_state() RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    watched regclass;
+BEGIN
+    FOREACH watched IN ARRAY ARRAY[
+        'public.serving_state', 'public.speed_aggregates', 'public.speed_cells',
+        'public.speed_offsets', 'public.speed_late_counts', 'public.speed_coverage'
+    ]::regclass[] LOOP
+        EXECUTE format(
+            'CREATE OR REPLACE TRIGGER notify_served_state
+             AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON %s
+             FOR EACH STATEMENT EXECUTE FUNCTION lambda_notify_served_state()', watched);
+    END LOOP;
+END
+$$;
+
+SELECT lambda_watch_served_state();

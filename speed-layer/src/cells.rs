@@ -1,0 +1,117 @@
+//! What a checkpoint writes of its cells: one `speed_cells` row per metric and bucket it changed,
+//! packing every changed cell of that bucket (`shared_schema::metrics::cells`). Postgres sees a
+//! few rows per checkpoint however many cells, users or partitions the batch touched; readers
+//! sum a bucket's rows. A bucket that piled up [`MAX_ROWS_PER_BUCKET`] rows is merged into one
+//! by the next checkpoint that touches it, so readers never sum more than that.
+//!
+//! Every caller holds the log head (`state::store::lock_head`), which orders the checkpoints of
+//! every instance: a merge never races another checkpoint's rows.
+
+use chrono::{DateTime, Utc};
+use shared_schema::catalog::MetricCatalog;
+use shared_schema::metrics::cells::{decode_cells, encode_cells};
+use shared_schema::metrics::{Partial, PartialKey};
+use shared_schema::time::{Millis, to_datetime};
+use std::collections::{BTreeMap, HashMap};
+
+/// Rows one bucket of one metric may hold before they are merged. More rows cost readers a
+/// decode each; fewer cost the writer a rewrite of the bucket more often (a merge rewrites all
+/// its cells once per this many checkpoints that touch it).
+pub const MAX_ROWS_PER_BUCKET: i64 = 16;
+
+/// What [`write_cells`] wrote.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CellsWritten {
+    /// Rows inserted: one per metric and bucket.
+    pub rows: usize,
+    /// Of those, buckets whose stored rows were merged into the new one.
+    pub merged: usize,
+}
+
+/// Writes the changed `cells` of the checkpoint `seq` (the log head it holds). Public for the
+/// write-path benchmark.
+pub async fn write_cells(
+    tx: &mut sqlx::PgConnection,
+    catalog: &MetricCatalog,
+    seq: i64,
+    cells: HashMap<PartialKey, Partial>,
+) -> Result<CellsWritten, sqlx::Error> {
+    // By metric index and bucket start.
+    let mut buckets: BTreeMap<(usize, Millis), BTreeMap<String, Partial>> = BTreeMap::new();
+    for (key, partial) in cells {
+        buckets
+            .entry((key.metric, key.bucket_start))
+            .or_default()
+            .insert(key.dims, partial);
+    }
+    if buckets.is_empty() {
+        return Ok(CellsWritten::default());
+    }
+    let name = |index: usize| catalog.metrics[index].name.as_str();
+    let metrics: Vec<&str> = buckets.keys().map(|(m, _)| name(*m)).collect();
+    let starts: Vec<DateTime<Utc>> = buckets.keys().map(|(_, b)| to_datetime(*b)).collect();
+
+    let full: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT c.metric, c.bucket_start
+         FROM speed_cells c
+         JOIN UNNEST($1::text[], $2::timestamptz[]) AS k(m, b)
+           ON c.metric = k.m AND c.bucket_start = k.b
+         GROUP BY 1, 2 HAVING count(*) >= $3",
+    )
+    .bind(&metrics)
+    .bind(&starts)
+    .bind(MAX_ROWS_PER_BUCKET)
+    .fetch_all(&mut *tx)
+    .await?;
+    let merged = full.len();
+    if !full.is_empty() {
+        let (full_metrics, full_starts): (Vec<String>, Vec<DateTime<Utc>>) =
+            full.into_iter().unzip();
+        let stored: Vec<(String, DateTime<Utc>, Vec<u8>)> = sqlx::query_as(
+            "DELETE FROM speed_cells c
+             USING UNNEST($1::text[], $2::timestamptz[]) AS k(m, b)
+             WHERE c.metric = k.m AND c.bucket_start = k.b
+             RETURNING c.metric, c.bucket_start, c.body",
+        )
+        .bind(&full_metrics)
+        .bind(&full_starts)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (metric, start, body) in stored {
+            let decoded = decode_cells(&body).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+            // Only rows of the batch's buckets were deleted: each has its entry.
+            let cells = buckets
+                .iter_mut()
+                .find(|((m, b), _)| name(*m) == metric && *b == start.timestamp_millis())
+                .map(|(_, cells)| cells)
+                .ok_or_else(|| {
+                    sqlx::Error::Protocol(format!("merged a row of {metric} the batch lacks"))
+                })?;
+            for (dims, partial) in decoded {
+                cells.entry(dims).or_default().merge(&partial);
+            }
+        }
+    }
+
+    let counts: Vec<i32> = buckets.values().map(|c| c.len() as i32).collect();
+    let bodies: Vec<Vec<u8>> = buckets
+        .values()
+        .map(|cells| encode_cells(cells.iter().map(|(d, p)| (d.as_str(), p))))
+        .collect();
+    sqlx::query(
+        "INSERT INTO speed_cells (metric, bucket_start, seq, cells, body)
+         SELECT k.m, k.b, $3, k.n, k.body
+         FROM UNNEST($1::text[], $2::timestamptz[], $4::int[], $5::bytea[]) AS k(m, b, n, body)",
+    )
+    .bind(&metrics)
+    .bind(&starts)
+    .bind(seq)
+    .bind(&counts)
+    .bind(&bodies)
+    .execute(&mut *tx)
+    .await?;
+    Ok(CellsWritten {
+        rows: buckets.len(),
+        merged,
+    })
+}
