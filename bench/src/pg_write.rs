@@ -43,7 +43,14 @@ pub async fn run(rows_per_batch: usize, batches: usize) -> Result<Vec<Figure>> {
             };
             MetricCatalog::fold_one(index, metric, &event, &mut cells);
         }
-        cells
+        let mut packed = speed_layer::Cells::new();
+        for (key, partial) in cells {
+            packed
+                .entry((key.metric, key.bucket_start))
+                .or_default()
+                .insert(key.dims, partial);
+        }
+        packed
     };
     let upserting = Instant::now();
     for seq in 0..batches {

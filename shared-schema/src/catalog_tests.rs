@@ -207,3 +207,25 @@ proptest! {
         prop_assert_eq!(with_identity, a);
     }
 }
+
+proptest! {
+    /// The fold writes dims keys into a reused buffer; they must be the text `encode_dims`
+    /// writes (what the batch layer stores), escapes and missing values included.
+    #[test]
+    fn a_dims_key_written_in_place_is_the_encoded_one(
+        country in proptest::option::of(".{0,6}"),
+        product in proptest::option::of("[\"\\\\a-z\u{0}-\u{1f}é]{0,6}"),
+        city in proptest::option::of(".{0,6}"),
+    ) {
+        let mut metric = MetricCatalog::default().metrics[0].clone();
+        metric.dimensions = vec![Dimension::Country, Dimension::ProductId, Dimension::City];
+        let mut event = purchase("a", 0, country.as_deref(), 1);
+        event.product_id = product.clone();
+        event.city = city.clone();
+        let expected = encode_dims(&[country.as_deref(), product.as_deref(), city.as_deref()]);
+        let mut buffer = b"left over".to_vec();
+        metric.write_dims_key(&event, &mut buffer);
+        prop_assert_eq!(std::str::from_utf8(&buffer), Ok(expected.as_str()));
+        prop_assert_eq!(metric.dims_key(&event), expected);
+    }
+}

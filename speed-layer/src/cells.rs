@@ -9,10 +9,13 @@
 
 use chrono::{DateTime, Utc};
 use shared_schema::catalog::MetricCatalog;
+use shared_schema::metrics::Partial;
 use shared_schema::metrics::cells::{decode_cells, encode_cells};
-use shared_schema::metrics::{Partial, PartialKey};
 use shared_schema::time::{Millis, to_datetime};
 use std::collections::{BTreeMap, HashMap};
+
+/// Changed cells: per (metric index, bucket start), by dims key.
+pub type Cells = HashMap<(usize, Millis), HashMap<String, Partial>>;
 
 /// Rows one bucket of one metric may hold before they are merged. More rows cost readers a
 /// decode each; fewer cost the writer a rewrite of the bucket more often (a merge rewrites all
@@ -34,16 +37,14 @@ pub async fn write_cells(
     tx: &mut sqlx::PgConnection,
     catalog: &MetricCatalog,
     seq: i64,
-    cells: HashMap<PartialKey, Partial>,
+    cells: Cells,
 ) -> Result<CellsWritten, sqlx::Error> {
-    // By metric index and bucket start.
-    let mut buckets: BTreeMap<(usize, Millis), BTreeMap<String, Partial>> = BTreeMap::new();
-    for (key, partial) in cells {
-        buckets
-            .entry((key.metric, key.bucket_start))
-            .or_default()
-            .insert(key.dims, partial);
-    }
+    // Sorted, so that rows are written in key order.
+    let mut buckets: BTreeMap<(usize, Millis), BTreeMap<String, Partial>> = cells
+        .into_iter()
+        .filter(|(_, cells)| !cells.is_empty())
+        .map(|(bucket, cells)| (bucket, cells.into_iter().collect()))
+        .collect();
     if buckets.is_empty() {
         return Ok(CellsWritten::default());
     }

@@ -42,7 +42,7 @@ mod retention;
 mod sessions;
 mod state;
 
-pub use cells::{CellsWritten, MAX_ROWS_PER_BUCKET, write_cells};
+pub use cells::{Cells, CellsWritten, MAX_ROWS_PER_BUCKET, write_cells};
 pub use commit::{CheckpointError, CommitBatchError, Committed};
 pub use plan::{Folding, fold_without_postgres};
 pub use retention::{Removed, RetentionError};

@@ -2,6 +2,7 @@
 //! and the log entries that tell every instance about them. Nothing here touches Postgres,
 //! which is also what the speed layer's own ceiling is measured on (bench `ceiling`).
 
+use crate::cells::Cells;
 use crate::late_events::LateEvents;
 use crate::sessions::apply_sessions;
 use crate::state::SpeedState;
@@ -9,10 +10,7 @@ use crate::state::log::{LogEntry, encode, id_hash};
 use shared_io::kafka::{Batch, SourcedEvent};
 use shared_schema::time::Millis;
 use shared_schema::watermark;
-use shared_schema::{
-    catalog::MetricCatalog,
-    metrics::{LatePolicy, Partial, PartialKey},
-};
+use shared_schema::{catalog::MetricCatalog, metrics::LatePolicy};
 use std::collections::{HashMap, HashSet};
 
 /// What a checkpoint writes, before it writes it.
@@ -21,7 +19,7 @@ pub(crate) struct Plan<'a> {
     pub claimed: Vec<&'a SourcedEvent>,
     pub late: LateEvents<'a>,
     /// Changed cells, whichever partitions their events came from.
-    pub cells: HashMap<PartialKey, Partial>,
+    pub cells: Cells,
     /// The claimed events as the log keeps them.
     pub entries: Vec<LogEntry>,
 }
@@ -81,7 +79,7 @@ pub fn fold_without_postgres(catalog: &MetricCatalog, batches: &[Batch]) -> Fold
     for batch in batches {
         let plan = plan(&state, catalog, batch, None);
         done.counted += plan.claimed.len();
-        done.cells += plan.cells.len();
+        done.cells += plan.cells.values().map(HashMap::len).sum::<usize>();
         done.log_bytes += encode(&plan.entries).len();
         for entry in &plan.entries {
             state.apply(entry);
@@ -104,7 +102,7 @@ struct Folded<'a> {
     /// Per stored metric (by index), the events it applies.
     applied: Vec<Vec<&'a SourcedEvent>>,
     /// The partials of the metrics that fold per event.
-    cells: HashMap<PartialKey, Partial>,
+    cells: Cells,
 }
 
 /// The claimed events per stored metric: late ones recorded (under every policy) and applied
@@ -127,10 +125,23 @@ fn fold<'a>(
             applied[index].push(sourced);
         }
     }
-    let mut cells: HashMap<PartialKey, Partial> = HashMap::new();
+    let mut cells = Cells::new();
+    // One key buffer for the whole batch: a cell already there costs no allocation.
+    let mut key = Vec::new();
     for (index, metric) in catalog.stored().filter(|(_, m)| m.folds_per_event()) {
         for sourced in &applied[index] {
-            MetricCatalog::fold_one(index, metric, &sourced.event, &mut cells);
+            let event = &sourced.event;
+            metric.write_dims_key(event, &mut key);
+            let bucket = cells.entry((index, metric.bucket_of(event))).or_default();
+            // Serialised JSON is UTF-8.
+            let dims = String::from_utf8_lossy(&key);
+            match bucket.get_mut(dims.as_ref()) {
+                Some(partial) => partial.add_event(metric, event),
+                None => bucket
+                    .entry(dims.into_owned())
+                    .or_default()
+                    .add_event(metric, event),
+            }
         }
     }
     Folded {
@@ -201,8 +212,9 @@ mod tests {
         let starts: i64 = plan
             .cells
             .iter()
-            .filter(|(key, _)| catalog.metrics[key.metric].name == "sessions")
-            .map(|(_, partial)| partial.count)
+            .filter(|((metric, _), _)| catalog.metrics[*metric].name == "sessions")
+            .flat_map(|(_, cells)| cells.values())
+            .map(|partial| partial.count)
             .sum();
         assert_eq!(starts, 1);
     }

@@ -3,6 +3,7 @@
 //! are added to the metric's partials, and the event's (metric, key) goes into its log entry so
 //! that every instance learns the new event times.
 
+use crate::cells::Cells;
 use crate::state::log::key_hash;
 use crate::state::{SessionKey, SpeedState};
 use shared_io::kafka::SourcedEvent;
@@ -10,7 +11,7 @@ use shared_schema::sessions;
 use shared_schema::time::{Millis, bucket_start};
 use shared_schema::{
     catalog::MetricCatalog,
-    metrics::{Aggregation, Partial, PartialKey, encode_dims},
+    metrics::{Aggregation, encode_dims},
 };
 use std::collections::HashMap;
 
@@ -25,7 +26,7 @@ pub(crate) fn apply_sessions<'a>(
     state: &SpeedState,
     catalog: &MetricCatalog,
     applied: &[Vec<&'a SourcedEvent>],
-    cells: &mut HashMap<PartialKey, Partial>,
+    cells: &mut Cells,
 ) -> Memberships<'a> {
     let mut memberships: Memberships<'a> = HashMap::new();
     for (index, metric) in catalog.stored() {
@@ -64,12 +65,12 @@ pub(crate) fn apply_sessions<'a>(
                 high.saturating_add(gap),
             );
             for (t, change) in sessions::start_changes(known, times, gap) {
-                let cell = PartialKey {
-                    metric: index,
-                    bucket_start: bucket_start(t, width),
-                    dims: encode_dims(&[]),
-                };
-                cells.entry(cell).or_default().count += change;
+                cells
+                    .entry((index, bucket_start(t, width)))
+                    .or_default()
+                    .entry(encode_dims(&[]))
+                    .or_default()
+                    .count += change;
             }
         }
     }

@@ -205,8 +205,27 @@ impl MetricDef {
 
     /// The canonical dims key of an event for this metric (see [`encode_dims`]).
     pub fn dims_key(&self, event: &Event) -> String {
-        let values: Vec<Option<&str>> = self.dimensions.iter().map(|d| d.value(event)).collect();
-        encode_dims(&values)
+        let mut key = Vec::new();
+        self.write_dims_key(event, &mut key);
+        String::from_utf8(key).unwrap_or_else(|_| "[]".to_string())
+    }
+
+    /// [`Self::dims_key`] written into `out` (cleared first), byte for byte what
+    /// [`encode_dims`] writes, so that a fold can look a cell up without allocating a key.
+    pub fn write_dims_key(&self, event: &Event, out: &mut Vec<u8>) {
+        out.clear();
+        out.push(b'[');
+        for (i, dimension) in self.dimensions.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            match dimension.value(event) {
+                // Writing JSON into a Vec cannot fail.
+                Some(value) => serde_json::to_writer(&mut *out, value).unwrap_or_default(),
+                None => out.extend_from_slice(b"null"),
+            }
+        }
+        out.push(b']');
     }
 
     /// Whether the metric reads the joined profile: it groups by, or counts, an enriched field.
