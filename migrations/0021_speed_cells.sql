@@ -10,6 +10,10 @@ CREATE TABLE speed_cells (
     seq          BIGINT      NOT NULL,
     cells        INT         NOT NULL,
     body         BYTEA       NOT NULL,
+    -- Events of the metric the checkpoint counted in the bucket, and how many of them were late
+    -- (under every late policy): what `speed_late_counts` held per partition before.
+    seen         BIGINT      NOT NULL DEFAULT 0,
+    late         BIGINT      NOT NULL DEFAULT 0,
     PRIMARY KEY (metric, bucket_start, seq)
 );
 -- Mostly hashes, counts and sketch registers: compressing them would cost Postgres more CPU
@@ -17,8 +21,9 @@ CREATE TABLE speed_cells (
 ALTER TABLE speed_cells ALTER COLUMN body SET STORAGE EXTERNAL;
 CREATE INDEX speed_cells_bucket ON speed_cells (bucket_start);
 
--- `speed_aggregates` gets no more writes; the readers still add its rows, which retention
--- removes as T passes them, so an upgrade neither loses nor doubles what was counted before.
+-- `speed_aggregates` and `speed_late_counts` get no more writes; the readers still add their
+-- rows, which retention removes as T passes them, so an upgrade neither loses nor doubles what
+-- was counted before.
 
 -- Serving caches drop on changes to the new table too.
 CREATE OR REPLACE FUNCTION lambda_watch_served_state() RETURNS void LANGUAGE plpgsql AS $$

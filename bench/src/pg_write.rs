@@ -55,7 +55,14 @@ pub async fn run(rows_per_batch: usize, batches: usize) -> Result<Vec<Figure>> {
     let upserting = Instant::now();
     for seq in 0..batches {
         let mut tx = pool.begin().await?;
-        speed_layer::write_cells(&mut tx, &catalog, seq as i64, batch_partials()).await?;
+        speed_layer::write_cells(
+            &mut tx,
+            &catalog,
+            seq as i64,
+            batch_partials(),
+            &Default::default(),
+        )
+        .await?;
         tx.commit().await?;
     }
     let upsert_rate = (rows_per_batch * batches) as f64 / upserting.elapsed().as_secs_f64();

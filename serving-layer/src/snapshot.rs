@@ -122,9 +122,13 @@ pub async fn read_snapshot(
             .await
             .map_err(progress("watermark"))?;
     let (late_events, seen_events): (i64, i64) = sqlx::query_as(
-        "SELECT coalesce(sum(late_count), 0)::bigint, coalesce(sum(seen_count), 0)::bigint
-         FROM speed_late_counts
-         WHERE metric = ANY($1) AND bucket_start >= $2 AND bucket_start < $3",
+        "SELECT coalesce(sum(late), 0)::bigint, coalesce(sum(seen), 0)::bigint FROM (
+             SELECT late, seen FROM speed_cells
+             WHERE metric = ANY($1) AND bucket_start >= $2 AND bucket_start < $3
+             UNION ALL
+             SELECT late_count, seen_count FROM speed_late_counts
+             WHERE metric = ANY($1) AND bucket_start >= $2 AND bucket_start < $3
+         ) AS counted",
     )
     .bind(metrics)
     .bind(to_datetime(range.0))

@@ -1,5 +1,6 @@
 //! What a checkpoint writes of its cells: one `speed_cells` row per metric and bucket it changed,
-//! packing every changed cell of that bucket (`shared_schema::metrics::cells`). Postgres sees a
+//! packing every changed cell of that bucket (`shared_schema::metrics::cells`) beside the
+//! number of the metric's events it saw there and how many were late. Postgres sees a
 //! few rows per checkpoint however many cells, users or partitions the batch touched; readers
 //! sum a bucket's rows. A bucket that piled up [`MAX_ROWS_PER_BUCKET`] rows is merged into one
 //! by the next checkpoint that touches it, so readers never sum more than that.
@@ -31,20 +32,34 @@ pub struct CellsWritten {
     pub merged: usize,
 }
 
-/// Writes the changed `cells` of the checkpoint `seq` (the log head it holds). Public for the
-/// write-path benchmark.
+/// One bucket's part of a checkpoint: its changed cells, and how many events of the metric the
+/// checkpoint saw in it and how many of those were late (under every late policy).
+#[derive(Default)]
+struct Delta {
+    cells: BTreeMap<String, Partial>,
+    seen: i64,
+    late: i64,
+}
+
+/// Writes the changed `cells` and the `(seen, late)` event `counts` per metric and bucket of the
+/// checkpoint `seq` (the log head it holds). Public for the write-path benchmark.
 pub async fn write_cells(
     tx: &mut sqlx::PgConnection,
     catalog: &MetricCatalog,
     seq: i64,
     cells: Cells,
+    counts: &BTreeMap<(usize, Millis), (i64, i64)>,
 ) -> Result<CellsWritten, sqlx::Error> {
     // Sorted, so that rows are written in key order.
-    let mut buckets: BTreeMap<(usize, Millis), BTreeMap<String, Partial>> = cells
-        .into_iter()
-        .filter(|(_, cells)| !cells.is_empty())
-        .map(|(bucket, cells)| (bucket, cells.into_iter().collect()))
-        .collect();
+    let mut buckets: BTreeMap<(usize, Millis), Delta> = BTreeMap::new();
+    for (bucket, changed) in cells.into_iter().filter(|(_, c)| !c.is_empty()) {
+        buckets.entry(bucket).or_default().cells = changed.into_iter().collect();
+    }
+    for (bucket, (seen, late)) in counts {
+        let delta = buckets.entry(*bucket).or_default();
+        delta.seen += seen;
+        delta.late += late;
+    }
     if buckets.is_empty() {
         return Ok(CellsWritten::default());
     }
@@ -68,47 +83,55 @@ pub async fn write_cells(
     if !full.is_empty() {
         let (full_metrics, full_starts): (Vec<String>, Vec<DateTime<Utc>>) =
             full.into_iter().unzip();
-        let stored: Vec<(String, DateTime<Utc>, Vec<u8>)> = sqlx::query_as(
+        type Stored = (String, DateTime<Utc>, Vec<u8>, i64, i64);
+        let stored: Vec<Stored> = sqlx::query_as(
             "DELETE FROM speed_cells c
              USING UNNEST($1::text[], $2::timestamptz[]) AS k(m, b)
              WHERE c.metric = k.m AND c.bucket_start = k.b
-             RETURNING c.metric, c.bucket_start, c.body",
+             RETURNING c.metric, c.bucket_start, c.body, c.seen, c.late",
         )
         .bind(&full_metrics)
         .bind(&full_starts)
         .fetch_all(&mut *tx)
         .await?;
-        for (metric, start, body) in stored {
+        for (metric, start, body, seen, late) in stored {
             let decoded = decode_cells(&body).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
             // Only rows of the batch's buckets were deleted: each has its entry.
-            let cells = buckets
+            let delta = buckets
                 .iter_mut()
                 .find(|((m, b), _)| name(*m) == metric && *b == start.timestamp_millis())
-                .map(|(_, cells)| cells)
+                .map(|(_, delta)| delta)
                 .ok_or_else(|| {
                     sqlx::Error::Protocol(format!("merged a row of {metric} the batch lacks"))
                 })?;
             for (dims, partial) in decoded {
-                cells.entry(dims).or_default().merge(&partial);
+                delta.cells.entry(dims).or_default().merge(&partial);
             }
+            delta.seen += seen;
+            delta.late += late;
         }
     }
 
-    let counts: Vec<i32> = buckets.values().map(|c| c.len() as i32).collect();
+    let counts: Vec<i32> = buckets.values().map(|d| d.cells.len() as i32).collect();
+    let seen: Vec<i64> = buckets.values().map(|d| d.seen).collect();
+    let late: Vec<i64> = buckets.values().map(|d| d.late).collect();
     let bodies: Vec<Vec<u8>> = buckets
         .values()
-        .map(|cells| encode_cells(cells.iter().map(|(d, p)| (d.as_str(), p))))
+        .map(|d| encode_cells(d.cells.iter().map(|(dims, p)| (dims.as_str(), p))))
         .collect();
     sqlx::query(
-        "INSERT INTO speed_cells (metric, bucket_start, seq, cells, body)
-         SELECT k.m, k.b, $3, k.n, k.body
-         FROM UNNEST($1::text[], $2::timestamptz[], $4::int[], $5::bytea[]) AS k(m, b, n, body)",
+        "INSERT INTO speed_cells (metric, bucket_start, seq, cells, body, seen, late)
+         SELECT k.m, k.b, $3, k.n, k.body, k.seen, k.late
+         FROM UNNEST($1::text[], $2::timestamptz[], $4::int[], $5::bytea[], $6::bigint[], $7::bigint[])
+             AS k(m, b, n, body, seen, late)",
     )
     .bind(&metrics)
     .bind(&starts)
     .bind(seq)
     .bind(&counts)
     .bind(&bodies)
+    .bind(&seen)
+    .bind(&late)
     .execute(&mut *tx)
     .await?;
     Ok(CellsWritten {

@@ -157,10 +157,10 @@ impl SpeedLayer {
                 entries,
             } = plan(state, &self.catalog, batch, watermark);
             phases.lap("fold");
-            late.write(&mut tx, &self.catalog)
+            late.write_side_output(&mut tx, &self.catalog)
                 .await
                 .map_err(failed("late events"))?;
-            write_cells(&mut tx, &self.catalog, seq, cells)
+            write_cells(&mut tx, &self.catalog, seq, cells, &late.counts)
                 .await
                 .map_err(failed("writing cells"))?;
             phases.lap("upsert");

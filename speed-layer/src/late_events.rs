@@ -1,6 +1,6 @@
 //! Late events: an event whose bucket closed (by the watermark before its batch) is counted
-//! under every late policy, per metric, bucket and partition (`speed_late_counts`, which the
-//! serving layer reports), kept as a record under `side_output` (`speed_late_events`), and
+//! under every late policy, per metric and bucket (on the checkpoint's `speed_cells` rows, which
+//! the serving layer reports), kept as a record under `side_output` (`speed_late_events`), and
 //! folded only under `update`.
 
 use chrono::{DateTime, Utc};
@@ -13,12 +13,11 @@ use shared_schema::{
 };
 use std::collections::BTreeMap;
 
-/// Late events of one batch: counts per metric, bucket and partition, and the `side_output`
-/// records.
+/// Late events of one batch: counts per metric and bucket, and the `side_output` records.
 #[derive(Default)]
 pub(crate) struct LateEvents<'a> {
-    /// (seen, late) per metric, bucket and partition.
-    counts: BTreeMap<(usize, Millis, i32), (i64, i64)>,
+    /// (seen, late) per metric and bucket.
+    pub(crate) counts: BTreeMap<(usize, Millis), (i64, i64)>,
     side_output: Vec<(usize, &'a SourcedEvent)>,
 }
 
@@ -32,7 +31,7 @@ impl<'a> LateEvents<'a> {
     ) {
         let counts = self
             .counts
-            .entry((index, metric.bucket_of(&sourced.event), sourced.partition))
+            .entry((index, metric.bucket_of(&sourced.event)))
             .or_default();
         counts.0 += 1;
         if !is_late {
@@ -47,7 +46,7 @@ impl<'a> LateEvents<'a> {
     /// Counts the late events of a committed batch on `/metrics`.
     pub(crate) fn count(&self, catalog: &MetricCatalog) {
         let mut per_metric: BTreeMap<usize, i64> = BTreeMap::new();
-        for ((metric, _, _), (_, late)) in &self.counts {
+        for ((metric, _), (_, late)) in &self.counts {
             *per_metric.entry(*metric).or_default() += late;
         }
         for (metric, late) in per_metric.into_iter().filter(|(_, late)| *late > 0) {
@@ -55,40 +54,12 @@ impl<'a> LateEvents<'a> {
         }
     }
 
-    pub(crate) async fn write(
+    /// Writes the `side_output` records (the counts go with the cells, `cells::write_cells`).
+    pub(crate) async fn write_side_output(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
         catalog: &MetricCatalog,
     ) -> Result<(), sqlx::Error> {
-        if !self.counts.is_empty() {
-            let metrics: Vec<&str> = self
-                .counts
-                .keys()
-                .map(|(m, _, _)| catalog.metrics[*m].name.as_str())
-                .collect();
-            let buckets: Vec<DateTime<Utc>> = self
-                .counts
-                .keys()
-                .map(|(_, b, _)| to_datetime(*b))
-                .collect();
-            let partitions: Vec<i32> = self.counts.keys().map(|(_, _, p)| *p).collect();
-            let seen: Vec<i64> = self.counts.values().map(|(seen, _)| *seen).collect();
-            let late: Vec<i64> = self.counts.values().map(|(_, late)| *late).collect();
-            sqlx::query(
-                "INSERT INTO speed_late_counts (metric, bucket_start, partition, seen_count, late_count)
-                 SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::int[], $4::bigint[], $5::bigint[])
-                 ON CONFLICT (metric, bucket_start, partition) DO UPDATE SET
-                     seen_count = speed_late_counts.seen_count + EXCLUDED.seen_count,
-                     late_count = speed_late_counts.late_count + EXCLUDED.late_count",
-            )
-            .bind(&metrics)
-            .bind(&buckets)
-            .bind(&partitions)
-            .bind(&seen)
-            .bind(&late)
-            .execute(&mut **tx)
-            .await?;
-        }
         if !self.side_output.is_empty() {
             let records = &self.side_output;
             let metrics: Vec<&str> = records

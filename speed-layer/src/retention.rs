@@ -80,7 +80,8 @@ impl SpeedLayer {
             horizon,
             source,
         })?;
-        // Late counts and side output follow their buckets; the lake keeps the events.
+        // Late counts (on the cell rows, or an earlier version's) and side output follow their
+        // buckets; the lake keeps the events.
         delete_before(&mut tx, "speed_late_counts", "bucket_start", horizon).await?;
         delete_before(&mut tx, "speed_late_events", "event_time", horizon).await?;
         // Session starts at or after the horizon still need the events one gap before them:

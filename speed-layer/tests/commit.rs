@@ -205,8 +205,8 @@ async fn late_events_are_counted_under_every_policy_and_applied_only_under_updat
     }
     // Counted (seen, late) per metric and bucket under every policy.
     let counts: Vec<(String, i64, i64, i64)> = sqlx::query_as(
-        "SELECT metric, extract(epoch FROM bucket_start)::bigint * 1000, seen_count, late_count
-         FROM speed_late_counts WHERE metric LIKE 'purchases%' ORDER BY metric, bucket_start",
+        "SELECT metric, extract(epoch FROM bucket_start)::bigint * 1000, sum(seen)::bigint, sum(late)::bigint
+         FROM speed_cells WHERE metric LIKE 'purchases%' GROUP BY 1, 2 ORDER BY 1, 2",
     )
     .fetch_all(&db.pool)
     .await

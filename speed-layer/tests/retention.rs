@@ -57,15 +57,15 @@ async fn retention_removes_only_what_lies_before_the_horizon() {
 
     let removed = layer.apply_retention().await.expect("retention runs");
 
-    // Minute 29: a row for each of the 7 metrics a purchase folds into (purchases, revenue,
-    // revenue_by_tier, active_users, sessions and the two policy metrics); minute 28 only 5,
-    // as the policy metrics kept the late p28 out. The log row holds events after the session
-    // horizon (T0), so it stays.
+    // Minutes 28 and 29: a `speed_cells` row for each of the 7 metrics a purchase counts in
+    // (purchases, revenue, revenue_by_tier, active_users, sessions and the two policy metrics);
+    // the policy metrics kept the late p28 out of their cells, but its row counts it as seen and
+    // late. The log row holds events after the session horizon (T0), so it stays.
     assert_eq!(
         removed,
         Some(Removed {
             horizon: T0 + 30 * M,
-            aggregates: 12,
+            aggregates: 14,
             log_rows: 0
         })
     );
@@ -90,7 +90,7 @@ async fn retention_removes_only_what_lies_before_the_horizon() {
     assert_eq!(
         count(
             &db.pool,
-            "SELECT count(*) FROM speed_late_counts WHERE bucket_start < '2026-01-01T00:30:00Z'"
+            "SELECT count(*) FROM speed_cells WHERE bucket_start < '2026-01-01T00:30:00Z'"
         )
         .await,
         0

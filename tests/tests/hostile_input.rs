@@ -349,7 +349,7 @@ async fn values_postgres_refuses_at_commit_are_isolated_and_an_outage_is_retried
 
     // Postgres refuses every commit for a while (a table gone): retried, never quarantined,
     // and loud in /readyz and /metrics until it commits again.
-    sqlx::query("ALTER TABLE speed_late_counts RENAME TO speed_late_counts_away")
+    sqlx::query("ALTER TABLE speed_cells RENAME TO speed_cells_away")
         .execute(&platform.pool)
         .await?;
     let during = normal_events(&mut rng, "d", base, 40);
@@ -371,7 +371,7 @@ async fn values_postgres_refuses_at_commit_are_isolated_and_an_outage_is_retried
     .await?;
     let (_, body) = ready().await.context("readyz")?;
     ensure!(
-        !body.contains("speed_late_counts"),
+        !body.contains("speed_cells"),
         "/readyz says what is down, not the driver's message: {body}"
     );
     let failing = scrape(
@@ -380,7 +380,7 @@ async fn values_postgres_refuses_at_commit_are_isolated_and_an_outage_is_retried
     )
     .await?;
     ensure!(failing == 1.0, "commit_failing {failing}");
-    sqlx::query("ALTER TABLE speed_late_counts_away RENAME TO speed_late_counts")
+    sqlx::query("ALTER TABLE speed_cells_away RENAME TO speed_cells")
         .execute(&platform.pool)
         .await?;
     platform.wait_caught_up("speed_offsets", &ends).await?;
