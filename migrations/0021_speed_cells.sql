@@ -1,25 +1,27 @@
--- Issue 17: the speed layer's cells, packed. A checkpoint writes one row per metric and bucket it
--- changed, holding every changed cell of that bucket (`shared_schema::metrics::cells`), instead
--- of one `speed_aggregates` row per cell and Kafka partition. Readers sum all rows of a bucket.
+-- Issue 17: the speed layer's cells, packed. A checkpoint writes one row per bucket it changed,
+-- holding per metric every changed cell of that bucket (`shared_schema::metrics::cells`),
+-- instead of one `speed_aggregates` row per cell and Kafka partition. Readers sum all rows of a
+-- bucket.
 -- Once a bucket has piled up rows, the checkpoint that next touches it merges them into one.
 -- Every writer holds the log head (`speed_log_head`) while it writes, so merges never race.
 CREATE TABLE speed_cells (
-    metric       TEXT        NOT NULL,
     bucket_start TIMESTAMPTZ NOT NULL,
     -- The log head's `seq` of the checkpoint that wrote the row (or merged it).
     seq          BIGINT      NOT NULL,
+    -- The metrics the row holds, in the order of the body's sections, and for each the events
+    -- the checkpoint counted in the bucket and how many of them were late (under every late
+    -- policy): what `speed_late_counts` held per partition before.
+    metrics      TEXT[]      NOT NULL,
+    seen         BIGINT[]    NOT NULL,
+    late         BIGINT[]    NOT NULL,
+    -- Cells in the body, over all its sections.
     cells        INT         NOT NULL,
     body         BYTEA       NOT NULL,
-    -- Events of the metric the checkpoint counted in the bucket, and how many of them were late
-    -- (under every late policy): what `speed_late_counts` held per partition before.
-    seen         BIGINT      NOT NULL DEFAULT 0,
-    late         BIGINT      NOT NULL DEFAULT 0,
-    PRIMARY KEY (metric, bucket_start, seq)
+    PRIMARY KEY (bucket_start, seq)
 );
 -- Mostly hashes, counts and sketch registers: compressing them would cost Postgres more CPU
 -- than it saves bytes.
 ALTER TABLE speed_cells ALTER COLUMN body SET STORAGE EXTERNAL;
-CREATE INDEX speed_cells_bucket ON speed_cells (bucket_start);
 
 -- `speed_aggregates` and `speed_late_counts` get no more writes; the readers still add their
 -- rows, which retention removes as T passes them, so an upgrade neither loses nor doubles what

@@ -123,8 +123,9 @@ pub async fn read_snapshot(
             .map_err(progress("watermark"))?;
     let (late_events, seen_events): (i64, i64) = sqlx::query_as(
         "SELECT coalesce(sum(late), 0)::bigint, coalesce(sum(seen), 0)::bigint FROM (
-             SELECT late, seen FROM speed_cells
-             WHERE metric = ANY($1) AND bucket_start >= $2 AND bucket_start < $3
+             SELECT u.late, u.seen
+             FROM speed_cells c, UNNEST(c.metrics, c.seen, c.late) AS u(metric, seen, late)
+             WHERE c.bucket_start >= $2 AND c.bucket_start < $3 AND u.metric = ANY($1)
              UNION ALL
              SELECT late_count, seen_count FROM speed_late_counts
              WHERE metric = ANY($1) AND bucket_start >= $2 AND bucket_start < $3

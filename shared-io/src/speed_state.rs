@@ -8,7 +8,7 @@ use rust_decimal::Decimal;
 use shared_schema::event::AMOUNT_SCALE;
 use shared_schema::hll::{Hll, SketchError};
 use shared_schema::metrics::Partial;
-use shared_schema::metrics::cells::{DecodeCellsError, decode_cells};
+use shared_schema::metrics::cells::{DecodeCellsError, decode_cells, split_sections};
 use shared_schema::query::BucketRow;
 use shared_schema::time::{Millis, to_datetime};
 use sqlx::PgConnection;
@@ -29,7 +29,7 @@ pub enum SpeedStateError {
 
 /// The speed cells of `metrics` with a bucket in `[from, to)`, per metric, possibly several per
 /// bucket and dimensions (a merge sums them): `speed_cells` packs a checkpoint's changed cells
-/// of one bucket into a row, and `speed_aggregates` holds what an earlier version wrote, a row
+/// of one bucket into a row, a section per metric, and `speed_aggregates` holds what an earlier version wrote, a row
 /// per cell, until retention removes it. Call it inside the transaction that reads whatever the
 /// rows must be consistent with.
 pub async fn read_rows(
@@ -39,9 +39,9 @@ pub async fn read_rows(
     to: Millis,
 ) -> Result<HashMap<String, Vec<BucketRow>>, SpeedStateError> {
     let mut by_metric = read_legacy_rows(connection, metrics, from, to).await?;
-    let packed: Vec<(String, DateTime<Utc>, Vec<u8>)> = sqlx::query_as(
-        "SELECT metric, bucket_start, body FROM speed_cells
-         WHERE metric = ANY($1) AND bucket_start >= $2 AND bucket_start < $3",
+    let packed: Vec<(DateTime<Utc>, Vec<String>, Vec<u8>)> = sqlx::query_as(
+        "SELECT bucket_start, metrics, body FROM speed_cells
+         WHERE bucket_start >= $2 AND bucket_start < $3 AND metrics && $1",
     )
     .bind(metrics)
     .bind(to_datetime(from))
@@ -49,17 +49,30 @@ pub async fn read_rows(
     .fetch_all(&mut *connection)
     .await
     .map_err(|source| SpeedStateError::ReadRows { source })?;
-    for (metric, bucket, body) in packed {
-        let cells = decode_cells(&body).map_err(|source| SpeedStateError::DecodeCells {
-            metric: metric.clone(),
+    for (bucket, names, body) in packed {
+        let malformed = |source| SpeedStateError::DecodeCells {
+            metric: names.join(","),
             source,
-        })?;
-        let rows = by_metric.entry(metric).or_default();
-        rows.extend(cells.into_iter().map(|(dims, partial)| BucketRow {
-            bucket_start: bucket.timestamp_millis(),
-            dims,
-            partial,
-        }));
+        };
+        let sections = split_sections(&body).map_err(malformed)?;
+        if sections.len() != names.len() {
+            return Err(malformed(DecodeCellsError::Truncated(body.len())));
+        }
+        for (name, section) in names.iter().zip(sections) {
+            if !metrics.contains(&name.as_str()) {
+                continue;
+            }
+            let cells = decode_cells(section).map_err(|source| SpeedStateError::DecodeCells {
+                metric: name.clone(),
+                source,
+            })?;
+            let rows = by_metric.entry(name.clone()).or_default();
+            rows.extend(cells.into_iter().map(|(dims, partial)| BucketRow {
+                bucket_start: bucket.timestamp_millis(),
+                dims,
+                partial,
+            }));
+        }
     }
     Ok(by_metric)
 }

@@ -46,11 +46,11 @@ async fn a_batch_stores_its_partials_claims_and_offsets_in_one_commit() {
             (T0 + M, country("FR"), 1, 7_000_000),
         ]
     );
-    // One packed row per metric and bucket.
+    // One packed row per bucket, holding every metric.
     assert_eq!(
         count(
             &db.pool,
-            "SELECT count(*) FROM speed_cells WHERE metric = 'purchases'"
+            "SELECT count(*) FROM speed_cells WHERE 'purchases' = ANY(metrics)"
         )
         .await,
         2
@@ -205,8 +205,9 @@ async fn late_events_are_counted_under_every_policy_and_applied_only_under_updat
     }
     // Counted (seen, late) per metric and bucket under every policy.
     let counts: Vec<(String, i64, i64, i64)> = sqlx::query_as(
-        "SELECT metric, extract(epoch FROM bucket_start)::bigint * 1000, sum(seen)::bigint, sum(late)::bigint
-         FROM speed_cells WHERE metric LIKE 'purchases%' GROUP BY 1, 2 ORDER BY 1, 2",
+        "SELECT u.metric, extract(epoch FROM c.bucket_start)::bigint * 1000, sum(u.seen)::bigint, sum(u.late)::bigint
+         FROM speed_cells c, UNNEST(c.metrics, c.seen, c.late) AS u(metric, seen, late)
+         WHERE u.metric LIKE 'purchases%' GROUP BY 1, 2 ORDER BY 1, 2",
     )
     .fetch_all(&db.pool)
     .await
@@ -510,7 +511,7 @@ async fn a_bucket_touched_by_many_checkpoints_keeps_few_rows_and_exact_sums() {
         layer.commit_batch(TOPIC, &batch, None, &[]).await.unwrap();
         let rows = count(
             &db.pool,
-            "SELECT count(*) FROM speed_cells WHERE metric = 'revenue'",
+            "SELECT count(*) FROM speed_cells WHERE 'revenue' = ANY(metrics)",
         )
         .await;
         assert!(

@@ -57,15 +57,13 @@ async fn retention_removes_only_what_lies_before_the_horizon() {
 
     let removed = layer.apply_retention().await.expect("retention runs");
 
-    // Minutes 28 and 29: a `speed_cells` row for each of the 7 metrics a purchase counts in
-    // (purchases, revenue, revenue_by_tier, active_users, sessions and the two policy metrics);
-    // the policy metrics kept the late p28 out of their cells, but its row counts it as seen and
-    // late. The log row holds events after the session horizon (T0), so it stays.
+    // Minutes 28 and 29: a `speed_cells` row each (one checkpoint, every metric in it). The log
+    // row holds events after the session horizon (T0), so it stays.
     assert_eq!(
         removed,
         Some(Removed {
             horizon: T0 + 30 * M,
-            aggregates: 14,
+            aggregates: 2,
             log_rows: 0
         })
     );

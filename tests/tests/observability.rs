@@ -294,10 +294,11 @@ async fn every_service_exports_its_families_and_serving_logs_carry_request_ids()
 
     // The speed layer: events, quarantine, lag, late events and the watermark delay.
     let samples = check_consumer(&platform, &speed_addr, "speed-layer", &sent).await?;
-    let late_in_db: i64 =
-        sqlx::query_scalar("SELECT COALESCE(sum(late), 0)::bigint FROM speed_cells")
-            .fetch_one(&platform.pool)
-            .await?;
+    let late_in_db: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(sum(l), 0)::bigint FROM speed_cells, UNNEST(late) AS l",
+    )
+    .fetch_one(&platform.pool)
+    .await?;
     let late_counted = total(&samples, "lambda_speed_late_events_total", &[]);
     ensure!(
         late_in_db > 0 && late_counted == late_in_db as f64,

@@ -66,9 +66,12 @@ async fn a_replay_rebuilds_damaged_state_at_its_rate_and_swaps_in() -> Result<()
 
     // A bug's damage: counts inflated, one bucket lost.
     // Every packed row twice (a second copy under another seq), and the first bucket gone.
-    sqlx::query("INSERT INTO speed_cells (metric, bucket_start, seq, cells, body) SELECT metric, bucket_start, seq + 1000000000, cells, body FROM speed_cells")
-        .execute(&platform.pool)
-        .await?;
+    sqlx::query(
+        "INSERT INTO speed_cells (bucket_start, seq, metrics, seen, late, cells, body)
+         SELECT bucket_start, seq + 1000000000, metrics, seen, late, cells, body FROM speed_cells",
+    )
+    .execute(&platform.pool)
+    .await?;
     sqlx::query(
         "DELETE FROM speed_cells WHERE bucket_start = (SELECT min(bucket_start) FROM speed_cells)",
     )

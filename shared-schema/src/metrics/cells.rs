@@ -1,6 +1,6 @@
-//! Cells packed into one byte string: the speed layer stores the cells of one metric and bucket
-//! that a checkpoint changed as one `speed_cells` row, not a row per cell, and the readers
-//! (serving, divergence) unpack it here. Writer and readers share this one definition.
+//! Cells packed into one byte string: the speed layer stores the cells of one bucket that a
+//! checkpoint changed as one `speed_cells` row, a section per metric, not a row per cell, and
+//! the readers (serving, divergence) unpack it here. Writer and readers share this one definition.
 //!
 //! Layout: a format byte, the cell count, then per cell the dimensions' length and UTF-8
 //! bytes, `count`, `sum_micros`, a flags byte, `min_micros` and `max_micros` if flagged, and
@@ -80,6 +80,37 @@ pub fn encode_cells<'a>(cells: impl ExactSizeIterator<Item = (&'a str, &'a Parti
         }
     }
     out
+}
+
+/// Joins packed cells of several metrics into one row: a format byte, the number of sections,
+/// then each one's length and bytes. A reader splits them and decodes only the metrics it wants.
+pub fn join_sections(sections: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = vec![FORMAT];
+    put_unsigned(&mut out, sections.len() as u128);
+    for section in sections {
+        put_unsigned(&mut out, section.len() as u128);
+        out.extend_from_slice(section);
+    }
+    out
+}
+
+/// Splits what [`join_sections`] joined.
+pub fn split_sections(bytes: &[u8]) -> Result<Vec<&[u8]>, DecodeCellsError> {
+    let mut reader = Reader { bytes, at: 0 };
+    let format = reader.byte()?;
+    if format != FORMAT {
+        return Err(DecodeCellsError::Format(format));
+    }
+    let count = reader.unsigned::<u32>()?;
+    let mut sections = Vec::with_capacity((count as usize).min(bytes.len()));
+    for _ in 0..count {
+        let length = reader.unsigned::<u32>()? as usize;
+        sections.push(reader.slice(length)?);
+    }
+    if reader.at != bytes.len() {
+        return Err(DecodeCellsError::Truncated(reader.at));
+    }
+    Ok(sections)
 }
 
 /// Unpacks what [`encode_cells`] packed.
@@ -246,6 +277,24 @@ mod tests {
                 .collect();
             let bytes = encode_cells(cells.iter().map(|(d, p)| (d.as_str(), p)));
             prop_assert_eq!(decode_cells(&bytes), Ok(cells));
+        }
+    }
+
+    #[test]
+    fn sections_split_as_they_were_joined() {
+        let sections = vec![
+            encode_cells([("a", &partial(1, None, None))].into_iter()),
+            Vec::new(),
+            encode_cells([("b", &partial(2, Some((1, 3)), Some(5)))].into_iter()),
+        ];
+        let joined = join_sections(&sections);
+        let split = split_sections(&joined).expect("splits");
+        assert_eq!(
+            split,
+            sections.iter().map(Vec::as_slice).collect::<Vec<_>>()
+        );
+        for end in 0..joined.len() {
+            assert!(split_sections(&joined[..end]).is_err(), "cut at {end}");
         }
     }
 
