@@ -29,9 +29,9 @@ pub enum SpeedStateError {
 
 /// The speed cells of `metrics` with a bucket in `[from, to)`, per metric, possibly several per
 /// bucket and dimensions (a merge sums them): `speed_cells` packs a checkpoint's changed cells
-/// of one bucket into a row, a section per metric, and `speed_aggregates` holds what an earlier version wrote, a row
-/// per cell, until retention removes it. Call it inside the transaction that reads whatever the
-/// rows must be consistent with.
+/// of one bucket into a row, a section per metric, and `speed_aggregates` holds what an earlier
+/// version wrote, a row per cell, until retention removes it. Call it inside the transaction
+/// that reads whatever the rows must be consistent with.
 pub async fn read_rows(
     connection: &mut PgConnection,
     metrics: &[&str],

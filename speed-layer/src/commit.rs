@@ -160,10 +160,10 @@ impl SpeedLayer {
             late.write_side_output(&mut tx, &self.catalog)
                 .await
                 .map_err(failed("late events"))?;
-            write_cells(&mut tx, &self.catalog, seq, cells, &late.counts)
+            let written = write_cells(&mut tx, &self.catalog, seq, cells, &late.counts)
                 .await
                 .map_err(failed("writing cells"))?;
-            phases.lap("upsert");
+            phases.lap("cells");
             store::append(&mut tx, seq, &entries)
                 .await
                 .map_err(failed("appending to the id log"))?;
@@ -203,6 +203,8 @@ impl SpeedLayer {
             tracing::debug!(
                 claimed = done.claimed,
                 duplicates = done.duplicates,
+                cell_rows = written.rows,
+                merged_buckets = written.merged,
                 phases_ms = %phases,
                 "committed"
             );

@@ -3,9 +3,9 @@
 //!
 //! Each poll yields a batch. Decoding, deduplication, session starts and aggregation happen in
 //! memory, against the ids and session times every instance holds (`state`); Postgres then
-//! sees one checkpoint per batch: the changed cells packed into a row per metric and bucket
-//! (`speed_cells`), one packed row of the batch's new ids in the id log, the offsets and the bad messages, in one transaction. No
-//! Postgres row is written per event. A crash at any moment rolls the checkpoint back, and the
+//! sees one checkpoint per batch: the changed cells packed into a row per bucket (`speed_cells`),
+//! one packed row of the batch's new ids in the id log, the offsets and the bad messages, in one
+//! transaction. No Postgres row is written per event. A crash at any moment rolls the checkpoint back, and the
 //! restart loads the log and resumes from the stored offsets, so nothing is lost and nothing is
 //! counted twice. Every instance reads every log row, which is what makes deduplication hold
 //! across partitions and instances.

@@ -210,22 +210,10 @@ impl MetricDef {
         String::from_utf8(key).unwrap_or_else(|_| "[]".to_string())
     }
 
-    /// [`Self::dims_key`] written into `out` (cleared first), byte for byte what
-    /// [`encode_dims`] writes, so that a fold can look a cell up without allocating a key.
+    /// [`Self::dims_key`] written into `out` (see [`write_dims`]), so that a fold can look a
+    /// cell up without allocating a key.
     pub fn write_dims_key(&self, event: &Event, out: &mut Vec<u8>) {
-        out.clear();
-        out.push(b'[');
-        for (i, dimension) in self.dimensions.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            match dimension.value(event) {
-                // Writing JSON into a Vec cannot fail.
-                Some(value) => serde_json::to_writer(&mut *out, value).unwrap_or_default(),
-                None => out.extend_from_slice(b"null"),
-            }
-        }
-        out.push(b']');
+        write_dims(self.dimensions.iter().map(|d| d.value(event)), out);
     }
 
     /// Whether the metric reads the joined profile: it groups by, or counts, an enriched field.
@@ -249,7 +237,27 @@ impl MetricDef {
 /// The stored form of a group: a JSON array of the dimension values, `null` where the event
 /// lacks the field. Both layers write this exact text, so keys compare byte for byte.
 pub fn encode_dims(values: &[Option<&str>]) -> String {
-    serde_json::to_string(values).unwrap_or_else(|_| "[]".to_string())
+    let mut key = Vec::new();
+    write_dims(values.iter().copied(), &mut key);
+    String::from_utf8(key).unwrap_or_else(|_| "[]".to_string())
+}
+
+/// [`encode_dims`] into `out`, cleared first: what `serde_json` writes for the array of
+/// values, with no allocation once `out` has grown.
+pub fn write_dims<'a>(values: impl IntoIterator<Item = Option<&'a str>>, out: &mut Vec<u8>) {
+    out.clear();
+    out.push(b'[');
+    for (i, value) in values.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        match value {
+            // Writing JSON into a Vec cannot fail.
+            Some(value) => serde_json::to_writer(&mut *out, value).unwrap_or_default(),
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+    out.push(b']');
 }
 
 pub fn decode_dims(key: &str) -> Vec<Option<String>> {

@@ -6,7 +6,7 @@
 //! from (`store`). So a duplicate is recognised whichever partition or instance counted its
 //! first copy, and a partition moves to another instance without moving any state.
 //!
-//! What the cells add up to stays in Postgres (`speed_cells`, packed per metric and bucket);
+//! What the cells add up to stays in Postgres (`speed_cells`, packed per bucket);
 //! only the per-event bookkeeping lives here.
 
 mod legacy;
