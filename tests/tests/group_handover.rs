@@ -21,6 +21,8 @@ const PARTITIONS: i32 = 4;
 const EVENTS: i64 = 120_000;
 /// Event times advance by this much per event, so no partition ever sees a late one.
 const SPACING_MS: i64 = 10;
+/// `speed.batch_max_events` for this scenario.
+const BATCH: usize = 200;
 
 /// Produces `EVENTS` purchases round-robin over the partitions; returns the end offsets.
 async fn preload(platform: &Platform, base: i64) -> Result<HashMap<i32, i64>> {
@@ -61,31 +63,54 @@ async fn stop(service: &mut Service) -> Result<()> {
     Ok(())
 }
 
+/// Waits until `service` has been assigned some partition, and returns how many events were
+/// committed by then: the backlog the handover happened under is `EVENTS` minus that.
+async fn wait_for_partitions(platform: &Platform, service: &Service, who: &str) -> Result<i64> {
+    wait_until(
+        Duration::from_secs(120),
+        &format!("{who} to be assigned partitions"),
+        || async { service.got_partitions() },
+    )
+    .await?;
+    platform.speed_offset_sum().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn partitions_move_under_a_large_backlog_without_losing_an_event() -> Result<()> {
-    let platform = Platform::new("handover", PARTITIONS).await?;
+    let mut platform = Platform::new("handover", PARTITIONS).await?;
+    // Small checkpoints slow the consumers down enough that every handover below happens with
+    // most of the backlog unread; the steps wait for assignments, not for a consumer's speed.
+    platform
+        .extra_env
+        .push(("PLATFORM_SPEED__BATCH_MAX_EVENTS".into(), BATCH.to_string()));
     let base = bucket_start(now_millis(), MINUTE_MS) - 60 * MINUTE_MS;
     let ends = preload(&platform, base).await?;
 
     // Two start together on a fresh database, as a deployment of two replicas does.
     let mut first = platform.spawn_as("speed-first", "speed-layer", &["run"])?;
     let mut second = platform.spawn_as("speed-second", "speed-layer", &["run"])?;
-    wait_for_progress(&platform, 0.35).await?;
+    let mut committed = vec![
+        wait_for_partitions(&platform, &first, "the first instance").await?,
+        wait_for_partitions(&platform, &second, "the second instance").await?,
+    ];
+    wait_for_progress(&platform, 0.2).await?;
     stop(&mut first).await?;
-    wait_for_progress(&platform, 0.55).await?;
+    committed.push(platform.speed_offset_sum().await?);
     let mut first_again = platform.spawn_as("speed-first-again", "speed-layer", &["run"])?;
-    wait_for_progress(&platform, 0.75).await?;
+    committed.push(wait_for_partitions(&platform, &first_again, "the restarted instance").await?);
     let mut third = platform.spawn_as("speed-third", "speed-layer", &["run"])?;
+    committed.push(wait_for_partitions(&platform, &third, "the third instance").await?);
     platform
         .wait_caught_up_within("speed_offsets", &ends, Duration::from_secs(600))
         .await?;
 
-    // Partitions moved between members with most of the backlog still unread.
-    let holders = [&first, &second, &first_again, &third]
-        .iter()
-        .filter(|s| s.got_partitions())
-        .count();
-    ensure!(holders >= 2, "only {holders} instance got partitions");
+    println!("events committed at each handover: {committed:?} of {EVENTS}");
+    // Every member got partitions, and the last one joined with events still unread, so each
+    // move before it happened under a backlog.
+    ensure!(
+        committed.iter().all(|&n| n < EVENTS),
+        "events committed at each handover {committed:?} of {EVENTS}: the backlog ran out first"
+    );
     let claimed: i64 =
         sqlx::query_scalar("SELECT coalesce(sum(entries), 0)::bigint FROM speed_log")
             .fetch_one(&platform.pool)
