@@ -93,7 +93,9 @@ pub async fn run(events: u64) -> Result<Vec<Figure>> {
                  timed from process start (connect, migrate, join the group) to the last offset committed"
             ),
         )
-        .target(">= 300000 events/s and >= 0.7 of bare", speed_rate >= 300_000.0 && ratio >= 0.7),
+        // Nexmark's 300 000 events/s per 2 cores is the ceiling's bar (`ceiling`), not this one's:
+        // here the broker runs on the same two cores.
+        .target(">= 0.7 of bare", ratio >= 0.7),
     ])
 }
 

@@ -5,6 +5,7 @@
 use crate::event_clock::EventClock;
 use crate::state::store;
 use crate::{CONSUMER_NAME, SERVICE, SpeedError, SpeedLayer, liveness, profiles, replay};
+use futures::FutureExt;
 use shared_io::commit_guard::Backoff;
 use shared_io::kafka::Batch;
 use shared_io::observe;
@@ -20,6 +21,21 @@ const RETENTION_INTERVAL: Duration = Duration::from_secs(30);
 
 /// How often the state's size is measured (and `lambda_speed_state_bytes` set).
 const STATE_MEASURE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Whether a batch read ahead may still be handled: not when its partitions were given up since
+/// (the watchdog joined the group again as a new member, which clears the positions). They are
+/// then read again from their stored offsets, by whichever instance the group assigns them to.
+fn still_owned(batch: &Batch, source: &EventSource) -> bool {
+    let owned: BTreeSet<i32> = source.owned_partitions().into_iter().collect();
+    let stale = batch.positions.keys().any(|p| !owned.contains(p));
+    if stale {
+        tracing::info!(
+            partitions = ?batch.positions.keys().collect::<Vec<_>>(),
+            "dropping a batch read ahead: its partitions were given up since"
+        );
+    }
+    !stale
+}
 
 /// Aborts a background task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -201,6 +217,8 @@ impl SpeedLayer {
         });
         let mut last_measure = tokio::time::Instant::now();
         let mut over_bound = false;
+        // A batch read while the one before it committed, not yet handled.
+        let mut prefetched: Option<Batch> = None;
         loop {
             if let Some(watchdog) = watchdog.as_mut() {
                 watchdog.tick(&mut source).await;
@@ -242,15 +260,22 @@ impl SpeedLayer {
                     _ = tokio::time::sleep(STATE_MEASURE_INTERVAL) => continue,
                 }
             }
-            let mut batch = tokio::select! {
-                _ = &mut shutdown => {
-                    tracing::info!("shutting down");
-                    source.close();
-                    return Ok(false);
-                }
-                batch = source.next_batch(max_events, self.config.speed.batch_max_wait.as_std()) => {
-                    batch.map_err(|source| SpeedError::ReadBatch { topic: topic.clone(), source })?
-                }
+            let wait = self.config.speed.batch_max_wait.as_std();
+            let ahead = prefetched
+                .take()
+                .filter(|batch| still_owned(batch, &source));
+            let mut batch = match ahead {
+                Some(batch) => batch,
+                None => tokio::select! {
+                    _ = &mut shutdown => {
+                        tracing::info!("shutting down");
+                        source.close();
+                        return Ok(false);
+                    }
+                    batch = source.next_batch(max_events, wait) => {
+                        batch.map_err(|source| SpeedError::ReadBatch { topic: topic.clone(), source })?
+                    }
+                },
             };
             observe::consumer().record_batch(CONSUMER_NAME, &batch, &source.lag());
             if self.catalog.needs_profiles() {
@@ -272,8 +297,32 @@ impl SpeedLayer {
                 // One checkpoint per batch: checkpoints are ordered by the log head anyway.
                 // Postgres being away must not lose the batch: it is retried until it commits,
                 // and a message Postgres refuses is quarantined instead (see `guarded_commit`).
-                self.commit_guarded(&topic, &batch, watermark, &progress)
-                    .await;
+                let commit = self.commit_guarded(&topic, &batch, watermark, &progress);
+                if replay.is_some() {
+                    commit.await;
+                } else {
+                    // The next batch is read (polled and decoded, on another core) while this
+                    // one commits: Kafka, decoding and Postgres work at once. Only the reading
+                    // overlaps; the next batch is folded after this commit, against the state
+                    // it left. A read ends within `batch_max_wait`, so shutdown waits for it.
+                    let read = tokio::spawn(async move {
+                        let next = source.next_batch(max_events, wait).await;
+                        (source, next)
+                    });
+                    let ((), read) = tokio::join!(commit, read);
+                    let next;
+                    (source, next) =
+                        read.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+                    if (&mut shutdown).now_or_never().is_some() {
+                        tracing::info!("shutting down");
+                        source.close();
+                        return Ok(false);
+                    }
+                    prefetched = Some(next.map_err(|source| SpeedError::ReadBatch {
+                        topic: topic.clone(),
+                        source,
+                    })?);
+                }
             }
             if let Some(replay) = replay.as_deref_mut()
                 && replay.try_swap(&positions).await
