@@ -93,7 +93,7 @@ impl Lander {
                 source,
             })?;
         let mut source = EventSource::connect(
-            &self.config.kafka_brokers,
+            &self.config.kafka_access(),
             &self.config.lander.group_id,
             &topic,
             &stored,

@@ -83,7 +83,7 @@ async fn lake_complete_until_now(
     landed: &[LandedPartition],
     allowed_lateness: Millis,
 ) -> Option<Millis> {
-    match shared_io::kafka::topic_partitions(&config.kafka_brokers, &config.events_topic).await {
+    match shared_io::kafka::topic_partitions(&config.kafka_access(), &config.events_topic).await {
         Ok(partitions) => lake_complete_until(
             &with_unrecorded_partitions(landed.to_vec(), &partitions),
             allowed_lateness,

@@ -18,6 +18,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use shared_io::kafka::with_access;
 use shared_schema::config::PlatformConfig;
 use shared_schema::profiles::ChangeEnvelope;
 use sqlx::PgPool;
@@ -89,17 +90,19 @@ pub struct Publisher {
 
 impl Publisher {
     pub async fn new(pool: PgPool, config: PlatformConfig) -> Result<Publisher, CdcError> {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &config.kafka_brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("message.timeout.ms", "30000")
-            .set("linger.ms", "5")
-            .create()
-            .map_err(|source| CdcError::CreateProducer {
-                brokers: config.kafka_brokers.clone(),
-                source,
-            })?;
+        let producer: FutureProducer = with_access(
+            ClientConfig::new()
+                .set("enable.idempotence", "true")
+                .set("acks", "all")
+                .set("message.timeout.ms", "30000")
+                .set("linger.ms", "5"),
+            &config.kafka_access(),
+        )
+        .create()
+        .map_err(|source| CdcError::CreateProducer {
+            brokers: config.kafka_brokers.clone(),
+            source,
+        })?;
         let database: String = sqlx::query_scalar("SELECT current_database()")
             .fetch_one(&pool)
             .await
@@ -147,10 +150,10 @@ impl Publisher {
             brokers: brokers.clone(),
             source,
         };
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .create()
-            .map_err(failed)?;
+        let admin: AdminClient<DefaultClientContext> =
+            with_access(&mut ClientConfig::new(), &self.config.kafka_access())
+                .create()
+                .map_err(failed)?;
         let results = admin
             .create_topics(
                 &[NewTopic::new(topic, 1, TopicReplication::Fixed(1))],

@@ -12,6 +12,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
+use shared_schema::kafka_access::KafkaAccess;
 use shared_schema::profiles::{ChangeEnvelope, SourcedVersion};
 use sqlx::{PgPool, Postgres, Transaction};
 use std::collections::BTreeMap;
@@ -41,10 +42,11 @@ impl ChangelogReader {
         config: &shared_schema::config::PlatformConfig,
         consumer: &str,
     ) -> ChangelogReader {
+        let kafka = config.kafka_access();
         crate::retry::until_success("connecting to the profile changelog", || {
             ChangelogReader::connect(
                 pool,
-                &config.kafka_brokers,
+                &kafka,
                 &config.cdc.group_id,
                 &config.cdc.topic,
                 consumer,
@@ -57,7 +59,7 @@ impl ChangelogReader {
     /// positions (the beginning where none is stored).
     pub async fn connect(
         pool: &PgPool,
-        brokers: &str,
+        kafka: &KafkaAccess,
         group_id: &str,
         topic: &str,
         consumer: &str,
@@ -76,7 +78,7 @@ impl ChangelogReader {
         })?;
         let stored: BTreeMap<i32, i64> = stored.into_iter().collect();
         let kafka =
-            plain_consumer(brokers, group_id).map_err(SourceError::create_consumer(group_id))?;
+            plain_consumer(kafka, group_id).map_err(SourceError::create_consumer(group_id))?;
         let partitions = wait_for_partitions(&kafka, topic).await?;
         let mut assignment = TopicPartitionList::new();
         let mut positions = BTreeMap::new();

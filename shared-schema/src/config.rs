@@ -50,6 +50,7 @@ config_section! {
         pub serving: ServingConfig = ServingConfig::default(),
         pub cdc: CdcConfig = CdcConfig::default(),
         pub quarantine: QuarantineConfig = QuarantineConfig::default(),
+        pub kafka: KafkaConfig = KafkaConfig::default(),
     }
 }
 
@@ -246,6 +247,32 @@ config_section! {
     }
 }
 
+config_section! {
+    /// How every Kafka client of the platform (the speed layer's and the lander's consumers, the
+    /// profile changelog's readers, the CDC publisher's and the quarantine replay's producers)
+    /// reaches the cluster beyond `kafka_brokers`: security and tuning, passed to librdkafka as
+    /// they are written. For a SASL/SSL cluster (MSK, Confluent Cloud, Strimzi):
+    ///
+    /// ```toml
+    /// [kafka.properties]
+    /// "security.protocol" = "SASL_SSL"
+    /// "sasl.mechanism" = "SCRAM-SHA-512"
+    /// "sasl.username" = "lambda"
+    /// "sasl.password" = "..."
+    /// "ssl.ca.location" = "/etc/ssl/certs/ca-certificates.crt"
+    /// ```
+    ///
+    /// or in the environment `PLATFORM_KAFKA__PROPERTIES__SECURITY_PROTOCOL=SASL_SSL`, an
+    /// underscore standing for each dot. Properties the platform sets itself (`group.id`,
+    /// `bootstrap.servers`, `session.timeout.ms`, `enable.auto.commit`, ...) are refused at start.
+    pub struct KafkaConfig {
+        /// librdkafka client properties for every consumer, producer and admin client, applied
+        /// after the platform's own tuning (so `fetch.wait.max.ms` and the like may be changed).
+        /// Values that look like secrets are never logged.
+        pub properties: std::collections::BTreeMap<String, String> = Default::default(),
+    }
+}
+
 /// The format of log lines, see [`PlatformConfig::log_format`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -260,6 +287,8 @@ pub enum ConfigError {
     Invalid(#[from] Box<figment::Error>),
     #[error("configuration: DATABASE_URL is required")]
     MissingDatabaseUrl,
+    #[error("configuration: {0}")]
+    KafkaProperty(#[from] crate::kafka_access::ReservedProperty),
 }
 
 /// The contract's variable names, which map onto top-level keys.
@@ -274,9 +303,17 @@ const CONTRACT_VARIABLES: [&str; 5] = [
 impl PlatformConfig {
     /// Defaults, then the file named by `PLATFORM_CONFIG` (if any), then the environment.
     pub fn load() -> Result<Self, ConfigError> {
-        Self::figment()
+        let config: PlatformConfig = Self::figment()
             .extract()
-            .map_err(|e| ConfigError::Invalid(Box::new(e)))
+            .map_err(|e| ConfigError::Invalid(Box::new(e)))?;
+        // A reserved Kafka property is refused at start, not at the first client.
+        crate::kafka_access::KafkaAccess::check(&config.kafka.properties)?;
+        Ok(config)
+    }
+
+    /// The brokers and client properties every Kafka client is created from.
+    pub fn kafka_access(&self) -> crate::kafka_access::KafkaAccess {
+        crate::kafka_access::KafkaAccess::new(&self.kafka_brokers, &self.kafka.properties)
     }
 
     pub fn figment() -> Figment {
@@ -415,6 +452,37 @@ mod tests {
             jail.set_env("PLATFORM_CONFIG", "platform.toml");
             let err = PlatformConfig::load().unwrap_err().to_string();
             assert!(err.contains("batch_max_event"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn kafka_properties_come_from_the_file_and_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "platform.toml",
+                "[kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n",
+            )?;
+            jail.set_env("PLATFORM_CONFIG", "platform.toml");
+            jail.set_env(
+                "PLATFORM_KAFKA__PROPERTIES__SASL_MECHANISM",
+                "SCRAM-SHA-512",
+            );
+            let access = PlatformConfig::load().unwrap().kafka_access();
+            assert_eq!(
+                access
+                    .properties
+                    .get("security.protocol")
+                    .map(String::as_str),
+                Some("SASL_SSL")
+            );
+            assert_eq!(
+                access.properties.get("sasl.mechanism").map(String::as_str),
+                Some("SCRAM-SHA-512")
+            );
+            jail.set_env("PLATFORM_KAFKA__PROPERTIES__GROUP_ID", "mine");
+            let err = PlatformConfig::load().unwrap_err().to_string();
+            assert!(err.contains("group.id"), "{err}");
             Ok(())
         });
     }

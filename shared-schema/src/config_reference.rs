@@ -81,10 +81,10 @@ fn section<T: Documented>(name: &'static str) -> Section {
     }
 }
 
-fn sections() -> [Section; 7] {
+fn sections() -> [Section; 8] {
     use crate::config::{
-        BatchConfig, CdcConfig, LanderConfig, PlatformConfig, QuarantineConfig, ServingConfig,
-        SpeedConfig,
+        BatchConfig, CdcConfig, KafkaConfig, LanderConfig, PlatformConfig, QuarantineConfig,
+        ServingConfig, SpeedConfig,
     };
     [
         section::<PlatformConfig>(""),
@@ -94,6 +94,7 @@ fn sections() -> [Section; 7] {
         section::<ServingConfig>("serving"),
         section::<CdcConfig>("cdc"),
         section::<QuarantineConfig>("quarantine"),
+        section::<KafkaConfig>("kafka"),
     ]
 }
 
@@ -120,8 +121,8 @@ pub fn render() -> String {
         out.push_str(&paragraph(section.doc));
         for key in section.keys {
             let value = section.defaults.get(key.key).cloned().unwrap_or_default();
-            // A nested section is rendered under its own heading, not as a key.
-            if value.is_object() {
+            // A nested section is rendered under its own heading, not as a key; a map is a key.
+            if value.is_object() && !key.ty.contains("Map") {
                 continue;
             }
             let path = match section.name {
@@ -145,10 +146,28 @@ pub fn render() -> String {
 /// Doc comment lines joined into one paragraph (a blank doc line starts a new one).
 fn paragraph(doc: &str) -> String {
     let mut out = String::new();
+    let mut code = false;
     for line in doc.lines() {
+        // Doc comments keep one leading space; a fenced block keeps its lines as written.
+        let raw = line.strip_prefix(' ').unwrap_or(line);
         let line = line.trim();
-        if line.is_empty() {
-            out.push_str("\n\n");
+        if line.starts_with("```") {
+            if !(out.is_empty() || out.ends_with('\n')) {
+                out.push('\n');
+            }
+            out.push_str(line);
+            out.push('\n');
+            code = !code;
+        } else if code {
+            out.push_str(raw);
+            out.push('\n');
+        } else if line.is_empty() {
+            if !out.ends_with('\n') {
+                out.push('\n');
+            }
+            if !out.ends_with("\n\n") {
+                out.push('\n');
+            }
         } else {
             if !(out.is_empty() || out.ends_with('\n')) {
                 out.push(' ');
@@ -178,6 +197,7 @@ fn type_name(ty: &str) -> String {
         "f64" => "number",
         "bool" => "boolean",
         "Vec<String>" => "list of strings",
+        "std::collections::BTreeMap<String,String>" => "table of strings",
         "LogFormat" => "`text` or `json`",
         other => other,
     };
@@ -205,6 +225,9 @@ fn environment_name(prefix: &str, key: &str) -> String {
     ];
     if prefix.is_empty() && CONTRACT.contains(&key) {
         return key.to_uppercase();
+    }
+    if prefix == "kafka" && key == "properties" {
+        return "PLATFORM_KAFKA__PROPERTIES__<NAME>".into();
     }
     if prefix.is_empty() {
         format!("PLATFORM_{}", key.to_uppercase())

@@ -14,6 +14,7 @@ pub mod definitions;
 pub mod event;
 pub mod fingerprint;
 pub mod hll;
+pub mod kafka_access;
 pub mod liveness;
 pub mod metrics;
 pub mod profiles;

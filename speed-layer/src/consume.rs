@@ -146,7 +146,7 @@ impl SpeedLayer {
             observe::speed().count_late(&metric.name, 0);
         }
         let source = EventSource::connect_group(
-            &self.config.kafka_brokers,
+            &self.config.kafka_access(),
             &self.config.speed.group_id,
             self.config.speed.session_timeout.as_std(),
             &topic,

@@ -8,6 +8,7 @@
 
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use shared_io::kafka::with_access;
 use shared_io::quarantine::{self, Kept, QuarantineError, Selection};
 use shared_schema::config::PlatformConfig;
 use shared_schema::event;
@@ -77,14 +78,15 @@ pub async fn replay(
         ..selection.clone()
     };
     let kept = quarantine::list(pool, &selection).await?;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka_brokers)
-        .set("message.timeout.ms", "30000")
-        .create()
-        .map_err(|source| ReplayError::Producer {
-            brokers: config.kafka_brokers.clone(),
-            source,
-        })?;
+    let producer: FutureProducer = with_access(
+        ClientConfig::new().set("message.timeout.ms", "30000"),
+        &config.kafka_access(),
+    )
+    .create()
+    .map_err(|source| ReplayError::Producer {
+        brokers: config.kafka_brokers.clone(),
+        source,
+    })?;
     let mut outcome = ReplayOutcome::default();
     for message in &kept {
         let from = format!("{}:{}", message.partition, message.kafka_offset);

@@ -166,7 +166,7 @@ pub async fn replay(
         .await
         .map_err(ReplayError::PrepareSchema)?;
     let pool = replay_pool(&config).await?;
-    let positions = replay_positions(&config.kafka_brokers, &topic, start)
+    let positions = replay_positions(&config.kafka_access(), &topic, start)
         .await
         .map_err(|source| ReplayError::StartPositions {
             topic: topic.clone(),
@@ -179,7 +179,7 @@ pub async fn replay(
         "replaying into {REPLAY_SCHEMA}"
     );
     let source = EventSource::connect(
-        &config.kafka_brokers,
+        &config.kafka_access(),
         &format!("{}-replay", config.speed.group_id),
         &topic,
         &positions,

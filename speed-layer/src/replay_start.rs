@@ -5,6 +5,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 use shared_io::kafka::{SourceError, plain_consumer, wait_for_partitions};
 use shared_io::positions::PartitionPosition;
+use shared_schema::kafka_access::KafkaAccess;
 use shared_schema::time::Millis;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -46,12 +47,12 @@ impl std::str::FromStr for ReplayStart {
 /// The position of every partition of `topic` at `start`: what a replay passes to
 /// [`EventSource::connect`].
 pub async fn replay_positions(
-    brokers: &str,
+    kafka: &KafkaAccess,
     topic: &str,
     start: ReplayStart,
 ) -> Result<BTreeMap<i32, PartitionPosition>, SourceError> {
     const GROUP: &str = "replay-positions";
-    let consumer = plain_consumer(brokers, GROUP).map_err(SourceError::create_consumer(GROUP))?;
+    let consumer = plain_consumer(kafka, GROUP).map_err(SourceError::create_consumer(GROUP))?;
     let partitions = wait_for_partitions(&consumer, topic).await?;
     let offsets: Vec<(i32, i64)> = match start {
         // An absent partition starts at its beginning.

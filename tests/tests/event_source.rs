@@ -33,7 +33,7 @@ async fn a_dropped_batch_loses_nothing() -> Result<()> {
     };
 
     let mut source = EventSource::connect(
-        &cluster.brokers,
+        &shared_schema::kafka_access::KafkaAccess::plain(&cluster.brokers),
         &format!("{topic}-reader"),
         &topic,
         &BTreeMap::new(),

@@ -6,6 +6,7 @@ use super::context::{STATISTICS_INTERVAL_MS, SourceContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
+use shared_schema::kafka_access::KafkaAccess;
 use std::time::Duration;
 
 /// Closes `consumer`, which leaves its group, waiting at most `within`. librdkafka's close
@@ -36,24 +37,34 @@ pub(super) fn close_within(consumer: StreamConsumer<SourceContext>, within: Dura
 
 /// A consumer outside any group, for a reader that assigns partitions itself.
 pub fn plain_consumer(
-    brokers: &str,
+    kafka: &KafkaAccess,
     group_id: &str,
 ) -> Result<StreamConsumer<SourceContext>, KafkaError> {
-    consumer_config(brokers, group_id, DEFAULT_METADATA_REFRESH)
+    consumer_config(kafka, group_id, DEFAULT_METADATA_REFRESH)
         .create_with_context(SourceContext::new(None))
 }
 
 /// librdkafka's own default, for consumers of topics that do not grow.
 const DEFAULT_METADATA_REFRESH: Duration = Duration::from_secs(300);
 
+/// Completes a client's configuration, every consumer's, producer's and admin's: the operator's
+/// properties (`[kafka.properties]`) after the platform's tuning, so they may change it, then
+/// the servers. The properties the platform's guarantees rest on were refused when the
+/// configuration was loaded.
+pub fn with_access<'c>(config: &'c mut ClientConfig, kafka: &KafkaAccess) -> &'c mut ClientConfig {
+    for (key, value) in &kafka.properties {
+        config.set(key, value);
+    }
+    config.set("bootstrap.servers", &kafka.brokers)
+}
+
 pub(super) fn consumer_config(
-    brokers: &str,
+    kafka: &KafkaAccess,
     group_id: &str,
     metadata_refresh: Duration,
 ) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
-        .set("bootstrap.servers", brokers)
         .set("group.id", group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -68,6 +79,7 @@ pub(super) fn consumer_config(
             "topic.metadata.refresh.interval.ms",
             metadata_refresh.as_millis().max(1).to_string(),
         );
+    with_access(&mut config, kafka);
     config
 }
 
@@ -89,9 +101,9 @@ pub async fn wait_for_partitions(
 
 /// The partitions `topic` has now, from one metadata request (no waiting for the topic to
 /// exist): what the batch layer judges the lake's completeness over.
-pub async fn topic_partitions(brokers: &str, topic: &str) -> Result<Vec<i32>, SourceError> {
+pub async fn topic_partitions(kafka: &KafkaAccess, topic: &str) -> Result<Vec<i32>, SourceError> {
     const GROUP: &str = "topic-partitions";
-    let consumer = plain_consumer(brokers, GROUP).map_err(SourceError::create_consumer(GROUP))?;
+    let consumer = plain_consumer(kafka, GROUP).map_err(SourceError::create_consumer(GROUP))?;
     partitions_of(&consumer, topic).map_err(|source| SourceError::ListPartitions {
         topic: topic.to_string(),
         source,

@@ -12,7 +12,7 @@ mod poll;
 mod source;
 
 pub use batch::{BadMessage, Batch, SourcedEvent};
-pub use client::{plain_consumer, topic_partitions, wait_for_partitions};
+pub use client::{plain_consumer, topic_partitions, wait_for_partitions, with_access};
 pub use context::SourceContext;
 use rdkafka::error::KafkaError;
 pub use source::EventSource;

@@ -6,6 +6,7 @@ use super::context::{AssignmentChange, GroupRecipe, SourceContext, start_of};
 use crate::positions::{PartitionPosition, PositionTable};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
+use shared_schema::kafka_access::KafkaAccess;
 use shared_schema::time::Millis;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -40,14 +41,14 @@ impl EventSource {
     /// partition where none is stored). Waits, with backoff, for the topic to exist. Partitions
     /// added to the topic later are found every `metadata_refresh` and assigned the same way.
     pub async fn connect(
-        brokers: &str,
+        kafka: &KafkaAccess,
         group_id: &str,
         topic: &str,
         stored: &BTreeMap<i32, PartitionPosition>,
         max_skew_ms: Millis,
         metadata_refresh: Duration,
     ) -> Result<Self, SourceError> {
-        let consumer = consumer_config(brokers, group_id, metadata_refresh)
+        let consumer = consumer_config(kafka, group_id, metadata_refresh)
             .create_with_context(SourceContext::new(None))
             .map_err(SourceError::create_consumer(group_id))?;
         let partitions = wait_for_partitions(&consumer, topic).await?;
@@ -135,7 +136,7 @@ impl EventSource {
     /// added to the topic are seen within `metadata_refresh` and shared by a rebalance.
     #[allow(clippy::too_many_arguments)]
     pub async fn connect_group(
-        brokers: &str,
+        kafka: &KafkaAccess,
         group_id: &str,
         session_timeout: Duration,
         topic: &str,
@@ -144,7 +145,7 @@ impl EventSource {
         max_skew_ms: Millis,
         metadata_refresh: Duration,
     ) -> Result<Self, SourceError> {
-        let mut config = consumer_config(brokers, group_id, metadata_refresh);
+        let mut config = consumer_config(kafka, group_id, metadata_refresh);
         config.set(
             "session.timeout.ms",
             session_timeout.as_millis().to_string(),
