@@ -43,12 +43,8 @@ pub async fn run(events: u64) -> Result<Vec<Figure>> {
         .fetch_one(&platform.pool)
         .await?;
     let full = restart_until_fresh(&platform, &mut speed, "full").await?;
-    // The log is coloured: drop the escape sequences before reading the field.
-    let log: String = speed
-        .log()
-        .split('\x1b')
-        .map(|part| part.split_once('m').map_or(part, |(_, rest)| rest))
-        .collect();
+    // A log written on a terminal is coloured: drop any escape sequences before reading it.
+    let log = platform_tests::without_colours(&speed.log());
     let loaded = log
         .lines()
         .find(|l| l.contains("loaded the speed state"))

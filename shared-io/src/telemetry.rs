@@ -1,15 +1,18 @@
 //! Logging and process lifecycle helpers for the binaries.
 
 use shared_schema::config::LogFormat;
+use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 /// Logs to stderr in `format`; a JSON line carries the fields of its enclosing spans (`span`,
 /// `spans`), so e.g. every line of a serving request has its `request_id`. The level comes from
-/// `RUST_LOG` (default info).
+/// `RUST_LOG` (default info). Colours only on a terminal: a log file or a collector gets plain
+/// text.
 pub fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder

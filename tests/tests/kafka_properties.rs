@@ -3,7 +3,8 @@
 //! broker, which reads the client id from the header of each connection's first request, as
 //! the broker does: every client of the speed layer and the lander must carry the configured
 //! `client.id`, none librdkafka's default. A property the platform sets itself is refused at
-//! start, naming the key to use instead.
+//! start, naming the key to use instead. (The same services' log files are checked to hold no
+//! terminal colour codes, issue 19 item 9.)
 
 use anyhow::{Context, Result, ensure};
 use platform_tests::{Platform, wait_until};
@@ -80,6 +81,13 @@ async fn client_properties_reach_the_broker_and_reserved_ones_are_refused() -> R
         "client ids the broker saw: {seen:?}, wanted only {wanted}"
     );
     println!("{} connections, each with client id {wanted}", seen.len());
+    // Their logs go to files here, as under a supervisor: plain text, no terminal colours.
+    for log in [speed.log(), lander.log()] {
+        ensure!(
+            !log.is_empty() && !log.contains('\u{1b}'),
+            "a log file holds colour codes: {log}"
+        );
+    }
 
     // The consumer group is the platform's to name: refused before anything connects.
     platform.extra_env.push((
