@@ -110,6 +110,27 @@ ensure_python_venv() {
   fi
 }
 
+# promtool, Prometheus's checker, from Debian's prometheus package, unpacked under .local rather
+# than installed (which would start a Prometheus server); exports its path as E2E_PROMTOOL for
+# tests/tests/compose.rs, which checks the shipped alerting rules with it.
+ensure_promtool() {
+  local dir="$ROOT/.local/promtool"
+  if [ ! -x "$dir/usr/bin/promtool" ]; then
+    log "unpacking promtool from Debian's prometheus package"
+    local download
+    download=$(mktemp -d)
+    (cd "$download" && apt-get download prometheus >/dev/null 2>&1) || {
+      as_root apt-get update -qq
+      (cd "$download" && apt-get download prometheus >/dev/null)
+    }
+    mkdir -p "$dir"
+    dpkg-deb -x "$download"/prometheus_*.deb "$dir"
+    rm -rf "$download"
+  fi
+  E2E_PROMTOOL="$dir/usr/bin/promtool"
+  export E2E_PROMTOOL
+}
+
 # Headless Chromium from Debian's packages, for the dashboard scenario; exports its path as
 # E2E_CHROMIUM. fonts-liberation gives the screenshot legible text on a bare machine.
 ensure_chromium() {

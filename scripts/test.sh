@@ -17,6 +17,7 @@ ensure_sqlite3
 ensure_schemathesis
 ensure_moto # exports E2E_MOTO_SERVER for tests/tests/object_store.rs
 ensure_chromium # exports E2E_CHROMIUM for tests/tests/dashboard.rs
+ensure_promtool # exports E2E_PROMTOOL for tests/tests/compose.rs
 start_postgres test-pg "$PG_PORT" 400
 start_tansu test-broker "$KAFKA_PORT" fresh
 cleanup() {

@@ -775,6 +775,19 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// The `lambda_*` names a PromQL expression refers to.
+/// The family a series name in PromQL belongs to: its own, or a histogram's `_bucket`, `_sum`
+/// or `_count`.
+fn exported_family(name: &str) -> Option<&'static shared_io::observe::Family> {
+    use shared_io::observe::{FAMILIES, Kind};
+    FAMILIES.iter().find(|f| {
+        name == f.name
+            || (f.kind == Kind::Histogram
+                && ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|suffix| name == format!("{}{suffix}", f.name)))
+    })
+}
+
 fn metric_names(expr: &str) -> Vec<String> {
     expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
         .filter(|word| word.starts_with("lambda_"))
@@ -806,7 +819,7 @@ fn dashboard_targets(dashboard: &serde_json::Value) -> Vec<(String, Option<Strin
 
 #[test]
 fn prometheus_scrapes_every_exporter_and_grafana_provisions_the_dashboard() {
-    use shared_io::observe::{FAMILIES, Kind};
+    use shared_io::observe::FAMILIES;
     let doc = compose();
     let names = service_names(&doc);
     for expected in ["prometheus", "grafana"] {
@@ -937,14 +950,7 @@ fn prometheus_scrapes_every_exporter_and_grafana_provisions_the_dashboard() {
                 file.display()
             );
             for name in used {
-                let family = FAMILIES.iter().find(|f| {
-                    name == f.name
-                        || (f.kind == Kind::Histogram
-                            && ["_bucket", "_sum", "_count"]
-                                .iter()
-                                .any(|suffix| name == format!("{}{suffix}", f.name)))
-                });
-                let family = family.unwrap_or_else(|| {
+                let family = exported_family(&name).unwrap_or_else(|| {
                     panic!(
                         "{}: `{expr}` refers to {name}, which no service exports",
                         file.display()
@@ -960,6 +966,105 @@ fn prometheus_scrapes_every_exporter_and_grafana_provisions_the_dashboard() {
         .filter(|n| !shown.contains(n))
         .collect();
     assert!(missing.is_empty(), "no dashboard panel shows {missing:?}");
+}
+
+/// What the shipped alerting rules must watch (issue 19, item 5), each by a family it reads.
+const ALERTED: [&str; 6] = [
+    "lambda_consumer_lag_messages",
+    "lambda_speed_watermark_delay_seconds",
+    "lambda_divergence_ratio",
+    "lambda_speed_late_events_total",
+    "lambda_consumer_quarantined_total",
+    "lambda_batch_run_duration_seconds",
+];
+
+#[test]
+fn prometheus_loads_alerting_rules_over_exported_families() {
+    let doc = compose();
+    let config = read_yaml(&bind_source(
+        &doc,
+        "prometheus",
+        "/etc/prometheus/prometheus.yml",
+    ));
+    let files: Vec<String> = config
+        .get("rule_files")
+        .and_then(Value::as_sequence)
+        .expect("prometheus.yml has `rule_files`")
+        .iter()
+        .map(scalar_text)
+        .collect();
+    assert!(!files.is_empty(), "prometheus.yml loads no rule file");
+    let mut watched = BTreeSet::new();
+    let mut alerts = BTreeSet::new();
+    for file in files {
+        // Mounted into the container from the repository, like the scrape configuration.
+        let rules = read_yaml(&bind_source(&doc, "prometheus", &file));
+        let groups = rules
+            .get("groups")
+            .and_then(Value::as_sequence)
+            .unwrap_or_else(|| panic!("{file}: no `groups`"));
+        for rule in groups.iter().flat_map(|g| {
+            g.get("rules")
+                .and_then(Value::as_sequence)
+                .cloned()
+                .unwrap_or_default()
+        }) {
+            let name = rule
+                .get("alert")
+                .and_then(Value::as_str)
+                .unwrap_or_else(|| panic!("{file}: a rule without `alert`: {rule:?}"));
+            assert!(
+                alerts.insert(name.to_string()),
+                "{file}: alert {name} twice"
+            );
+            assert!(
+                rule.get("labels").and_then(|l| l.get("severity")).is_some(),
+                "{file}: {name} has no labels.severity"
+            );
+            assert!(
+                rule.get("annotations")
+                    .and_then(|a| a.get("summary"))
+                    .is_some(),
+                "{file}: {name} has no annotations.summary"
+            );
+            let expr = rule
+                .get("expr")
+                .map(scalar_text)
+                .unwrap_or_else(|| panic!("{file}: {name} has no `expr`"));
+            let used = metric_names(&expr);
+            assert!(!used.is_empty(), "{file}: {name} reads no platform metric");
+            for metric in used {
+                let family = exported_family(&metric).unwrap_or_else(|| {
+                    panic!("{file}: {name} reads {metric}, which no service exports")
+                });
+                watched.insert(family.name);
+            }
+        }
+    }
+    let unwatched: Vec<&str> = ALERTED
+        .iter()
+        .copied()
+        .filter(|f| !watched.contains(f))
+        .collect();
+    assert!(unwatched.is_empty(), "no alerting rule reads {unwatched:?}");
+
+    // And Prometheus's own checker parses every expression and template.
+    let Some(promtool) = std::env::var_os("E2E_PROMTOOL") else {
+        panic!("E2E_PROMTOOL is unset: run through scripts/test.sh, which unpacks promtool");
+    };
+    let rules = bind_source(&doc, "prometheus", "/etc/prometheus/rules.yml");
+    let checked = std::process::Command::new(promtool)
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .expect("promtool runs");
+    assert!(
+        checked.status.success(),
+        "promtool check rules {}: {}{}",
+        rules.display(),
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
 }
 
 /// The bucket the `s3` profile creates in MinIO.
