@@ -435,18 +435,29 @@ async fn every_service_exports_its_families_and_serving_logs_carry_request_ids()
         !serving_text.contains("/v1/metrics/purchases"),
         "routes are templates, not paths"
     );
-    let v = ("version", version.as_str());
-    let age = total(&samples, "lambda_promoted_version_age_seconds", &[v]);
+    // The served version is an info series; the rest carry no version label, so a promotion
+    // continues their series rather than starting new ones.
+    let info = total(
+        &samples,
+        "lambda_promoted_version_info",
+        &[("version", version.as_str())],
+    );
+    ensure!(
+        info == 1.0,
+        "promoted version {version}: info {info}\n{serving_text}"
+    );
+    let now_seconds = now_millis() as f64 / 1000.0;
+    let age = now_seconds - total(&samples, "lambda_promoted_timestamp_seconds", &[]);
     ensure!(
         (0.0..600.0).contains(&age),
         "promoted version {version}: age {age}\n{serving_text}"
     );
-    let rows = total(&samples, "lambda_promoted_version_rows", &[v]);
+    let rows = total(&samples, "lambda_promoted_version_rows", &[]);
     ensure!(
         rows == row_count as f64,
         "promoted rows {rows}, {row_count} in Postgres"
     );
-    let run_seconds = total(&samples, "lambda_promoted_version_run_seconds", &[v]);
+    let run_seconds = total(&samples, "lambda_promoted_version_run_seconds", &[]);
     ensure!(
         (0.0..600.0).contains(&run_seconds),
         "run seconds {run_seconds}"
@@ -455,11 +466,10 @@ async fn every_service_exports_its_families_and_serving_logs_carry_request_ids()
         sqlx::query_scalar("SELECT cutover FROM serving_state")
             .fetch_one(&platform.pool)
             .await?;
-    let expected_age = (now_millis() - cutover.timestamp_millis()) as f64 / 1000.0;
-    let cutover_age = total(&samples, "lambda_cutover_age_seconds", &[v]);
+    let exported = total(&samples, "lambda_cutover_timestamp_seconds", &[]);
     ensure!(
-        (cutover_age - expected_age).abs() < 30.0,
-        "cutover age {cutover_age}, expected about {expected_age}"
+        exported == cutover.timestamp_millis() as f64 / 1000.0,
+        "cutover {exported}, {cutover} in Postgres"
     );
     // The divergence gauges say what GET /v1/divergence says.
     let (status, divergence) = platform.get("/v1/divergence").await?;

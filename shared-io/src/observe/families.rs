@@ -111,32 +111,42 @@ pub const BATCH_RUN_ROWS: Family = Family {
     labels: &["kind"],
     exported_by: &["batch-scheduler"],
 };
-pub const PROMOTED_AGE: Family = Family {
-    name: "lambda_promoted_version_age_seconds",
-    help: "Seconds since the served batch view version finished computing.",
+// The served version is an info metric beside unlabelled gauges: a `version` label on the
+// gauges themselves would start new series at every promotion. Times are timestamps, not ages,
+// so that a stalled exporter shows as a constant rather than as a frozen "age".
+pub const PROMOTED_INFO: Family = Family {
+    name: "lambda_promoted_version_info",
+    help: "1 for the batch view version the serving layer serves (label `version`).",
     kind: Kind::Gauge,
     labels: &["version"],
+    exported_by: &["serving-layer"],
+};
+pub const PROMOTED_AT: Family = Family {
+    name: "lambda_promoted_timestamp_seconds",
+    help: "When the served batch view version finished computing, in Unix seconds; time() minus it is its age.",
+    kind: Kind::Gauge,
+    labels: &[],
     exported_by: &["serving-layer"],
 };
 pub const PROMOTED_ROWS: Family = Family {
     name: "lambda_promoted_version_rows",
     help: "Rows of the served batch view version.",
     kind: Kind::Gauge,
-    labels: &["version"],
+    labels: &[],
     exported_by: &["serving-layer"],
 };
 pub const PROMOTED_RUN_SECONDS: Family = Family {
     name: "lambda_promoted_version_run_seconds",
     help: "How long the batch run that computed the served version took (scheduled or from cron).",
     kind: Kind::Gauge,
-    labels: &["version"],
+    labels: &[],
     exported_by: &["serving-layer"],
 };
-pub const CUTOVER_AGE: Family = Family {
-    name: "lambda_cutover_age_seconds",
-    help: "Wall clock minus the cutover T: how far the batch side lags.",
+pub const CUTOVER_AT: Family = Family {
+    name: "lambda_cutover_timestamp_seconds",
+    help: "The cutover T in Unix seconds: time() minus it is how far the batch side lags.",
     kind: Kind::Gauge,
-    labels: &["version"],
+    labels: &[],
     exported_by: &["serving-layer"],
 };
 pub const DIVERGENCE_RATIO: Family = Family {
@@ -177,10 +187,11 @@ pub const FAMILIES: &[Family] = &[
     SPEED_STATE_IDS,
     BATCH_RUN_DURATION,
     BATCH_RUN_ROWS,
-    PROMOTED_AGE,
+    PROMOTED_INFO,
+    PROMOTED_AT,
     PROMOTED_ROWS,
     PROMOTED_RUN_SECONDS,
-    CUTOVER_AGE,
+    CUTOVER_AT,
     DIVERGENCE_RATIO,
     HTTP_DURATION,
     CACHE_LOOKUPS,

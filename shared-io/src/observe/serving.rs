@@ -3,7 +3,7 @@
 use super::families::*;
 use super::{HTTP_BUCKETS, counter, gauge, histogram};
 use prometheus::{GaugeVec, HistogramVec, IntCounterVec, Registry};
-use shared_schema::time::{Millis, now_millis};
+use shared_schema::time::Millis;
 
 /// The served batch view version, as the serving layer reads it at each scrape.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,10 +19,11 @@ pub struct ServedVersion {
 pub struct ServingMetrics {
     http: HistogramVec,
     divergence: GaugeVec,
-    promoted_age: GaugeVec,
+    promoted_info: GaugeVec,
+    promoted_at: GaugeVec,
     promoted_rows: GaugeVec,
     promoted_run: GaugeVec,
-    cutover_age: GaugeVec,
+    cutover_at: GaugeVec,
     cache_lookups: IntCounterVec,
 }
 
@@ -31,10 +32,11 @@ impl ServingMetrics {
         Ok(ServingMetrics {
             http: histogram(registry, &HTTP_DURATION, HTTP_BUCKETS)?,
             divergence: gauge(registry, &DIVERGENCE_RATIO)?,
-            promoted_age: gauge(registry, &PROMOTED_AGE)?,
+            promoted_info: gauge(registry, &PROMOTED_INFO)?,
+            promoted_at: gauge(registry, &PROMOTED_AT)?,
             promoted_rows: gauge(registry, &PROMOTED_ROWS)?,
             promoted_run: gauge(registry, &PROMOTED_RUN_SECONDS)?,
-            cutover_age: gauge(registry, &CUTOVER_AGE)?,
+            cutover_at: gauge(registry, &CUTOVER_AT)?,
             cache_lookups: {
                 let lookups = counter(registry, &CACHE_LOOKUPS)?;
                 // Exported from the start, so a hit ratio is defined before the first query.
@@ -75,29 +77,31 @@ impl ServingMetrics {
     /// Postgres could not tell) leaves none rather than stale ones.
     pub fn set_served(&self, served: Option<&ServedVersion>) {
         let gauges = [
-            &self.promoted_age,
+            &self.promoted_info,
+            &self.promoted_at,
             &self.promoted_rows,
             &self.promoted_run,
-            &self.cutover_age,
+            &self.cutover_at,
         ];
         for gauge in gauges {
             gauge.reset();
         }
         let Some(served) = served else { return };
-        let now = now_millis();
         let seconds = |millis: Millis| millis as f64 / 1000.0;
-        let label = [served.version.as_str()];
-        self.promoted_age
-            .with_label_values(&label)
-            .set(seconds(now - served.finished_at));
+        self.promoted_info
+            .with_label_values(&[served.version.as_str()])
+            .set(1.0);
+        self.promoted_at
+            .with_label_values(&[] as &[&str])
+            .set(seconds(served.finished_at));
         self.promoted_rows
-            .with_label_values(&label)
+            .with_label_values(&[] as &[&str])
             .set(served.rows as f64);
         self.promoted_run
-            .with_label_values(&label)
+            .with_label_values(&[] as &[&str])
             .set(seconds(served.finished_at - served.started_at));
-        self.cutover_age
-            .with_label_values(&label)
-            .set(seconds(now - served.cutover));
+        self.cutover_at
+            .with_label_values(&[] as &[&str])
+            .set(seconds(served.cutover));
     }
 }

@@ -117,22 +117,25 @@ fn served_version_gauges_are_replaced_not_kept() {
     serving.set_divergence([("purchases", 0.5), ("revenue", 0.0)]);
     let text = render(&registry).unwrap();
     assert!(
-        text.contains("lambda_promoted_version_rows{version=\"v1\"} 42\n"),
+        text.contains("lambda_promoted_version_info{version=\"v1\"} 1\n"),
         "{text}"
     );
+    assert!(text.contains("lambda_promoted_version_rows 42\n"), "{text}");
     assert!(
-        text.contains("lambda_promoted_version_run_seconds{version=\"v1\"} 5\n"),
+        text.contains("lambda_promoted_version_run_seconds 5\n"),
         "{text}"
     );
     assert!(text.contains("lambda_divergence_ratio{metric=\"revenue\"} 0\n"));
     let value = |name: &str| -> f64 {
         text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}{{version=\"v1\"}} ")))
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
             .and_then(|v| v.parse().ok())
             .unwrap_or(f64::NAN)
     };
-    assert!((60.0..70.0).contains(&value("lambda_promoted_version_age_seconds")));
-    assert!((600.0..610.0).contains(&value("lambda_cutover_age_seconds")));
+    // Timestamps, not ages: what a stalled exporter leaves is still true.
+    let at = |millis: i64| millis as f64 / 1000.0;
+    assert_eq!(value("lambda_promoted_timestamp_seconds"), at(now - 60_000));
+    assert_eq!(value("lambda_cutover_timestamp_seconds"), at(now - 600_000));
 
     serving.set_served(Some(&ServedVersion {
         version: "v2".into(),
@@ -148,6 +151,10 @@ fn served_version_gauges_are_replaced_not_kept() {
     serving.set_served(None);
     let text = render(&registry).unwrap();
     assert!(!text.contains("lambda_promoted_version"), "{text}");
+    assert!(
+        !text.contains("lambda_cutover_timestamp_seconds "),
+        "{text}"
+    );
 }
 
 #[test]
