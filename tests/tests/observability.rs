@@ -508,6 +508,22 @@ async fn every_service_exports_its_families_and_serving_logs_carry_request_ids()
         // A divergence gauge exists only for a metric whose latest comparison compared
         // something, checked against /v1/divergence above.
         assert_families(service, text, &["lambda_divergence_ratio"])?;
+        // Which build runs, and the standard process families beside the platform's.
+        let binary = match service {
+            "lander" | "batch-scheduler" => "batch-layer",
+            other => other,
+        };
+        let build = format!(
+            "lambda_build_info{{binary=\"{binary}\",version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        );
+        ensure!(text.contains(&build), "{service}: no `{build}` in\n{text}");
+        for family in ["process_resident_memory_bytes", "process_cpu_seconds_total"] {
+            ensure!(
+                text.contains(&format!("# TYPE {family} ")),
+                "{service}: no {family}"
+            );
+        }
     }
 
     // The serving log is JSON, and the request's line carries its id.

@@ -111,6 +111,14 @@ pub const BATCH_RUN_ROWS: Family = Family {
     labels: &["kind"],
     exported_by: &["batch-scheduler"],
 };
+pub const BUILD_INFO: Family = Family {
+    name: "lambda_build_info",
+    help: "1 for the running binary (label `binary`) and the platform version it was built from (label `version`).",
+    kind: Kind::Gauge,
+    labels: &["binary", "version"],
+    exported_by: &["speed-layer", "lander", "batch-scheduler", "serving-layer"],
+};
+
 // The served version is an info metric beside unlabelled gauges: a `version` label on the
 // gauges themselves would start new series at every promotion. Times are timestamps, not ages,
 // so that a stalled exporter shows as a constant rather than as a frozen "age".
@@ -174,6 +182,7 @@ pub const CACHE_LOOKUPS: Family = Family {
 
 /// Every family of the platform.
 pub const FAMILIES: &[Family] = &[
+    BUILD_INFO,
     CONSUMER_EVENTS,
     CONSUMER_QUARANTINED,
     CONSUMER_OFFSETS_MISSING,

@@ -75,10 +75,29 @@ fn histogram(
     Ok(vec)
 }
 
-/// The registry of this process.
+/// The registry of this process: with its `lambda_build_info` and, on Linux, the standard
+/// `process_*` families (CPU, resident memory, open file descriptors, start time).
 pub fn registry() -> &'static Registry {
     static REGISTRY: OnceLock<Registry> = OnceLock::new();
-    REGISTRY.get_or_init(Registry::new)
+    REGISTRY.get_or_init(|| {
+        let registry = Registry::new();
+        let binary = std::env::args_os()
+            .next()
+            .map(std::path::PathBuf::from)
+            .and_then(|path| path.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_default();
+        gauge(&registry, &BUILD_INFO)
+            .expect(REGISTERS)
+            .with_label_values(&[binary.as_str(), env!("CARGO_PKG_VERSION")])
+            .set(1.0);
+        #[cfg(target_os = "linux")]
+        if let Err(e) = registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        )) {
+            tracing::warn!(error = %e, "process metrics are not exported");
+        }
+        registry
+    })
 }
 
 // The families are static; `families_register_once_each` proves they register.
