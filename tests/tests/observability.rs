@@ -96,6 +96,33 @@ fn total(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
     matching(samples, name, labels).map(|s| s.value).sum()
 }
 
+/// `GET /healthz` answers 200 (alive), and `GET /readyz` says ready or not, agreeing with its
+/// status.
+async fn assert_probes(platform: &Platform, addr: &str) -> Result<()> {
+    let health = platform
+        .http
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await?;
+    ensure!(
+        health.status() == 200,
+        "{addr}/healthz: {}",
+        health.status()
+    );
+    let ready = platform
+        .http
+        .get(format!("http://{addr}/readyz"))
+        .send()
+        .await?;
+    let status = ready.status();
+    let body: serde_json::Value = ready.json().await?;
+    ensure!(
+        body["ready"].as_bool() == Some(status == 200),
+        "{addr}/readyz: {status} {body}"
+    );
+    Ok(())
+}
+
 async fn scrape(platform: &Platform, addr: &str) -> Result<String> {
     let response = platform
         .http
@@ -342,6 +369,7 @@ async fn every_service_exports_its_families_and_serving_logs_carry_request_ids()
     })
     .await?;
     let batch_text = scrape(&platform, &batch_addr).await?;
+    assert_probes(&platform, &batch_addr).await?;
     scheduler.kill9().await?;
     let duration = total(
         &samples,
@@ -484,6 +512,11 @@ async fn every_service_exports_its_families_and_serving_logs_carry_request_ids()
             gauge == ratio.into_iter().collect::<Vec<_>>(),
             "{name}: gauge {gauge:?}, /v1/divergence {ratio:?}"
         );
+    }
+
+    // Beside /metrics, each long-running service answers the probes (the scheduler's above).
+    for addr in [&speed_addr, &lander_addr] {
+        assert_probes(&platform, addr).await?;
     }
 
     // Every family, in every service that exports it.

@@ -1,4 +1,4 @@
-//! `GET /metrics` (and `GET /readyz`) over HTTP.
+//! `GET /metrics`, `GET /healthz` and `GET /readyz` over HTTP.
 
 use super::{ObserveError, registry, render};
 use axum::http::{StatusCode, header};
@@ -23,8 +23,8 @@ pub fn exposition() -> Response {
     }
 }
 
-/// Serves `GET /metrics` (and `GET /readyz`, see `readiness`) on `addr` in the background, for the services without an HTTP API;
-/// an empty `addr` serves nothing. Returns the bound address (`addr` may ask for port 0).
+/// Serves `GET /metrics`, `GET /healthz` (alive) and `GET /readyz` (see `readiness`) on `addr`
+/// in the background, for the services without an HTTP API; an empty `addr` serves nothing. Returns the bound address (`addr` may ask for port 0).
 pub async fn serve(addr: &str) -> Result<Option<SocketAddr>, ObserveError> {
     serve_with_readiness(addr, None).await
 }
@@ -52,6 +52,12 @@ pub async fn serve_with_readiness(
     // service's own check where it has one; ready only when both are.
     let app = axum::Router::new()
         .route("/metrics", axum::routing::get(|| async { exposition() }))
+        // Liveness: the process answers. A restart cures nothing `/readyz` reports (Postgres
+        // away, partitions stalled), so probes that restart use this one.
+        .route(
+            "/healthz",
+            axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "alive"})) }),
+        )
         .route(
             "/readyz",
             axum::routing::get(move || {
