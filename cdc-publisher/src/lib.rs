@@ -119,6 +119,7 @@ impl Publisher {
     /// are read again by the next start.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), CdcError> {
         tokio::pin!(shutdown);
+        shared_io::observe::cdc();
         self.ensure_topic().await?;
         self.ensure_slot().await?;
         self.snapshot_once().await?;
@@ -130,6 +131,7 @@ impl Publisher {
                 }
                 published = self.publish_once() => published,
             };
+            self.measure_slot_lag().await;
             match published {
                 Ok(0) => tokio::time::sleep(self.config.cdc.poll_interval.as_std()).await,
                 Ok(n) => tracing::debug!(changes = n, "published"),
@@ -227,8 +229,27 @@ impl Publisher {
                     source,
                 })?;
             tracing::info!(changes = read.envelopes.len(), confirmed = %confirm, "published and confirmed");
+            shared_io::observe::cdc().published(read.envelopes.len());
         }
         Ok(read.envelopes.len())
+    }
+
+    /// Measures the WAL the slot holds back (Postgres keeps it until the slot confirms it, so a
+    /// slot nobody reads fills the disk) and reports it; a failed measure only logs.
+    async fn measure_slot_lag(&self) {
+        let lag: Result<Option<i64>, sqlx::Error> = sqlx::query_scalar(
+            "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint
+             FROM pg_replication_slots WHERE slot_name = $1",
+        )
+        .bind(&self.config.cdc.slot)
+        .fetch_optional(&self.pool)
+        .await
+        .map(Option::flatten);
+        match lag {
+            Ok(Some(bytes)) => shared_io::observe::cdc().set_slot_lag(bytes),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "could not measure the slot's lag"),
+        }
     }
 
     /// Sends every envelope keyed by its user and waits for the broker to acknowledge all of

@@ -2,7 +2,7 @@ use anyhow::Context;
 use cdc_publisher::Publisher;
 use clap::{Parser, Subcommand};
 use shared_io::service::{self, Started};
-use shared_io::telemetry;
+use shared_io::{observe, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -27,6 +27,9 @@ async fn main() -> anyhow::Result<()> {
     let Started { config, pool, .. } = service::start()
         .await
         .context("starting the CDC publisher")?;
+    observe::serve(&config.cdc.metrics_addr)
+        .await
+        .context("serving the CDC publisher's metrics")?;
     Publisher::new(pool, config)
         .await
         .context("starting the CDC publisher")?

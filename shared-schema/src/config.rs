@@ -229,6 +229,9 @@ config_section! {
         /// Consumer group id under which the speed layer and the lander read the changelog (every
         /// instance reads every partition; positions are kept in Postgres).
         pub group_id: String = "profile-changelog".into(),
+        /// Where `cdc-publisher run` serves Prometheus `GET /metrics` (changes published, the
+        /// slot's lag in bytes), `/healthz` and `/readyz`; empty: not served.
+        pub metrics_addr: String = "127.0.0.1:9104".into(),
     }
 }
 

@@ -95,6 +95,7 @@ impl Platform {
             ("PLATFORM_SPEED__METRICS_ADDR", "127.0.0.1:0".into()),
             ("PLATFORM_LANDER__METRICS_ADDR", "127.0.0.1:0".into()),
             ("PLATFORM_BATCH__METRICS_ADDR", "127.0.0.1:0".into()),
+            ("PLATFORM_CDC__METRICS_ADDR", "127.0.0.1:0".into()),
         ];
         base.into_iter()
             .map(|(k, v)| (k.to_string(), v))

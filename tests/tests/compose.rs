@@ -731,8 +731,9 @@ fn dockerfile_builds_the_four_binaries_with_the_migrations() {
 }
 
 /// Where each service that exports metrics (`shared_io::observe::FAMILIES`) serves them.
-const METRICS_ADDRESSES: [(&str, &str); 4] = [
+const METRICS_ADDRESSES: [(&str, &str); 5] = [
     ("speed-layer", "PLATFORM_SPEED__METRICS_ADDR"),
+    ("cdc-publisher", "PLATFORM_CDC__METRICS_ADDR"),
     ("lander", "PLATFORM_LANDER__METRICS_ADDR"),
     ("batch-scheduler", "PLATFORM_BATCH__METRICS_ADDR"),
     ("serving-layer", "LISTEN_ADDR"),

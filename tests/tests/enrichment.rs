@@ -223,7 +223,11 @@ async fn check(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn purchases_see_the_profile_valid_at_their_event_time_in_both_layers() -> Result<()> {
-    let platform = Platform::new("enrichment", 1).await?;
+    let mut platform = Platform::new("enrichment", 1).await?;
+    let cdc_metrics = platform_tests::free_local_addr()?;
+    platform
+        .extra_env
+        .push(("PLATFORM_CDC__METRICS_ADDR".into(), cdc_metrics.clone()));
     let mut publisher = platform.spawn("cdc-publisher", &["run"])?;
     let _services = start(&platform).await?;
     platform.wait_cdc_publisher_ready().await?;
@@ -289,6 +293,25 @@ async fn purchases_see_the_profile_valid_at_their_event_time_in_both_layers() ->
     // u1 becomes gold from 5m: purchases after it are gold, one older one sent now is bronze.
     set_profile(&platform, "u1", "gold", at(5.0)).await?;
     wait_changes_applied(&platform, 3).await?;
+    // The publisher counts what it published and reports the WAL its slot holds back.
+    let text = platform
+        .http
+        .get(format!("http://{cdc_metrics}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let value = |series: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).map(str::trim))
+            .and_then(|v| v.parse().ok())
+    };
+    ensure!(
+        value("lambda_cdc_published_total ").is_some_and(|n| n >= 3.0)
+            && value("lambda_cdc_slot_lag_bytes ").is_some_and(|b| b >= 0.0)
+            && text.contains("lambda_build_info{binary=\"cdc-publisher\""),
+        "the publisher's /metrics:\n{text}"
+    );
     for m in 5..10 {
         purchase(
             &mut purchases,

@@ -116,7 +116,28 @@ pub const BUILD_INFO: Family = Family {
     help: "1 for the running binary (label `binary`) and the platform version it was built from (label `version`).",
     kind: Kind::Gauge,
     labels: &["binary", "version"],
-    exported_by: &["speed-layer", "lander", "batch-scheduler", "serving-layer"],
+    exported_by: &[
+        "speed-layer",
+        "lander",
+        "batch-scheduler",
+        "serving-layer",
+        "cdc-publisher",
+    ],
+};
+
+pub const CDC_PUBLISHED: Family = Family {
+    name: "lambda_cdc_published_total",
+    help: "Profile changes the CDC publisher published to the changelog topic and confirmed in its slot.",
+    kind: Kind::Counter,
+    labels: &[],
+    exported_by: &["cdc-publisher"],
+};
+pub const CDC_SLOT_LAG: Family = Family {
+    name: "lambda_cdc_slot_lag_bytes",
+    help: "WAL the publisher's replication slot holds back: the server's current WAL position minus the slot's confirmed one. Postgres keeps this WAL on disk until the slot confirms it.",
+    kind: Kind::Gauge,
+    labels: &[],
+    exported_by: &["cdc-publisher"],
 };
 
 // The served version is an info metric beside unlabelled gauges: a `version` label on the
@@ -183,6 +204,8 @@ pub const CACHE_LOOKUPS: Family = Family {
 /// Every family of the platform.
 pub const FAMILIES: &[Family] = &[
     BUILD_INFO,
+    CDC_PUBLISHED,
+    CDC_SLOT_LAG,
     CONSUMER_EVENTS,
     CONSUMER_QUARANTINED,
     CONSUMER_OFFSETS_MISSING,

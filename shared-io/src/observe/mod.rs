@@ -4,15 +4,17 @@
 //! the `/metrics` listener of the services without an HTTP API of their own.
 //!
 //! A group of families is registered the first time its service asks for it ([`consumer`],
-//! [`speed`], [`batch`], [`serving`]), so each process exposes only its own.
+//! [`speed`], [`batch`], [`serving`], [`cdc`]), so each process exposes only its own.
 
 mod batch;
+mod cdc;
 mod consumer;
 mod families;
 mod http;
 mod serving;
 
 pub use batch::{BatchMetrics, RunRows};
+pub use cdc::CdcMetrics;
 pub use consumer::{ConsumerMetrics, SpeedMetrics};
 pub use families::*;
 pub use http::{ReadinessCheck, exposition, serve, serve_with_readiness};
@@ -116,6 +118,11 @@ pub fn speed() -> &'static SpeedMetrics {
 pub fn batch() -> &'static BatchMetrics {
     static METRICS: OnceLock<BatchMetrics> = OnceLock::new();
     METRICS.get_or_init(|| BatchMetrics::register(registry()).expect(REGISTERS))
+}
+
+pub fn cdc() -> &'static CdcMetrics {
+    static METRICS: OnceLock<CdcMetrics> = OnceLock::new();
+    METRICS.get_or_init(|| CdcMetrics::register(registry()).expect(REGISTERS))
 }
 
 pub fn serving() -> &'static ServingMetrics {

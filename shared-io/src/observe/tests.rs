@@ -42,6 +42,7 @@ fn families_register_once_each() {
         FAMILIES.len(),
         "a family name is declared twice"
     );
+    let _cdc = CdcMetrics::register(&registry).unwrap();
     assert!(
         ConsumerMetrics::register(&registry).is_err(),
         "a second registration is refused"

@@ -1,0 +1,37 @@
+//! What `cdc-publisher run` reports.
+
+use super::families::*;
+use super::{counter, gauge};
+use prometheus::{GaugeVec, IntCounterVec, Registry};
+
+/// What `cdc-publisher run` reports.
+pub struct CdcMetrics {
+    published: IntCounterVec,
+    slot_lag: GaugeVec,
+}
+
+impl CdcMetrics {
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let metrics = CdcMetrics {
+            published: counter(registry, &CDC_PUBLISHED)?,
+            slot_lag: gauge(registry, &CDC_SLOT_LAG)?,
+        };
+        // From the start, so a rate is defined before the first change.
+        metrics.published.with_label_values(&[] as &[&str]);
+        Ok(metrics)
+    }
+
+    /// `changes` were published and confirmed.
+    pub fn published(&self, changes: usize) {
+        self.published
+            .with_label_values(&[] as &[&str])
+            .inc_by(changes as u64);
+    }
+
+    /// The WAL bytes the slot holds back, as Postgres measured them.
+    pub fn set_slot_lag(&self, bytes: i64) {
+        self.slot_lag
+            .with_label_values(&[] as &[&str])
+            .set(bytes as f64);
+    }
+}
