@@ -14,7 +14,7 @@ ensure_postgres
 ensure_wal2json
 ensure_tansu
 # The HTTP API, and the services' /metrics listeners, only on ports nothing else holds.
-for port in "${HTTP##*:}" 9101 9102 9103; do
+for port in "${HTTP##*:}" 9101 9102 9103 9104; do
   refuse_foreign_port "$port" "the platform" || exit 1
 done
 start_postgres demo-pg "$PG_PORT"
@@ -65,14 +65,27 @@ from=$(date -u -d '-30 min' +%Y-%m-%dT%H:%M:00Z)
 to=$(date -u -d '+5 min' +%Y-%m-%dT%H:%M:00Z)
 cat <<MSG
 
-The platform is running. Logs are in $LOGS. Query it in your browser:
+The platform is running. Query it in your browser or with curl:
 
-  http://$HTTP/v1/metrics
-  http://$HTTP/v1/metrics/revenue?from=$from&to=$to&group_by=country
-  http://$HTTP/v1/metrics/purchases?from=$from&to=$to&step=5m&window=15m
+  curl 'http://$HTTP/v1/metrics'                                   # the metrics it answers
+  curl 'http://$HTTP/v1/metrics/revenue?from=$from&to=$to&group_by=country'
+  curl 'http://$HTTP/v1/metrics/purchases?from=$from&to=$to&step=5m&window=15m'
+  curl 'http://$HTTP/v1/freshness'                                 # how far behind each side is
 
 Points before "cutover" come from the batch view ("source":"batch"), later ones from the speed
-layer. The first batch run promotes within about two minutes. Ctrl-C stops everything.
+layer. The first batch run promotes within about two minutes.
+
+Send your own event:
+
+  KAFKA_BROKERS=$KAFKA_BROKERS $BIN/event-generator --event \\
+    '{"event_id":"mine-1","event_type":"purchase","event_time":"'\$(date -u +%Y-%m-%dT%H:%M:%SZ)'","user_id":"me","amount":12.5,"country":"DE","schema_version":2}'
+
+  API description  http://$HTTP/openapi.json
+  Prometheus       http://$HTTP/metrics (serving), 127.0.0.1:9101/metrics (speed layer),
+                   :9102 (lander), :9103 (batch scheduler), :9104 (CDC publisher)
+  Logs             $LOGS/{speed-layer,lander,batch,serving-layer,cdc-publisher,generator}.log
+
+Ctrl-C stops everything (the servers too; their state stays under .local/).
 MSG
 wait -n "${pids[@]}"
 log "a service exited; see $LOGS"

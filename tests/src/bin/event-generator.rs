@@ -44,6 +44,10 @@ struct Args {
     count: Option<u64>,
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Send this one message (an event as JSON, in the contract's format) to partition 0 and
+    /// exit, instead of generating events.
+    #[arg(long, value_name = "JSON")]
+    event: Option<String>,
 }
 
 const EVENT_TYPES: [(&str, f64); 5] = [
@@ -69,6 +73,12 @@ async fn main() -> Result<()> {
         create_topic(&args.brokers, &args.topic, args.partitions).await?;
     }
     let producer = producer(&args.brokers)?;
+    if let Some(event) = &args.event {
+        // Sent as given: the consumers judge it, and quarantine it if it is bad.
+        let offset = send(&producer, &args.topic, 0, b"", event.as_bytes()).await?;
+        println!("sent to {} partition 0 at offset {offset}", args.topic);
+        return Ok(());
+    }
     let mut rng = StdRng::seed_from_u64(args.seed);
     let mut recent: Vec<(Vec<u8>, i32)> = Vec::new();
     let tick = Duration::from_millis(50);
