@@ -272,7 +272,7 @@ config_section! {
         /// librdkafka client properties for every consumer, producer and admin client, applied
         /// after the platform's own tuning (so `fetch.wait.max.ms` and the like may be changed).
         /// Values that look like secrets are never logged.
-        pub properties: std::collections::BTreeMap<String, String> = Default::default(),
+        pub properties: crate::kafka_access::ClientProperties = Default::default(),
     }
 }
 
@@ -475,12 +475,17 @@ mod tests {
             assert_eq!(
                 access
                     .properties
+                    .0
                     .get("security.protocol")
                     .map(String::as_str),
                 Some("SASL_SSL")
             );
             assert_eq!(
-                access.properties.get("sasl.mechanism").map(String::as_str),
+                access
+                    .properties
+                    .0
+                    .get("sasl.mechanism")
+                    .map(String::as_str),
                 Some("SCRAM-SHA-512")
             );
             jail.set_env("PLATFORM_KAFKA__PROPERTIES__GROUP_ID", "mine");

@@ -121,8 +121,8 @@ pub fn render() -> String {
         out.push_str(&paragraph(section.doc));
         for key in section.keys {
             let value = section.defaults.get(key.key).cloned().unwrap_or_default();
-            // A nested section is rendered under its own heading, not as a key; a map is a key.
-            if value.is_object() && !key.ty.contains("Map") {
+            // A nested section is rendered under its own heading, not as a key.
+            if value.is_object() && key.ty.ends_with("Config") {
                 continue;
             }
             let path = match section.name {
@@ -197,7 +197,7 @@ fn type_name(ty: &str) -> String {
         "f64" => "number",
         "bool" => "boolean",
         "Vec<String>" => "list of strings",
-        "std::collections::BTreeMap<String,String>" => "table of strings",
+        "crate::kafka_access::ClientProperties" => "table of strings",
         "LogFormat" => "`text` or `json`",
         other => other,
     };

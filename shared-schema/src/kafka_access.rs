@@ -38,12 +38,32 @@ pub struct ReservedProperty {
     pub instead: &'static str,
 }
 
+/// librdkafka properties by name, as `[kafka.properties]` holds them. Its `Debug` prints no
+/// value that may be a secret (`sasl.password`, `ssl.key.password`, ...), so neither the
+/// configuration nor a client's access can log one.
+#[derive(Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct ClientProperties(pub BTreeMap<String, String>);
+
+impl fmt::Debug for ClientProperties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| {
+                let secret = ["password", "secret", "token", "key.pem", "jaas"]
+                    .iter()
+                    .any(|s| k.to_lowercase().contains(s));
+                (k, if secret { "<redacted>" } else { v.as_str() })
+            }))
+            .finish()
+    }
+}
+
 /// Where and how to reach Kafka: what every client (consumer, producer, admin) is created from.
-#[derive(Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct KafkaAccess {
     pub brokers: String,
     /// librdkafka properties by their dotted names, applied after the platform's own tuning.
-    pub properties: BTreeMap<String, String>,
+    pub properties: ClientProperties,
 }
 
 impl KafkaAccess {
@@ -51,7 +71,7 @@ impl KafkaAccess {
     pub fn plain(brokers: &str) -> Self {
         KafkaAccess {
             brokers: brokers.to_string(),
-            properties: BTreeMap::new(),
+            properties: ClientProperties::default(),
         }
     }
 
@@ -59,20 +79,23 @@ impl KafkaAccess {
     /// dots (`sasl_mechanism`), as an environment variable must be: librdkafka's property names
     /// hold no underscores. The properties the platform sets itself are left out; loading the
     /// configuration refuses them first (see [`KafkaAccess::check`]).
-    pub fn new(brokers: &str, properties: &BTreeMap<String, String>) -> Self {
+    pub fn new(brokers: &str, properties: &ClientProperties) -> Self {
         KafkaAccess {
             brokers: brokers.to_string(),
-            properties: properties
-                .iter()
-                .map(|(key, value)| (normalize(key), value.clone()))
-                .filter(|(key, _)| reserved(key).is_none())
-                .collect(),
+            properties: ClientProperties(
+                properties
+                    .0
+                    .iter()
+                    .map(|(key, value)| (normalize(key), value.clone()))
+                    .filter(|(key, _)| reserved(key).is_none())
+                    .collect(),
+            ),
         }
     }
 
     /// Refuses a property the platform sets itself, naming the key to use instead.
-    pub fn check(properties: &BTreeMap<String, String>) -> Result<(), ReservedProperty> {
-        for key in properties.keys().map(|k| normalize(k)) {
+    pub fn check(properties: &ClientProperties) -> Result<(), ReservedProperty> {
+        for key in properties.0.keys().map(|k| normalize(k)) {
             if let Some(instead) = reserved(&key) {
                 return Err(ReservedProperty { key, instead });
             }
@@ -92,36 +115,17 @@ fn reserved(key: &str) -> Option<&'static str> {
         .map(|(_, instead)| *instead)
 }
 
-/// Values of properties that may hold secrets (`sasl.password`, `ssl.key.password`, ...) are
-/// never printed.
-impl fmt::Debug for KafkaAccess {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let shown: BTreeMap<&str, &str> = self
-            .properties
-            .iter()
-            .map(|(k, v)| {
-                let secret = ["password", "secret", "token", "key.pem", "jaas"]
-                    .iter()
-                    .any(|s| k.contains(s));
-                (k.as_str(), if secret { "<redacted>" } else { v.as_str() })
-            })
-            .collect();
-        f.debug_struct("KafkaAccess")
-            .field("brokers", &self.brokers)
-            .field("properties", &shown)
-            .finish()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn props(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+    fn props(pairs: &[(&str, &str)]) -> ClientProperties {
+        ClientProperties(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
     }
 
     #[test]
@@ -166,6 +170,14 @@ mod tests {
         let shown = format!("{access:?}");
         assert!(
             !shown.contains("hunter2") && shown.contains("alice"),
+            "{shown}"
+        );
+        // Nor the configuration holding them, as the environment spells the key.
+        let mut config = crate::config::PlatformConfig::default();
+        config.kafka.properties = props(&[("SASL_PASSWORD", "hunter2")]);
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("SASL_PASSWORD"),
             "{shown}"
         );
     }

@@ -52,7 +52,7 @@ const DEFAULT_METADATA_REFRESH: Duration = Duration::from_secs(300);
 /// the servers. The properties the platform's guarantees rest on were refused when the
 /// configuration was loaded.
 pub fn with_access<'c>(config: &'c mut ClientConfig, kafka: &KafkaAccess) -> &'c mut ClientConfig {
-    for (key, value) in &kafka.properties {
+    for (key, value) in &kafka.properties.0 {
         config.set(key, value);
     }
     config.set("bootstrap.servers", &kafka.brokers)
