@@ -81,6 +81,9 @@ pub enum CdcError {
     Deliver { topic: String, source: KafkaError },
 }
 
+/// How often the slot's lag is measured for `/metrics`.
+const SLOT_LAG_INTERVAL: Duration = Duration::from_secs(5);
+
 pub struct Publisher {
     pool: PgPool,
     config: PlatformConfig,
@@ -123,6 +126,7 @@ impl Publisher {
         self.ensure_topic().await?;
         self.ensure_slot().await?;
         self.snapshot_once().await?;
+        let mut lag_measured: Option<tokio::time::Instant> = None;
         loop {
             let published = tokio::select! {
                 _ = &mut shutdown => {
@@ -131,7 +135,11 @@ impl Publisher {
                 }
                 published = self.publish_once() => published,
             };
-            self.measure_slot_lag().await;
+            // Not at every poll: a scrape reads it every 15 s or so.
+            if lag_measured.is_none_or(|at| at.elapsed() >= SLOT_LAG_INTERVAL) {
+                lag_measured = Some(tokio::time::Instant::now());
+                self.measure_slot_lag().await;
+            }
             match published {
                 Ok(0) => tokio::time::sleep(self.config.cdc.poll_interval.as_std()).await,
                 Ok(n) => tracing::debug!(changes = n, "published"),

@@ -266,23 +266,22 @@ impl Platform {
     /// How many lookups in the serving layer's `cache` had `outcome` (`hit`, or `miss`: the
     /// request computed the value), from /metrics; 0 before the first.
     pub async fn cache_lookups(&self, cache: &str, outcome: &str) -> Result<f64> {
-        let text = self
+        let text = self.scrape(&self.listen_addr).await?;
+        let series = format!(
+            "lambda_serving_cache_lookups_total{{cache=\"{cache}\",outcome=\"{outcome}\"}}"
+        );
+        Ok(series_value(&text, &series)?.unwrap_or(0.0))
+    }
+
+    /// What the `/metrics` listener at `addr` (host:port) answers.
+    pub async fn scrape(&self, addr: &str) -> Result<String> {
+        Ok(self
             .http
-            .get(format!("http://{}/metrics", self.listen_addr))
+            .get(format!("http://{addr}/metrics"))
             .send()
             .await?
             .text()
-            .await?;
-        let series = format!(
-            "lambda_serving_cache_lookups_total{{cache=\"{cache}\",outcome=\"{outcome}\"}} "
-        );
-        match text.lines().find_map(|line| line.strip_prefix(&series)) {
-            Some(value) => value
-                .trim()
-                .parse()
-                .with_context(|| format!("{series}{value}")),
-            None => Ok(0.0),
-        }
+            .await?)
     }
 
     /// The view version served and its cutover T, which a scenario expects to exist.
@@ -401,4 +400,19 @@ impl Drop for Platform {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// The value of `series` (a family name with its labels as exported, e.g.
+/// `lambda_x_total{cause="data"}`) in a `/metrics` text: none when absent, an error when the
+/// value does not parse.
+pub fn series_value(text: &str, series: &str) -> Result<Option<f64>> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|value| {
+            value
+                .trim()
+                .parse()
+                .with_context(|| format!("{series} {value}"))
+        })
+        .transpose()
 }

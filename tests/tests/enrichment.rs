@@ -11,7 +11,7 @@
 //!   layers, none is applied twice.
 
 use anyhow::{Context, Result, ensure};
-use platform_tests::{Platform, Service, wait_until};
+use platform_tests::{Platform, Service, series_value, wait_until};
 use serde_json::json;
 use shared_schema::time::{
     MINUTE_MS, Millis, bucket_start, format_rfc3339, now_millis, to_datetime,
@@ -294,21 +294,10 @@ async fn purchases_see_the_profile_valid_at_their_event_time_in_both_layers() ->
     set_profile(&platform, "u1", "gold", at(5.0)).await?;
     wait_changes_applied(&platform, 3).await?;
     // The publisher counts what it published and reports the WAL its slot holds back.
-    let text = platform
-        .http
-        .get(format!("http://{cdc_metrics}/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
-    let value = |series: &str| -> Option<f64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(series).map(str::trim))
-            .and_then(|v| v.parse().ok())
-    };
+    let text = platform.scrape(&cdc_metrics).await?;
     ensure!(
-        value("lambda_cdc_published_total ").is_some_and(|n| n >= 3.0)
-            && value("lambda_cdc_slot_lag_bytes ").is_some_and(|b| b >= 0.0)
+        series_value(&text, "lambda_cdc_published_total")?.is_some_and(|n| n >= 3.0)
+            && series_value(&text, "lambda_cdc_slot_lag_bytes")?.is_some_and(|b| b >= 0.0)
             && text.contains("lambda_build_info{binary=\"cdc-publisher\""),
         "the publisher's /metrics:\n{text}"
     );

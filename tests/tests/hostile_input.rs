@@ -6,7 +6,7 @@
 
 use anyhow::{Context, Result, ensure};
 use platform_tests::truth::{Ledger, Sent};
-use platform_tests::{Platform, free_local_addr, wait_until};
+use platform_tests::{Platform, free_local_addr, series_value, wait_until};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
@@ -230,33 +230,24 @@ async fn hostile_values_are_quarantined_and_both_layers_count_the_rest() -> Resu
     Ok(())
 }
 
-/// The address a service logged for its `/metrics` (and `/readyz`) listener.
+/// The address the speed layer's `/metrics` (and `/readyz`) listener was given.
+fn speed_metrics_addr(platform: &Platform) -> &str {
+    platform
+        .extra_env
+        .iter()
+        .find(|(k, _)| k == "PLATFORM_SPEED__METRICS_ADDR")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_default()
+}
+
 fn metrics_url(platform: &Platform, path: &str) -> String {
-    format!(
-        "http://{}{path}",
-        platform
-            .extra_env
-            .iter()
-            .find(|(k, _)| k == "PLATFORM_SPEED__METRICS_ADDR")
-            .map(|(_, v)| v.as_str())
-            .unwrap_or_default()
-    )
+    format!("http://{}{path}", speed_metrics_addr(platform))
 }
 
 /// A value of the speed layer's `/metrics`, 0 when the series is absent.
 async fn scrape(platform: &Platform, series: &str) -> Result<f64> {
-    let text = platform
-        .http
-        .get(metrics_url(platform, "/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
-    Ok(text
-        .lines()
-        .find_map(|l| l.strip_prefix(series).map(str::trim))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0))
+    let text = platform.scrape(speed_metrics_addr(platform)).await?;
+    Ok(series_value(&text, series)?.unwrap_or(0.0))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -5,7 +5,9 @@
 //! `quarantine.max_mb`, oldest first, and past `quarantine.max_age`, and counts both.
 
 use anyhow::{Context, Result, ensure};
-use platform_tests::{Platform, first_series_total, free_local_addr, purchases_path, wait_until};
+use platform_tests::{
+    Platform, first_series_total, free_local_addr, purchases_path, series_value, wait_until,
+};
 use shared_schema::time::{MINUTE_MS, bucket_start, format_rfc3339, now_millis};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -37,20 +39,9 @@ async fn purchases(platform: &Platform, from: i64) -> Result<f64> {
 }
 
 async fn dropped(platform: &Platform, metrics_addr: &str, cause: &str) -> Result<f64> {
-    let text = platform
-        .http
-        .get(format!("http://{metrics_addr}/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
-    let series = format!("lambda_quarantine_dropped_total{{cause=\"{cause}\"}} ");
-    text.lines()
-        .find_map(|line| line.strip_prefix(&series))
-        .with_context(|| format!("no {series}in\n{text}"))?
-        .trim()
-        .parse()
-        .context("a counter")
+    let text = platform.scrape(metrics_addr).await?;
+    let series = format!("lambda_quarantine_dropped_total{{cause=\"{cause}\"}}");
+    series_value(&text, &series)?.with_context(|| format!("no {series} in\n{text}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

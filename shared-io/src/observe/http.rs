@@ -24,7 +24,8 @@ pub fn exposition() -> Response {
 }
 
 /// Serves `GET /metrics`, `GET /healthz` (alive) and `GET /readyz` (see `readiness`) on `addr`
-/// in the background, for the services without an HTTP API; an empty `addr` serves nothing. Returns the bound address (`addr` may ask for port 0).
+/// in the background, for the services without an HTTP API; an empty `addr` serves nothing.
+/// Returns the bound address (`addr` may ask for port 0).
 pub async fn serve(addr: &str) -> Result<Option<SocketAddr>, ObserveError> {
     serve_with_readiness(addr, None).await
 }

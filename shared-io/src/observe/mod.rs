@@ -44,6 +44,10 @@ pub enum ObserveError {
     },
 }
 
+/// The label values of a family without labels, which is still a vector so that its one series
+/// can be removed (`reset`) when there is nothing to report.
+const NO_LABELS: &[&str] = &[];
+
 fn opts(family: &Family) -> Opts {
     Opts::new(family.name, family.help)
 }
