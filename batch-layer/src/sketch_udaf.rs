@@ -74,10 +74,6 @@ impl Accumulator for SketchAccumulator {
     }
 
     fn size(&self) -> usize {
-        std::mem::size_of_val(self)
-            + self
-                .sketch
-                .as_ref()
-                .map_or(0, |_| 1 << shared_schema::hll::PRECISION)
+        std::mem::size_of_val(self) + self.sketch.as_ref().map_or(0, Hll::heap_bytes)
     }
 }

@@ -10,7 +10,7 @@ use shared_io::liveness;
 use shared_io::speed_state::{self, SpeedStateError};
 use shared_io::storage::Lake;
 use shared_io::view::{ViewError, read_lake_view};
-use shared_schema::hll::PRECISION;
+use shared_schema::hll::Hll;
 use shared_schema::query::BucketRow;
 use shared_schema::time::{Millis, to_datetime};
 use sqlx::PgPool;
@@ -164,7 +164,7 @@ impl crate::generation_cache::Weigh for Arc<Snapshot> {
         let row = |r: &BucketRow| {
             std::mem::size_of::<BucketRow>()
                 + r.dims.len()
-                + r.partial.sketch.as_ref().map_or(0, |_| 1 << PRECISION)
+                + r.partial.sketch.as_ref().map_or(0, Hll::heap_bytes)
         };
         self.speed_rows
             .iter()

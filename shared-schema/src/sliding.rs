@@ -6,9 +6,9 @@
 //! buckets sorted by time instead: each bucket enters and leaves the window once, and a point
 //! costs one merge. Because min, max and sketches cannot be subtracted, the window is a
 //! two-stack queue (each stack keeps running merges), which needs only an associative merge:
-//! O(1) amortised merges per bucket and per point, for every kind of partial alike. A sketch
-//! merge is a pass over its 16 384 registers, so a distinct count costs that per bucket and per
-//! point, still independent of `window / step`.
+//! O(1) amortised merges per bucket and per point, for every kind of partial alike. A dense
+//! sketch merge is a pass over its 65 536 registers (a sparse one, over its values), so a
+//! distinct count costs that per bucket and per point, still independent of `window / step`.
 //!
 //! Stretches of points whose windows hold no bucket are skipped, not walked, so the cost is
 //! bounded by the buckets plus the points that have data.

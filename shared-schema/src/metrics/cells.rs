@@ -4,21 +4,27 @@
 //!
 //! Layout: a format byte, the cell count, then per cell the dimensions' length and UTF-8
 //! bytes, `count`, `sum_micros`, a flags byte, `min_micros` and `max_micros` if flagged, and
-//! the sketch if flagged: dense, its registers; sparse, the number of non-zero registers and
-//! each one's index (as the gap from the previous one) and value. Integers are LEB128 varints,
-//! signed ones zigzagged first: most counts and sums take a byte or two, and a sketch of a few
-//! hundred values a few hundred bytes instead of 16 KiB. Postgres stores the rows uncompressed
+//! the sketch if flagged: its length and its own encoding (`hll`: sparse, a few bytes per value,
+//! up to 2 048 values; dense past that). Integers are LEB128 varints, signed ones zigzagged
+//! first: most counts and sums take a byte or two, and a sketch of a few hundred values a few
+//! kilobytes at most instead of 64 KiB. Postgres stores the rows uncompressed
 //! (its compression would cost the database the CPU this saves), so the bytes here are the
 //! bytes written.
 
 use super::Partial;
-use crate::hll::{Hll, REGISTERS, SketchError};
+use crate::hll::{Hll, SketchError};
 
 const FORMAT: u8 = 1;
 const HAS_MIN: u8 = 1;
 const HAS_MAX: u8 = 2;
-const DENSE_SKETCH: u8 = 4;
-const SPARSE_SKETCH: u8 = 8;
+/// Format 1 sketches (precision 14), written before sketches had their own encoding: the 2^14
+/// registers, or the non-zero ones. Still read.
+const LEGACY_DENSE_SKETCH: u8 = 4;
+const LEGACY_SPARSE_SKETCH: u8 = 8;
+/// A sketch in its own encoding (`Hll::to_bytes`), after its length.
+const SKETCH: u8 = 16;
+/// Registers of a legacy sketch.
+const LEGACY_REGISTERS: usize = 1 << 14;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeCellsError {
@@ -43,19 +49,9 @@ pub fn encode_cells<'a>(cells: impl ExactSizeIterator<Item = (&'a str, &'a Parti
         out.extend_from_slice(dims.as_bytes());
         put_signed(&mut out, partial.count as i128);
         put_signed(&mut out, partial.sum_micros);
-        let nonzero = partial
-            .sketch
-            .as_ref()
-            .map(|s| s.registers().iter().filter(|&&r| r != 0).count());
-        // A sparse register takes two or three bytes: past a sixth of them, dense is smaller.
-        let sketch_flag = match nonzero {
-            None => 0,
-            Some(n) if n < REGISTERS / 6 => SPARSE_SKETCH,
-            Some(_) => DENSE_SKETCH,
-        };
         let flags = (u8::from(partial.min_micros.is_some()) * HAS_MIN)
             | (u8::from(partial.max_micros.is_some()) * HAS_MAX)
-            | sketch_flag;
+            | (u8::from(partial.sketch.is_some()) * SKETCH);
         out.push(flags);
         for bound in [partial.min_micros, partial.max_micros]
             .into_iter()
@@ -63,20 +59,10 @@ pub fn encode_cells<'a>(cells: impl ExactSizeIterator<Item = (&'a str, &'a Parti
         {
             put_signed(&mut out, bound as i128);
         }
-        if let (Some(sketch), Some(n)) = (&partial.sketch, nonzero) {
-            if sketch_flag == DENSE_SKETCH {
-                out.extend_from_slice(sketch.registers());
-            } else {
-                put_unsigned(&mut out, n as u128);
-                let mut previous = 0;
-                for (index, &value) in sketch.registers().iter().enumerate() {
-                    if value != 0 {
-                        put_unsigned(&mut out, (index - previous) as u128);
-                        out.push(value);
-                        previous = index;
-                    }
-                }
-            }
+        if let Some(sketch) = &partial.sketch {
+            let bytes = sketch.to_bytes();
+            put_unsigned(&mut out, bytes.len() as u128);
+            out.extend_from_slice(&bytes);
         }
     }
     out
@@ -139,11 +125,16 @@ pub fn decode_cells(bytes: &[u8]) -> Result<Vec<(String, Partial)>, DecodeCellsE
         let max_micros = (flags & HAS_MAX != 0)
             .then(|| reader.signed::<i64>())
             .transpose()?;
-        let sketch = if flags & DENSE_SKETCH != 0 {
-            Some(Hll::from_registers(reader.slice(REGISTERS)?.to_vec())?)
-        } else if flags & SPARSE_SKETCH != 0 {
+        let sketch = if flags & SKETCH != 0 {
+            let length = reader.unsigned::<u32>()? as usize;
+            Some(Hll::from_bytes(reader.slice(length)?)?)
+        } else if flags & LEGACY_DENSE_SKETCH != 0 {
+            Some(Hll::from_legacy_registers(
+                reader.slice(LEGACY_REGISTERS)?.to_vec(),
+            )?)
+        } else if flags & LEGACY_SPARSE_SKETCH != 0 {
             let n = reader.unsigned::<u16>()?;
-            let mut registers = vec![0u8; REGISTERS];
+            let mut registers = vec![0u8; LEGACY_REGISTERS];
             let mut index = 0usize;
             for _ in 0..n {
                 index += reader.unsigned::<u16>()? as usize;
@@ -153,7 +144,7 @@ pub fn decode_cells(bytes: &[u8]) -> Result<Vec<(String, Partial)>, DecodeCellsE
                 };
                 *register = value;
             }
-            Some(Hll::from_registers(registers)?)
+            Some(Hll::from_legacy_registers(registers)?)
         } else {
             None
         };
@@ -323,8 +314,18 @@ mod tests {
         let large = partial(1, None, Some(50_000));
         let small_bytes = encode_cells([("", &small)].into_iter()).len();
         let large_bytes = encode_cells([("", &large)].into_iter()).len();
-        assert!(small_bytes < 400, "{small_bytes}");
-        assert!(large_bytes > REGISTERS, "{large_bytes}");
+        assert!(small_bytes < 100 * 10, "{small_bytes}");
+        assert!(large_bytes > 1 << crate::hll::PRECISION, "{large_bytes}");
+    }
+
+    #[test]
+    fn cells_with_format_1_sketches_are_still_read() {
+        // One cell: no dimensions, count 1, sum 0, a legacy sparse sketch with register 5 at 3.
+        let bytes = [FORMAT, 1, 0, 2, 0, LEGACY_SPARSE_SKETCH, 1, 5, 3];
+        let cells = decode_cells(&bytes).expect("decodes");
+        let sketch = cells[0].1.sketch.as_ref().expect("a sketch");
+        assert_eq!(sketch.to_bytes()[..2], [1, 14]);
+        assert!((sketch.estimate() - 1.0).abs() < 0.01, "{sketch:?}");
     }
 
     #[test]

@@ -43,7 +43,7 @@ impl Partial {
     }
 
     /// Adds one event to this partial in place: `merge(&Partial::of_event(..))` without the
-    /// 16 KiB sketch per event a distinct metric's `of_event` builds.
+    /// sketch per event a distinct metric's `of_event` builds.
     pub fn add_event(&mut self, metric: &MetricDef, event: &Event) {
         let amount = event.amount_micros;
         self.count += 1;
