@@ -62,6 +62,13 @@ config_section! {
         pub group_id: String = "speed-layer".into(),
         /// An instance silent for this long loses its partitions to the others.
         pub session_timeout: HumanDuration = HumanDuration::from_millis(10 * SECOND_MS),
+        /// Who decides which instance reads which partition. `group`: the broker's group
+        /// coordinator (Kafka's consumer protocol, with the stall watchdog below). `leases`: the
+        /// instances themselves, through leases in Postgres (`speed_leases`) renewed every third
+        /// of `session_timeout`, with partitions assigned by hand: no coordinator is involved, so
+        /// a coordinator that leaves partitions unassigned cannot stall the speed layer. Either
+        /// way a partition's epoch fences the checkpoints of an instance that lost it.
+        pub assignment: Assignment = Assignment::Group,
         /// A batch is committed when it holds this many messages...
         pub batch_max_events: usize = 20_000,
         /// ...or when it has been read for this long, whichever comes first: most of an event's
@@ -274,6 +281,14 @@ config_section! {
         /// Values that look like secrets are never logged.
         pub properties: crate::kafka_access::ClientProperties = Default::default(),
     }
+}
+
+/// Who assigns the speed layer's partitions, see [`SpeedConfig::assignment`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Assignment {
+    Group,
+    Leases,
 }
 
 /// The format of log lines, see [`PlatformConfig::log_format`].

@@ -199,6 +199,7 @@ fn type_name(ty: &str) -> String {
         "Vec<String>" => "list of strings",
         "crate::kafka_access::ClientProperties" => "table of strings",
         "LogFormat" => "`text` or `json`",
+        "Assignment" => "`group` or `leases`",
         other => other,
     };
     if optional {

@@ -3,6 +3,7 @@
 //! check the promoted definitions and apply retention.
 
 use crate::event_clock::EventClock;
+use crate::leases::Leases;
 use crate::state::store;
 use crate::{CONSUMER_NAME, SERVICE, SpeedError, SpeedLayer, liveness, profiles, replay};
 use futures::FutureExt;
@@ -12,6 +13,7 @@ use shared_io::observe;
 use shared_io::positions::{PositionTable, load_positions};
 use shared_io::registry::{self, RegistryError};
 use shared_io::{kafka::EventSource, positions::PartitionPosition};
+use shared_schema::config::Assignment;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::time::Duration;
@@ -25,8 +27,16 @@ const STATE_MEASURE_INTERVAL: Duration = Duration::from_secs(1);
 /// Whether a batch read ahead may still be handled: not when its partitions were given up since
 /// (the watchdog joined the group again as a new member, which clears the positions). They are
 /// then read again from their stored offsets, by whichever instance the group assigns them to.
-fn still_owned(batch: &Batch, source: &EventSource) -> bool {
+/// Assigned by lease, partitions are given up one by one while the others are read on: only
+/// what the batch holds of those given up is dropped.
+fn still_owned(batch: &mut Batch, source: &EventSource) -> bool {
     let owned: BTreeSet<i32> = source.owned_partitions().into_iter().collect();
+    if !source.in_group() {
+        if batch.retain_partitions(&owned) {
+            tracing::info!("dropped what a batch read ahead held of partitions given up since");
+        }
+        return true;
+    }
     let stale = batch.positions.keys().any(|p| !owned.contains(p));
     if stale {
         tracing::info!(
@@ -35,6 +45,14 @@ fn still_owned(batch: &Batch, source: &EventSource) -> bool {
         );
     }
     !stale
+}
+
+/// What the consume loop serves.
+pub(crate) enum Mode<'a> {
+    /// `speed-layer run`, its partitions assigned by the group, or by leases if given.
+    Run(Option<&'a mut Leases>),
+    /// `speed-layer replay`, which reads every partition itself.
+    Replay(&'a mut replay::Replay),
 }
 
 /// Aborts a background task when dropped.
@@ -145,17 +163,40 @@ impl SpeedLayer {
         for (_, metric) in self.catalog.stored() {
             observe::speed().count_late(&metric.name, 0);
         }
-        let source = EventSource::connect_group(
-            &self.config.kafka_access(),
-            &self.config.speed.group_id,
-            self.config.speed.session_timeout.as_std(),
-            &topic,
-            self.pool.clone(),
-            PositionTable::Speed,
-            self.config.max_event_skew.millis(),
-            self.config.kafka_metadata_refresh.as_std(),
-        )
-        .await
+        let speed = &self.config.speed;
+        let mut leases = (speed.assignment == Assignment::Leases).then(|| {
+            Leases::new(
+                self.pool.clone(),
+                &topic,
+                &self.instance,
+                speed.session_timeout.as_std(),
+            )
+        });
+        let source = match leases {
+            Some(_) => {
+                EventSource::connect_manual(
+                    &self.config.kafka_access(),
+                    &speed.group_id,
+                    &topic,
+                    self.config.max_event_skew.millis(),
+                    self.config.kafka_metadata_refresh.as_std(),
+                )
+                .await
+            }
+            None => {
+                EventSource::connect_group(
+                    &self.config.kafka_access(),
+                    &speed.group_id,
+                    speed.session_timeout.as_std(),
+                    &topic,
+                    self.pool.clone(),
+                    PositionTable::Speed,
+                    self.config.max_event_skew.millis(),
+                    self.config.kafka_metadata_refresh.as_std(),
+                )
+                .await
+            }
+        }
         .map_err(|source| SpeedError::ConnectSource {
             topic: topic.clone(),
             source,
@@ -164,8 +205,15 @@ impl SpeedLayer {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .fencing = true;
-        self.consume(source, &stored, shutdown, None).await?;
-        Ok(())
+        let consumed = self
+            .consume(source, &stored, shutdown, Mode::Run(leases.as_mut()))
+            .await;
+        if let Some(leases) = &leases
+            && let Err(e) = leases.leave().await
+        {
+            tracing::warn!(error = %e, "could not give up the leases; they expire after the session timeout");
+        }
+        consumed.map(|_| ())
     }
 
     /// The consume loop of `run` and `replay`. With a `replay`, each batch first waits for the
@@ -175,8 +223,12 @@ impl SpeedLayer {
         mut source: EventSource,
         stored: &BTreeMap<i32, PartitionPosition>,
         shutdown: impl Future<Output = ()>,
-        mut replay: Option<&mut replay::Replay>,
+        mode: Mode<'_>,
     ) -> Result<bool, SpeedError> {
+        let (mut replay, mut leases) = match mode {
+            Mode::Run(leases) => (None, leases),
+            Mode::Replay(replay) => (Some(replay), None),
+        };
         let topic = self.config.events_topic.clone();
         source.set_max_batch_bytes(self.config.speed.batch_max_bytes);
         let mut clock = EventClock::new(stored, &self.config);
@@ -220,6 +272,9 @@ impl SpeedLayer {
         // A batch read while the one before it committed, not yet handled.
         let mut prefetched: Option<Batch> = None;
         loop {
+            if let Some(leases) = leases.as_deref_mut() {
+                self.follow_leases(leases, &mut source).await;
+            }
             if let Some(watchdog) = watchdog.as_mut() {
                 watchdog.tick(&mut source).await;
             }
@@ -263,7 +318,7 @@ impl SpeedLayer {
             let wait = self.config.speed.batch_max_wait.as_std();
             let ahead = prefetched
                 .take()
-                .filter(|batch| still_owned(batch, &source));
+                .and_then(|mut batch| still_owned(&mut batch, &source).then_some(batch));
             let mut batch = match ahead {
                 Some(batch) => batch,
                 None => tokio::select! {

@@ -31,6 +31,7 @@ mod consume;
 mod event_clock;
 mod guarded_commit;
 mod late_events;
+mod leases;
 pub mod liveness;
 mod ownership;
 mod plan;

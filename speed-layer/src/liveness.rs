@@ -221,9 +221,11 @@ impl Watchdog {
                 unknown: false,
             };
         }
-        if self
-            .backoff
-            .should_rejoin(!orphaned.is_empty(), Instant::now())
+        // Assigned by lease, partitions are taken back without the group (see `leases`).
+        if source.in_group()
+            && self
+                .backoff
+                .should_rejoin(!orphaned.is_empty(), Instant::now())
         {
             tracing::warn!(
                 topic = %self.topic,

@@ -199,7 +199,12 @@ pub async fn replay(
     };
     let layer = SpeedLayer::new(pool, config, catalog);
     let swapped = layer
-        .consume(source, &positions, shutdown, Some(&mut control))
+        .consume(
+            source,
+            &positions,
+            shutdown,
+            crate::consume::Mode::Replay(&mut control),
+        )
         .await?;
     Ok(ReplayOutcome {
         events: control.events,

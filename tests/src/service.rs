@@ -36,7 +36,7 @@ impl Service {
         }
     }
 
-    /// The partitions a consumer group assigned this process (a speed layer or lander), one
+    /// The partitions a consumer group (or its leases) assigned this process (a speed layer or lander), one
     /// list per assignment in its log, oldest first: `[0, 1]`, or `[]` for an empty one.
     pub fn assignments(&self) -> Vec<String> {
         self.log().lines().filter_map(assigned_partitions).collect()
@@ -78,9 +78,10 @@ impl Service {
     }
 }
 
-/// The partition list of an "assigned by the group" log line.
+/// The partition list of an "assigned by the group" (or, with `speed.assignment = "leases"`,
+/// "assigned by lease") log line.
 fn assigned_partitions(line: &str) -> Option<String> {
-    if !line.contains("assigned by the group") {
+    if !line.contains("assigned by the group") && !line.contains("assigned by lease") {
         return None;
     }
     let plain = without_colours(line);

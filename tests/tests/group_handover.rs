@@ -1,7 +1,8 @@
 //! Partitions moving between speed-layer instances while they are far behind (issue 9): members
 //! join, one leaves and comes back, another joins, all under a lag of tens of thousands of
-//! events; every event is still counted exactly once. The consumer-group scenario moves
-//! partitions with a few hundred events outstanding.
+//! events; every event is still counted exactly once, whether the group coordinator or leases in
+//! Postgres move them. The consumer-group scenario moves partitions with a few hundred events
+//! outstanding.
 //!
 //! A handover starts the new owner at the stored offset, usually inside a record batch. Apache
 //! Kafka (and tansu's sqlite storage, which the tests run on) answer such a fetch with the batch
@@ -77,7 +78,20 @@ async fn wait_for_partitions(platform: &Platform, service: &Service, who: &str) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn partitions_move_under_a_large_backlog_without_losing_an_event() -> Result<()> {
-    let mut platform = Platform::new("handover", PARTITIONS).await?;
+    handover("handover", "group").await
+}
+
+/// The same moves made by leases in Postgres (`speed.assignment = "leases"`, issue 17).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leased_partitions_move_under_a_large_backlog_without_losing_an_event() -> Result<()> {
+    handover("handover_leases", "leases").await
+}
+
+async fn handover(name: &str, assignment: &str) -> Result<()> {
+    let mut platform = Platform::new(name, PARTITIONS).await?;
+    platform
+        .extra_env
+        .push(("PLATFORM_SPEED__ASSIGNMENT".into(), assignment.into()));
     // Small checkpoints slow the consumers down enough that every handover below happens with
     // most of the backlog unread; the steps wait for assignments, not for a consumer's speed.
     platform

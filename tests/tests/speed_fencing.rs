@@ -1,7 +1,9 @@
 //! The speed layer's checkpoints under the failures issue 17 names: an instance paused past its
-//! session timeout (a zombie) cannot commit after its partitions moved, and a SIGKILL while a
-//! checkpoint has written everything but not committed loses and doubles nothing. Both with
-//! copies of events on several partitions, and checked against the truth through the API.
+//! session timeout (a zombie) cannot commit after its partitions moved, whether the group or
+//! leases moved them; a SIGKILL while a checkpoint has written everything but not committed
+//! loses and doubles nothing; and with leases, SIGKILLs in quick succession leave the survivor
+//! every partition whatever the broker's coordinator does. All with copies of events on
+//! several partitions, and checked against the truth through the API.
 
 use anyhow::{Context, Result, ensure};
 use platform_tests::{Platform, Service, purchases_path, wait_until};
@@ -79,7 +81,25 @@ fn signal(service: &Service, signal: &str) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_paused_instance_cannot_commit_after_its_partitions_moved() -> Result<()> {
-    let mut platform = Platform::new("zombie", PARTITIONS).await?;
+    zombie("zombie", &[]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_instance_cannot_commit_after_its_leases_moved() -> Result<()> {
+    zombie("zombie_leases", LEASES).await
+}
+
+/// `speed.assignment = "leases"`, with leases renewed every second.
+const LEASES: &[(&str, &str)] = &[
+    ("PLATFORM_SPEED__ASSIGNMENT", "leases"),
+    ("PLATFORM_SPEED__SESSION_TIMEOUT", "3s"),
+];
+
+async fn zombie(name: &str, env: &[(&str, &str)]) -> Result<()> {
+    let mut platform = Platform::new(name, PARTITIONS).await?;
+    for (k, v) in env {
+        platform.extra_env.push((k.to_string(), v.to_string()));
+    }
     let _serving = platform.spawn("serving-layer", &["run"])?;
     platform.wait_for_http().await?;
     // The zombie-to-be holds every batch a while before its checkpoint begins, so that it is
@@ -106,7 +126,8 @@ async fn a_paused_instance_cannot_commit_after_its_partitions_moved() -> Result<
     )
     .await?;
     signal(&zombie, "-STOP")?;
-    // The group drops it after its session timeout and hands everything to the other.
+    // The group (or the leases) drops it after its session timeout and hands everything to the
+    // other.
     let mut owner = platform.spawn_as("speed-owner", "speed-layer", &["run"])?;
     owner.wait_for_partitions(ASSIGNMENT_LIMIT).await?;
     sent.send(&platform, "moved", 100).await?;
@@ -169,5 +190,55 @@ async fn a_sigkill_inside_a_checkpoint_loses_and_doubles_nothing() -> Result<()>
     sent.check(&platform, "after three kills inside checkpoints")
         .await?;
     speed.assert_running()?;
+    Ok(())
+}
+
+/// Issue 17 item 4: with leases, ownership does not depend on the broker's coordinator. Three
+/// instances share the partitions; three of them are SIGKILLed within a few seconds (one right
+/// after it took partitions), and the survivor reads every partition within the session
+/// timeout plus two lease rounds, counting every event exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_sigkills_leave_the_survivor_every_partition_by_lease() -> Result<()> {
+    const SURVIVOR_BOUND: Duration = Duration::from_secs(20);
+    let mut platform = Platform::new("lease_kills", PARTITIONS).await?;
+    for (k, v) in LEASES {
+        platform.extra_env.push((k.to_string(), v.to_string()));
+    }
+    let _serving = platform.spawn("serving-layer", &["run"])?;
+    platform.wait_for_http().await?;
+    let mut a = platform.spawn_as("speed-a", "speed-layer", &["run"])?;
+    let mut b = platform.spawn_as("speed-b", "speed-layer", &["run"])?;
+    let mut survivor = platform.spawn_as("speed-c", "speed-layer", &["run"])?;
+    for service in [&a, &b, &survivor] {
+        service.wait_for_partitions(ASSIGNMENT_LIMIT).await?;
+    }
+    let mut sent = Sent::new(19);
+    sent.send(&platform, "shared", 200).await?;
+    sent.check(&platform, "shared by three").await?;
+
+    a.kill9().await?;
+    b.kill9().await?;
+    let mut d = platform.spawn_as("speed-d", "speed-layer", &["run"])?;
+    d.wait_for_partitions(ASSIGNMENT_LIMIT).await?;
+    d.kill9().await?;
+    let killed = std::time::Instant::now();
+    sent.send(&platform, "after", 200).await?;
+    wait_until(
+        SURVIVOR_BOUND,
+        "the survivor to read every partition",
+        || async { survivor.last_assignment() == "[0, 1, 2, 3]" },
+    )
+    .await
+    .with_context(|| format!("the survivor's assignments: {:?}", survivor.assignments()))?;
+    println!(
+        "the survivor read every partition {:.1}s after the last SIGKILL",
+        killed.elapsed().as_secs_f64()
+    );
+    sent.check(&platform, "after three SIGKILLs").await?;
+    ensure!(
+        !survivor.log().contains("joined the consumer group"),
+        "an instance assigned by lease joined a consumer group"
+    );
+    survivor.assert_running()?;
     Ok(())
 }

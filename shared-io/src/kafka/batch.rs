@@ -3,7 +3,7 @@
 
 use crate::positions::PartitionPosition;
 use shared_schema::event::Event;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A decoded event and where it was read.
 #[derive(Debug, Clone)]
@@ -35,4 +35,16 @@ pub struct Batch {
     /// in the log (compaction, transaction markers, retention), or a broker serving a fetch
     /// that starts inside a record batch from the next batch on. Counted, never silent.
     pub missing_offsets: u64,
+}
+
+impl Batch {
+    /// Drops what the batch holds of partitions not in `owned` (given up since it was read);
+    /// returns whether anything was dropped.
+    pub fn retain_partitions(&mut self, owned: &BTreeSet<i32>) -> bool {
+        let before = (self.events.len(), self.bad.len(), self.positions.len());
+        self.events.retain(|e| owned.contains(&e.partition));
+        self.bad.retain(|b| owned.contains(&b.partition));
+        self.positions.retain(|p, _| owned.contains(p));
+        before != (self.events.len(), self.bad.len(), self.positions.len())
+    }
 }

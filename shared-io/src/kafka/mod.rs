@@ -8,6 +8,7 @@
 mod batch;
 mod client;
 mod context;
+mod manual;
 mod poll;
 mod source;
 

@@ -30,6 +30,8 @@ pub struct EventSource {
     pub(super) last_discovery: Instant,
     /// In a group: how to join it again.
     pub(super) group: Option<GroupRecipe>,
+    /// Partitions are assigned by hand (see `manual`): new ones are listed, not assigned.
+    pub(super) manual: bool,
     /// Per partition, the offset a gap was last read again from (see `next_batch`).
     pub(super) gap_rereads: BTreeMap<i32, i64>,
     /// A batch ends once its messages hold this many bytes (see `set_max_batch_bytes`).
@@ -63,6 +65,7 @@ impl EventSource {
             metadata_refresh,
             last_discovery: Instant::now(),
             group: None,
+            manual: false,
             gap_rereads: BTreeMap::new(),
             max_batch_bytes: usize::MAX,
         };
@@ -97,7 +100,7 @@ impl EventSource {
     }
 
     /// Lists the topic's partitions once `metadata_refresh` has passed since the last look.
-    /// Without a group, assigns the new ones and returns them. In a group, leaves it and joins
+    /// Assigned by hand, only lists them. Without a group, assigns the new ones and returns them. In a group, leaves it and joins
     /// again as a new member: librdkafka's group leader rejoins by itself on a partition count
     /// change, but a coordinator may hand a leader that rejoins unchanged its old assignment
     /// back (tansu 0.6 does; Apache Kafka rebalances), while a member leaving and a new one
@@ -118,8 +121,8 @@ impl EventSource {
             .into_iter()
             .filter(|p| self.known_partitions.insert(*p))
             .collect();
-        if added.is_empty() {
-            return Ok(added);
+        if added.is_empty() || self.manual {
+            return Ok(Vec::new());
         }
         if self.group.is_some() {
             tracing::info!(topic = %self.topic, partitions = ?added, "partitions added to the topic; joining the group again");
@@ -175,6 +178,7 @@ impl EventSource {
             metadata_refresh,
             last_discovery: Instant::now(),
             group: Some(recipe),
+            manual: false,
             gap_rereads: BTreeMap::new(),
             max_batch_bytes: usize::MAX,
         })
@@ -287,6 +291,11 @@ impl EventSource {
         self.consumer
             .subscribe(&[&self.topic])
             .map_err(SourceError::subscribe(&self.topic))
+    }
+
+    /// Whether a consumer group assigns the partitions.
+    pub fn in_group(&self) -> bool {
+        self.group.is_some()
     }
 
     /// The partitions this instance owns, as of the last batch handed out.
