@@ -37,7 +37,7 @@ pub use compare::{Comparison, compare, compared_range, relative_difference, spee
 use shared_io::positions::{PositionTable, load_positions};
 use shared_io::speed_state::{self, SpeedStateError};
 use shared_io::storage::{Lake, StorageError};
-use shared_io::view::{ViewError, read_lake_view};
+use shared_io::view::{ViewError, read_lake_view, read_lake_view_between};
 use shared_schema::config::PlatformConfig;
 use shared_schema::query::{BucketRow, rows_in};
 use shared_schema::time::{Millis, bucket_start, format_rfc3339, to_datetime};
@@ -104,12 +104,15 @@ async fn check(
     }
     let lake = Lake::open(&config.lake_dir)?;
     let path = view_path.to_string_lossy();
-    let view = read_lake_view(&lake, &path)
-        .await
-        .map_err(|source| DivergenceError::ReadView {
-            path: path.to_string(),
-            source,
-        })?;
+    // Only the newly covered buckets are compared: of a segmented view, only their segments.
+    let view = match previous {
+        Some(previous) => read_lake_view_between(&lake, &path, (previous, cutover)).await,
+        None => read_lake_view(&lake, &path).await,
+    }
+    .map_err(|source| DivergenceError::ReadView {
+        path: path.to_string(),
+        source,
+    })?;
     let alignment = catalog.cutover_alignment();
     let stored: Vec<&str> = catalog.stored().map(|(_, m)| m.name.as_str()).collect();
 

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use shared_io::coverage;
 use shared_io::storage::Lake;
 use shared_io::view::{ViewRow, read_lake_view};
+use shared_io::view_segments::{self, SegmentRef};
 use shared_schema::cutover::LandedPartition;
 use shared_schema::time::{Millis, format_rfc3339};
 use sqlx::PgPool;
@@ -185,8 +186,53 @@ async fn read(
     })
 }
 
+/// What a run keeps of the promoted view: its segments of the hours `scope` does not recompute
+/// (listed again, not read), or, from a version written as one file, those rows.
+pub(crate) enum Reused {
+    Segments(Vec<SegmentRef>),
+    Rows(Vec<ViewRow>),
+}
+
+impl Reused {
+    pub fn rows(&self) -> usize {
+        match self {
+            Reused::Segments(segments) => segments.iter().map(|s| s.rows as usize).sum(),
+            Reused::Rows(rows) => rows.len(),
+        }
+    }
+}
+
+/// What `scope` keeps of the promoted view at `view_path`: buckets before `cutover` it does not
+/// recompute.
+pub(crate) async fn reuse_promoted(
+    lake: &Lake,
+    view_path: &str,
+    scope: &Scope,
+    cutover: Millis,
+) -> Result<Reused, BatchError> {
+    if !view_segments::is_manifest(view_path) {
+        return read_promoted_rows(lake, view_path, scope, cutover)
+            .await
+            .map(Reused::Rows);
+    }
+    let manifest = view_segments::read_manifest(lake, view_path)
+        .await
+        .map_err(|source| BatchError::ReadPromotedView {
+            path: view_path.to_string(),
+            source: source.into(),
+        })?;
+    // A segment holds the buckets of one hour, the unit `scope` recomputes: kept or redone whole.
+    Ok(Reused::Segments(
+        manifest
+            .segments
+            .into_iter()
+            .filter(|s| s.hour < cutover && !scope.recomputes(s.hour))
+            .collect(),
+    ))
+}
+
 /// The promoted view's rows that `scope` keeps: buckets before `cutover` it does not recompute.
-pub(crate) async fn read_promoted_rows(
+async fn read_promoted_rows(
     lake: &Lake,
     view_path: &str,
     scope: &Scope,

@@ -1,5 +1,5 @@
-//! Publishing a computed view and promoting it: the view file under a version-unique name,
-//! then one transaction that records the version and moves T.
+//! Publishing a computed view and promoting it: its segments and manifest under version-unique
+//! names, then one transaction that records the version and moves T.
 
 use crate::BatchError;
 use crate::definitions::RunDefinitions;
@@ -10,26 +10,32 @@ use shared_io::coverage;
 use shared_io::promotion::{self, Reason};
 use shared_io::run_lock::RunLock;
 use shared_io::storage::Lake;
-use shared_io::view::{VIEW_FILE, VIEWS_DIR, ViewRow, write_view_to};
+use shared_io::view::ViewRow;
+use shared_io::view_segments::{self, SegmentRef};
 use shared_schema::time::{Millis, format_rfc3339, to_datetime};
 use std::path::{Path, PathBuf};
 
-/// Publishes the view as `views/<version>/view.parquet`. Returns that path, relative to
-/// `LAKE_DIR`.
+/// Publishes the view as a manifest of time segments (`shared_io::view_segments`): a segment
+/// per hour of `rows`, and the reused segments of the promoted version. Returns the manifest's
+/// path, relative to `LAKE_DIR`, and the view's rows.
 pub(crate) async fn publish_view(
     lake: &Lake,
     version: &str,
     rows: Vec<ViewRow>,
-) -> Result<PathBuf, BatchError> {
-    let dir = format!("{VIEWS_DIR}/{version}");
-    let written = lake
-        .publish_in_new_dir(&dir, VIEW_FILE, move |out| write_view_to(out, &rows))
-        .await;
-    written.map_err(|source| BatchError::PublishView {
-        version: version.to_string(),
-        source,
-    })?;
-    Ok(PathBuf::from(dir).join(VIEW_FILE))
+    reused: Vec<SegmentRef>,
+) -> Result<(PathBuf, usize), BatchError> {
+    let (manifest, path) = view_segments::publish_version(lake, version, rows, reused)
+        .await
+        .map_err(|source| BatchError::PublishView {
+            version: version.to_string(),
+            source,
+        })?;
+    tracing::info!(
+        segments = manifest.segments.len(),
+        path,
+        "published the view's segments"
+    );
+    Ok((PathBuf::from(path), manifest.rows() as usize))
 }
 
 /// What `promote` records of a finished view.

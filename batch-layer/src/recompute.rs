@@ -8,9 +8,10 @@
 //!    (`shared_io::run_lock`);
 //! 2. one snapshot reads the manifest, the lander's progress and the promoted T (`lake_snapshot`);
 //! 3. T is chosen and checked against the lake's completeness before any work;
-//! 4. the view is computed (`view_plan`, `plan_rows`) and published under a version-unique
-//!    name: locally written under a staging name and renamed, on S3 one PUT of a new key
-//!    (`publish`, `shared_io::storage`);
+//! 4. the view is computed (`view_plan`, `plan_rows`) for the hours that changed and published
+//!    as segments under version-unique names, then a manifest listing them with the promoted
+//!    version's segments of the other hours; each file written atomically, locally by rename,
+//!    on S3 by one PUT of a new key (`publish`, `shared_io::view_segments`);
 //! 5. one transaction records the version and moves T (`publish::promote`). Until it commits,
 //!    the previous view and T stay served; a run killed at any earlier step changes nothing
 //!    that is served.
@@ -19,7 +20,7 @@ use crate::BatchError;
 use crate::cutover_clock;
 use crate::engine::Engine;
 use crate::incremental::{self, Scope};
-use crate::lake_snapshot::{read_promoted_rows, read_snapshot};
+use crate::lake_snapshot::{Reused, read_snapshot, reuse_promoted};
 use crate::publish::{VersionRecord, promote, publish_view};
 use crate::view_gc::{remove_old_versions, remove_unpublished};
 use crate::view_plan::compute_enriched_view;
@@ -52,7 +53,8 @@ pub struct RunOutcome {
     pub lake_rows: i64,
     /// Hours recomputed; `None` for a full recompute.
     pub recomputed_hours: Option<usize>,
-    /// Rows copied from the promoted view.
+    /// Rows kept from the promoted view (its segments listed again, or, from a version written
+    /// as one file, its rows copied).
     pub reused_rows: usize,
 }
 
@@ -133,10 +135,10 @@ pub async fn run_once(
             .filter(|p| !catalog.needs_profiles() || p.changelog.as_deref() == Some(changelog_digest.as_str()))
             .map(|p| &p.previous);
         let mut scope = incremental::plan(catalog, &options.request, &digests, previous, cutover);
-        let mut reused = Vec::new();
+        let mut reused = Reused::Rows(Vec::new());
         if let (Scope::Hours { .. }, Some(promoted)) = (&scope, &snapshot.promoted) {
-            match read_promoted_rows(&lake, &promoted.view_path, &scope, cutover).await {
-                Ok(rows) => reused = rows,
+            match reuse_promoted(&lake, &promoted.view_path, &scope, cutover).await {
+                Ok(kept) => reused = kept,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read the promoted view; recomputing everything");
                     scope = Scope::Full;
@@ -147,7 +149,7 @@ pub async fn run_once(
             Scope::Full => None,
             Scope::Hours { recompute, .. } => Some(recompute.len()),
         };
-        tracing::info!(recomputed_hours = ?recomputed_hours, reused_rows = reused.len(), "scope");
+        tracing::info!(recomputed_hours = ?recomputed_hours, reused_rows = reused.rows(), "scope");
 
         let hours = scope.recomputed_hours(&digests, cutover);
         let chunks = incremental::chunks(catalog, &hours, config.batch.chunk_hours);
@@ -183,10 +185,15 @@ pub async fn run_once(
             done += chunk.recomputed_hours(&digests, cutover).len() as u64;
             progress(RunProgress { done, total });
         }
-        let reused_rows = reused.len();
-        rows.append(&mut reused);
-        let view_rows = rows.len();
-        let view_path = publish_view(&lake, &version, rows).await?;
+        let reused_rows = reused.rows();
+        let reused_segments = match reused {
+            Reused::Segments(segments) => segments,
+            Reused::Rows(mut kept) => {
+                rows.append(&mut kept);
+                Vec::new()
+            }
+        };
+        let (view_path, view_rows) = publish_view(&lake, &version, rows, reused_segments).await?;
         let record = VersionRecord {
             version: &version,
             cutover,

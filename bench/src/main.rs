@@ -4,6 +4,7 @@
 mod batch;
 mod ceiling;
 mod freshness;
+mod history;
 mod load;
 mod memory;
 mod pg_write;
@@ -26,7 +27,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(name = "bench", about = "Benchmarks against baselines run beside them")]
 struct Args {
     /// Run only these benchmarks: throughput, ceiling, recovery, freshness, batch, memory,
-    /// pg-write, serving, scaling.
+    /// pg-write, serving, history, scaling.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Events preloaded for the throughput figure.
@@ -126,6 +127,9 @@ async fn main() -> Result<()> {
             "serving",
             serving::run(args.serving_events, args.serving_rate, args.serving_seconds).await,
         );
+    }
+    if wanted("history") {
+        keep("history", history::run().await);
     }
     report::print_table(&figures);
     if let Some(dir) = args.out.parent() {

@@ -32,10 +32,11 @@ mod stall_alert;
 mod state;
 mod state_changes;
 mod versions;
+mod view_cache;
 
 pub use metric_query::{PointsError, merged_points};
 pub use router::router;
 pub use shared_schema::query::{Group, MergedPoint};
-pub use snapshot::ViewCache;
 pub use state::AppState;
 pub use state_changes::StateGeneration;
+pub use view_cache::{BatchView, ViewCache};

@@ -7,11 +7,11 @@
 
 use crate::error::ApiError;
 use crate::snapshot::Snapshot;
+use crate::view_cache::BatchView;
 use shared_schema::config::ServingConfig;
 use shared_schema::metrics::MetricDef;
-use shared_schema::query::{BucketRow, SeriesQuery, rows_in};
+use shared_schema::query::SeriesQuery;
 use shared_schema::time::{HumanDuration, Millis};
-use std::collections::HashMap;
 
 /// The range and the points per series of `query`, whose step is `step`.
 pub fn check_query(
@@ -61,7 +61,7 @@ pub fn check_query(
 pub fn check_rows(
     parts: &[&MetricDef],
     snapshot: &Snapshot,
-    view: Option<&HashMap<String, Vec<BucketRow>>>,
+    view: Option<&BatchView>,
     (start, end): (Millis, Millis),
     limits: &ServingConfig,
 ) -> Result<(), ApiError> {
@@ -69,9 +69,7 @@ pub fn check_rows(
     let rows: usize = parts
         .iter()
         .map(|part| {
-            let batch = view
-                .and_then(|v| v.get(&part.name))
-                .map_or(0, |rows| rows_in(rows, start, batch_end).len());
+            let batch = view.map_or(0, |v| v.count(&part.name, start, batch_end));
             let speed = snapshot.speed_rows.get(&part.name).map_or(0, Vec::len);
             batch + speed
         })
@@ -145,7 +143,7 @@ mod tests {
 
     #[test]
     fn rows_are_counted_on_both_sides_of_t() {
-        use shared_schema::{catalog::MetricCatalog, metrics::Partial};
+        use shared_schema::{catalog::MetricCatalog, metrics::Partial, query::BucketRow};
         let catalog = MetricCatalog::default();
         let purchases = catalog.get("purchases").unwrap().1;
         let row = |minute: i64| BucketRow {
@@ -153,8 +151,10 @@ mod tests {
             dims: String::new(),
             partial: Partial::default(),
         };
-        let view: HashMap<String, Vec<BucketRow>> =
-            HashMap::from([("purchases".to_string(), (0..100).map(row).collect())]);
+        let view = crate::view_cache::BatchView::whole(std::collections::HashMap::from([(
+            "purchases".to_string(),
+            (0..100).map(row).collect(),
+        )]));
         let mut snapshot = Snapshot {
             cutover: Some(50 * MINUTE_MS),
             ..Snapshot::default()

@@ -2,22 +2,20 @@
 //!
 //! T, the promoted version and the speed rows are read in one REPEATABLE READ transaction, so a
 //! promotion committing meanwhile is either wholly seen or not at all. The view a version names
-//! is immutable, so reading its file after the transaction cannot see anything newer.
+//! is immutable, so reading its segments after the transaction (`view_cache`) cannot see
+//! anything newer.
 
 use crate::generation_cache::GenerationCache;
 use chrono::{DateTime, Utc};
 use shared_io::liveness;
 use shared_io::speed_state::{self, SpeedStateError};
-use shared_io::storage::Lake;
-use shared_io::view::{ViewError, read_lake_view};
+use shared_io::view::ViewError;
 use shared_schema::hll::Hll;
 use shared_schema::query::BucketRow;
 use shared_schema::time::{Millis, to_datetime};
 use sqlx::PgPool;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use tokio::sync::OnceCell;
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -201,152 +199,4 @@ pub async fn read_snapshot_cached(
             ))
         })
         .await
-}
-
-/// A batch view read whole: its rows per metric, in bucket order.
-pub type View = Arc<HashMap<String, Vec<BucketRow>>>;
-
-/// A version and its view, loaded once by whichever request asks first.
-type LoadingView = (String, Arc<OnceCell<View>>);
-
-/// Batch views by version. Versions are immutable, so an entry never goes stale; only the most
-/// recent few are kept. Requests arriving while a version is read (after a promotion, every
-/// request at once) wait for that one read.
-#[derive(Clone, Default)]
-pub struct ViewCache {
-    lake_dir: PathBuf,
-    entries: Arc<Mutex<Vec<LoadingView>>>,
-}
-
-const CACHED_VERSIONS: usize = 2;
-
-impl ViewCache {
-    pub fn new(lake_dir: &Path) -> Self {
-        ViewCache {
-            lake_dir: lake_dir.to_path_buf(),
-            entries: Arc::default(),
-        }
-    }
-
-    pub async fn get(&self, version: &str, relative_path: &str) -> Result<View, SnapshotError> {
-        let slot = self.slot(version);
-        let view = slot
-            .get_or_try_init(|| async {
-                let read = async {
-                    let lake = Lake::open(&self.lake_dir).map_err(ViewError::from)?;
-                    read_lake_view(&lake, relative_path).await
-                };
-                read.await
-                    .map(Arc::new)
-                    .map_err(|source| SnapshotError::ReadView {
-                        path: relative_path.to_string(),
-                        source,
-                    })
-            })
-            .await?;
-        Ok(view.clone())
-    }
-
-    /// `version`'s entry, made the most recent one.
-    fn slot(&self, version: &str) -> Arc<OnceCell<View>> {
-        let mut entries = self
-            .entries
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let slot = match entries.iter().position(|(v, _)| v == version) {
-            Some(i) => entries.remove(i).1,
-            None => Arc::default(),
-        };
-        entries.push((version.to_string(), slot.clone()));
-        if entries.len() > CACHED_VERSIONS {
-            entries.remove(0);
-        }
-        slot
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use shared_io::view::{ViewRow, write_view};
-    use shared_schema::metrics::Partial;
-
-    fn rows(count: i64) -> Vec<ViewRow> {
-        (0..count)
-            .map(|i| ViewRow {
-                metric: "purchases".into(),
-                row: BucketRow {
-                    bucket_start: i * 60_000,
-                    dims: String::new(),
-                    partial: Partial {
-                        count: 1,
-                        ..Partial::default()
-                    },
-                },
-            })
-            .collect()
-    }
-
-    /// Views of `rows_each` rows each; enough rows that reading one takes a while make
-    /// concurrent requests overlap the read.
-    fn lake_with_versions(versions: &[&str], rows_each: i64) -> PathBuf {
-        let lake = std::env::temp_dir().join(format!(
-            "view-cache-{}-{}",
-            std::process::id(),
-            versions.join("-")
-        ));
-        for version in versions {
-            let dir = lake.join(version);
-            std::fs::create_dir_all(&dir).unwrap();
-            write_view(&dir.join("view.parquet"), &rows(rows_each)).unwrap();
-        }
-        lake
-    }
-
-    fn path(version: &str) -> String {
-        format!("{version}/view.parquet")
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn requests_for_a_new_version_share_one_read() {
-        let cache = ViewCache::new(&lake_with_versions(&["shared"], 200_000));
-        let mut requests = tokio::task::JoinSet::new();
-        for _ in 0..8 {
-            let cache = cache.clone();
-            requests.spawn(async move { cache.get("shared", &path("shared")).await.unwrap() });
-        }
-        let views = requests.join_all().await;
-        assert_eq!(views[0]["purchases"].len(), 200_000);
-        let _ = std::fs::remove_dir_all(&cache.lake_dir);
-        assert!(
-            views.iter().all(|v| Arc::ptr_eq(v, &views[0])),
-            "read more than once"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_failed_read_is_retried_and_the_least_recently_used_version_goes() {
-        let lake = lake_with_versions(&["a", "b", "c"], 10);
-        let cache = ViewCache::new(&lake);
-        assert!(cache.get("late", &path("late")).await.is_err());
-        std::fs::create_dir_all(lake.join("late")).unwrap();
-        write_view(&lake.join("late/view.parquet"), &rows(10)).unwrap();
-        assert!(cache.get("late", &path("late")).await.is_ok());
-
-        let a = cache.get("a", &path("a")).await.unwrap();
-        cache.get("b", &path("b")).await.unwrap();
-        // `a` used again, so `b` is the one that goes when `c` comes.
-        assert!(Arc::ptr_eq(&a, &cache.get("a", &path("a")).await.unwrap()));
-        cache.get("c", &path("c")).await.unwrap();
-        assert!(Arc::ptr_eq(&a, &cache.get("a", &path("a")).await.unwrap()));
-        let versions: Vec<String> = cache
-            .entries
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(v, _)| v.clone())
-            .collect();
-        assert_eq!(versions, ["c", "a"]);
-        let _ = std::fs::remove_dir_all(lake);
-    }
 }

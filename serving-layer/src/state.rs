@@ -4,8 +4,9 @@ use crate::answer_cache::AnswerCache;
 use crate::encoding::CachedBody;
 use crate::generation_cache::GenerationCache;
 use crate::metric_query::AnswerKey;
-use crate::snapshot::{Snapshot, SnapshotKey, ViewCache};
+use crate::snapshot::{Snapshot, SnapshotKey};
 use crate::state_changes::StateGeneration;
+use crate::view_cache::ViewCache;
 use shared_schema::catalog::MetricCatalog;
 use shared_schema::config::PlatformConfig;
 use sqlx::PgPool;
@@ -40,9 +41,9 @@ impl AppState {
         catalog: MetricCatalog,
         changes: StateGeneration,
     ) -> Self {
-        let views = ViewCache::new(&config.lake_dir);
         let max_age = config.serving.snapshot_cache_max_age.as_std();
         let mb = |n: usize| n.saturating_mul(1 << 20);
+        let views = ViewCache::new(&config.lake_dir, mb(config.serving.view_cache_mb));
         let snapshots = Arc::new(GenerationCache::new(
             "snapshot",
             max_age,

@@ -26,3 +26,4 @@ pub mod storage;
 pub mod telemetry;
 pub mod versions;
 pub mod view;
+pub mod view_segments;

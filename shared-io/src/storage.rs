@@ -46,6 +46,10 @@ pub enum StorageError {
     ListDirs { path: String, source: Cause },
     #[error("could not remove lake directory {path}: {source}")]
     RemoveDir { path: String, source: Cause },
+    #[error("could not list the files of lake directory {path}: {source}")]
+    ListFiles { path: String, source: Cause },
+    #[error("could not remove lake file {path}: {source}")]
+    RemoveFile { path: String, source: Cause },
     #[error("a lake task stopped before it finished: {0}")]
     RunBlocking(#[source] tokio::task::JoinError),
 }
@@ -257,6 +261,62 @@ impl Lake {
                     .filter_map(|p| p.filename().map(str::to_string))
                     .collect())
             }
+        }
+    }
+
+    /// The paths (relative to the lake) of the files directly under `relative`; none if it is
+    /// absent.
+    pub async fn list_files(&self, relative: &str) -> Result<Vec<String>, StorageError> {
+        let failed = |source: Cause| StorageError::ListFiles {
+            path: relative.to_string(),
+            source,
+        };
+        match self {
+            Lake::Local(dir) => {
+                let mut paths = Vec::new();
+                let mut entries = match tokio::fs::read_dir(dir.join(relative)).await {
+                    Ok(entries) => entries,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(paths),
+                    Err(e) => return Err(failed(e.into())),
+                };
+                while let Some(entry) = entries.next_entry().await.map_err(|e| failed(e.into()))? {
+                    let file_type = entry.file_type().await.map_err(|e| failed(e.into()))?;
+                    if file_type.is_file() {
+                        let name = entry.file_name().to_string_lossy().into_owned();
+                        paths.push(format!("{relative}/{name}"));
+                    }
+                }
+                Ok(paths)
+            }
+            Lake::S3 { store, .. } => {
+                let listed = store
+                    .list_with_delimiter(Some(&self.key(relative)?))
+                    .await
+                    .map_err(|e| failed(e.into()))?;
+                Ok(listed
+                    .objects
+                    .iter()
+                    .filter_map(|o| o.location.filename().map(|n| format!("{relative}/{n}")))
+                    .collect())
+            }
+        }
+    }
+
+    /// Removes the file `relative`; nothing if it is absent.
+    pub async fn remove_file(&self, relative: &str) -> Result<(), StorageError> {
+        let failed = |source: Cause| StorageError::RemoveFile {
+            path: relative.to_string(),
+            source,
+        };
+        match self {
+            Lake::Local(dir) => match tokio::fs::remove_file(dir.join(relative)).await {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(failed(e.into())),
+                _ => Ok(()),
+            },
+            Lake::S3 { store, .. } => match store.delete(&self.key(relative)?).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(failed(e.into())),
+            },
         }
     }
 

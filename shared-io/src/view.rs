@@ -1,7 +1,8 @@
-//! The batch view file: what the batch layer writes for a version and the serving layer reads.
+//! The batch view files: what the batch layer writes for a version and the serving layer reads.
 //!
-//! One Parquet file per version, `views/<version>/view.parquet`, holding the partials of every
-//! metric for every bucket before the version's cutover. Partials use the same dims keys and
+//! Parquet files of the partials of every metric per bucket: a version's time segments (see
+//! `view_segments`), or, for versions written before segments, one file,
+//! `views/<version>/view.parquet`, holding every bucket before the version's cutover. Partials use the same dims keys and
 //! the same micro-unit sums as the speed layer's rows, so the two sides merge without
 //! conversion.
 
@@ -59,6 +60,8 @@ pub enum ViewError {
     RunBlocking(#[source] tokio::task::JoinError),
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error(transparent)]
+    Manifest(#[from] crate::view_segments::ManifestError),
 }
 
 pub fn view_schema() -> SchemaRef {
@@ -151,8 +154,33 @@ pub fn write_view_to<W: Write + Send>(out: W, rows: &[ViewRow]) -> Result<(), Vi
 /// Rows grouped by metric, sorted by bucket.
 pub type ViewRows = HashMap<String, Vec<BucketRow>>;
 
-/// Reads the view file `relative` of `lake`.
+/// Reads the view `relative` of `lake`, whole: a version's manifest (every segment it lists) or
+/// a single view file (versions written before segments).
 pub async fn read_lake_view(lake: &Lake, relative: &str) -> Result<ViewRows, ViewError> {
+    if crate::view_segments::is_manifest(relative) {
+        let manifest = crate::view_segments::read_manifest(lake, relative).await?;
+        return crate::view_segments::read_all_segments(lake, &manifest).await;
+    }
+    read_view_file(lake, relative).await
+}
+
+/// Reads the rows of the view `relative` whose buckets start in `[from, to)`, and maybe others:
+/// of a manifest only the segments of those hours, of a single file all of it.
+pub async fn read_lake_view_between(
+    lake: &Lake,
+    relative: &str,
+    (from, to): (shared_schema::time::Millis, shared_schema::time::Millis),
+) -> Result<ViewRows, ViewError> {
+    if !crate::view_segments::is_manifest(relative) {
+        return read_view_file(lake, relative).await;
+    }
+    let mut manifest = crate::view_segments::read_manifest(lake, relative).await?;
+    manifest.segments = manifest.overlapping(from, to).to_vec();
+    crate::view_segments::read_all_segments(lake, &manifest).await
+}
+
+/// Reads one view file (a segment, or a version's single file) of `lake`.
+pub async fn read_view_file(lake: &Lake, relative: &str) -> Result<ViewRows, ViewError> {
     match lake {
         Lake::Local(dir) => {
             let path = dir.join(relative);

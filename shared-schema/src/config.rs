@@ -207,6 +207,11 @@ config_section! {
         /// Memory for cached query snapshots (T, version, speed rows) of the current state; beyond
         /// it the cache starts over, and a larger snapshot is not kept.
         pub snapshot_cache_mb: usize = 128,
+        /// Memory for the batch view's segments read for answers (each a lake hour of every
+        /// metric's rows), least recently used first out: a query reads only the segments of the
+        /// hours it touches, so memory is bounded by this, not by the view's history. A segment
+        /// larger than this alone is read for its query and not kept.
+        pub view_cache_mb: usize = 512,
         /// Memory for whole cached answers (JSON, and their gzip form) of the current state; beyond
         /// it the cache starts over, and a larger answer is not kept.
         pub body_cache_mb: usize = 128,

@@ -2,8 +2,12 @@
 //! events in one old hour and duplicates in another cost those hours (and the hour after each,
 //! for session starts) and nothing else; the incremental view answers exactly what a full
 //! recompute answers; `--from`/`--to` recomputes a range whose files did not change.
+//!
+//! A version is a manifest of hour segments (issue 18): each run writes segments only for the
+//! hours it recomputed and lists the others from the version before, and garbage collection
+//! (with `batch.keep_versions = 2`) never removes a segment a kept version lists.
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use platform_tests::truth::{Sent, check_served, default_metrics, group_by, send_all};
 use platform_tests::{Platform, without_colours};
 use rand::rngs::StdRng;
@@ -41,8 +45,38 @@ async fn answers(platform: &Platform, range: (Millis, Millis)) -> Result<Vec<ser
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+/// The served version's segments: how many it wrote and how many it lists from earlier
+/// versions; each must exist.
+async fn segments(platform: &Platform) -> Result<(usize, usize)> {
+    let (version, _) = platform.served().await?;
+    let path: String =
+        sqlx::query_scalar("SELECT view_path FROM batch_versions WHERE version = $1")
+            .bind(&version)
+            .fetch_one(&platform.pool)
+            .await?;
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(platform.lake_dir.join(&path))?)?;
+    let (mut own, mut listed) = (0, 0);
+    for segment in manifest["segments"].as_array().context("segments")? {
+        let path = segment["path"].as_str().context("a segment's path")?;
+        ensure!(
+            platform.lake_dir.join(path).exists(),
+            "{path}, listed by the served version {version}, is gone"
+        );
+        if path.starts_with(&format!("views/{version}/")) {
+            own += 1;
+        } else {
+            listed += 1;
+        }
+    }
+    Ok((own, listed))
+}
+
 async fn only_changed_hours_are_recomputed_and_the_answer_is_the_full_one() -> Result<()> {
     let mut platform = Platform::new("incremental", PARTITIONS).await?;
+    platform
+        .extra_env
+        .push(("PLATFORM_BATCH__KEEP_VERSIONS".into(), "2".into()));
     // Three hours at a time: a run's chunks, and the session context across their edges, are
     // exercised too.
     platform
@@ -116,6 +150,11 @@ async fn only_changed_hours_are_recomputed_and_the_answer_is_the_full_one() -> R
         output.contains("incremental: 4 hours recomputed"),
         "second run: {output}"
     );
+    let (own, listed) = segments(&platform).await?;
+    ensure!(
+        own == 4 && listed == HOURS as usize - 4,
+        "the incremental run wrote {own} segments and listed {listed}"
+    );
     check_served(&platform, "incremental run", &metrics, range, &sent, &sent).await?;
     let incremental = answers(&platform, range).await?;
 
@@ -140,6 +179,11 @@ async fn only_changed_hours_are_recomputed_and_the_answer_is_the_full_one() -> R
         output.contains("incremental: 0 hours recomputed"),
         "idle run: {output}"
     );
+    let (own, listed) = segments(&platform).await?;
+    ensure!(
+        own == 0 && listed == HOURS as usize,
+        "the idle run wrote {own} segments and listed {listed}"
+    );
     let (from, to) = (
         format_rfc3339(base + 8 * HOUR),
         format_rfc3339(base + 9 * HOUR),
@@ -160,6 +204,23 @@ async fn only_changed_hours_are_recomputed_and_the_answer_is_the_full_one() -> R
     ensure!(
         output.contains("incremental: 2 hours recomputed"),
         "backfill: {output}"
+    );
+    // The --full run's segments are listed by the two kept versions, so they stay, while its
+    // manifest went with it (beyond `keep_versions`).
+    let (own, listed) = segments(&platform).await?;
+    ensure!(
+        own == 2 && listed == HOURS as usize - 2,
+        "the backfill wrote {own} segments and listed {listed}"
+    );
+    let versions = std::fs::read_dir(platform.lake_dir.join("views"))?.count();
+    let manifests = std::fs::read_dir(platform.lake_dir.join("views"))?
+        .filter_map(|dir| dir.ok())
+        .filter(|dir| dir.path().join("manifest.json").exists())
+        .count();
+    ensure!(
+        manifests == 2 && versions == 3,
+        "{manifests} manifests in {versions} version directories: keep_versions is 2, and the \
+         --full run's directory holds segments the kept ones list"
     );
     check_served(&platform, "backfill", &metrics, range, &sent, &sent).await?;
     Ok(())

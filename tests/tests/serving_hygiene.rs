@@ -12,6 +12,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 const COUNTRIES: u8 = 30;
+const VIEW_MINUTES: i64 = 24;
+/// More than a sketch holds sparse (`hll::SPARSE_MAX`).
+const VIEWERS_PER_MINUTE: usize = shared_schema::hll::SPARSE_MAX + 52;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn caches_are_capped_by_bytes_and_methods_add_no_series() -> Result<()> {
@@ -27,8 +30,9 @@ async fn caches_are_capped_by_bytes_and_methods_add_no_series() -> Result<()> {
     let _serving = platform.spawn("serving-layer", &["run"])?;
     platform.wait_for_http().await?;
 
-    // A purchase per country 23 hours ago, each in a minute of its own; page views of known
-    // users over the last two hours: 90 minutes holding a distinct-count sketch (16 KiB each).
+    // A purchase per country 23 hours ago, each in a minute of its own; page views over the
+    // last two hours: 24 minutes of 2 100 users each, past a sketch's sparse range, so each
+    // minute holds a dense distinct-count sketch (64 KiB).
     let end = bucket_start(now_millis(), MINUTE_MS);
     let mut ends: HashMap<i32, i64> = HashMap::new();
     for i in 0..COUNTRIES {
@@ -38,11 +42,16 @@ async fn caches_are_capped_by_bytes_and_methods_add_no_series() -> Result<()> {
                        "country": country, "user_id": format!("buyer-{i}")});
         platform.send_tracked(0, &e, &mut ends).await?;
     }
-    for i in 0..60 {
-        let e = json!({"event_id": format!("v{i}"), "event_type": "page_view",
-                       "event_time": end - 2 * HOUR_MS + i * MINUTE_MS, "user_id": format!("viewer-{i}")});
-        platform.send_tracked(0, &e, &mut ends).await?;
-    }
+    let views = (0..VIEW_MINUTES).flat_map(|minute| {
+        (0..VIEWERS_PER_MINUTE).map(move |viewer| {
+            let e = json!({"event_id": format!("v{minute}-{viewer}"), "event_type": "page_view",
+                           "event_time": end - 2 * HOUR_MS + minute * MINUTE_MS,
+                           "user_id": format!("viewer-{viewer}")});
+            (0, viewer.to_string(), e.to_string())
+        })
+    });
+    let view_ends = platform_tests::send_all(&platform.producer, &platform.topic, views).await?;
+    ends.insert(0, view_ends[&0]);
     platform.wait_caught_up("speed_offsets", &ends).await?;
 
     let day = end - DAY_MS;
@@ -65,7 +74,7 @@ async fn caches_are_capped_by_bytes_and_methods_add_no_series() -> Result<()> {
         // over 2 MB of JSON, beyond the 1 MB body cache.
         let big_body = range("purchases", day, "&group_by=country&step=1m&window=1d");
         let small_body = range("purchases", day, "&step=1h");
-        // 90 sketches of 16 KiB, about 1.5 MB: beyond the 1 MB snapshot cache. Asked with two
+        // 24 dense sketches of 64 KiB, about 1.6 MB: beyond the 1 MB snapshot cache. Asked with two
         // `from`s that round up to the same first point, the answers differ (each echoes its
         // `from`) and the snapshot is the same.
         let big_snapshot = |from: i64| range("active_users", from, "");

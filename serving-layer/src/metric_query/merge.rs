@@ -4,12 +4,12 @@
 use super::read::{ReadInputsError, SnapshotSource, read_inputs};
 use crate::snapshot::Snapshot;
 use crate::state::AppState;
+use crate::view_cache::BatchView;
 use shared_schema::metrics::MetricDef;
-use shared_schema::query::rows_in;
 use shared_schema::query::{BucketRow, Group, MergedPoint, SeriesQuery, finish_points_within};
 use shared_schema::sliding::{MergeBudget, MergeError};
 use shared_schema::time::Millis;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Finished points by group and time.
@@ -33,13 +33,19 @@ pub async fn merged_points(
     metric: &MetricDef,
     query: &SeriesQuery,
 ) -> Result<(Arc<Snapshot>, Points), PointsError> {
-    let inputs = read_inputs(state, metric, query.bucket_range(), SnapshotSource::Fresh)
-        .await
-        .map_err(|source| PointsError::Read {
-            metric: metric.name.clone(),
-            source,
-        })?;
-    let view = inputs.view.as_deref();
+    let inputs = read_inputs(
+        state,
+        metric,
+        query.bucket_range(),
+        0,
+        SnapshotSource::Fresh,
+    )
+    .await
+    .map_err(|source| PointsError::Read {
+        metric: metric.name.clone(),
+        source,
+    })?;
+    let view = inputs.view.as_ref();
     let points = merge_sides(
         &inputs.parts,
         &inputs.snapshot,
@@ -54,15 +60,14 @@ pub async fn merged_points(
     Ok((inputs.snapshot, points))
 }
 
-/// The view's rows of `part` with a bucket in `[start, end)`.
+/// The view's rows of `part` with a bucket in `[start, end)`, in bucket order.
 pub(crate) fn batch_rows<'a>(
-    view: Option<&'a HashMap<String, Vec<BucketRow>>>,
-    part: &MetricDef,
+    view: Option<&'a BatchView>,
+    part: &'a MetricDef,
     (start, end): (Millis, Millis),
-) -> &'a [BucketRow] {
-    view.and_then(|view| view.get(&part.name))
-        .map(|rows| rows_in(rows, start, end))
-        .unwrap_or_default()
+) -> impl Iterator<Item = &'a BucketRow> + Clone + 'a {
+    view.into_iter()
+        .flat_map(move |view| view.rows(&part.name, start, end))
 }
 
 /// Where the batch side's rows end within `range`: T, clamped to it (its start without T).
@@ -74,7 +79,7 @@ pub(crate) fn batch_end(cutover: Option<Millis>, range: (Millis, Millis)) -> Mil
 pub(crate) fn merge_sides(
     parts: &[&MetricDef],
     snapshot: &Snapshot,
-    view: Option<&HashMap<String, Vec<BucketRow>>>,
+    view: Option<&BatchView>,
     query: &SeriesQuery,
     budget: &MergeBudget,
 ) -> Result<Points, MergeError> {
@@ -85,7 +90,7 @@ pub(crate) fn merge_sides(
         .map(|part| {
             let speed = snapshot.speed_rows.get(&part.name).into_iter().flatten();
             let batch = batch_rows(view, part, (range.0, batch_end));
-            (*part, batch.iter().cloned(), speed.cloned())
+            (*part, batch.cloned(), speed.cloned())
         })
         .collect();
     finish_points_within(query, snapshot.cutover, inputs, budget)

@@ -2,8 +2,9 @@
 //! from, one snapshot of them over the buckets a query needs, and the batch view it names.
 
 use crate::error::ApiError;
-use crate::snapshot::{Snapshot, SnapshotError, View, read_snapshot, read_snapshot_cached};
+use crate::snapshot::{Snapshot, SnapshotError, read_snapshot, read_snapshot_cached};
 use crate::state::AppState;
+use crate::view_cache::BatchView;
 use shared_schema::metrics::{MetricDef, MetricError};
 use shared_schema::time::Millis;
 use std::sync::Arc;
@@ -22,8 +23,8 @@ pub(crate) struct Inputs<'a> {
     /// The stored metrics it is finished from (see `MetricCatalog::parts`).
     pub parts: Vec<&'a MetricDef>,
     pub snapshot: Arc<Snapshot>,
-    /// The promoted view, if any version is promoted.
-    pub view: Option<View>,
+    /// The promoted view's segments the answer reads, if any version is promoted.
+    pub view: Option<BatchView>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,11 +61,13 @@ pub(crate) fn parts<'a>(
         })
 }
 
-/// Reads `metric`'s inputs over the buckets `range`.
+/// Reads `metric`'s inputs over the buckets `range`; of the batch view, also `view_margin`
+/// either side of it (the rendered chunks of an answer reach past its range).
 pub(crate) async fn read_inputs<'a>(
     state: &'a AppState,
     metric: &'a MetricDef,
     range: (Millis, Millis),
+    view_margin: Millis,
     source: SnapshotSource,
 ) -> Result<Inputs<'a>, ReadInputsError> {
     let parts = parts(state, metric)?;
@@ -80,8 +83,12 @@ pub(crate) async fn read_inputs<'a>(
             read_snapshot_cached(cache, generation, pool, topic, &names, range, stall_after).await?
         }
     };
-    let view = match (&snapshot.batch_version, &snapshot.view_path) {
-        (Some(version), Some(path)) => Some(state.views.get(version, path).await?),
+    let view = match (&snapshot.view_path, snapshot.cutover) {
+        (Some(path), Some(t)) => {
+            let from = range.0.saturating_sub(view_margin);
+            let to = range.1.saturating_add(view_margin).min(t);
+            Some(state.views.get(path, (from, to)).await?)
+        }
         _ => None,
     };
     Ok(Inputs {

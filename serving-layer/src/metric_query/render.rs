@@ -10,12 +10,13 @@ use crate::answer_cache::{AnswerCache, ChunkKey, RenderedSeries, chunk_span, ren
 use crate::error::{ApiError, merge_refused};
 use crate::snapshot::Snapshot;
 use crate::state::AppState;
+use crate::view_cache::BatchView;
 use shared_schema::config::ServingConfig;
 use shared_schema::metrics::MetricDef;
-use shared_schema::query::{BucketRow, Group, SeriesQuery, check_budget, finish_points_within};
+use shared_schema::query::{Group, SeriesQuery, check_budget, finish_points_within};
 use shared_schema::sliding::{MergeBudget, MergeError};
 use shared_schema::time::Millis;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -33,11 +34,18 @@ pub(super) async fn render_answer(
         parts,
         snapshot,
         view,
-    } = read_inputs(state, metric, range, SnapshotSource::Cached { generation }).await?;
+    } = read_inputs(
+        state,
+        metric,
+        range,
+        chunk_span(request.query.step, request.query.window),
+        SnapshotSource::Cached { generation },
+    )
+    .await?;
     crate::limits::check_rows(
         &parts,
         &snapshot,
-        view.as_deref(),
+        view.as_ref(),
         range,
         &state.config.serving,
     )?;
@@ -62,7 +70,7 @@ pub(super) async fn render_answer(
             parts: &parts,
             request: &request,
             snapshot: &snapshot,
-            view: view.as_deref(),
+            view: view.as_ref(),
         };
         answer.render(&answers, &limits.serving, Some(deadline))
     })
@@ -77,7 +85,7 @@ pub(super) struct AnswerInputs<'a> {
     pub parts: &'a [&'a MetricDef],
     pub request: &'a Request,
     pub snapshot: &'a Snapshot,
-    pub view: Option<&'a HashMap<String, Vec<BucketRow>>>,
+    pub view: Option<&'a BatchView>,
 }
 
 /// Without `group_by` there is always exactly one series, under this group, even an empty one.
@@ -207,7 +215,7 @@ impl AnswerInputs<'_> {
                     .iter()
                     .map(|part| {
                         let rows = batch_rows(self.view, part, (range.0, t.min(range.1)));
-                        (*part, rows.iter().cloned(), std::iter::empty())
+                        (*part, rows.cloned(), std::iter::empty())
                     })
                     .collect();
                 finish_points_within(&chunk_query, Some(t), inputs, budget)

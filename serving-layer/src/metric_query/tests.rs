@@ -99,6 +99,7 @@ proptest! {
             view.insert(part.name.clone(), to_rows(&batch, i == 0));
             snapshot.speed_rows.insert(part.name.clone(), to_rows(&speed, i == 1));
         }
+        let view = crate::view_cache::BatchView::whole(view);
         let inputs = AnswerInputs {
             metric: &metric,
             parts: &parts,
