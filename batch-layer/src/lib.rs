@@ -13,6 +13,7 @@ pub mod engine;
 pub mod enrich;
 pub mod incremental;
 pub mod lake;
+pub mod lake_compaction;
 pub mod lake_snapshot;
 pub mod land;
 pub mod land_changelog;

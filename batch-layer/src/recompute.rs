@@ -14,12 +14,15 @@
 //!    on S3 by one PUT of a new key (`publish`, `shared_io::view_segments`);
 //! 5. one transaction records the version and moves T (`publish::promote`). Until it commits,
 //!    the previous view and T stay served; a run killed at any earlier step changes nothing
-//!    that is served.
+//!    that is served;
+//! 6. still under the lock: old versions are removed (`view_gc`) and closed lake hours
+//!    compacted (`lake_compaction`).
 
 use crate::BatchError;
 use crate::cutover_clock;
 use crate::engine::Engine;
 use crate::incremental::{self, Scope};
+use crate::lake_compaction::compact_closed_hours;
 use crate::lake_snapshot::{Reused, read_snapshot, reuse_promoted};
 use crate::publish::{VersionRecord, promote, publish_view};
 use crate::view_gc::{remove_old_versions, remove_unpublished};
@@ -212,6 +215,12 @@ pub async fn run_once(
         let previous = snapshot.current_cutover;
         crate::divergence::after_promotion(pool, config, catalog, &version, previous, cutover, &view_path).await;
         remove_old_versions(pool, config.batch.keep_versions, &lake).await;
+        // Under the run lock: no run reads the files it replaces.
+        match compact_closed_hours(pool, &lake, &config.events_topic, cutover).await {
+            Ok(0) => {}
+            Ok(hours) => tracing::info!(hours, "compacted closed lake hours"),
+            Err(e) => tracing::warn!(error = %e, "could not compact the lake; will retry next run"),
+        }
         lock.release().await?;
         Ok(RunOutcome {
             version: version.clone(),

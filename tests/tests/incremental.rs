@@ -44,7 +44,6 @@ async fn answers(platform: &Platform, range: (Millis, Millis)) -> Result<Vec<ser
     Ok(out)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 /// The served version's segments: how many it wrote and how many it lists from earlier
 /// versions; each must exist.
 async fn segments(platform: &Platform) -> Result<(usize, usize)> {
@@ -72,6 +71,7 @@ async fn segments(platform: &Platform) -> Result<(usize, usize)> {
     Ok((own, listed))
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn only_changed_hours_are_recomputed_and_the_answer_is_the_full_one() -> Result<()> {
     let mut platform = Platform::new("incremental", PARTITIONS).await?;
     platform
