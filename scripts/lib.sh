@@ -101,6 +101,25 @@ ensure_moto() {
   "$venv/bin/pip" install -q "moto[server]~=$MOTO_VERSION"
 }
 
+# ensure_kubernetes_validate: the Kubernetes schema validator the manifests' test
+# (tests/tests/kubernetes.rs) runs, from PyPI into .local/kubernetes-validate-venv (its schemas
+# ship in the package: no cluster, no network at test time); exports its executable as
+# E2E_KUBERNETES_VALIDATE.
+KUBERNETES_VALIDATE_VERSION=1.37.0
+ensure_kubernetes_validate() {
+  local venv="$STATE/kubernetes-validate-venv"
+  E2E_KUBERNETES_VALIDATE="$venv/bin/kubernetes-validate"
+  export E2E_KUBERNETES_VALIDATE
+  if [ -x "$E2E_KUBERNETES_VALIDATE" ] && "$E2E_KUBERNETES_VALIDATE" --version >/dev/null 2>&1; then
+    return 0
+  fi
+  ensure_python_venv
+  log "installing kubernetes-validate from PyPI into $venv"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+}
+
 # Python's venv module, from Debian's packages if missing.
 ensure_python_venv() {
   if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then

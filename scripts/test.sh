@@ -18,6 +18,7 @@ ensure_schemathesis
 ensure_moto # exports E2E_MOTO_SERVER for tests/tests/object_store.rs
 ensure_chromium # exports E2E_CHROMIUM for tests/tests/dashboard.rs
 ensure_promtool # exports E2E_PROMTOOL for tests/tests/compose.rs
+ensure_kubernetes_validate # exports E2E_KUBERNETES_VALIDATE for tests/tests/kubernetes.rs
 start_postgres test-pg "$PG_PORT" 400
 start_tansu test-broker "$KAFKA_PORT" fresh
 cleanup() {
