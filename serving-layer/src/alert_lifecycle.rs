@@ -37,6 +37,9 @@ pub type AlertGroup = BTreeMap<String, Option<String>>;
 #[derive(Debug, Clone, Serialize)]
 pub struct Transition {
     pub rule: String,
+    /// The alert's group as stored (`alerts.group_key`): with `rule`, which alert this is.
+    #[serde(skip)]
+    pub group_key: String,
     pub metric: String,
     pub group: AlertGroup,
     pub state: AlertState,
@@ -204,6 +207,7 @@ pub async fn settle(
         })?;
     Ok(state.map(|state| Transition {
         rule: finding.rule.clone(),
+        group_key: finding.group_key.clone(),
         metric: finding.metric.clone(),
         group: finding.group.clone(),
         state,

@@ -1,8 +1,8 @@
 //! Alert evaluation: every `alert_interval`, each rule's metric is computed over its sliding
 //! window ending at the last bucket the speed watermark has closed, through the same merged
 //! read as every query. Groups above the threshold fire, firing groups no longer above it
-//! resolve (`alert_lifecycle`), and each transition is sent to the webhook once, retried with
-//! backoff.
+//! resolve (`alert_lifecycle`), and each transition is queued for the webhook in the same
+//! transaction (`alert_delivery`).
 //!
 //! Several serving instances may run; a transaction-scoped advisory lock lets one evaluate
 //! at a time, so a transition is stored and announced once.
@@ -19,10 +19,8 @@ use shared_schema::time::{Millis, bucket_start, to_datetime};
 use sqlx::PgConnection;
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::time::Duration;
 
 const EVALUATOR_LOCK_KEY: i64 = 0x616c_6572_7473; // "alerts"
-const WEBHOOK_ATTEMPTS: u32 = 6;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvaluateError {
@@ -40,26 +38,20 @@ pub enum EvaluateError {
     Store(#[from] AlertStoreError),
     #[error("opening or committing the alert evaluation's transaction: {source}")]
     Transaction { source: sqlx::Error },
+    #[error("queueing alert transitions for the webhook: {source}")]
+    Enqueue { source: sqlx::Error },
 }
 
 pub async fn run_evaluator(state: AppState, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(state.config.serving.alert_interval.as_std());
-    let webhook = state.config.serving.webhook_url.clone();
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
             _ = tick.tick() => {}
         }
-        match evaluate_once(&state).await {
-            Ok(transitions) => {
-                if let Some(url) = &webhook {
-                    for transition in transitions {
-                        tokio::spawn(deliver(url.clone(), transition));
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "alert evaluation failed; will retry"),
+        if let Err(e) = evaluate_once(&state).await {
+            tracing::warn!(error = %e, "alert evaluation failed; will retry");
         }
     }
 }
@@ -103,6 +95,11 @@ pub async fn evaluate_once(state: &AppState) -> Result<Vec<Transition>, Evaluate
         for rule in &state.catalog.alerts {
             transitions.extend(evaluate_rule(&mut tx, state, rule, watermark).await?);
         }
+    }
+    if state.config.serving.webhook_url.is_some() {
+        crate::alert_delivery::enqueue(&mut tx, &transitions, state.config.serving.webhook_format)
+            .await
+            .map_err(|source| EvaluateError::Enqueue { source })?;
     }
     tx.commit().await.map_err(transaction)?;
     for t in &transitions {
@@ -189,25 +186,4 @@ pub(crate) fn group_json(rule: &AlertRule, key: &str) -> AlertGroup {
         (Some(dimension), Some(value)) => AlertGroup::from([(dimension.name().to_string(), value)]),
         _ => AlertGroup::new(),
     }
-}
-
-/// Posts one transition, retrying with exponential backoff.
-async fn deliver(url: String, transition: Transition) {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap_or_default();
-    let mut backoff = Duration::from_millis(200);
-    for attempt in 1..=WEBHOOK_ATTEMPTS {
-        match client.post(&url).json(&transition).send().await {
-            Ok(response) if response.status().is_success() => return,
-            Ok(response) => {
-                tracing::warn!(attempt, status = %response.status(), "webhook refused an alert")
-            }
-            Err(e) => tracing::warn!(attempt, error = %e, "webhook unreachable"),
-        }
-        tokio::time::sleep(backoff).await;
-        backoff *= 2;
-    }
-    tracing::error!(alert = %transition, "webhook gave up after {WEBHOOK_ATTEMPTS} attempts");
 }

@@ -3,6 +3,7 @@
 //! `shared_schema::query::assemble`, which enforces the split.
 
 mod admin;
+pub mod alert_delivery;
 mod alert_lifecycle;
 mod alert_list;
 pub mod alerts;

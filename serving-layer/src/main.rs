@@ -1,6 +1,8 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use serving_layer::{AppState, StateGeneration, alerts, http_metrics, reader, router};
+use serving_layer::{
+    AppState, StateGeneration, alert_delivery, alerts, http_metrics, reader, router,
+};
 use shared_io::registry;
 use shared_io::service::{self, Started};
 use shared_io::telemetry;
@@ -56,9 +58,14 @@ async fn main() -> anyhow::Result<()> {
         state.clone(),
         telemetry::shutdown_signal(),
     ));
+    let deliveries = tokio::spawn(alert_delivery::run_deliveries(
+        state.clone(),
+        telemetry::shutdown_signal(),
+    ));
     axum::serve(listener, http_metrics::instrument(router(state)))
         .with_graceful_shutdown(telemetry::shutdown_signal())
         .await?;
     evaluator.abort();
+    deliveries.abort();
     Ok(())
 }

@@ -176,8 +176,17 @@ config_section! {
         pub max_points: i64 = 100_000,
         /// How often the alert rules are evaluated.
         pub alert_interval: HumanDuration = HumanDuration::from_millis(10 * SECOND_MS),
-        /// Called with a JSON POST on every alert transition (fired, resolved); retried with backoff.
+        /// Called with a JSON POST on every alert transition (fired, resolved). Transitions are
+        /// queued in Postgres with the alert's state and retried (backoff up to five minutes) until
+        /// delivered, in order, across restarts; `lambda_alert_deliveries_total` counts attempts.
         pub webhook_url: Option<String> = None,
+        /// The body POSTed to `webhook_url`. `platform`: one transition as `GET /v1/alerts` shows
+        /// it. `alertmanager`: Alertmanager's API (`webhook_url` is then e.g.
+        /// `http://alertmanager:9093/api/v2/alerts`), a list of alerts with `labels` (`alertname`
+        /// the rule, `metric`, the group's dimension) and `annotations`, as Prometheus sends them,
+        /// so Alertmanager's routing (PagerDuty, Slack, ...) works unchanged; firing alerts are sent
+        /// again every minute with `endsAt` four minutes ahead, as Prometheus does.
+        pub webhook_format: WebhookFormat = WebhookFormat::Platform,
         /// The Postgres URL every HTTP request reads through. Migration 0011 creates the role
         /// `lambda_reader` for it (LOGIN, SELECT only, no password: set one with `ALTER ROLE`, or
         /// rely on the server's host rules). Absent: `DATABASE_URL`. Sessions on it are read-only
@@ -286,6 +295,14 @@ config_section! {
         /// Values that look like secrets are never logged.
         pub properties: crate::kafka_access::ClientProperties = Default::default(),
     }
+}
+
+/// The webhook's body, see [`ServingConfig::webhook_format`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    Platform,
+    Alertmanager,
 }
 
 /// Who assigns the speed layer's partitions, see [`SpeedConfig::assignment`].

@@ -200,6 +200,7 @@ fn type_name(ty: &str) -> String {
         "crate::kafka_access::ClientProperties" => "table of strings",
         "LogFormat" => "`text` or `json`",
         "Assignment" => "`group` or `leases`",
+        "WebhookFormat" => "`platform` or `alertmanager`",
         other => other,
     };
     if optional {

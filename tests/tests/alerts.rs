@@ -1,12 +1,15 @@
 //! Alerts end to end (issue 4): the default rules fire on a sliding window per group, are
 //! listed with their window, resolve when the window moves past the trouble, and each
-//! transition reaches the webhook once, even when its first delivery fails.
+//! transition reaches the webhook once, even when its first delivery fails; and (issue 19)
+//! transitions wait in Postgres while the receiver is down, across a restart of the serving
+//! layer, and reach it in Alertmanager's format once it is back.
 
 use anyhow::{Context, Result, ensure};
 use platform_tests::{Platform, wait_until};
 use serde_json::{Value, json};
 use shared_schema::time::{MINUTE_MS, Millis, bucket_start, now_millis};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -15,6 +18,12 @@ const PARTITIONS: i32 = 3;
 
 /// A webhook receiver on loopback that refuses every first delivery with a 500.
 async fn webhook() -> Result<(String, Arc<Mutex<Vec<Value>>>)> {
+    receiver(None).await
+}
+
+/// A webhook receiver on loopback; with `down`, it answers 503 while that is set, else it
+/// refuses every first delivery of a body with a 500. Returns its URL and the bodies accepted.
+async fn receiver(down: Option<Arc<AtomicBool>>) -> Result<(String, Arc<Mutex<Vec<Value>>>)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/hook", listener.local_addr()?);
     let received: Arc<Mutex<Vec<Value>>> = Arc::default();
@@ -51,12 +60,16 @@ async fn webhook() -> Result<(String, Arc<Mutex<Vec<Value>>>)> {
             let Some(body) = body else { continue };
             let attempt = seen_bodies.entry(body.clone()).or_default();
             *attempt += 1;
-            let status = if *attempt == 1 {
-                "500 Internal Server Error"
+            let refuse = match &down {
+                Some(down) => down.load(Ordering::SeqCst),
+                None => *attempt == 1,
+            };
+            let status = if refuse {
+                "503 Service Unavailable"
             } else {
                 "200 OK"
             };
-            if *attempt >= 2
+            if !refuse
                 && let Ok(value) = serde_json::from_str(&body)
                 && let Ok(mut received) = store.lock()
             {
@@ -259,5 +272,118 @@ async fn default_rules_fire_list_resolve_and_call_the_webhook_once_per_transitio
             ],
         "each transition once: {received:?}"
     );
+    Ok(())
+}
+
+/// Issue 19: a transition the receiver refuses waits in Postgres (counted as failed and
+/// pending), survives a SIGKILL of the serving layer, and is delivered once the receiver is
+/// back, in Alertmanager's format (labels `alertname`, `metric` and the group's dimension).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn transitions_wait_for_a_receiver_that_is_down_across_a_restart() -> Result<()> {
+    let down = Arc::new(AtomicBool::new(true));
+    let (url, received) = receiver(Some(down.clone())).await?;
+    let mut platform = Platform::new("alert_outbox", PARTITIONS).await?;
+    for (key, value) in [
+        ("PLATFORM_SERVING__ALERT_INTERVAL", "300ms".to_string()),
+        ("PLATFORM_SERVING__WEBHOOK_URL", url),
+        (
+            "PLATFORM_SERVING__WEBHOOK_FORMAT",
+            "alertmanager".to_string(),
+        ),
+    ] {
+        platform.extra_env.push((key.into(), value));
+    }
+    let _speed = platform.spawn("speed-layer", &["run"])?;
+    let mut serving = platform.spawn("serving-layer", &["run"])?;
+    platform.wait_for_http().await?;
+    let mut send = Sender {
+        platform: &platform,
+        next: 0,
+        ends: HashMap::new(),
+    };
+    let base = bucket_start(now_millis(), MINUTE_MS) - 40 * MINUTE_MS;
+    for i in 0..7 {
+        send.event(
+            "login_failed",
+            base + MINUTE_MS + i * 30_000,
+            "mallory",
+            "login",
+            (i % 3) as i32,
+        )
+        .await?;
+    }
+    send.tick(base + 5 * MINUTE_MS + 30_000).await?;
+    wait_until(Duration::from_secs(30), "the alert to fire", || async {
+        alerts(&platform)
+            .await
+            .is_ok_and(|a| find(&a, "failed_logins_burst").is_some())
+    })
+    .await?;
+    let metrics = platform.listen_addr.clone();
+    wait_until(
+        Duration::from_secs(30),
+        "a failed delivery, still pending",
+        || async {
+            let Ok(text) = platform.scrape(&metrics).await else {
+                return false;
+            };
+            let failed = platform_tests::series_value(
+                &text,
+                "lambda_alert_deliveries_total{outcome=\"failed\"}",
+            );
+            let pending = platform_tests::series_value(&text, "lambda_alert_deliveries_pending");
+            matches!((failed, pending), (Ok(Some(f)), Ok(Some(p))) if f >= 1.0 && p >= 1.0)
+        },
+    )
+    .await?;
+    ensure!(
+        received.lock().map(|r| r.is_empty()).unwrap_or(false),
+        "delivered while down"
+    );
+
+    // The serving layer dies with the transition undelivered; its successor delivers it.
+    serving.kill9().await?;
+    let serving = platform.spawn("serving-layer", &["run"])?;
+    platform.wait_for_http().await?;
+    down.store(false, Ordering::SeqCst);
+    wait_until(
+        Duration::from_secs(60),
+        "the queued transition delivered",
+        || async { received.lock().map(|r| !r.is_empty()).unwrap_or(false) },
+    )
+    .await?;
+    let first = received.lock().map(|r| r[0].clone()).unwrap_or_default();
+    let alert = &first[0];
+    ensure!(
+        alert["labels"]["alertname"] == "failed_logins_burst"
+            && alert["labels"]["metric"] == "failed_logins"
+            && alert["labels"]["user_id"] == "mallory"
+            && alert["annotations"]["value"] == "7"
+            && alert["startsAt"].is_string()
+            && alert["endsAt"].is_string(),
+        "not an Alertmanager alert: {first}"
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "nothing pending, one delivered",
+        || async {
+            let Ok(text) = platform.scrape(&metrics).await else {
+                return false;
+            };
+            let delivered = platform_tests::series_value(
+                &text,
+                "lambda_alert_deliveries_total{outcome=\"delivered\"}",
+            );
+            let pending = platform_tests::series_value(&text, "lambda_alert_deliveries_pending");
+            matches!((delivered, pending), (Ok(Some(d)), Ok(Some(p))) if d >= 1.0 && p == 0.0)
+        },
+    )
+    .await?;
+    let kept: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM alert_deliveries WHERE delivered_at IS NOT NULL")
+            .fetch_one(&platform.pool)
+            .await?;
+    ensure!(kept == 1, "{kept} transitions delivered, one queued");
+    drop(serving);
     Ok(())
 }

@@ -201,6 +201,21 @@ pub const CACHE_LOOKUPS: Family = Family {
     exported_by: &["serving-layer"],
 };
 
+pub const ALERT_DELIVERIES: Family = Family {
+    name: "lambda_alert_deliveries_total",
+    help: "Attempts to POST an alert transition to `serving.webhook_url`: `delivered` (2xx) or `failed` (refused or unreachable; retried until delivered).",
+    kind: Kind::Counter,
+    labels: &["outcome"],
+    exported_by: &["serving-layer"],
+};
+pub const ALERT_DELIVERIES_PENDING: Family = Family {
+    name: "lambda_alert_deliveries_pending",
+    help: "Alert transitions queued in Postgres and not yet delivered to the webhook, by every serving instance.",
+    kind: Kind::Gauge,
+    labels: &[],
+    exported_by: &["serving-layer"],
+};
+
 /// Every family of the platform.
 pub const FAMILIES: &[Family] = &[
     BUILD_INFO,
@@ -227,4 +242,6 @@ pub const FAMILIES: &[Family] = &[
     DIVERGENCE_RATIO,
     HTTP_DURATION,
     CACHE_LOOKUPS,
+    ALERT_DELIVERIES,
+    ALERT_DELIVERIES_PENDING,
 ];

@@ -1,8 +1,8 @@
 //! What the serving layer reports.
 
 use super::families::*;
-use super::{HTTP_BUCKETS, NO_LABELS, counter, gauge, histogram};
-use prometheus::{GaugeVec, HistogramVec, IntCounterVec, Registry};
+use super::{HTTP_BUCKETS, NO_LABELS, counter, gauge, histogram, int_gauge};
+use prometheus::{GaugeVec, HistogramVec, IntCounterVec, IntGaugeVec, Registry};
 use shared_schema::time::Millis;
 
 /// The served batch view version, as the serving layer reads it at each scrape.
@@ -25,6 +25,8 @@ pub struct ServingMetrics {
     promoted_run: GaugeVec,
     cutover_at: GaugeVec,
     cache_lookups: IntCounterVec,
+    deliveries: IntCounterVec,
+    deliveries_pending: IntGaugeVec,
 }
 
 impl ServingMetrics {
@@ -47,7 +49,33 @@ impl ServingMetrics {
                 }
                 lookups
             },
+            deliveries: {
+                let deliveries = counter(registry, &ALERT_DELIVERIES)?;
+                for outcome in ["delivered", "failed"] {
+                    deliveries.with_label_values(&[outcome]);
+                }
+                deliveries
+            },
+            deliveries_pending: {
+                let pending = int_gauge(registry, &ALERT_DELIVERIES_PENDING)?;
+                // Exported from the start: 0 until a webhook has something queued.
+                pending.with_label_values(NO_LABELS);
+                pending
+            },
         })
+    }
+
+    /// One attempt to deliver an alert transition to the webhook.
+    pub fn alert_delivery(&self, delivered: bool) {
+        let outcome = if delivered { "delivered" } else { "failed" };
+        self.deliveries.with_label_values(&[outcome]).inc();
+    }
+
+    /// Transitions queued and not yet delivered.
+    pub fn set_alert_deliveries_pending(&self, pending: i64) {
+        self.deliveries_pending
+            .with_label_values(NO_LABELS)
+            .set(pending);
     }
 
     /// `cache` is `snapshot`, `body` or `answer`.
