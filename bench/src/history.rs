@@ -115,6 +115,8 @@ fn hour_rows(hour: Millis, rng: &mut StdRng) -> Vec<ViewRow> {
 async fn measure(days: i64) -> Result<Measured> {
     let platform = crate::load::bench_platform(&format!("bench_history_{days}d"), 1).await?;
     let cutover = bucket_start(now_millis(), HOUR_MS) - HOUR_MS;
+    // The services migrate at start; the version is recorded before any runs.
+    shared_io::db::MIGRATOR.run(&platform.pool).await?;
     let lake = Lake::open(&platform.lake_dir)?;
     let version = format!("history-{days}d");
     let writing = Instant::now();
