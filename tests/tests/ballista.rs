@@ -10,7 +10,8 @@ use platform_tests::truth::{Sent, check_served, default_metrics, send_all};
 use platform_tests::{Platform, Service, free_local_addr, wait_until};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use shared_io::view::read_view;
+use shared_io::storage::Lake;
+use shared_io::view::read_lake_view;
 use shared_schema::query::BucketRow;
 use shared_schema::time::{Millis, format_rfc3339, now_millis};
 use std::collections::{BTreeMap, HashMap};
@@ -125,7 +126,8 @@ async fn served_view(platform: &Platform) -> Result<BTreeMap<String, Vec<BucketR
             .bind(&version)
             .fetch_one(&platform.pool)
             .await?;
-    let by_metric = read_view(&platform.lake_dir.join(path))?;
+    // A version's manifest and every segment it lists.
+    let by_metric = read_lake_view(&Lake::Local(platform.lake_dir.clone()), &path).await?;
     Ok(by_metric
         .into_iter()
         .map(|(metric, mut rows)| {
