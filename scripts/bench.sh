@@ -10,6 +10,7 @@ cd "$ROOT"
 PG_PORT=${BENCH_PG_PORT:-55632}
 KAFKA_PORT=${BENCH_KAFKA_PORT:-19292}
 
+ensure_build_tools
 ensure_postgres
 ensure_tansu
 start_postgres bench-pg "$PG_PORT"

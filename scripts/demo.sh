@@ -10,6 +10,7 @@ PG_PORT=${DEMO_PG_PORT:-5433}
 KAFKA_PORT=${DEMO_KAFKA_PORT:-9092}
 HTTP=${LISTEN_ADDR:-127.0.0.1:8080}
 
+ensure_build_tools
 ensure_postgres
 ensure_wal2json
 ensure_tansu
@@ -80,6 +81,7 @@ Send your own event:
   KAFKA_BROKERS=$KAFKA_BROKERS $BIN/event-generator --event \\
     '{"event_id":"mine-1","event_type":"purchase","event_time":"'\$(date -u +%Y-%m-%dT%H:%M:%SZ)'","user_id":"me","amount":12.5,"country":"DE","schema_version":2}'
 
+  Dashboard        http://$HTTP/ (the merged metrics, the cutover drawn)
   API description  http://$HTTP/openapi.json
   Prometheus       http://$HTTP/metrics (serving), 127.0.0.1:9101/metrics (speed layer),
                    :9102 (lander), :9103 (batch scheduler), :9104 (CDC publisher)

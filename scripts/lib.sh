@@ -17,6 +17,17 @@ pg_bin() {
   ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1
 }
 
+# ensure_build_tools: a C toolchain and make, which librdkafka (built from source by the
+# rdkafka crate) needs, and pkg-config; from Debian's packages if missing.
+ensure_build_tools() {
+  if ! command -v cc >/dev/null 2>&1 || ! command -v make >/dev/null 2>&1 \
+    || ! command -v pkg-config >/dev/null 2>&1; then
+    log "installing a C toolchain (build-essential, pkg-config) from Debian's packages"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential pkg-config >/dev/null
+  fi
+}
+
 # ensure_rust_tools: rustfmt and clippy, which scripts/test.sh runs before building.
 ensure_rust_tools() {
   if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
