@@ -30,7 +30,10 @@ pg_run "$(pg_bin)/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres platform
 rm -rf "$STATE/demo-lake"
 
 log "building"
-cargo build --workspace --bins
+# The same build as scripts/test.sh's: with `--bins` alone cargo resolves the dependencies'
+# features without the dev-dependencies, a different set, and rebuilds the whole tree (about ten
+# minutes on two cores) after the tests, and the tests again after the demo.
+cargo build --workspace --all-targets
 BIN="$ROOT/target/debug"
 
 export DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/platform"
