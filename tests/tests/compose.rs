@@ -803,6 +803,16 @@ fn dashboard_targets(dashboard: &serde_json::Value) -> Vec<(String, Option<Strin
         .as_array()
         .map(|p| p.iter().collect())
         .unwrap_or_default();
+    // Annotations (promotions, the cutover) are queries too.
+    for annotation in dashboard["annotations"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let expr = annotation["expr"].as_str().unwrap_or_default().to_string();
+        let uid = annotation["datasource"]["uid"].as_str().map(str::to_string);
+        targets.push((expr, uid));
+    }
     while let Some(panel) = panels.pop() {
         // Collapsed rows hold their panels.
         panels.extend(panel["panels"].as_array().into_iter().flatten());
@@ -970,6 +980,31 @@ fn prometheus_scrapes_every_exporter_and_grafana_provisions_the_dashboard() {
         .filter(|n| !shown.contains(n))
         .collect();
     assert!(missing.is_empty(), "no dashboard panel shows {missing:?}");
+
+    // Promotions and rollbacks are marked on every panel, and so is the cutover T (issue 19).
+    for file in &dashboards {
+        let text = std::fs::read_to_string(file).expect("a readable dashboard");
+        let dashboard: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        let annotated: Vec<&str> = dashboard["annotations"]["list"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| a["enable"] == true)
+            .filter_map(|a| a["expr"].as_str())
+            .collect();
+        for family in [
+            "lambda_promoted_timestamp_seconds",
+            "lambda_cutover_timestamp_seconds",
+        ] {
+            assert!(
+                annotated
+                    .iter()
+                    .any(|expr| metric_names(expr).iter().any(|n| n == family)),
+                "{}: no annotation follows {family}: {annotated:?}",
+                file.display()
+            );
+        }
+    }
 }
 
 /// What the shipped alerting rules must watch (issue 19, item 5), each by a family it reads.
