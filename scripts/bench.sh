@@ -27,9 +27,7 @@ if [ "${KEEP_STACK:-0}" != 1 ]; then trap cleanup EXIT; fi
 
 VENV="$STATE/bench-venv"
 if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import duckdb" 2>/dev/null; then
-  log "installing DuckDB into $VENV"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q duckdb
+  install_in_venv "$VENV" duckdb
 fi
 
 if ! command -v wrk >/dev/null 2>&1; then

@@ -87,11 +87,7 @@ ensure_schemathesis() {
   if [ -x "$SCHEMATHESIS" ] && "$SCHEMATHESIS" --version >/dev/null 2>&1; then
     return 0
   fi
-  ensure_python_venv
-  log "installing schemathesis from PyPI into $venv"
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q "schemathesis~=$SCHEMATHESIS_VERSION"
+  install_in_venv "$venv" "schemathesis~=$SCHEMATHESIS_VERSION"
 }
 
 # ensure_moto: the S3-compatible server the object-store scenario (tests/tests/object_store.rs)
@@ -105,11 +101,7 @@ ensure_moto() {
   if [ -x "$E2E_MOTO_SERVER" ] && "$venv/bin/python" -c 'import moto.server' 2>/dev/null; then
     return 0
   fi
-  ensure_python_venv
-  log "installing moto's S3 server from PyPI into $venv"
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q "moto[server]~=$MOTO_VERSION"
+  install_in_venv "$venv" "moto[server]~=$MOTO_VERSION"
 }
 
 # ensure_kubernetes_validate: the Kubernetes schema validator the manifests' test
@@ -124,11 +116,18 @@ ensure_kubernetes_validate() {
   if [ -x "$E2E_KUBERNETES_VALIDATE" ] && "$E2E_KUBERNETES_VALIDATE" --version >/dev/null 2>&1; then
     return 0
   fi
+  install_in_venv "$venv" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+}
+
+# install_in_venv VENV SPEC: a new virtualenv at VENV (any old one replaced) with SPEC installed
+# from PyPI.
+install_in_venv() {
+  local venv=$1 spec=$2
   ensure_python_venv
-  log "installing kubernetes-validate from PyPI into $venv"
+  log "installing $spec from PyPI into $venv"
   rm -rf "$venv"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+  "$venv/bin/pip" install -q "$spec"
 }
 
 # Python's venv module, from Debian's packages if missing.

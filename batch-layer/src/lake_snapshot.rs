@@ -188,7 +188,7 @@ async fn read(
 
 /// What a run keeps of the promoted view: its segments of the hours `scope` does not recompute
 /// (listed again, not read), or, from a version written as one file, those rows.
-pub(crate) enum Reused {
+pub enum Reused {
     Segments(Vec<SegmentRef>),
     Rows(Vec<ViewRow>),
 }
@@ -204,7 +204,7 @@ impl Reused {
 
 /// What `scope` keeps of the promoted view at `view_path`: buckets before `cutover` it does not
 /// recompute.
-pub(crate) async fn reuse_promoted(
+pub async fn reuse_promoted(
     lake: &Lake,
     view_path: &str,
     scope: &Scope,

@@ -7,14 +7,13 @@ use crate::report::Figure;
 use anyhow::{Context, Result, ensure};
 use batch_layer::incremental::{Previous, Request, Scope, hour_digests, plan};
 use batch_layer::lake::{events_to_batch, partition_of, write_parquet_atomically};
+use batch_layer::lake_snapshot::{Reused, reuse_promoted};
 use batch_layer::view_plan::{compute_view, session_context};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use shared_io::kafka::SourcedEvent;
 use shared_io::storage::Lake;
-use shared_io::view_segments::{
-    Manifest, SegmentRef, manifest_path, publish_version, read_manifest,
-};
+use shared_io::view_segments::{Manifest, SegmentRef, manifest_path, publish_version};
 use shared_schema::catalog::MetricCatalog;
 use shared_schema::config::PlatformConfig;
 use shared_schema::event::Event;
@@ -126,6 +125,20 @@ pub async fn run(events: u64, python: &Path) -> Result<Vec<Figure>> {
 
 const LATE_EVENTS: usize = 10_000;
 
+/// What `batch-layer run` keeps of `version` under `scope`: its segments of the hours not
+/// recomputed, listed again.
+async fn kept_segments(
+    lake: &Lake,
+    version: &str,
+    scope: &Scope,
+    cutover: i64,
+) -> Result<Vec<SegmentRef>> {
+    match reuse_promoted(lake, &manifest_path(version), scope, cutover).await? {
+        Reused::Segments(segments) => Ok(segments),
+        Reused::Rows(_) => anyhow::bail!("{version} is not a manifest of segments"),
+    }
+}
+
 /// The incremental and idle runs' figures.
 struct LateRun {
     incremental_secs: f64,
@@ -206,12 +219,7 @@ async fn incremental_after_late_data(
     let Scope::Hours { recompute, .. } = &scope else {
         anyhow::bail!("the incremental run planned a full recompute");
     };
-    let manifest = read_manifest(&local, &manifest_path(&promoted.version)).await?;
-    let kept: Vec<SegmentRef> = manifest
-        .segments
-        .into_iter()
-        .filter(|s| !scope.recomputes(s.hour))
-        .collect();
+    let kept = kept_segments(&local, &promoted.version, &scope, end).await?;
     let reused_segments = kept.len();
     let paths: Vec<String> = now
         .iter()
@@ -249,12 +257,7 @@ async fn incremental_after_late_data(
         Some(&previous),
         end,
     );
-    let manifest = read_manifest(&local, &manifest_path("incremental")).await?;
-    let kept: Vec<SegmentRef> = manifest
-        .segments
-        .into_iter()
-        .filter(|s| !scope.recomputes(s.hour))
-        .collect();
+    let kept = kept_segments(&local, "incremental", &scope, end).await?;
     ensure!(
         kept.len() == written.segments.len(),
         "the idle run recomputes something"

@@ -10,7 +10,6 @@ use chrono::{DateTime, Utc};
 use shared_io::liveness;
 use shared_io::speed_state::{self, SpeedStateError};
 use shared_io::view::ViewError;
-use shared_schema::hll::Hll;
 use shared_schema::query::BucketRow;
 use shared_schema::time::{Millis, to_datetime};
 use sqlx::PgPool;
@@ -159,14 +158,9 @@ pub async fn read_snapshot(
 impl crate::generation_cache::Weigh for Arc<Snapshot> {
     /// Its speed rows: each row, its dimension key and its sketch, if any.
     fn bytes(&self) -> usize {
-        let row = |r: &BucketRow| {
-            std::mem::size_of::<BucketRow>()
-                + r.dims.len()
-                + r.partial.sketch.as_ref().map_or(0, Hll::heap_bytes)
-        };
         self.speed_rows
             .iter()
-            .map(|(metric, rows)| metric.len() + rows.iter().map(row).sum::<usize>())
+            .map(|(metric, rows)| metric.len() + rows.iter().map(BucketRow::bytes).sum::<usize>())
             .sum::<usize>()
             + std::mem::size_of::<Snapshot>()
     }

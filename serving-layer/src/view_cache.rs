@@ -10,7 +10,6 @@ use crate::snapshot::SnapshotError;
 use shared_io::storage::Lake;
 use shared_io::view::{ViewError, ViewRows, read_view_file};
 use shared_io::view_segments::{self, Manifest};
-use shared_schema::hll::Hll;
 use shared_schema::query::{BucketRow, rows_in};
 use shared_schema::time::Millis;
 use std::collections::HashMap;
@@ -57,17 +56,7 @@ impl BatchView {
 /// The memory a segment holds, roughly.
 fn weigh(rows: &ViewRows) -> usize {
     rows.iter()
-        .map(|(metric, rows)| {
-            metric.len()
-                + rows
-                    .iter()
-                    .map(|r| {
-                        std::mem::size_of::<BucketRow>()
-                            + r.dims.len()
-                            + r.partial.sketch.as_ref().map_or(0, Hll::heap_bytes)
-                    })
-                    .sum::<usize>()
-        })
+        .map(|(metric, rows)| metric.len() + rows.iter().map(BucketRow::bytes).sum::<usize>())
         .sum()
 }
 
@@ -95,6 +84,8 @@ const CACHED_MANIFESTS: usize = 4;
 #[derive(Clone)]
 pub struct ViewCache {
     lake_dir: PathBuf,
+    /// Opened at the first read and kept: on S3 opening builds a client.
+    lake: Arc<Mutex<Option<Lake>>>,
     budget: usize,
     segments: Arc<Mutex<Entries>>,
     manifests: Arc<Mutex<Manifests>>,
@@ -104,6 +95,7 @@ impl ViewCache {
     pub fn new(lake_dir: &Path, budget_bytes: usize) -> Self {
         ViewCache {
             lake_dir: lake_dir.to_path_buf(),
+            lake: Arc::default(),
             budget: budget_bytes,
             segments: Arc::default(),
             manifests: Arc::default(),
@@ -121,7 +113,7 @@ impl ViewCache {
             path: view_path.to_string(),
             source,
         };
-        let lake = Lake::open(&self.lake_dir).map_err(|e| failed(e.into()))?;
+        let lake = self.lake().map_err(|e| failed(e.into()))?;
         if !view_segments::is_manifest(view_path) {
             let whole = self.segment(&lake, view_path).await.map_err(failed)?;
             return Ok(BatchView {
@@ -135,6 +127,16 @@ impl ViewCache {
             .map(|s| self.segment(&lake, &s.path));
         let segments = futures::future::try_join_all(reads).await.map_err(failed)?;
         Ok(BatchView { segments })
+    }
+
+    fn lake(&self) -> Result<Lake, shared_io::storage::StorageError> {
+        let mut lake = self.lake.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(lake) = lake.as_ref() {
+            return Ok(lake.clone());
+        }
+        let opened = Lake::open(&self.lake_dir)?;
+        *lake = Some(opened.clone());
+        Ok(opened)
     }
 
     async fn manifest(&self, lake: &Lake, path: &str) -> Result<Arc<Manifest>, ViewError> {

@@ -230,74 +230,70 @@ impl Lake {
 
     /// The names of the directories (on S3: the common prefixes) directly under `relative`.
     pub async fn list_dirs(&self, relative: &str) -> Result<Vec<String>, StorageError> {
-        let failed = |source: Cause| StorageError::ListDirs {
+        let failed = |source| StorageError::ListDirs {
             path: relative.to_string(),
             source,
         };
-        match self {
-            Lake::Local(dir) => {
-                let mut names = Vec::new();
-                let mut entries = match tokio::fs::read_dir(dir.join(relative)).await {
-                    Ok(entries) => entries,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(names),
-                    Err(e) => return Err(failed(e.into())),
-                };
-                while let Some(entry) = entries.next_entry().await.map_err(|e| failed(e.into()))? {
-                    let file_type = entry.file_type().await.map_err(|e| failed(e.into()))?;
-                    if file_type.is_dir() {
-                        names.push(entry.file_name().to_string_lossy().into_owned());
-                    }
-                }
-                Ok(names)
-            }
-            Lake::S3 { store, .. } => {
-                let listed = store
-                    .list_with_delimiter(Some(&self.key(relative)?))
-                    .await
-                    .map_err(|e| failed(e.into()))?;
-                Ok(listed
-                    .common_prefixes
-                    .iter()
-                    .filter_map(|p| p.filename().map(str::to_string))
-                    .collect())
-            }
-        }
+        let (dirs, _) = self.list(relative, failed).await?;
+        Ok(dirs)
     }
 
     /// The paths (relative to the lake) of the files directly under `relative`; none if it is
     /// absent.
     pub async fn list_files(&self, relative: &str) -> Result<Vec<String>, StorageError> {
-        let failed = |source: Cause| StorageError::ListFiles {
+        let failed = |source| StorageError::ListFiles {
             path: relative.to_string(),
             source,
         };
+        let (_, files) = self.list(relative, failed).await?;
+        Ok(files
+            .into_iter()
+            .map(|name| format!("{relative}/{name}"))
+            .collect())
+    }
+
+    /// The names of the directories and of the files directly under `relative`; none if it is
+    /// absent. `failed` says what went wrong.
+    async fn list(
+        &self,
+        relative: &str,
+        failed: impl Fn(Cause) -> StorageError,
+    ) -> Result<(Vec<String>, Vec<String>), StorageError> {
         match self {
             Lake::Local(dir) => {
-                let mut paths = Vec::new();
+                let (mut dirs, mut files) = (Vec::new(), Vec::new());
                 let mut entries = match tokio::fs::read_dir(dir.join(relative)).await {
                     Ok(entries) => entries,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(paths),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((dirs, files)),
                     Err(e) => return Err(failed(e.into())),
                 };
                 while let Some(entry) = entries.next_entry().await.map_err(|e| failed(e.into()))? {
                     let file_type = entry.file_type().await.map_err(|e| failed(e.into()))?;
-                    if file_type.is_file() {
-                        let name = entry.file_name().to_string_lossy().into_owned();
-                        paths.push(format!("{relative}/{name}"));
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if file_type.is_dir() {
+                        dirs.push(name);
+                    } else if file_type.is_file() {
+                        files.push(name);
                     }
                 }
-                Ok(paths)
+                Ok((dirs, files))
             }
             Lake::S3 { store, .. } => {
                 let listed = store
                     .list_with_delimiter(Some(&self.key(relative)?))
                     .await
                     .map_err(|e| failed(e.into()))?;
-                Ok(listed
+                let dirs = listed
+                    .common_prefixes
+                    .iter()
+                    .filter_map(|p| p.filename().map(str::to_string))
+                    .collect();
+                let files = listed
                     .objects
                     .iter()
-                    .filter_map(|o| o.location.filename().map(|n| format!("{relative}/{n}")))
-                    .collect())
+                    .filter_map(|o| o.location.filename().map(str::to_string))
+                    .collect();
+                Ok((dirs, files))
             }
         }
     }

@@ -21,6 +21,7 @@
 //! (dense), `[3, n, hashes...]` (sparse: the count and the sorted hashes as gaps from the
 //! previous one, LEB128 varints).
 
+use crate::varint;
 use std::collections::HashSet;
 use std::hash::{BuildHasherDefault, Hasher};
 use xxhash_rust::xxh3::xxh3_64;
@@ -366,29 +367,14 @@ fn tau(mut x: f64) -> f64 {
     }
 }
 
-fn put_varint(out: &mut Vec<u8>, mut value: u64) {
-    loop {
-        let low = (value & 0x7f) as u8;
-        value >>= 7;
-        if value == 0 {
-            out.push(low);
-            return;
-        }
-        out.push(low | 0x80);
-    }
+fn put_varint(out: &mut Vec<u8>, value: u64) {
+    varint::put(out, u128::from(value));
 }
 
 fn get_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
-    let mut value = 0u64;
-    for shift in (0..64).step_by(7) {
-        let byte = *bytes.get(*at)?;
-        *at += 1;
-        value |= u64::from(byte & 0x7f).checked_shl(shift)?;
-        if byte & 0x80 == 0 {
-            return Some(value);
-        }
-    }
-    None
+    varint::get(bytes, at)
+        .ok()
+        .and_then(|v| u64::try_from(v).ok())
 }
 
 #[cfg(test)]

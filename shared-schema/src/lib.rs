@@ -24,6 +24,7 @@ pub mod sessions;
 pub mod sliding;
 pub mod time;
 pub mod validity;
+pub mod varint;
 pub mod watermark;
 
 pub use catalog::MetricCatalog;

@@ -22,6 +22,19 @@ pub struct BucketRow {
     pub partial: Partial,
 }
 
+impl BucketRow {
+    /// The memory it holds, roughly: what the serving layer's caches weigh it by.
+    pub fn bytes(&self) -> usize {
+        std::mem::size_of::<BucketRow>()
+            + self.dims.len()
+            + self
+                .partial
+                .sketch
+                .as_ref()
+                .map_or(0, crate::hll::Hll::heap_bytes)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Point {
     pub t: Millis,

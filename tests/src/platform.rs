@@ -296,6 +296,18 @@ impl Platform {
         ))
     }
 
+    /// The view version served and where its view is (`batch_versions.view_path`, relative to
+    /// the lake).
+    pub async fn served_view_path(&self) -> Result<(String, String)> {
+        let (version, _) = self.served().await?;
+        let path: String =
+            sqlx::query_scalar("SELECT view_path FROM batch_versions WHERE version = $1")
+                .bind(&version)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok((version, path))
+    }
+
     /// Waits until the CDC publisher has its slot and has published the table as it was then,
     /// so that every later write reaches the layers as exactly one change.
     pub async fn wait_cdc_publisher_ready(&self) -> Result<()> {

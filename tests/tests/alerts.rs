@@ -275,6 +275,15 @@ async fn default_rules_fire_list_resolve_and_call_the_webhook_once_per_transitio
     Ok(())
 }
 
+/// The serving layer's delivery attempts with `outcome`, and the transitions pending.
+async fn deliveries(platform: &Platform, outcome: &str) -> Option<(f64, f64)> {
+    let text = platform.scrape(&platform.listen_addr).await.ok()?;
+    let series = format!("lambda_alert_deliveries_total{{outcome=\"{outcome}\"}}");
+    let attempts = platform_tests::series_value(&text, &series).ok()??;
+    let pending = platform_tests::series_value(&text, "lambda_alert_deliveries_pending").ok()??;
+    Some((attempts, pending))
+}
+
 /// Issue 19: a transition the receiver refuses waits in Postgres (counted as failed and
 /// pending), survives a SIGKILL of the serving layer, and is delivered once the receiver is
 /// back, in Alertmanager's format (labels `alertname`, `metric` and the group's dimension).
@@ -319,20 +328,13 @@ async fn transitions_wait_for_a_receiver_that_is_down_across_a_restart() -> Resu
             .is_ok_and(|a| find(&a, "failed_logins_burst").is_some())
     })
     .await?;
-    let metrics = platform.listen_addr.clone();
     wait_until(
         Duration::from_secs(30),
         "a failed delivery, still pending",
         || async {
-            let Ok(text) = platform.scrape(&metrics).await else {
-                return false;
-            };
-            let failed = platform_tests::series_value(
-                &text,
-                "lambda_alert_deliveries_total{outcome=\"failed\"}",
-            );
-            let pending = platform_tests::series_value(&text, "lambda_alert_deliveries_pending");
-            matches!((failed, pending), (Ok(Some(f)), Ok(Some(p))) if f >= 1.0 && p >= 1.0)
+            deliveries(&platform, "failed")
+                .await
+                .is_some_and(|(failed, pending)| failed >= 1.0 && pending >= 1.0)
         },
     )
     .await?;
@@ -367,15 +369,9 @@ async fn transitions_wait_for_a_receiver_that_is_down_across_a_restart() -> Resu
         Duration::from_secs(30),
         "nothing pending, one delivered",
         || async {
-            let Ok(text) = platform.scrape(&metrics).await else {
-                return false;
-            };
-            let delivered = platform_tests::series_value(
-                &text,
-                "lambda_alert_deliveries_total{outcome=\"delivered\"}",
-            );
-            let pending = platform_tests::series_value(&text, "lambda_alert_deliveries_pending");
-            matches!((delivered, pending), (Ok(Some(d)), Ok(Some(p))) if d >= 1.0 && p == 0.0)
+            deliveries(&platform, "delivered")
+                .await
+                .is_some_and(|(delivered, pending)| delivered >= 1.0 && pending == 0.0)
         },
     )
     .await?;

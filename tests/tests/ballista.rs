@@ -120,12 +120,7 @@ async fn run_ok(platform: &Platform, engine: Option<&str>, args: &[&str]) -> Res
 
 /// The served version's view, every metric's rows in one order.
 async fn served_view(platform: &Platform) -> Result<BTreeMap<String, Vec<BucketRow>>> {
-    let (version, _) = platform.served().await?;
-    let path: String =
-        sqlx::query_scalar("SELECT view_path FROM batch_versions WHERE version = $1")
-            .bind(&version)
-            .fetch_one(&platform.pool)
-            .await?;
+    let (_, path) = platform.served_view_path().await?;
     // A version's manifest and every segment it lists.
     let by_metric = read_lake_view(&Lake::Local(platform.lake_dir.clone()), &path).await?;
     Ok(by_metric

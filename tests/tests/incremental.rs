@@ -47,12 +47,7 @@ async fn answers(platform: &Platform, range: (Millis, Millis)) -> Result<Vec<ser
 /// The served version's segments: how many it wrote and how many it lists from earlier
 /// versions; each must exist.
 async fn segments(platform: &Platform) -> Result<(usize, usize)> {
-    let (version, _) = platform.served().await?;
-    let path: String =
-        sqlx::query_scalar("SELECT view_path FROM batch_versions WHERE version = $1")
-            .bind(&version)
-            .fetch_one(&platform.pool)
-            .await?;
+    let (version, path) = platform.served_view_path().await?;
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(platform.lake_dir.join(&path))?)?;
     let (mut own, mut listed) = (0, 0);

@@ -219,12 +219,7 @@ async fn lake_and_views_on_s3_with_a_killed_run() -> Result<()> {
             "listed lake file {path} is not in the bucket"
         );
     }
-    let (first, _) = platform.served().await?;
-    let view_path: String =
-        sqlx::query_scalar("SELECT view_path FROM batch_versions WHERE version = $1")
-            .bind(&first)
-            .fetch_one(&platform.pool)
-            .await?;
+    let (first, view_path) = platform.served_view_path().await?;
     ensure!(
         exists(&s3, &view_path).await?,
         "served view {view_path} is not in the bucket"

@@ -11,7 +11,6 @@ use shared_schema::kafka_access::KafkaAccess;
 use shared_schema::time::Millis;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
-use tokio::time::Instant;
 
 impl EventSource {
     /// Connects to `topic` and reads nothing until partitions are given with [`Self::take`].
@@ -27,21 +26,10 @@ impl EventSource {
             .create_with_context(SourceContext::new(None))
             .map_err(SourceError::create_consumer(group_id))?;
         let partitions = wait_for_partitions(&consumer, topic).await?;
-        Ok(EventSource {
-            consumer,
-            topic: topic.to_string(),
-            positions: BTreeMap::new(),
-            max_skew_ms,
-            batch_in_flight: false,
-            stored: BTreeMap::new(),
-            known_partitions: partitions.into_iter().collect(),
-            metadata_refresh,
-            last_discovery: Instant::now(),
-            group: None,
-            manual: true,
-            gap_rereads: BTreeMap::new(),
-            max_batch_bytes: usize::MAX,
-        })
+        let mut source =
+            EventSource::new(consumer, topic, &partitions, max_skew_ms, metadata_refresh);
+        source.manual = true;
+        Ok(source)
     }
 
     /// The topic's partitions as last listed (every `metadata_refresh`).

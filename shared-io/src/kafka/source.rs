@@ -54,21 +54,9 @@ impl EventSource {
             .create_with_context(SourceContext::new(None))
             .map_err(SourceError::create_consumer(group_id))?;
         let partitions = wait_for_partitions(&consumer, topic).await?;
-        let mut source = EventSource {
-            consumer,
-            topic: topic.to_string(),
-            positions: BTreeMap::new(),
-            max_skew_ms,
-            batch_in_flight: false,
-            stored: stored.clone(),
-            known_partitions: partitions.iter().copied().collect(),
-            metadata_refresh,
-            last_discovery: Instant::now(),
-            group: None,
-            manual: false,
-            gap_rereads: BTreeMap::new(),
-            max_batch_bytes: usize::MAX,
-        };
+        let mut source =
+            EventSource::new(consumer, topic, &partitions, max_skew_ms, metadata_refresh);
+        source.stored = stored.clone();
         source.assign_new(&partitions)?;
         tracing::info!(topic, partitions = ?source.positions.keys().collect::<Vec<_>>(), "assigned");
         Ok(source)
@@ -167,21 +155,36 @@ impl EventSource {
             .subscribe(&[topic])
             .map_err(SourceError::subscribe(topic))?;
         tracing::info!(topic, group_id, "joined the consumer group");
-        Ok(EventSource {
+        let mut source =
+            EventSource::new(consumer, topic, &partitions, max_skew_ms, metadata_refresh);
+        source.group = Some(recipe);
+        Ok(source)
+    }
+
+    /// A source of `topic` (whose partitions are `partitions`) reading nothing yet: outside any
+    /// group, nothing stored, nothing assigned.
+    pub(super) fn new(
+        consumer: StreamConsumer<SourceContext>,
+        topic: &str,
+        partitions: &[i32],
+        max_skew_ms: Millis,
+        metadata_refresh: Duration,
+    ) -> Self {
+        EventSource {
             consumer,
             topic: topic.to_string(),
             positions: BTreeMap::new(),
             max_skew_ms,
             batch_in_flight: false,
             stored: BTreeMap::new(),
-            known_partitions: partitions.into_iter().collect(),
+            known_partitions: partitions.iter().copied().collect(),
             metadata_refresh,
             last_discovery: Instant::now(),
-            group: Some(recipe),
+            group: None,
             manual: false,
             gap_rereads: BTreeMap::new(),
             max_batch_bytes: usize::MAX,
-        })
+        }
     }
 
     /// Applies the group's assignment changes to the positions this instance owns: `owned`, the

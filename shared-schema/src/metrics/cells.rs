@@ -13,6 +13,7 @@
 
 use super::Partial;
 use crate::hll::{Hll, SketchError};
+use crate::varint::{self, VarintError};
 
 const FORMAT: u8 = 1;
 const HAS_MIN: u8 = 1;
@@ -165,16 +166,8 @@ pub fn decode_cells(bytes: &[u8]) -> Result<Vec<(String, Partial)>, DecodeCellsE
     Ok(cells)
 }
 
-fn put_unsigned(out: &mut Vec<u8>, mut value: u128) {
-    loop {
-        let low = (value & 0x7f) as u8;
-        value >>= 7;
-        if value == 0 {
-            out.push(low);
-            return;
-        }
-        out.push(low | 0x80);
-    }
+fn put_unsigned(out: &mut Vec<u8>, value: u128) {
+    varint::put(out, value);
 }
 
 fn put_signed(out: &mut Vec<u8>, value: i128) {
@@ -204,19 +197,10 @@ impl<'a> Reader<'a> {
 
     fn varint(&mut self) -> Result<u128, DecodeCellsError> {
         let at = self.at;
-        let mut value: u128 = 0;
-        for shift in (0..128).step_by(7) {
-            let byte = self.byte()?;
-            let bits = u128::from(byte & 0x7f);
-            if shift > 0 && bits >> (128 - shift) != 0 {
-                return Err(DecodeCellsError::Number(at));
-            }
-            value |= bits << shift;
-            if byte & 0x80 == 0 {
-                return Ok(value);
-            }
-        }
-        Err(DecodeCellsError::Number(at))
+        varint::get(self.bytes, &mut self.at).map_err(|e| match e {
+            VarintError::Cut => DecodeCellsError::Truncated(self.at),
+            VarintError::TooWide => DecodeCellsError::Number(at),
+        })
     }
 
     fn unsigned<T: TryFrom<u128>>(&mut self) -> Result<T, DecodeCellsError> {
