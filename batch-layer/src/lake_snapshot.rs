@@ -49,6 +49,13 @@ pub(crate) struct PromotedView {
 }
 
 impl LakeSnapshot {
+    /// Leaves out the lake's hours before the retention `horizon`: the run neither reads nor
+    /// keeps them (`lake_retention`).
+    pub fn drop_hours_before(&mut self, horizon: Millis) {
+        self.files.retain(|f| f.hour >= horizon);
+        self.rows = self.files.iter().map(|f| f.rows).sum();
+    }
+
     pub fn hour_digests(&self) -> HourDigests {
         incremental::hour_digests(self.files.iter().map(|f| (f.hour, f.path.as_str(), f.rows)))
     }

@@ -14,6 +14,7 @@ pub mod enrich;
 pub mod incremental;
 pub mod lake;
 pub mod lake_compaction;
+pub mod lake_retention;
 pub mod lake_snapshot;
 pub mod land;
 pub mod land_changelog;
@@ -40,6 +41,8 @@ pub enum BatchError {
     SpeedState(#[from] shared_io::speed_state::SpeedStateError),
     #[error(transparent)]
     Source(#[from] shared_io::kafka::SourceError),
+    #[error(transparent)]
+    Retention(#[from] lake_retention::RetentionError),
     /// Events the lake's Arrow schema cannot hold (see `land_guard`).
     #[error("could not arrange {events} events as lake columns: {source}")]
     EncodeEvents {

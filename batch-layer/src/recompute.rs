@@ -15,14 +15,16 @@
 //! 5. one transaction records the version and moves T (`publish::promote`). Until it commits,
 //!    the previous view and T stay served; a run killed at any earlier step changes nothing
 //!    that is served;
-//! 6. still under the lock: old versions are removed (`view_gc`) and closed lake hours
-//!    compacted (`lake_compaction`).
+//! 6. still under the lock: old versions are removed (`view_gc`), the lake's hours past
+//!    `lake.retention` deleted (`lake_retention`) and closed lake hours compacted
+//!    (`lake_compaction`).
 
 use crate::BatchError;
 use crate::cutover_clock;
 use crate::engine::Engine;
 use crate::incremental::{self, Scope};
 use crate::lake_compaction::compact_closed_hours;
+use crate::lake_retention;
 use crate::lake_snapshot::{Reused, read_snapshot, reuse_promoted};
 use crate::publish::{VersionRecord, promote, publish_view};
 use crate::view_gc::{remove_old_versions, remove_unpublished};
@@ -118,7 +120,7 @@ pub async fn run_once(
         let lake = Lake::open(&config.lake_dir)?;
         remove_unpublished(pool, &lake).await;
 
-        let snapshot = read_snapshot(pool, &config.events_topic, &config.cdc.topic).await?;
+        let mut snapshot = read_snapshot(pool, &config.events_topic, &config.cdc.topic).await?;
         let lateness = catalog.max_allowed_lateness();
         let complete_until = lake_complete_until_now(config, &snapshot.landed, lateness).await;
         let alignment = catalog.cutover_alignment();
@@ -126,6 +128,10 @@ pub async fn run_once(
         let cutover = cutover_clock::choose(options.cutover, complete_until, snapshot.current_cutover, alignment, limit, lateness)?;
         // Never past what the speed layer counted and the lake lacks (CONTRACT §5.3).
         let cutover = snapshot.within_counted(cutover, options.cutover.is_some(), alignment)?;
+        let horizon = lake_retention::horizon(pool, config.lake.retention, config.batch.keep_versions, alignment, (now_millis(), cutover)).await?;
+        if let Some(horizon) = horizon {
+            snapshot.drop_hours_before(horizon);
+        }
         tracing::info!(cutover = %format_rfc3339(cutover), files = snapshot.files.len(), rows = snapshot.rows, %engine, "recomputing");
 
         let digests = snapshot.hour_digests();
@@ -154,7 +160,9 @@ pub async fn run_once(
         };
         tracing::info!(recomputed_hours = ?recomputed_hours, reused_rows = reused.rows(), "scope");
 
-        let hours = scope.recomputed_hours(&digests, cutover);
+        let mut hours = scope.recomputed_hours(&digests, cutover);
+        // Hours past retention recompute to nothing: no chunk needs to look at them.
+        hours.retain(|h| horizon.is_none_or(|horizon| *h >= horizon));
         let chunks = incremental::chunks(catalog, &hours, config.batch.chunk_hours);
         let total = hours.len() as u64;
         let mut done = 0;
@@ -215,7 +223,14 @@ pub async fn run_once(
         let previous = snapshot.current_cutover;
         crate::divergence::after_promotion(pool, config, catalog, &version, previous, cutover, &view_path).await;
         remove_old_versions(pool, config.batch.keep_versions, &lake).await;
-        // Under the run lock: no run reads the files it replaces.
+        // Under the run lock: no run reads the files these delete or replace.
+        if let Some(horizon) = horizon {
+            match lake_retention::remove_before(pool, &lake, &config.events_topic, horizon).await {
+                Ok(0) => {}
+                Ok(files) => tracing::info!(files, horizon = %format_rfc3339(horizon), "deleted lake files past retention"),
+                Err(e) => tracing::warn!(error = %e, "could not apply lake retention; will retry next run"),
+            }
+        }
         match compact_closed_hours(pool, &lake, &config.events_topic, cutover).await {
             Ok(0) => {}
             Ok(hours) => tracing::info!(hours, "compacted closed lake hours"),

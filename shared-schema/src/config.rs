@@ -46,6 +46,7 @@ config_section! {
         pub log_format: LogFormat = LogFormat::Text,
         pub speed: SpeedConfig = SpeedConfig::default(),
         pub lander: LanderConfig = LanderConfig::default(),
+        pub lake: LakeConfig = LakeConfig::default(),
         pub batch: BatchConfig = BatchConfig::default(),
         pub serving: ServingConfig = ServingConfig::default(),
         pub cdc: CdcConfig = CdcConfig::default(),
@@ -126,6 +127,20 @@ config_section! {
         /// Where `batch-layer land` serves Prometheus `GET /metrics` (consumer lag, events read,
         /// quarantined events). Empty: no listener.
         pub metrics_addr: String = "127.0.0.1:9102".into(),
+    }
+}
+
+config_section! {
+    /// The lake's lifecycle, applied by `batch-layer run` after each promotion.
+    pub struct LakeConfig {
+        /// How much history the platform keeps. Lake hours that ended more than this before the
+        /// run (rounded down to the widest bucket) are deleted from the lake, and later view
+        /// versions leave their buckets out: a view is a function of the lake, so it keeps what
+        /// the lake keeps (as a Druid drop rule drops a datasource's old segments). Never deleted:
+        /// any hour at or after the cutover of a kept version (`batch.keep_versions`, the served
+        /// one included), which a rollback and the speed side still need. Absent: keep
+        /// everything. Example: `90d`.
+        pub retention: Option<HumanDuration> = None,
     }
 }
 

@@ -81,15 +81,16 @@ fn section<T: Documented>(name: &'static str) -> Section {
     }
 }
 
-fn sections() -> [Section; 8] {
+fn sections() -> [Section; 9] {
     use crate::config::{
-        BatchConfig, CdcConfig, KafkaConfig, LanderConfig, PlatformConfig, QuarantineConfig,
-        ServingConfig, SpeedConfig,
+        BatchConfig, CdcConfig, KafkaConfig, LakeConfig, LanderConfig, PlatformConfig,
+        QuarantineConfig, ServingConfig, SpeedConfig,
     };
     [
         section::<PlatformConfig>(""),
         section::<SpeedConfig>("speed"),
         section::<LanderConfig>("lander"),
+        section::<LakeConfig>("lake"),
         section::<BatchConfig>("batch"),
         section::<ServingConfig>("serving"),
         section::<CdcConfig>("cdc"),
@@ -256,6 +257,24 @@ mod tests {
             "docs/CONFIG.md differs from the declarations in shared-schema/src/config.rs: \
              regenerate it with `UPDATE_CONFIG_REFERENCE=1 cargo test --workspace --lib config_reference`"
         );
+    }
+
+    /// A section added to `PlatformConfig` but not to `sections()` would be missing from the
+    /// reference without failing the test above.
+    #[test]
+    fn every_section_is_rendered() {
+        let all = sections();
+        let top = all
+            .iter()
+            .find(|s| s.name.is_empty())
+            .expect("the top level");
+        for key in top.keys.iter().filter(|k| k.ty.ends_with("Config")) {
+            assert!(
+                all.iter().any(|s| s.name == key.key),
+                "section `{}` is not in config_reference::sections()",
+                key.key
+            );
+        }
     }
 
     #[test]
