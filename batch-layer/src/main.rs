@@ -122,6 +122,7 @@ fn parse_time(text: &str) -> Result<i64, String> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    batch_layer::allocator::keep_freed_memory();
     let cli = Cli::parse();
     if let Some(result) = run_cluster_process(&cli.command).await {
         return result;

@@ -81,6 +81,8 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    // The batch benchmark computes in this process: with the batch layer's allocator settings.
+    batch_layer::allocator::keep_freed_memory();
     let args = Args::parse();
     let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
     let mut figures = Vec::new();
