@@ -91,6 +91,8 @@ impl fmt::Display for Engine {
 /// one, and the Ballista scheduler's and executors', which know only what is registered.
 pub fn register_functions(registry: &mut dyn FunctionRegistry) -> DfResult<()> {
     registry.register_udaf(Arc::new(hll_sketch()))?;
+    registry.register_udaf(Arc::new(crate::session_udaf::session_starts()))?;
+    registry.register_udf(Arc::new(crate::id_hash::id_hash()))?;
     Ok(())
 }
 
@@ -196,11 +198,9 @@ mod tests {
         let local = session_state(&config).unwrap();
         let cluster = cluster_session_state(&config, SessionConfig::new()).unwrap();
         for state in [&local, &cluster] {
-            assert!(
-                state
-                    .aggregate_functions()
-                    .contains_key(crate::sketch_udaf::NAME)
-            );
+            for name in [crate::sketch_udaf::NAME, crate::session_udaf::NAME] {
+                assert!(state.aggregate_functions().contains_key(name), "{name}");
+            }
         }
         // Ballista's own functions stay: our registration adds, never replaces.
         assert!(cluster.aggregate_functions().contains_key("sum"));

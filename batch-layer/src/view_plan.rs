@@ -56,6 +56,11 @@ pub async fn compute_enriched_view(
     if lake_paths.is_empty() {
         return Ok(Vec::new());
     }
+    // The plans below call these by name; a context made elsewhere may not know them yet.
+    // Registering replaces a function of the same name, so doing it twice is harmless.
+    ctx.register_udf(crate::id_hash::id_hash());
+    ctx.register_udaf(crate::session_udaf::session_starts());
+    let started = std::time::Instant::now();
     let deduped = deduplicated(ctx, lake_paths, cutover)
         .await
         .map_err(|source| BatchError::ReadLake {
@@ -67,8 +72,13 @@ pub async fn compute_enriched_view(
         false => None,
     };
 
+    tracing::debug!(
+        seconds = started.elapsed().as_secs_f64(),
+        "lake deduplicated"
+    );
     let mut rows = Vec::new();
     for (_, metric) in catalog.stored() {
+        let started = std::time::Instant::now();
         let events = match (&enriched, metric.needs_profile()) {
             (Some(enriched), true) => enriched.clone(),
             _ => deduped.clone(),
@@ -82,6 +92,7 @@ pub async fn compute_enriched_view(
         for batch in &batches {
             append_rows(&mut rows, metric, batch)?;
         }
+        tracing::debug!(metric = %metric.name, seconds = started.elapsed().as_secs_f64(), "metric computed");
     }
     Ok(rows)
 }
@@ -117,19 +128,29 @@ async fn deduplicated(
     ctx.register_table("lake", lake.into_view())?;
     // One copy per event_id: the first the lander read, by (partition, offset). Copies of an id
     // are the same event (CONTRACT §1), so which one is kept only matters for malformed input.
-    // Most ids have one copy, so the repeated ids are found with a hash aggregate (which spills
-    // under a memory limit) and only they are joined back; a window over every id sorted all of
-    // them and was the batch layer's main cost (BENCHMARKS.md).
-    ctx.sql(&format!(
-        "WITH repeated AS (
+    // Most ids have one copy, so only the repeated ids are found and joined back; a window over
+    // every id sorted all of them (BENCHMARKS.md). Finding them groups each id's 64-bit hash,
+    // then groups the exact ids of the hashes seen twice: grouping 20M ids' bytes cost 12 s of
+    // a 19 s run, their hashes 5 s. A collision only adds a candidate the exact step drops.
+    let repeated = format!(
+        "WITH candidates AS (
+                 SELECT h FROM (SELECT {hash}(event_id) AS h FROM lake)
+                 GROUP BY h HAVING count(*) > 1
+             ),
+             repeated AS (
                  SELECT event_id, min({position}) AS first_copy
-                 FROM lake GROUP BY event_id HAVING count(*) > 1
-             )
+                 FROM lake WHERE {hash}(event_id) IN (SELECT h FROM candidates)
+                 GROUP BY event_id HAVING count(*) > 1
+             )",
+        hash = crate::id_hash::NAME,
+        position = copy_position(""),
+    );
+    ctx.sql(&format!(
+        "{repeated}
              SELECT l.event_id, l.event_type, CAST(l.event_time AS BIGINT) AS event_time_ms,
                     l.user_id, l.product_id, l.amount, l.city, l.country
              FROM repeated r RIGHT JOIN lake l ON r.event_id = l.event_id
              WHERE r.first_copy IS NULL OR {l_position} = r.first_copy",
-        position = copy_position(""),
         l_position = copy_position("l."),
     ))
     .await?
@@ -198,14 +219,15 @@ async fn sessions_plan(
     }
     let input = format!("session_input_{}", metric.name);
     ctx.register_table(input.as_str(), events.into_view())?;
-    // Identifiers come from the Dimension enum and numbers, never from free text.
+    // Grouped by key, each key's times sorted on their own (`session_udaf`), not one global
+    // sort by (key, time) under a window. Identifiers come from the Dimension enum and numbers,
+    // never from free text.
     let starts = ctx
         .sql(&format!(
-            "SELECT event_time_ms FROM (
-                 SELECT event_time_ms,
-                        event_time_ms - lag(event_time_ms) OVER (PARTITION BY {key} ORDER BY event_time_ms) AS since
-                 FROM {input})
-             WHERE since IS NULL OR since >= {gap}",
+            "SELECT unnest(starts) AS event_time_ms FROM (
+                 SELECT {udaf}(event_time_ms, CAST({gap} AS BIGINT)) AS starts
+                 FROM {input} GROUP BY {key})",
+            udaf = crate::session_udaf::NAME,
             key = key.name(),
         ))
         .await?;
