@@ -132,18 +132,21 @@ async fn deduplicated(
     // every id sorted all of them (BENCHMARKS.md). Finding them groups each id's 64-bit hash,
     // then groups the exact ids of the hashes seen twice: grouping 20M ids' bytes cost 12 s of
     // a 19 s run, their hashes 5 s. A collision only adds a candidate the exact step drops.
+    // The candidates come first in the join, so they are its hash table: written as
+    // `lake WHERE h IN (candidates)`, DataFusion built the table from the whole lake, which
+    // cannot spill under `batch.memory_limit_mb`.
     let repeated = format!(
         "WITH candidates AS (
                  SELECT h FROM (SELECT {hash}(event_id) AS h FROM lake)
                  GROUP BY h HAVING count(*) > 1
              ),
              repeated AS (
-                 SELECT event_id, min({position}) AS first_copy
-                 FROM lake WHERE {hash}(event_id) IN (SELECT h FROM candidates)
-                 GROUP BY event_id HAVING count(*) > 1
+                 SELECT l.event_id, min({position}) AS first_copy
+                 FROM candidates c JOIN lake l ON c.h = {hash}(l.event_id)
+                 GROUP BY l.event_id HAVING count(*) > 1
              )",
         hash = crate::id_hash::NAME,
-        position = copy_position(""),
+        position = copy_position("l."),
     );
     ctx.sql(&format!(
         "{repeated}

@@ -1,4 +1,4 @@
-//! `batch.memory_limit_mb` (issue 7): a recompute whose sorts need more memory than the limit
+//! `batch.memory_limit_mb` (issue 7): a recompute whose aggregates need more memory than the limit
 //! completes by spilling, with the same view as an unlimited one; without anywhere to spill,
 //! the same limit fails, which shows that the limit binds for this input.
 
@@ -17,7 +17,9 @@ use shared_schema::time::{MINUTE_MS, Millis};
 
 const BASE: Millis = 1_795_000_000_000 - 1_795_000_000_000 % MINUTE_MS;
 const EVENTS: usize = 160_000;
-const LIMIT_MB: u64 = 12;
+// Low enough to bind: 12 MB did until session starts and the dedupe became hash aggregates
+// without a global sort (issue 18), and this input now fits in 12 MB.
+const LIMIT_MB: u64 = 4;
 
 fn lake(dir: &std::path::Path) -> Vec<String> {
     // A small deterministic generator: the test needs volume, not randomness.
