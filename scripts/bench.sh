@@ -26,8 +26,12 @@ cleanup() {
 if [ "${KEEP_STACK:-0}" != 1 ]; then trap cleanup EXIT; fi
 
 VENV="$STATE/bench-venv"
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import duckdb" 2>/dev/null; then
-  install_in_venv "$VENV" duckdb
+# Pinned: the baseline's version moves its figure (an unpinned reinstall, which brought
+# 2.0.1, took it from 15 s to 12 s), and ratios should compare across runs.
+DUCKDB=2.0.1
+if [ ! -x "$VENV/bin/python" ] ||
+  [ "$("$VENV/bin/python" -c "import duckdb; print(duckdb.__version__)" 2>/dev/null)" != "$DUCKDB" ]; then
+  install_in_venv "$VENV" "duckdb==$DUCKDB"
 fi
 
 if ! command -v wrk >/dev/null 2>&1; then
