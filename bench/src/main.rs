@@ -74,6 +74,11 @@ struct Args {
     serving_rate: f64,
     #[arg(long, default_value_t = 15)]
     serving_seconds: u64,
+    /// Internal: the batch figure's recompute alone in a fresh process, over this lake.
+    #[arg(long, hide = true, requires = "batch_end")]
+    batch_recompute: Option<PathBuf>,
+    #[arg(long, hide = true)]
+    batch_end: Option<i64>,
     /// Where the JSON report goes.
     #[arg(long, default_value = "bench/results/latest.json")]
     out: PathBuf,
@@ -84,6 +89,9 @@ async fn main() -> Result<()> {
     // The batch benchmark computes in this process: with the batch layer's allocator settings.
     batch_layer::allocator::keep_freed_memory();
     let args = Args::parse();
+    if let (Some(lake), Some(end)) = (&args.batch_recompute, args.batch_end) {
+        return batch::recompute_in_this_process(lake, end).await;
+    }
     let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
     let mut figures = Vec::new();
     // One benchmark failing leaves the others' figures standing.
