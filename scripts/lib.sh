@@ -139,6 +139,18 @@ ensure_python_venv() {
   fi
 }
 
+# jq from Debian's packages, for tests/tests/grafana_panels.rs: it applies the dashboard's jq
+# selectors as Grafana's Infinity plugin does; exports its path as E2E_JQ.
+ensure_jq() {
+  if ! command -v jq >/dev/null 2>&1; then
+    log "installing jq from Debian's packages"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq jq >/dev/null
+  fi
+  E2E_JQ=$(command -v jq)
+  export E2E_JQ
+}
+
 # promtool, Prometheus's checker, from Debian's prometheus package, unpacked under .local rather
 # than installed (which would start a Prometheus server); exports its path as E2E_PROMTOOL for
 # tests/tests/compose.rs, which checks the shipped alerting rules with it.

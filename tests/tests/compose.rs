@@ -2,6 +2,9 @@
 //! at the workspace root. They run without Docker: the files are parsed and held against the
 //! contract (shared/CONTRACT.md §2 configuration, §3 commands) and against each other.
 
+use platform_tests::grafana::{
+    INFINITY, PRODUCT_ROW, panels_in_order, render_time_macro, row_panels,
+};
 use serde_norway::{Mapping, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -1034,10 +1037,6 @@ fn prometheus_scrapes_every_exporter_and_grafana_provisions_the_dashboard() {
     }
 }
 
-/// Grafana's plugin id of the Infinity data source, which reads JSON over HTTP.
-const INFINITY: &str = "yesoreyeram-infinity-datasource";
-/// The dashboard row whose panels show the metrics themselves, as clients get them (issue 19).
-const PRODUCT_ROW: &str = "Metrics (merged answers)";
 /// Metrics of the default catalogue the product panels must show over time.
 const PRODUCT_METRICS: [&str; 3] = ["purchases", "revenue", "active_users"];
 /// The backend parsers of Infinity (JSONata, jq): server-side, so alerting and caching work too.
@@ -1114,74 +1113,6 @@ fn metric_query_parameters() -> BTreeSet<String> {
         .filter_map(|line| line.strip_prefix("(\"")?.split_once('"'))
         .map(|(name, _)| name.to_string())
         .collect()
-}
-
-/// What a time macro of the dashboard's range becomes when the range starts or ends at `at`
-/// (Unix ms): whether it is the start, and the text. Grafana's `${__from}`/`${__to}` and
-/// Infinity's `${__timeFrom}`/`${__timeTo}`, with the formats both document; `None` otherwise.
-fn render_time_macro(value: &str, at: i64) -> Option<(bool, String)> {
-    let inner = value.strip_prefix("${")?.strip_suffix('}')?;
-    let (name, format) = match inner.split_once(':') {
-        Some((name, format)) => (name, Some(format)),
-        None => (inner, None),
-    };
-    let is_start = match name {
-        "__from" | "__timeFrom" => true,
-        "__to" | "__timeTo" => false,
-        _ => return None,
-    };
-    let time = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(at)?;
-    let text = match format {
-        None => at.to_string(),
-        Some("date" | "date:iso") => time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        Some("date:seconds") => (at / 1000).to_string(),
-        Some(_) => return None,
-    };
-    Some((is_start, text))
-}
-
-/// A dashboard's panels in reading order (rows' own panels after their row), rows included.
-fn panels_in_order(dashboard: &serde_json::Value) -> Vec<&serde_json::Value> {
-    let mut top: Vec<&serde_json::Value> = dashboard["panels"]
-        .as_array()
-        .map(|p| p.iter().collect())
-        .unwrap_or_default();
-    top.sort_by_key(|p| {
-        (
-            p["gridPos"]["y"].as_i64().unwrap_or_default(),
-            p["gridPos"]["x"].as_i64().unwrap_or_default(),
-        )
-    });
-    let mut all = Vec::new();
-    for panel in top {
-        all.push(panel);
-        all.extend(panel["panels"].as_array().into_iter().flatten());
-    }
-    all
-}
-
-/// The panels of the row titled `title`: those nested in it when it is collapsed, else the
-/// ones below it up to the next row.
-fn row_panels<'a>(
-    dashboard: &'a serde_json::Value,
-    title: &str,
-) -> Option<Vec<&'a serde_json::Value>> {
-    let panels = panels_in_order(dashboard);
-    let start = panels
-        .iter()
-        .position(|p| p["type"] == "row" && p["title"] == title)?;
-    let row = panels[start];
-    let nested: Vec<&serde_json::Value> = row["panels"].as_array().into_iter().flatten().collect();
-    if !nested.is_empty() {
-        return Some(nested);
-    }
-    Some(
-        panels[start + 1..]
-            .iter()
-            .take_while(|p| p["type"] != "row")
-            .copied()
-            .collect(),
-    )
 }
 
 #[test]
