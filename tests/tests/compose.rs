@@ -1572,6 +1572,51 @@ fn prometheus_loads_alerting_rules_over_exported_families() {
     );
 }
 
+/// Prometheus's checker parses every PromQL query of the provisioned dashboards, given to it as
+/// recording rules: a query Prometheus refuses draws an empty panel with an error in Grafana.
+#[test]
+fn promtool_parses_every_dashboard_query() {
+    let Some(promtool) = std::env::var_os("E2E_PROMTOOL") else {
+        panic!("E2E_PROMTOOL is unset: run through scripts/test.sh, which unpacks promtool");
+    };
+    let doc = compose();
+    let prometheus = datasource_uids(&provisioned_datasources(&doc), "prometheus");
+    for file in provisioned_dashboards(&doc) {
+        let text = std::fs::read_to_string(&file).expect("a readable dashboard");
+        let dashboard: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        let rules: Vec<serde_json::Value> = dashboard_targets(&dashboard)
+            .into_iter()
+            .filter(|(_, uid)| uid.as_ref().is_some_and(|u| prometheus.contains(u)))
+            .enumerate()
+            .map(|(i, (expr, _))| serde_json::json!({"record": format!("dashboard:query_{i}"), "expr": expr}))
+            .collect();
+        assert!(!rules.is_empty(), "{}: no PromQL", file.display());
+        // YAML reads JSON.
+        let groups = serde_json::json!({"groups": [{"name": "dashboard", "rules": rules}]});
+        let checked_file = std::env::temp_dir().join(format!(
+            "dashboard-queries-{}-{}.yml",
+            std::process::id(),
+            file.file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("dashboard")
+        ));
+        std::fs::write(&checked_file, groups.to_string()).expect("a temporary rules file");
+        let checked = std::process::Command::new(&promtool)
+            .args(["check", "rules"])
+            .arg(&checked_file)
+            .output()
+            .expect("promtool runs");
+        let _ = std::fs::remove_file(&checked_file);
+        assert!(
+            checked.status.success(),
+            "{}: promtool refuses a query: {}{}",
+            file.display(),
+            String::from_utf8_lossy(&checked.stdout),
+            String::from_utf8_lossy(&checked.stderr)
+        );
+    }
+}
+
 /// The bucket the `s3` profile creates in MinIO.
 const MINIO_BUCKET: &str = "lake";
 
