@@ -9,9 +9,11 @@ use crate::sketch_udaf::hll_sketch;
 use arrow::array::RecordBatch;
 use arrow::datatypes::DataType;
 use datafusion::error::Result as DfResult;
+use datafusion::execution::memory_pool::MemoryLimit;
 use datafusion::functions_aggregate::expr_fn::{count, max, min, sum};
 use datafusion::logical_expr::cast as cast_expr;
 use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext, col, lit};
+use futures::{StreamExt, TryStreamExt};
 use shared_io::view::ViewRow;
 use shared_schema::config::PlatformConfig;
 use shared_schema::time::Millis;
@@ -76,23 +78,42 @@ pub async fn compute_enriched_view(
         seconds = started.elapsed().as_secs_f64(),
         "lake deduplicated"
     );
-    let mut rows = Vec::new();
-    for (_, metric) in catalog.stored() {
-        let started = std::time::Instant::now();
+    // Without a memory limit the metrics' plans run side by side: each alone leaves a core idle
+    // in its final aggregation and while its rows are decoded; the cached events are shared,
+    // not copied. Under `batch.memory_limit_mb` they take turns, so that each has the whole
+    // pool to spill within rather than a share too small for its final aggregation.
+    let side_by_side = match ctx.runtime_env().memory_pool.memory_limit() {
+        MemoryLimit::Infinite => catalog.stored().count().max(1),
+        MemoryLimit::Finite(_) | MemoryLimit::Unknown => 1,
+    };
+    let plans: Vec<_> = catalog.stored().map(|(_, metric)| {
         let events = match (&enriched, metric.needs_profile()) {
             (Some(enriched), true) => enriched.clone(),
             _ => deduped.clone(),
         };
-        let batches = metric_batches(ctx, events, metric)
-            .await
-            .map_err(|source| BatchError::PlanMetric {
-                metric: metric.name.clone(),
-                source,
-            })?;
-        for batch in &batches {
-            append_rows(&mut rows, metric, batch)?;
+        async move {
+            let started = std::time::Instant::now();
+            let batches = metric_batches(ctx, events, metric)
+                .await
+                .map_err(|source| BatchError::PlanMetric {
+                    metric: metric.name.clone(),
+                    source,
+                })?;
+            let mut rows = Vec::new();
+            for batch in &batches {
+                append_rows(&mut rows, metric, batch)?;
+            }
+            tracing::debug!(metric = %metric.name, seconds = started.elapsed().as_secs_f64(), "metric computed");
+            Ok::<_, BatchError>(rows)
         }
-        tracing::debug!(metric = %metric.name, seconds = started.elapsed().as_secs_f64(), "metric computed");
+    }).collect();
+    let per_metric: Vec<Vec<ViewRow>> = futures::stream::iter(plans)
+        .buffered(side_by_side)
+        .try_collect()
+        .await?;
+    let mut rows = Vec::with_capacity(per_metric.iter().map(Vec::len).sum());
+    for metric_rows in per_metric {
+        rows.extend(metric_rows);
     }
     Ok(rows)
 }

@@ -66,47 +66,65 @@ pub async fn run(events: u64, python: &Path) -> Result<Vec<Figure>> {
     let (full_manifest, _) = publish_version(&local, "full", view, Vec::new()).await?;
     let publishing_secs = publishing.elapsed().as_secs_f64();
     // The figure is the same recompute in a fresh process, as `batch-layer run` and DuckDB's
-    // script start, not in this one, which generated the lake and still holds its memory.
-    let fresh = std::process::Command::new(std::env::current_exe()?)
-        .arg("--batch-recompute")
-        .arg(&lake)
-        .arg("--batch-end")
-        .arg(end.to_string())
-        .output()
-        .context("running the recompute in a fresh process")?;
-    ensure!(
-        fresh.status.success(),
-        "the fresh-process recompute failed: {}",
-        String::from_utf8_lossy(&fresh.stderr)
-    );
-    let fresh: serde_json::Value = serde_json::from_slice(&fresh.stdout)?;
+    // script start, not in this one, which generated the lake and still holds its memory. The
+    // two sides take turns, twice, and each keeps its best: whichever runs first after the
+    // generator pays the kernel's reclaim of its memory (21 s of system time against 5 s in a
+    // repeat of the same recompute), and DuckDB's script already keeps the best of its two
+    // dedupe formulations.
+    let glob = format!("{}/events/*/*/*.parquet", lake.display());
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let mut reported = serde_json::Value::Null;
+    let mut duckdb_wall = f64::NAN;
+    for _ in 0..2 {
+        let fresh = std::process::Command::new(std::env::current_exe()?)
+            .arg("--batch-recompute")
+            .arg(&lake)
+            .arg("--batch-end")
+            .arg(end.to_string())
+            .output()
+            .context("running the recompute in a fresh process")?;
+        ensure!(
+            fresh.status.success(),
+            "the fresh-process recompute failed: {}",
+            String::from_utf8_lossy(&fresh.stderr)
+        );
+        let fresh: serde_json::Value = serde_json::from_slice(&fresh.stdout)?;
+        ensure!(
+            fresh["view_rows"].as_u64() == Some(view_rows as u64),
+            "the fresh-process recompute made {} rows, this one {view_rows}",
+            fresh["view_rows"]
+        );
+        ours.push(fresh["seconds"].as_f64().unwrap_or(f64::NAN));
+
+        let duckdb = Instant::now();
+        let output = std::process::Command::new(python)
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("duckdb_recompute.py"))
+            .arg(&glob)
+            .arg(end.to_string())
+            .output()
+            .context("running DuckDB")?;
+        duckdb_wall = duckdb.elapsed().as_secs_f64();
+        ensure!(
+            output.status.success(),
+            "DuckDB failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        reported = serde_json::from_slice(&output.stdout)?;
+        theirs.push(reported["seconds"].as_f64().unwrap_or(duckdb_wall));
+    }
     let in_process_secs = datafusion_secs;
-    let datafusion_secs = fresh["seconds"].as_f64().unwrap_or(f64::NAN);
-    ensure!(
-        fresh["view_rows"].as_u64() == Some(view_rows as u64),
-        "the fresh-process recompute made {} rows, this one {view_rows}",
-        fresh["view_rows"]
-    );
+    let datafusion_secs = ours.iter().copied().fold(f64::INFINITY, f64::min);
+    let duckdb_secs = theirs.iter().copied().fold(f64::INFINITY, f64::min);
+    println!("batch: full recompute, ours {ours:.1?} s, DuckDB {theirs:.1?} s (taking turns)");
     let full_secs = datafusion_secs + publishing_secs;
 
-    let glob = format!("{}/events/*/*/*.parquet", lake.display());
-    let duckdb = Instant::now();
-    let output = std::process::Command::new(python)
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("duckdb_recompute.py"))
-        .arg(&glob)
-        .arg(end.to_string())
-        .output()
-        .context("running DuckDB")?;
-    let duckdb_wall = duckdb.elapsed().as_secs_f64();
-    ensure!(
-        output.status.success(),
-        "DuckDB failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let reported: serde_json::Value = serde_json::from_slice(&output.stdout)?;
-    let duckdb_secs = reported["seconds"].as_f64().unwrap_or(duckdb_wall);
     let late = incremental_after_late_data(&lake, &files, &full_manifest, &catalog, end).await?;
-    let _ = std::fs::remove_dir_all(&lake);
+    // BENCH_KEEP_LAKE=1 keeps it, to profile `bench --batch-recompute <lake> --batch-end <ms>`.
+    if std::env::var_os("BENCH_KEEP_LAKE").is_none() {
+        let _ = std::fs::remove_dir_all(&lake);
+    } else {
+        println!("batch: lake kept at {} (end {end})", lake.display());
+    }
     Ok(vec![
         Figure::new(
             "batch full recompute",
@@ -115,7 +133,7 @@ pub async fn run(events: u64, python: &Path) -> Result<Vec<Figure>> {
             format!(
                 "{events} events (1% sent twice) in {} Parquet files, {} stored default metrics (DuckDB: the 7 without a profile join), {} view rows; \
                  DuckDB {:.0} view rows, its time measured inside Python ({duckdb_wall:.1}s with interpreter start); \
-                 ratio < 1 is faster than DuckDB; both timed in a fresh process (ours {in_process_secs:.1}s in the generator's)",
+                 ratio < 1 is faster than DuckDB; both timed in a fresh process, taking turns, the best of two each (ours {in_process_secs:.1}s in the generator's)",
                 files.len(),
                 catalog.stored().count(),
                 view_rows,
