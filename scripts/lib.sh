@@ -153,7 +153,7 @@ ensure_jq() {
 
 # promtool, Prometheus's checker, from Debian's prometheus package, unpacked under .local rather
 # than installed (which would start a Prometheus server); exports its path as E2E_PROMTOOL for
-# tests/tests/compose.rs, which checks the shipped alerting rules with it.
+# tests/tests/compose_observability.rs, which checks the shipped alerting rules with it.
 ensure_promtool() {
   local dir="$ROOT/.local/promtool"
   if [ ! -x "$dir/usr/bin/promtool" ]; then

@@ -41,7 +41,7 @@ if [ "$e2e" = 1 ]; then
   ensure_schemathesis
   ensure_moto # exports E2E_MOTO_SERVER for tests/tests/object_store.rs
   ensure_chromium # exports E2E_CHROMIUM for tests/tests/dashboard.rs
-  ensure_promtool # exports E2E_PROMTOOL for tests/tests/compose.rs
+  ensure_promtool # exports E2E_PROMTOOL for tests/tests/compose_observability.rs
   ensure_jq # exports E2E_JQ for tests/tests/grafana_panels.rs
   ensure_kubernetes_validate # exports E2E_KUBERNETES_VALIDATE for tests/tests/kubernetes.rs
 fi

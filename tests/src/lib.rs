@@ -7,6 +7,7 @@
 mod admin;
 mod answers;
 mod cluster;
+pub mod compose_file;
 pub mod grafana;
 mod kafka;
 mod paths;
