@@ -13,6 +13,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use shared_io::kafka::SourcedEvent;
 use shared_io::storage::Lake;
+use shared_io::view::ViewRow;
 use shared_io::view_segments::{Manifest, SegmentRef, manifest_path, publish_version};
 use shared_schema::catalog::MetricCatalog;
 use shared_schema::config::PlatformConfig;
@@ -50,15 +51,7 @@ pub async fn run(events: u64, python: &Path) -> Result<Vec<Figure>> {
         .iter()
         .map(|f| f.path.to_string_lossy().into_owned())
         .collect();
-    let datafusion = Instant::now();
-    let view = compute_view(
-        &session_context(&PlatformConfig::default())?,
-        &paths,
-        &catalog,
-        end,
-    )
-    .await?;
-    let datafusion_secs = datafusion.elapsed().as_secs_f64();
+    let (view, datafusion_secs) = timed_recompute(&paths, &catalog, end).await?;
     let view_rows = view.len();
     // A full run also publishes every segment; the incremental run below publishes its own.
     let publishing = Instant::now();
@@ -337,21 +330,29 @@ pub async fn recompute_in_this_process(lake: &Path, end: i64) -> Result<()> {
             }
         }
     }
-    let catalog = MetricCatalog::load(None)?;
-    let started = Instant::now();
-    let view = compute_view(
-        &session_context(&PlatformConfig::default())?,
-        &paths,
-        &catalog,
-        end,
-    )
-    .await?;
-    let seconds = started.elapsed().as_secs_f64();
+    let (view, seconds) = timed_recompute(&paths, &MetricCatalog::load(None)?, end).await?;
     println!(
         "{}",
         serde_json::json!({ "seconds": seconds, "view_rows": view.len() })
     );
     Ok(())
+}
+
+/// The full recompute of the lake files at `paths` before `end`, and its seconds.
+async fn timed_recompute(
+    paths: &[String],
+    catalog: &MetricCatalog,
+    end: i64,
+) -> Result<(Vec<ViewRow>, f64)> {
+    let started = Instant::now();
+    let view = compute_view(
+        &session_context(&PlatformConfig::default())?,
+        paths,
+        catalog,
+        end,
+    )
+    .await?;
+    Ok((view, started.elapsed().as_secs_f64()))
 }
 
 /// One generated lake file and its hour partition.

@@ -218,6 +218,16 @@ impl Platform {
         Ok((output.status.success(), text))
     }
 
+    /// `batch-layer run --cutover <cutover>`, which must succeed: its output.
+    pub async fn run_batch(&self, cutover: shared_schema::time::Millis) -> Result<String> {
+        let cutover = shared_schema::time::format_rfc3339(cutover);
+        let (ok, output) = self
+            .run("batch-layer", &["run", "--cutover", &cutover])
+            .await?;
+        anyhow::ensure!(ok, "batch-layer run failed:\n{output}");
+        Ok(output)
+    }
+
     pub async fn send(&self, partition: i32, payload: &[u8]) -> Result<i64> {
         send(&self.producer, &self.topic, partition, b"", payload).await
     }

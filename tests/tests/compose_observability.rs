@@ -11,6 +11,15 @@ use serde_norway::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
+/// The compose Prometheus's `prometheus.yml`, as mounted.
+fn prometheus_config(doc: &Value) -> Value {
+    read_yaml(&bind_source(
+        doc,
+        "prometheus",
+        "/etc/prometheus/prometheus.yml",
+    ))
+}
+
 /// Where each service that exports metrics (`shared_io::observe::FAMILIES`) serves them.
 const METRICS_ADDRESSES: [(&str, &str); 5] = [
     ("speed-layer", "PLATFORM_SPEED__METRICS_ADDR"),
@@ -147,11 +156,7 @@ fn prometheus_scrapes_every_exporter_and_grafana_provisions_the_dashboard() {
     }
 
     // Every exporting service listens on all interfaces, and Prometheus scrapes it there.
-    let config = read_yaml(&bind_source(
-        &doc,
-        "prometheus",
-        "/etc/prometheus/prometheus.yml",
-    ));
+    let config = prometheus_config(&doc);
     let scraped: BTreeSet<String> = config
         .get("scrape_configs")
         .and_then(Value::as_sequence)
@@ -728,11 +733,7 @@ const ALERTED: [&str; 6] = [
 #[test]
 fn prometheus_loads_alerting_rules_over_exported_families() {
     let doc = compose();
-    let config = read_yaml(&bind_source(
-        &doc,
-        "prometheus",
-        "/etc/prometheus/prometheus.yml",
-    ));
+    let config = prometheus_config(&doc);
     let files: Vec<String> = config
         .get("rule_files")
         .and_then(Value::as_sequence)

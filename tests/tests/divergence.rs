@@ -25,17 +25,6 @@ fn event(base: Millis, i: i64) -> Value {
            "country": if i % 8 == 0 { "DE" } else { "FR" }, "amount": 2.5, "schema_version": 2})
 }
 
-async fn run_batch(platform: &Platform, cutover: Millis) -> Result<String> {
-    let (ok, output) = platform
-        .run(
-            "batch-layer",
-            &["run", "--cutover", &format_rfc3339(cutover)],
-        )
-        .await?;
-    ensure!(ok, "batch-layer run failed:\n{output}");
-    Ok(output)
-}
-
 async fn divergence(platform: &Platform, query: &str) -> Result<Value> {
     let (status, body) = platform.get(&format!("/v1/divergence{query}")).await?;
     ensure!(status == 200, "/v1/divergence{query}: {status} {body}");
@@ -154,9 +143,9 @@ async fn divergence_is_zero_when_both_saw_the_same_events_and_alerts_when_not() 
 
     // (1) The same events on both sides: every metric agrees, on the first promotion (which
     // newly covers everything from the first bucket) and on the next.
-    run_batch(&platform, at(10)).await?;
+    platform.run_batch(at(10)).await?;
     assert_all_agree(&divergence(&platform, "").await?, (at(0), at(10)), true)?;
-    run_batch(&platform, at(20)).await?;
+    platform.run_batch(at(20)).await?;
     let body = divergence(&platform, "").await?;
     assert_all_agree(&body, (at(10), at(20)), false)?;
     let purchases = metric(&body, "purchases")?;
@@ -177,7 +166,7 @@ async fn divergence_is_zero_when_both_saw_the_same_events_and_alerts_when_not() 
 
     // (2) The speed layer holds 3 purchases the lake never had, at 25m.
     insert_speed_row(&platform, at(25), 3).await?;
-    let output = run_batch(&platform, at(28)).await?;
+    let output = platform.run_batch(at(28)).await?;
     ensure!(
         output.contains("the speed layer diverged from the new batch view"),
         "the batch run warns:\n{output}"
@@ -270,7 +259,7 @@ async fn divergence_is_zero_when_both_saw_the_same_events_and_alerts_when_not() 
         .execute(&platform.pool)
         .await?;
     insert_speed_row(&platform, at(29), 50).await?;
-    run_batch(&platform, at(33)).await?;
+    platform.run_batch(at(33)).await?;
     let body = divergence(&platform, "").await?;
     let latest = &metric(&body, "purchases")?["latest"];
     ensure!(

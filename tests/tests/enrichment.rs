@@ -111,17 +111,6 @@ async fn send_purchases(
     Ok(())
 }
 
-async fn run_batch(platform: &Platform, cutover: Millis) -> Result<()> {
-    let (ok, output) = platform
-        .run(
-            "batch-layer",
-            &["run", "--cutover", &format_rfc3339(cutover)],
-        )
-        .await?;
-    ensure!(ok, "batch-layer run failed:\n{output}");
-    Ok(())
-}
-
 /// Served revenue_by_tier over `[from, to)` with `step`: value per (point start, tier).
 async fn served(
     platform: &Platform,
@@ -326,11 +315,11 @@ async fn purchases_see_the_profile_valid_at_their_event_time_in_both_layers() ->
 
     // A cutover in the middle of u1's gold purchases: both sides merge exactly; u2's late
     // change is still past T, where the speed layer keeps what it folded.
-    run_batch(&platform, at(7.0)).await?;
+    platform.run_batch(at(7.0)).await?;
     check(&platform, "T at 7m", &purchases, Some(at(7.0)), range).await?;
 
     // The next run covers the late change: reflected.
-    run_batch(&platform, at(20.0)).await?;
+    platform.run_batch(at(20.0)).await?;
     check(&platform, "T at 20m", &purchases, Some(at(20.0)), range).await?;
     let got = served(&platform, at(12.0), at(20.0), "1m").await?;
     let platinum: Vec<&(f64, String)> = got
@@ -356,7 +345,7 @@ async fn purchases_see_the_profile_valid_at_their_event_time_in_both_layers() ->
     {
         p.batch = "diamond";
     }
-    run_batch(&platform, at(21.0)).await?;
+    platform.run_batch(at(21.0)).await?;
     check(&platform, "T at 21m", &purchases, Some(at(21.0)), range).await?;
 
     // Filtering by a joined field.
@@ -460,7 +449,7 @@ async fn a_publisher_killed_mid_stream_resumes_without_loss_or_double_applicatio
     platform.wait_both_caught_up(&ends).await?;
     let range = (base + 20 * MINUTE_MS, base + 40 * MINUTE_MS);
     check(&platform, "speed", &purchases, None, range).await?;
-    run_batch(&platform, base + 21 * MINUTE_MS).await?;
+    platform.run_batch(base + 21 * MINUTE_MS).await?;
     check(
         &platform,
         "batch",

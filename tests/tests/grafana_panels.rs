@@ -89,13 +89,7 @@ async fn the_product_panels_read_the_merged_answers_split_at_t() -> Result<()> {
     }
     platform.wait_both_caught_up(&ends).await?;
     let cutover = from + 20 * MINUTE_MS;
-    let (ok, output) = platform
-        .run(
-            "batch-layer",
-            &["run", "--cutover", &format_rfc3339(cutover)],
-        )
-        .await?;
-    ensure!(ok, "batch-layer run: {output}");
+    platform.run_batch(cutover).await?;
     let (version, _) = platform.served().await?;
 
     let dashboard = dashboard()?;

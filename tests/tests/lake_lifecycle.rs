@@ -34,17 +34,6 @@ async fn hour_files(platform: &Platform) -> Result<BTreeMap<String, Vec<String>>
     Ok(by_hour)
 }
 
-async fn run(platform: &Platform, cutover: Millis) -> Result<String> {
-    let (ok, output) = platform
-        .run(
-            "batch-layer",
-            &["run", "--cutover", &format_rfc3339(cutover)],
-        )
-        .await?;
-    ensure!(ok, "batch-layer run failed:\n{output}");
-    Ok(output)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn closed_hours_are_compacted_and_answers_stay_exact() -> Result<()> {
     let mut platform = Platform::new("lake_compaction", PARTITIONS).await?;
@@ -91,7 +80,7 @@ async fn closed_hours_are_compacted_and_answers_stay_exact() -> Result<()> {
         "the lander wrote too few files to compact: {before:#?}"
     );
 
-    let output = run(&platform, cutover).await?;
+    let output = platform.run_batch(cutover).await?;
     ensure!(output.contains("full recompute"), "first run: {output}");
     let after = hour_files(&platform).await?;
     for hour in &closed {
@@ -117,7 +106,7 @@ async fn closed_hours_are_compacted_and_answers_stay_exact() -> Result<()> {
     let range = (base, cutover);
     check_served(&platform, "after compaction", &metrics, range, &sent, &sent).await?;
 
-    let output = run(&platform, cutover).await?;
+    let output = platform.run_batch(cutover).await?;
     ensure!(
         output.contains("incremental: 0 hours recomputed"),
         "the run after compaction recomputed what compaction did not change: {output}"
@@ -177,7 +166,7 @@ async fn retention_deletes_old_hours_from_the_lake_and_the_views_but_nothing_aft
     let mut rng = StdRng::seed_from_u64(29);
     let sent = land_hours(&platform, &mut rng, (base, LAKE_HOURS, 150), cutover).await?;
     let range = (base, cutover);
-    let output = run(&platform, cutover).await?;
+    let output = platform.run_batch(cutover).await?;
     ensure!(output.contains("full recompute"), "first run: {output}");
     check_served(
         &platform,
@@ -195,7 +184,7 @@ async fn retention_deletes_old_hours_from_the_lake_and_the_views_but_nothing_aft
         .extra_env
         .push(("PLATFORM_LAKE__RETENTION".into(), "4h".into()));
     let before = hour_files(&platform).await?;
-    let output = run(&platform, cutover).await?;
+    let output = platform.run_batch(cutover).await?;
     ensure!(output.contains("incremental"), "retention run: {output}");
     let after = hour_files(&platform).await?;
     let old: Vec<&String> = before.keys().take(3).collect();
@@ -233,7 +222,7 @@ async fn retention_deletes_old_hours_from_the_lake_and_the_views_but_nothing_aft
         hour_files(&platform).await?.len() == after.len() + 1,
         "the late event was not landed"
     );
-    let output = run(&platform, cutover).await?;
+    let output = platform.run_batch(cutover).await?;
     ensure!(
         output.contains("incremental: 0 hours recomputed"),
         "a late event past retention made the run recompute: {output}"
@@ -259,7 +248,7 @@ async fn retention_deletes_old_hours_from_the_lake_and_the_views_but_nothing_aft
     platform
         .extra_env
         .push(("PLATFORM_LAKE__RETENTION".into(), "1m".into()));
-    run(&platform, cutover).await?;
+    platform.run_batch(cutover).await?;
     let last = hour_files(&platform).await?;
     ensure!(
         last.len() == 1 && last.keys().next() == after.keys().last(),

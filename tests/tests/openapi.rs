@@ -72,13 +72,7 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() -> Result<
     }
     platform.wait_both_caught_up(&ends).await?;
     let cutover = base + 15 * MINUTE_MS;
-    let (ok, output) = platform
-        .run(
-            "batch-layer",
-            &["run", "--cutover", &format_rfc3339(cutover)],
-        )
-        .await?;
-    ensure!(ok, "batch-layer run failed:\n{output}");
+    platform.run_batch(cutover).await?;
     // Divergence and alerts have something to describe once the evaluator ran.
     tokio::time::sleep(Duration::from_secs(1)).await;
 
