@@ -13,20 +13,20 @@ const EVENTS_TABLE: &str = "events_for_join";
 const VERSIONS_TABLE: &str = "profile_versions";
 
 /// `events` (with `user_id` and `event_time_ms`) with `tier` and `signup_country` added from the
-/// changelog files at `changelog_paths` (none: every event's are `unknown`), cached.
+/// changelog files at `changelog_paths` (none: every event's are `unknown`). Not cached: each
+/// metric that reads a profile plans the join after its own filter (pushed below the join's
+/// preserved side), where a cache held a second copy of every event.
 pub async fn enrich(
     ctx: &SessionContext,
     events: DataFrame,
     changelog_paths: &[String],
 ) -> Result<DataFrame, BatchError> {
-    let joined = match join(ctx, events, changelog_paths).await {
-        Ok(joined) => joined.cache().await,
-        Err(e) => Err(e),
-    };
-    joined.map_err(|source| BatchError::JoinProfiles {
-        files: changelog_paths.len(),
-        source,
-    })
+    join(ctx, events, changelog_paths)
+        .await
+        .map_err(|source| BatchError::JoinProfiles {
+            files: changelog_paths.len(),
+            source,
+        })
 }
 
 async fn join(

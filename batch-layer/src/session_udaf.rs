@@ -318,11 +318,14 @@ mod tests {
                 .step_by(batch_size.max(1))
                 .map(|at| batch.slice(at, batch_size.min(batch.num_rows() - at)))
                 .collect();
-            let table = datafusion::datasource::MemTable::try_new(
-                batch.schema(),
-                chunks.chunks(1).map(<[_]>::to_vec).collect(),
-            )
-            .unwrap();
+            let mut partitions: Vec<Vec<RecordBatch>> =
+                chunks.chunks(1).map(<[_]>::to_vec).collect();
+            // No events: one empty partition, as a table needs one.
+            if partitions.is_empty() {
+                partitions.push(Vec::new());
+            }
+            let table =
+                datafusion::datasource::MemTable::try_new(batch.schema(), partitions).unwrap();
             ctx.register_table("e", Arc::new(table)).unwrap();
             let sql = format!("SELECT k, session_starts(t, {gap}) AS s FROM e GROUP BY k");
             let mut out = BTreeMap::new();

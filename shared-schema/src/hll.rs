@@ -225,19 +225,32 @@ impl Hll {
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.encoded_len_bound());
+        self.write_bytes(&mut out);
+        out
+    }
+
+    /// At least the length of [`Self::to_bytes`], for sizing a buffer before writing.
+    pub fn encoded_len_bound(&self) -> usize {
+        match &self.repr {
+            Repr::Sparse(hashes) => 11 + hashes.len() * 10,
+            Repr::Dense { registers, .. } => 2 + registers.len(),
+        }
+    }
+
+    /// [`Self::to_bytes`] appended to `out`, so that many sketches share one buffer.
+    pub fn write_bytes(&self, out: &mut Vec<u8>) {
         match &self.repr {
             Repr::Sparse(hashes) => {
                 let mut sorted: Vec<u64> = hashes.iter().copied().collect();
                 sorted.sort_unstable();
-                let mut out = Vec::with_capacity(2 + sorted.len() * 9);
                 out.push(SPARSE);
-                put_varint(&mut out, sorted.len() as u64);
+                put_varint(out, sorted.len() as u64);
                 let mut previous = 0;
                 for hash in sorted {
-                    put_varint(&mut out, hash - previous);
+                    put_varint(out, hash - previous);
                     previous = hash;
                 }
-                out
             }
             Repr::Dense {
                 precision,
@@ -248,11 +261,9 @@ impl Hll {
                 } else {
                     DENSE
                 };
-                let mut out = Vec::with_capacity(registers.len() + 2);
                 out.push(format);
                 out.push(*precision);
                 out.extend_from_slice(registers);
-                out
             }
         }
     }
