@@ -250,25 +250,35 @@ async fn deduplicated(
         hash = crate::id_hash::NAME,
         position = copy_position("l."),
     );
-    ctx.sql(&format!(
-        "{repeated}
+    // Both joins build a table of the repeated ids' few rows (1% of the bench's) and stream
+    // the lake past it, in the lake's own partitions. Partitioned by id instead, the default,
+    // every lake row is moved between partitions first: a fifth of the run (BENCHMARKS.md).
+    let mut collect_left = ctx.state();
+    collect_left
+        .config_mut()
+        .options_mut()
+        .optimizer
+        .repartition_joins = false;
+    let deduped = SessionContext::new_with_state(collect_left)
+        .sql(&format!(
+            "{repeated}
              SELECT {selected}
              FROM repeated r RIGHT JOIN lake l ON r.event_id = l.event_id
              WHERE r.first_copy IS NULL OR {l_position} = r.first_copy",
-        l_position = copy_position("l."),
-        selected = columns
-            .iter()
-            .map(|c| match *c {
-                "event_time_ms" => "CAST(l.event_time AS BIGINT) AS event_time_ms".to_string(),
-                other => format!("l.{other}"),
-            })
-            .collect::<Vec<_>>()
-            .join(", "),
-    ))
-    .await?
-    .filter(col("event_time_ms").lt(lit(cutover)))?
-    .cache()
-    .await
+            l_position = copy_position("l."),
+            selected = columns
+                .iter()
+                .map(|c| match *c {
+                    "event_time_ms" => "CAST(l.event_time AS BIGINT) AS event_time_ms".to_string(),
+                    other => format!("l.{other}"),
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+        ))
+        .await?
+        .filter(col("event_time_ms").lt(lit(cutover)))?;
+    let cached = deduped.cache().await?;
+    Ok(DataFrame::new(ctx.state(), cached.logical_plan().clone()))
 }
 
 /// The metric definition as a DataFusion plan: filter, bucket, group, aggregate. It produces
