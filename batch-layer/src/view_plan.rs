@@ -21,6 +21,7 @@ use shared_schema::{
     catalog::MetricCatalog,
     metrics::{Aggregation, Dimension, MetricDef, ValueField},
 };
+use tokio_util::task::AbortOnDropHandle;
 
 /// A local DataFusion context of the batch run's configuration (`engine::session_state`).
 pub fn session_context(config: &PlatformConfig) -> Result<SessionContext, BatchError> {
@@ -78,18 +79,17 @@ pub async fn compute_enriched_view(
         seconds = started.elapsed().as_secs_f64(),
         "lake deduplicated"
     );
-    // Without a memory limit the metrics' plans run side by side: each alone leaves a core idle
-    // in its final aggregation and while its rows are decoded; the cached events are shared,
-    // not copied. Under `batch.memory_limit_mb` they take turns, so that each has the whole
-    // pool to spill within rather than a share too small for its final aggregation.
+    // Without a memory limit the metrics' plans run side by side over the cached events,
+    // shared, not copied. Under `batch.memory_limit_mb` they take turns, so that each has the
+    // whole pool to spill within rather than a share too small for its final aggregation.
     let side_by_side = match ctx.runtime_env().memory_pool.memory_limit() {
         MemoryLimit::Infinite => catalog.stored().count().max(1),
         MemoryLimit::Finite(_) | MemoryLimit::Unknown => 1,
     };
-    // Each plan below but the sessions' runs in one partition: with the plans side by side
-    // the cores are busy anyway, and one partition aggregates once, where two partitions
-    // aggregate, emit every group's state, repartition it and merge it again. The sessions'
-    // plan is the longest and keeps the session's partitions.
+    // Every plan but the sessions' runs in one partition: side by side they keep the cores
+    // busy anyway, and one partition aggregates once where two emit every group's state,
+    // repartition it and merge it again. The sessions' plan, the longest, keeps the run's
+    // partitions (BENCHMARKS.md, 2026-12-04, third run).
     let mut single = ctx.state();
     single
         .config_mut()
@@ -98,7 +98,8 @@ pub async fn compute_enriched_view(
         .target_partitions = 1;
     let single = SessionContext::new_with_state(single);
     // Each plan is a task of its own, decoding its rows as it finishes: polled together in
-    // this task, the one-partition plans would share one thread.
+    // this task, the one-partition plans would share one thread. The tasks are aborted if the
+    // run is dropped, so a cancelled run leaves no plan running.
     let jobs: Vec<(SessionContext, DataFrame, MetricDef)> = catalog
         .stored()
         .map(|(_, metric)| {
@@ -132,8 +133,10 @@ pub async fn compute_enriched_view(
 
 fn spawn_metric(
     (ctx, events, metric): (SessionContext, DataFrame, MetricDef),
-) -> tokio::task::JoinHandle<Result<Vec<ViewRow>, BatchError>> {
-    tokio::spawn(async move { metric_rows(&ctx, events, &metric).await })
+) -> AbortOnDropHandle<Result<Vec<ViewRow>, BatchError>> {
+    AbortOnDropHandle::new(tokio::spawn(async move {
+        metric_rows(&ctx, events, &metric).await
+    }))
 }
 
 /// A metric task's rows; its panic goes on unwinding here, as if it had run in this task.
@@ -357,4 +360,29 @@ async fn sessions_plan(
     let t = col("event_time_ms");
     let bucket = (t.clone() - (t % lit(width) + lit(width)) % lit(width)).alias("bucket_start");
     starts.aggregate(vec![bucket], vec![count(lit(1)).alias("event_count")])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_holds_what_the_metrics_read_and_not_the_id() {
+        let catalog = MetricCatalog::default();
+        let columns = event_columns(&catalog);
+        assert!(!columns.contains(&"event_id"), "{columns:?}");
+        for (_, metric) in catalog.stored() {
+            for dimension in metric.dimensions.iter().filter(|d| !d.is_enriched()) {
+                assert!(
+                    columns.contains(&dimension.name()),
+                    "{}: {columns:?}",
+                    metric.name
+                );
+            }
+        }
+        // Every partial sums the amount; the profile join needs the user.
+        for needed in ["event_type", "event_time_ms", "amount", "user_id"] {
+            assert!(columns.contains(&needed), "{needed}: {columns:?}");
+        }
+    }
 }
