@@ -3,6 +3,7 @@
 //! with its cutover in one Postgres transaction (`run`, `schedule`). Its output is the source of
 //! truth for every bucket before the cutover.
 
+mod aggregate_input;
 pub mod allocator;
 pub mod changelog_batch;
 pub mod cluster;

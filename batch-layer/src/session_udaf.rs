@@ -7,6 +7,7 @@
 //! hashes the key instead of comparing it, and each key's few times sort in cache. Its state
 //! between the partial and final aggregation is each key's times, unsorted.
 
+use crate::aggregate_input::{first_argument, row_passes};
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, LargeListArray};
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, FieldRef, Int64Type};
@@ -137,7 +138,7 @@ impl GroupsAccumulator for GroupTimes {
         self.grow(total_num_groups);
         let times = first(values)?.as_primitive::<Int64Type>();
         for (row, &group) in group_indices.iter().enumerate() {
-            let passes = opt_filter.is_none_or(|f| f.is_valid(row) && f.value(row));
+            let passes = row_passes(opt_filter, row);
             if passes && times.is_valid(row) {
                 self.groups[group].push(times.value(row));
                 self.held += 1;
@@ -189,7 +190,7 @@ impl GroupsAccumulator for GroupTimes {
     ) -> Result<Vec<ArrayRef>> {
         let times = first(values)?.as_primitive::<Int64Type>();
         Ok(vec![list_of((0..times.len()).map(|row| {
-            let passes = opt_filter.is_none_or(|f| f.is_valid(row) && f.value(row));
+            let passes = row_passes(opt_filter, row);
             match passes && times.is_valid(row) {
                 true => vec![times.value(row)],
                 false => Vec::new(),
@@ -245,9 +246,7 @@ impl Accumulator for KeyTimes {
 }
 
 fn first(values: &[ArrayRef]) -> Result<&ArrayRef> {
-    values
-        .first()
-        .ok_or_else(|| DataFusionError::Internal(format!("{NAME} called without arguments")))
+    first_argument(NAME, values)
 }
 
 fn extend_valid(into: &mut Vec<Millis>, times: &Int64Array, rows: std::ops::Range<usize>) {

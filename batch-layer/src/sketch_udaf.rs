@@ -7,6 +7,7 @@
 //! registers went through a `ScalarValue` into an array grown by doubling: 9% of a full
 //! recompute's profile (BENCHMARKS.md, issue 18).
 
+use crate::aggregate_input::{first_argument, row_passes};
 use arrow::array::{Array, ArrayRef, AsArray, BinaryArray, BooleanArray};
 use arrow::buffer::{Buffer, NullBuffer, OffsetBuffer};
 use arrow::compute::cast;
@@ -103,10 +104,6 @@ impl GroupSketches {
     }
 }
 
-fn passes(opt_filter: Option<&BooleanArray>, row: usize) -> bool {
-    opt_filter.is_none_or(|f| f.is_valid(row) && f.value(row))
-}
-
 impl GroupsAccumulator for GroupSketches {
     fn update_batch(
         &mut self,
@@ -119,7 +116,7 @@ impl GroupsAccumulator for GroupSketches {
         let values = cast(first(values)?, &DataType::Utf8)?;
         let values = values.as_string::<i32>();
         for (row, &group) in group_indices.iter().enumerate() {
-            if passes(opt_filter, row) && values.is_valid(row) {
+            if row_passes(opt_filter, row) && values.is_valid(row) {
                 let value = values.value(row);
                 self.change(group, |sketch| sketch.insert(value));
             }
@@ -162,7 +159,7 @@ impl GroupsAccumulator for GroupSketches {
         let values = values.as_string::<i32>();
         let sketches: Vec<Option<Hll>> = (0..values.len())
             .map(|row| {
-                (passes(opt_filter, row) && values.is_valid(row)).then(|| {
+                (row_passes(opt_filter, row) && values.is_valid(row)).then(|| {
                     let mut sketch = Hll::default();
                     sketch.insert(values.value(row));
                     sketch
@@ -212,9 +209,7 @@ fn decode(bytes: &[u8]) -> Result<Hll> {
 }
 
 fn first(values: &[ArrayRef]) -> Result<&ArrayRef> {
-    values
-        .first()
-        .ok_or_else(|| DataFusionError::Internal(format!("{NAME} called without arguments")))
+    first_argument(NAME, values)
 }
 
 /// One sketch, for plans that aggregate without grouping.
